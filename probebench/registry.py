@@ -1,0 +1,182 @@
+"""Model registry: one declarative entry per backbone and one ``create_model`` entry point.
+
+Each entry says how to build the backbone, where its weights come from (official file name and
+URL), which feature taps it exposes with their dimensions, and its preprocessing. Every model
+built here is a ``FeatureExtractor``: ``forward(images) -> (B, D)`` features at the chosen tap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from probebench.errors import ProbebenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, centre-crop, normalise: the study's pipeline, no augmentation."""
+
+    resize: int = 256
+    crop: int = 224
+    interpolation: str = "bilinear"  # "bilinear" (torchvision models) or "bicubic" (DINOv2)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def as_dict(self) -> dict:
+        return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A registry entry, in the spirit of timm's pretrained configs."""
+
+    name: str
+    family: str  # "torchvision" or "dinov2"
+    arch: dict  # builder arguments
+    taps: dict  # tap name -> feature dimension
+    default_tap: str
+    weight_file: str  # official file name in $TORCH_HOME/hub/checkpoints
+    url: str
+    weights_label: str  # what the weights are, for reports
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    hash_prefix: str | None = None  # torchvision puts the sha256 prefix in the file name
+
+    def feature_dim(self, tap: str | None = None) -> int:
+        return self.taps[tap or self.default_tap]
+
+
+_TV = "https://download.pytorch.org/models/"
+_FB = "https://dl.fbaipublicfiles.com/dinov2/"
+_DINO_PRE = Preprocessing(interpolation="bicubic")
+
+
+def _dinov2(name: str, size: str, dim: int, depth: int, heads: int, ffn: str = "mlp") -> ModelConfig:
+    arch = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": 14,
+            "pretrain_img_size": 518, "mlp_ratio": 4.0, "ffn": ffn, "init_values": 1.0}
+    return ModelConfig(
+        name=name, family="dinov2", arch=arch,
+        taps={"cls": dim, "cls_patchmean": 2 * dim, "cls4_patchmean": 5 * dim},
+        default_tap="cls",
+        weight_file=f"dinov2_vit{size}14_pretrain.pth",
+        url=f"{_FB}dinov2_vit{size}14/dinov2_vit{size}14_pretrain.pth",
+        weights_label="LVD-142M", preprocessing=_DINO_PRE)
+
+
+REGISTRY: dict[str, ModelConfig] = {
+    "vgg16": ModelConfig(
+        "vgg16", "torchvision", {"builder": "vgg16"}, {"fc7": 4096}, "fc7",
+        "vgg16-397923af.pth", _TV + "vgg16-397923af.pth", "IMAGENET1K_V1", hash_prefix="397923af"),
+    "resnet50": ModelConfig(
+        "resnet50", "torchvision", {"builder": "resnet50"}, {"avgpool": 2048}, "avgpool",
+        "resnet50-0676ba61.pth", _TV + "resnet50-0676ba61.pth", "IMAGENET1K_V1", hash_prefix="0676ba61"),
+    "densenet121": ModelConfig(
+        "densenet121", "torchvision", {"builder": "densenet121"}, {"pool": 1024}, "pool",
+        "densenet121-a639ec97.pth", _TV + "densenet121-a639ec97.pth", "IMAGENET1K_V1",
+        hash_prefix="a639ec97"),
+    "dinov2_s": _dinov2("dinov2_s", "s", 384, 12, 6),
+    "dinov2_b": _dinov2("dinov2_b", "b", 768, 12, 12),
+    "dinov2_l": _dinov2("dinov2_l", "l", 1024, 24, 16),
+    "dinov2_g": _dinov2("dinov2_g", "g", 1536, 40, 24, ffn="swiglu"),
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    """The registry entry for ``name``, or an error listing the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ProbebenchError(
+            f"unknown model {name!r}; known models: {', '.join(REGISTRY)}") from None
+
+
+class FeatureExtractor(nn.Module):
+    """A backbone plus a feature tap: ``forward(images) -> (B, D)``; records where its weights came from."""
+
+    def __init__(self, config: ModelConfig, backbone: nn.Module, tap: str, weights: dict):
+        super().__init__()
+        self.config, self.backbone, self.tap, self.weights = config, backbone, tap, weights
+        self.feature_dim = config.feature_dim(tap)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.family == "dinov2":
+            return self.backbone.features(images, self.tap)
+        return _torchvision_features(self.backbone, self.config.arch["builder"], images)
+
+
+def _torchvision_features(model: nn.Module, builder: str, x: torch.Tensor) -> torch.Tensor:
+    """The input of the layer the study replaces: VGG16 fc7 after ReLU, ResNet50 / DenseNet121 pooling."""
+    if builder == "vgg16":
+        x = torch.flatten(model.avgpool(model.features(x)), 1)
+        return model.classifier[:5](x)  # Linear, ReLU, Dropout, Linear, ReLU -> fc7 (4096)
+    if builder == "resnet50":
+        m = model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        return torch.flatten(m.avgpool(x), 1)
+    if builder == "densenet121":
+        x = torch.relu(model.features(x))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+    raise ProbebenchError(f"no feature tap for torchvision builder {builder!r}")
+
+
+def build_backbone(config: ModelConfig, img_size: int) -> nn.Module:
+    """The bare architecture with its own (random) initialisation; ``img_size`` sizes DINOv2's grid."""
+    if config.family == "torchvision":
+        import torchvision
+
+        return getattr(torchvision.models, config.arch["builder"])(weights=None)
+    if config.family == "dinov2":
+        from probebench.dinov2 import DinoV2
+
+        return DinoV2(img_size=img_size, **config.arch)
+    raise ProbebenchError(f"unknown model family {config.family!r}")
+
+
+def create_model(name: str, weights: str = "auto", *, tap: str | None = None, img_size: int | None = None,
+                 arch_overrides: dict | None = None, seed: int = 0, allow_download: bool | None = None
+                 ) -> FeatureExtractor:
+    """Build registry model ``name`` with weights from a file, the hub cache, a download, or ``"random"``.
+
+    ``weights``: ``"auto"`` (hub cache, then download), ``"random"`` (seeded initialisation, flagged
+    everywhere), or a path to a checkpoint in the official format. ``arch_overrides`` changes the
+    architecture (tests use a tiny DINOv2); ``img_size`` is the crop the model will see.
+    """
+    from probebench import weights as wts
+
+    config = get_config(name)
+    if arch_overrides:
+        config = replace(config, arch={**config.arch, **arch_overrides})
+        if config.family == "dinov2":
+            d = config.arch["embed_dim"]
+            config = replace(config, taps={"cls": d, "cls_patchmean": 2 * d, "cls4_patchmean": 5 * d})
+    tap = tap or config.default_tap
+    if tap not in config.taps:
+        raise ProbebenchError(f"model {name!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
+    img_size = img_size or config.preprocessing.crop
+    with _seeded(seed):
+        backbone = build_backbone(config, img_size)
+    if weights == "random":
+        info = {"source": "random", "sha256": "random", "seed": seed, "label": "random init"}
+    else:
+        path = wts.resolve_weights(config, weights, allow_download=allow_download)
+        state = wts.load_checkpoint(path)
+        wts.load_into(backbone, config, state, path)
+        info = {"source": str(path), "sha256": wts.sha256_file(path), "label": config.weights_label}
+    backbone.eval()
+    return FeatureExtractor(config, backbone, tap, info).eval()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Run initialisation under a fixed seed without disturbing the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
