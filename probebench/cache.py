@@ -1,0 +1,138 @@
+"""The feature cache: one zarr v3 store per dataset x model x key, keyed by everything that changes the numbers.
+
+Layout: ``<cache-dir>/<dataset>/<model>/<key>.zarr`` with arrays ``features`` (N x D, chunked along
+samples), ``labels``, ``sample_ids``, ``groups``, ``split`` and attributes recording what produced
+them and which chunks are complete. The key hashes the model, weights checksum, feature tap,
+preprocessing, precision, storage dtype and manifest hash, so a stale store is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from probebench import __version__
+from probebench.errors import ProbebenchError
+
+FEATURE_VERSION = 1  # bump when the code that defines a feature changes
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Everything that determines the cached numbers; ``key`` is its hash."""
+
+    dataset: str
+    model: str
+    tap: str
+    weights: dict  # {"sha256": ..., "label": ..., "source": ...}
+    preprocessing: dict
+    precision: str
+    store_dtype: str
+    manifest_hash: str
+
+    def key_material(self) -> dict:
+        return {"feature_version": FEATURE_VERSION, "model": self.model, "tap": self.tap,
+                "weights_sha256": self.weights["sha256"], "weights_seed": self.weights.get("seed"),
+                "preprocessing": self.preprocessing, "precision": self.precision,
+                "store_dtype": self.store_dtype, "manifest_hash": self.manifest_hash}
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.key_material(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def path(self, cache_dir: str | Path) -> Path:
+        return Path(cache_dir) / self.dataset / self.model / f"{self.key}.zarr"
+
+
+def versions() -> dict:
+    import timm
+    import torch
+    import torchvision
+
+    return {"probebench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "zarr": zarr.__version__, "python": platform.python_version()}
+
+
+def create_store(path: Path, request: FeatureRequest, manifest, feature_dim: int, chunk_size: int,
+                 extra_attrs: dict) -> zarr.Group:
+    """A new, empty store for ``manifest``'s samples; features start as NaN until their chunk is written."""
+    n = len(manifest)
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.create_array("features", shape=(n, feature_dim), chunks=(chunk_size, feature_dim),
+                      dtype=request.store_dtype, fill_value=float("nan"))
+    root.create_array("labels", data=manifest.labels.astype(np.int64))
+    root.create_array("split", data=np.array([SPLIT_CODES[s] for s in manifest.splits], dtype=np.int8))
+    for name, values in (("sample_ids", manifest.sample_ids), ("groups", manifest.groups)):
+        arr = root.create_array(name, shape=(n,), dtype=str)
+        arr[:] = np.asarray(values, dtype=str)
+    root.attrs.update({
+        "key": request.key, "key_material": request.key_material(), "dataset": request.dataset,
+        "model": request.model, "tap": request.tap, "weights": request.weights,
+        "preprocessing": request.preprocessing, "precision": request.precision,
+        "store_dtype": request.store_dtype, "manifest_hash": request.manifest_hash,
+        "classes": list(manifest.classes), "split_codes": SPLIT_CODES, "n_samples": n,
+        "feature_dim": feature_dim, "chunk_size": chunk_size, "n_chunks": -(-n // chunk_size),
+        "complete_chunks": [], "complete": False, "skipped": [], "junk_files": len(manifest.junk),
+        "versions": versions(), **extra_attrs,
+    })
+    return root
+
+
+def open_store(path: Path, request: FeatureRequest, mode: str = "r") -> zarr.Group | None:
+    """An existing store for ``request``, or None; a store whose recorded key differs is refused."""
+    if not path.exists():
+        return None
+    try:
+        root = zarr.open_group(str(path), mode=mode)
+    except Exception as exc:
+        raise ProbebenchError(f"feature cache {path} is unreadable ({exc}); rerun extract with --force") from exc
+    if root.attrs.get("key_material") != json.loads(json.dumps(request.key_material())):
+        raise ProbebenchError(f"feature cache {path} was made for different inputs than its name says; "
+                              "rerun extract with --force")
+    return root
+
+
+@dataclass
+class CachedFeatures:
+    """The arrays of a complete store, skipped samples removed, plus its attributes."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray  # "train" / "val" / "test"
+    sample_ids: np.ndarray
+    groups: np.ndarray
+    attrs: dict
+    path: Path
+
+    def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.split == split
+        return self.features[mask], self.labels[mask]
+
+
+def _strings(arr) -> np.ndarray:
+    """A zarr string array as a plain numpy unicode array."""
+    return np.array(arr[:].tolist(), dtype=str)
+
+
+def read_features(path: Path) -> CachedFeatures:
+    """Load a complete store into memory (float32), dropping the rows of skipped bad images."""
+    root = zarr.open_group(str(path), mode="r")
+    attrs = dict(root.attrs)
+    keep = np.ones(attrs["n_samples"], dtype=bool)
+    keep[[s["index"] for s in attrs["skipped"]]] = False
+    names = {v: k for k, v in attrs["split_codes"].items()}
+    return CachedFeatures(
+        features=np.asarray(root["features"][:], dtype=np.float32)[keep],
+        labels=np.asarray(root["labels"][:])[keep],
+        split=np.array([names[int(c)] for c in np.asarray(root["split"][:])[keep]]),
+        sample_ids=_strings(root["sample_ids"])[keep],
+        groups=_strings(root["groups"])[keep],
+        attrs=attrs, path=path)

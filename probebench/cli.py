@@ -1,0 +1,174 @@
+"""The ``probebench`` command line: a thin Typer layer over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from probebench.errors import ProbebenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Which pretrained backbone, frozen or fine-tuned, serves your imaging task, with honest CIs.")
+out = Console()
+err = Console(stderr=True)
+
+
+def friendly(fn):
+    """Print ProbebenchError as one red message and exit 2, instead of a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ProbebenchError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2)
+    return wrapper
+
+
+ModelOpt = typer.Option(..., "--model", "-m", help="Registry name: vgg16 resnet50 densenet121 dinov2_s/b/l/g.")
+DatasetOpt = typer.Option(..., "--dataset", "-d", help="Dataset spec name, or path to a spec .toml.")
+DataRootOpt = typer.Option(None, "--data-root", help="Folder holding one folder per dataset "
+                                                     "[default: $PROBEBENCH_DATA, else ./data].")
+CacheOpt = typer.Option(Path("cache"), "--cache-dir", help="Feature cache root.")
+WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hub cache, then download) or "
+                                                    "'random' (untrained; flagged everywhere).")
+TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`); default per model.")
+ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px [default 256].")
+CropOpt = typer.Option(None, "--crop", help="Centre crop in px [default 224].")
+PrecisionOpt = typer.Option("fp32", "--precision", help="Forward precision: fp32, bf16, fp16 (autocast).")
+StoreOpt = typer.Option("float32", "--store-dtype", help="Cache dtype: float32 or float16.")
+SeedOpt = typer.Option(0, "--seed", help="Seed for random weights, shuffling and head initialisation.")
+
+
+@app.command()
+@friendly
+def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Path] = DataRootOpt,
+            cache_dir: Path = CacheOpt, weights: str = WeightsOpt, tap: Optional[str] = TapOpt,
+            resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, precision: str = PrecisionOpt,
+            store_dtype: str = StoreOpt, device: str = typer.Option("auto", help="auto (cuda > mps > cpu), or a "
+                                                                              "torch device such as cuda:1."),
+            batch_size: int = typer.Option(32, help="Images per forward pass."),
+            workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: CPUs - 1, max 8]."),
+            force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+            skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and record them."),
+            seed: int = SeedOpt):
+    """Fill the feature cache: one forward pass per image through the frozen backbone (resumable)."""
+    from probebench.extract import extract as run
+
+    t0 = time.perf_counter()
+    path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap, resize=resize,
+               crop=crop, precision=precision, store_dtype=store_dtype, device=device, batch_size=batch_size,
+               workers=workers, force=force, skip_bad=skip_bad, seed=seed)
+    out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
+
+
+@app.command()
+@friendly
+def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Path] = DataRootOpt,
+        cache_dir: Path = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+        weights: str = WeightsOpt, tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt,
+        crop: Optional[int] = CropOpt, precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
+        head: str = typer.Option("linear", help="Head on the cached features."),
+        epochs: int = typer.Option(100, help="Training epochs (best validation accuracy kept)."),
+        lr: float = typer.Option(1e-4, help="Adam learning rate."),
+        batch_size: int = typer.Option(32, help="Training batch size."),
+        weight_decay: float = typer.Option(0.0, help="Adam weight decay."), seed: int = SeedOpt):
+    """Train a head on cached features (frozen backbone) and write a run directory."""
+    from probebench.fit import fit as run
+
+    path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
+               resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, head=head, epochs=epochs,
+               lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed)
+    out.print(f"run written to {path}")
+
+
+@app.command()
+@friendly
+def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+           dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
+           fmt: str = typer.Option("table", "--format", "-f", help="table, md or csv."),
+           n_resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples (>= 1000 advised)."),
+           seed: int = typer.Option(0, help="Bootstrap seed."),
+           all_runs: bool = typer.Option(False, "--all", help="Every run, not only the latest per cell.")):
+    """Tables laid out like the study's Tables III/IV, with 95% bootstrap intervals."""
+    from probebench.report import FORMATS, collect_rows, render
+
+    if fmt not in FORMATS:
+        raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    rows = collect_rows(runs_dir, datasets=dataset, n_resamples=n_resamples, seed=seed, latest_only=not all_runs)
+    if not rows:
+        raise ProbebenchError(f"no runs found under {runs_dir}; run `probebench fit` first")
+    sys.stdout.write(render(rows, fmt, n_resamples=n_resamples, seed=seed))
+
+
+@app.command()
+@friendly
+def demo(out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where data, cache and runs go."),
+         models: str = typer.Option("resnet50,dinov2_s", help="Comma-separated registry names."),
+         epochs: int = typer.Option(100, help="Head training epochs.")):
+    """Synthetic data end to end (extract, fit, report) with random weights, offline, in minutes."""
+    from probebench.demo import run_demo
+
+    t0 = time.perf_counter()
+    text = run_demo(out_dir, tuple(m.strip() for m in models.split(",") if m.strip()), epochs=epochs)
+    sys.stdout.write(text)
+    out.print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out_dir}/")
+
+
+@app.command()
+def models():
+    """The model registry: feature taps, dimensions, weights and where they are looked for."""
+    from probebench.registry import REGISTRY
+    from probebench.weights import hub_checkpoint_dir
+
+    hub = hub_checkpoint_dir()
+    table = Table(title=f"models (weights looked for in {hub})")
+    for col in ("name", "taps (dim)", "weights", "file", "present", "preprocessing"):
+        table.add_column(col)
+    for c in REGISTRY.values():
+        taps = ", ".join(f"{t}{'*' if t == c.default_tap else ''} ({d})" for t, d in c.taps.items())
+        p = c.preprocessing
+        table.add_row(c.name, taps, c.weights_label, c.weight_file, "yes" if (hub / c.weight_file).is_file() else "no",
+                      f"{p.resize}/{p.crop} {p.interpolation}")
+    out.print(table)
+    out.print("* default tap")
+
+
+@app.command()
+@friendly
+def datasets(data_root: Optional[Path] = DataRootOpt,
+             check: bool = typer.Option(False, "--check", help="Resolve present datasets and show split counts.")):
+    """Dataset specs that are registered, and whether their data is present under the data root."""
+    from probebench.datasets import data_root as resolve_root
+    from probebench.datasets import list_specs, load_manifest, load_spec
+
+    root = resolve_root(data_root)
+    table = Table(title=f"datasets (data root {root})")
+    for col in ("name", "kind", "folder", "present", "classes", "description") + (("train/val/test",) if check else ()):
+        table.add_column(col)
+    for name, path in list_specs().items():
+        spec = load_spec(path)
+        present = (root / spec.root).is_dir()
+        row = [name, spec.kind, spec.root, "yes" if present else "no", ", ".join(spec.classes), spec.description]
+        if check:
+            if present:
+                try:
+                    c = load_manifest(spec, data_root).counts()
+                    row.append("/".join(str(sum(c[s])) for s in ("train", "val", "test")))
+                except ProbebenchError as exc:
+                    row.append(f"[red]{exc}[/]")
+            else:
+                row.append("")
+        table.add_row(*row)
+    out.print(table)
+
+
+if __name__ == "__main__":
+    app()

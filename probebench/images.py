@@ -1,0 +1,54 @@
+"""Image decoding to RGB (8/16-bit; L, RGB, RGBA, palette) and the registry's preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from probebench.registry import Preprocessing
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+def is_junk(path: Path) -> bool:
+    """Release clutter that is never an image: macOS/Windows metadata, spreadsheets, notes, hidden files."""
+    return (path.name.lower() in JUNK_NAMES or path.name.startswith("._") or path.name.startswith(".")
+            or "__MACOSX" in path.parts or path.suffix.lower() not in IMAGE_SUFFIXES)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode any supported image to 8-bit RGB; 16-bit data is scaled by its full range (x / 257)."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64) / 257.0
+            img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        elif img.mode == "F":  # float images: [0, 1] or [0, 255]
+            arr = np.asarray(img, dtype=np.float64)
+            arr = arr * 255.0 if arr.max() <= 1.0 else arr
+            img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA").convert("RGB")  # drop alpha: the study's images carry none
+        return img.convert("RGB")
+
+
+def make_transform(pre: Preprocessing):
+    """PIL image -> normalised float tensor (3, crop, crop): resize shorter side, centre-crop, normalise."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    interp = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[pre.interpolation]
+    return transforms.Compose([
+        transforms.Resize(pre.resize, interpolation=interp),
+        transforms.CenterCrop(pre.crop),
+        transforms.ToTensor(),
+        transforms.Normalize(pre.mean, pre.std),
+    ])
+
+
+def preprocess(path: str | Path, transform) -> torch.Tensor:
+    return transform(load_rgb(path))

@@ -1,0 +1,91 @@
+"""Run directories: ``runs/<dataset>/<model>/<mode>/<run-id>/`` with config, predictions, history, metrics.
+
+A run is written to a temporary folder and renamed when complete, so readers never see half a run.
+``report`` needs nothing else: no model, no cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("frozen", "unfrozen")
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def write_run(runs_dir: str | Path, config: dict, *, sample_ids, groups, y_true, proba: np.ndarray,
+              history: list[dict], metrics: dict) -> Path:
+    """Write a complete run and return its folder."""
+    classes = config["classes"]
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{config['head']}-{config_hash(config)}"
+    final = Path(runs_dir) / config["dataset"] / config["model"] / config["mode"] / run_id
+    tmp = final.with_name(final.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps({**config, "run_id": run_id}, indent=2, default=str))
+    y_pred = proba.argmax(axis=1)
+    with (tmp / "predictions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sample_id", "group", "true", "pred"] + [f"prob_{c}" for c in classes])
+        for sid, g, t, p, pr in zip(sample_ids, groups, y_true, y_pred, proba):
+            w.writerow([sid, g, classes[int(t)], classes[int(p)]] + [f"{v:.8g}" for v in pr])
+    if history:
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        with (tmp / "history.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(history)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+@dataclass
+class Run:
+    """A finished run read back from disk."""
+
+    path: Path
+    config: dict
+    metrics: dict
+    sample_ids: np.ndarray
+    groups: np.ndarray
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    proba: np.ndarray
+
+    @property
+    def classes(self) -> list[str]:
+        return self.config["classes"]
+
+
+def read_run(path: str | Path) -> Run:
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text())
+    classes = config["classes"]
+    index = {c: i for i, c in enumerate(classes)}
+    with (path / "predictions.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    proba = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
+    return Run(path=path, config=config, metrics=json.loads((path / "metrics.json").read_text()),
+               sample_ids=np.array([r["sample_id"] for r in rows]), groups=np.array([r["group"] for r in rows]),
+               y_true=np.array([index[r["true"]] for r in rows], dtype=np.int64),
+               y_pred=np.array([index[r["pred"]] for r in rows], dtype=np.int64), proba=proba)
+
+
+def find_runs(runs_dir: str | Path) -> list[Path]:
+    """Every complete run folder under ``runs_dir`` (partial ones are ignored)."""
+    return sorted(p.parent for p in Path(runs_dir).glob("*/*/*/*/config.json")
+                  if not p.parent.name.endswith(".partial"))

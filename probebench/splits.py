@@ -1,0 +1,68 @@
+"""Group-aware, class-stratified, seeded splits, and the check that no group sits in two splits."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from probebench.errors import ProbebenchError
+
+SPLITS = ("train", "val", "test")
+
+
+def group_labels(labels: np.ndarray, groups: np.ndarray) -> dict[str, int]:
+    """Each group's stratification label: its most common class (smallest index on ties)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for label, group in zip(labels.tolist(), groups.tolist()):
+        counts[group][label] += 1
+    return {g: min(c, key=lambda k: (-c[k], k)) for g, c in counts.items()}
+
+
+def _allocate(sizes: dict[int, int], total: int) -> dict[int, int]:
+    """Split ``total`` held-out groups over classes in proportion to ``sizes`` (largest remainder)."""
+    n = sum(sizes.values())
+    exact = {k: total * s / n for k, s in sizes.items()}
+    alloc = {k: int(np.floor(v)) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (-(exact[k] - alloc[k]), k))[: total - sum(alloc.values())]:
+        alloc[k] += 1
+    return alloc
+
+
+def stratified_group_holdout(labels: np.ndarray, groups: np.ndarray, *, fraction: float | None = None,
+                             count: int | None = None, seed: int = 0) -> np.ndarray:
+    """Boolean mask of samples held out: whole groups, stratified by group class, seeded.
+
+    ``fraction`` holds out that share of each class's groups (at least one where a class has two or
+    more); ``count`` holds out exactly that many groups in total, spread over classes proportionally.
+    """
+    glabel = group_labels(labels, groups)
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for g in sorted(glabel):
+        by_class[glabel[g]].append(g)
+    sizes = {k: len(v) for k, v in by_class.items()}
+    if count is not None:
+        if not 0 < count < len(glabel):
+            raise ProbebenchError(f"cannot hold out {count} of {len(glabel)} groups")
+        take = _allocate(sizes, count)
+    else:
+        take = {k: (max(1, int(round(fraction * s))) if s >= 2 else 0) for k, s in sizes.items()}
+    rng = np.random.default_rng(seed)
+    held = set()
+    for k in sorted(by_class):
+        order = rng.permutation(len(by_class[k]))
+        held.update(by_class[k][i] for i in order[: take[k]])
+    return np.array([g in held for g in groups.tolist()], dtype=bool)
+
+
+def check_disjoint(groups: np.ndarray, splits: np.ndarray, where: str = "") -> None:
+    """Fail loudly if any group has samples in two splits."""
+    seen: dict[str, set] = defaultdict(set)
+    for g, s in zip(groups.tolist(), splits.tolist()):
+        seen[g].add(s)
+    bad = sorted(g for g, s in seen.items() if len(s) > 1)
+    if bad:
+        examples = ", ".join(f"{g} ({'/'.join(sorted(seen[g]))})" for g in bad[:5])
+        raise ProbebenchError(
+            f"{where}{len(bad)} group(s) sit in more than one split, which would leak between train "
+            f"and evaluation: {examples}{' …' if len(bad) > 5 else ''}")
