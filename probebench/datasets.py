@@ -26,6 +26,11 @@ from probebench.splits import SPLITS, check_disjoint, stratified_group_holdout
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "folder", "csv", "split"}
+SOURCE_KEYS = {"file", "image_dirs", "id_column", "path_column", "label_column", "onehot_columns", "group_column",
+               "split", "split_column"}
+TABLE_KEYS = {"folder": {"split_dirs", "group_regex"},
+              "split": {"seed", "val_fraction", "test_fraction", "test_count"},
+              "csv": SOURCE_KEYS | {"sources", "label_map"}}
 
 
 @dataclass
@@ -118,6 +123,13 @@ def load_spec(name_or_path: str | Path) -> DatasetSpec:
     unknown = set(raw) - SPEC_KEYS
     if unknown:
         raise ProbebenchError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+    tables = [(t, raw.get(t, {})) for t in TABLE_KEYS] + [
+        (f"csv.sources[{i}]", src) for i, src in enumerate(raw.get("csv", {}).get("sources", []))]
+    for table, content in tables:
+        allowed = TABLE_KEYS.get(table, SOURCE_KEYS)
+        if set(content) - allowed:
+            raise ProbebenchError(f"{path}: unknown keys {sorted(set(content) - allowed)} in [{table}]; "
+                                  f"allowed: {sorted(allowed)}")
     for key in ("kind", "classes"):
         if key not in raw:
             raise ProbebenchError(f"{path}: missing required key {key!r}")

@@ -1,0 +1,115 @@
+"""Extraction into the zarr cache: contents, resume after an interrupt, key invalidation, bad images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from probebench.cache import read_features
+from probebench.errors import ProbebenchError
+from probebench.extract import extract
+
+from conftest import write_image
+
+OPTS = dict(weights="random", resize=40, crop=32, batch_size=4, chunk_size=8, workers=0, progress=False)
+
+
+def test_extract_writes_a_complete_store(tiny, tmp_path):
+    spec, root = tiny
+    path = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "cache", **OPTS)
+    assert path.parent == tmp_path / "cache" / "tiny" / "resnet50" and path.suffix == ".zarr"
+    store = zarr.open_group(str(path), mode="r")
+    attrs = dict(store.attrs)
+    assert attrs["complete"] and attrs["complete_chunks"] == list(range(5))
+    assert store["features"].shape == (40, 2048) and store["features"].chunks == (8, 2048)
+    for key in ("model", "weights", "tap", "preprocessing", "precision", "manifest_hash", "versions", "device"):
+        assert key in attrs
+    assert attrs["weights"]["sha256"] == "random" and attrs["preprocessing"]["crop"] == 32
+    feats = read_features(path)
+    assert np.isfinite(feats.features).all()
+    assert set(feats.split) == {"train", "val", "test"}
+    assert feats.sample_ids[0] == "a/p000_0.png" and feats.groups[0] == "p000"
+
+
+def test_features_equal_a_direct_forward_pass(tiny, tmp_path):
+    from probebench.images import make_transform, preprocess
+    from probebench.registry import Preprocessing, create_model
+
+    spec, root = tiny
+    feats = read_features(extract("dinov2_s", str(spec), data_root=root, cache_dir=tmp_path / "c",
+                                  **{**OPTS, "crop": 28}))
+    model = create_model("dinov2_s", "random", img_size=28)
+    tf = make_transform(Preprocessing(resize=40, crop=28, interpolation="bicubic"))
+    x = torch.stack([preprocess(root / "tiny" / sid, tf) for sid in feats.sample_ids[:3]])
+    with torch.inference_mode():
+        assert np.allclose(model(x).numpy(), feats.features[:3], atol=1e-5)
+
+
+def test_resume_after_interrupt_computes_only_missing_chunks(tiny, tmp_path):
+    spec, root = tiny
+    full = read_features(extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "a", **OPTS)).features
+
+    def interrupt_after_two(chunk):
+        seen.append(chunk)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", on_chunk=interrupt_after_two, **OPTS)
+    first = list(seen)
+    seen = []
+    path = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", on_chunk=seen.append, **OPTS)
+    assert sorted(first + seen) == list(range(5)) and len(seen) == 3  # only the missing chunks
+    assert np.array_equal(read_features(path).features, full)  # identical to an uninterrupted run
+    seen.clear()
+    extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", on_chunk=seen.append, **OPTS)
+    assert seen == []  # complete: nothing recomputed
+    extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", on_chunk=seen.append, force=True, **OPTS)
+    assert len(seen) == 5
+
+
+def test_cache_key_changes_with_everything_that_changes_numbers(tiny, tmp_path):
+    spec, root = tiny
+    cache = tmp_path / "cache"
+    base = extract("resnet50", str(spec), data_root=root, cache_dir=cache, **OPTS)
+    variants = [
+        extract("resnet50", str(spec), data_root=root, cache_dir=cache, **{**OPTS, "crop": 24}),
+        extract("resnet50", str(spec), data_root=root, cache_dir=cache, seed=1, **OPTS),  # other random weights
+        extract("resnet50", str(spec), data_root=root, cache_dir=cache, store_dtype="float16", **OPTS),
+    ]
+    write_image(root / "tiny" / "a" / "p000_0.png", seed=999, size=30)  # the data changed
+    variants.append(extract("resnet50", str(spec), data_root=root, cache_dir=cache, **OPTS))
+    assert len({base, *variants}) == 5
+    assert zarr.open_group(str(variants[2]), mode="r")["features"].dtype == np.float16
+
+
+def test_weights_file_checksum_is_part_of_the_key(tiny, tmp_path):
+    import torchvision
+
+    spec, root = tiny
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        w = tmp_path / f"w{seed}.pth"
+        torch.save(torchvision.models.resnet50(weights=None).state_dict(), w)
+        paths.append(extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c",
+                             **{**OPTS, "weights": str(w)}))
+    assert paths[0] != paths[1]
+    attrs = dict(zarr.open_group(str(paths[0]), mode="r").attrs)
+    assert len(attrs["weights"]["sha256"]) == 64 and attrs["weights"]["label"] == "IMAGENET1K_V1"
+
+
+def test_corrupt_image_is_named_or_skipped_and_recorded(tiny, tmp_path):
+    spec, root = tiny
+    bad = root / "tiny" / "b" / "p105_1.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(ProbebenchError, match=r"cannot read image .*p105_1.png.*--skip-bad"):
+        extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", **OPTS)
+    path = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", skip_bad=True, **OPTS)
+    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    assert [s["sample_id"] for s in attrs["skipped"]] == ["b/p105_1.png"] and attrs["complete"]
+    feats = read_features(path)
+    assert len(feats.labels) == 39 and "b/p105_1.png" not in feats.sample_ids and np.isfinite(feats.features).all()
