@@ -44,11 +44,11 @@ def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
     """
     xt, yt = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(y_train, dtype=torch.long)
     xv, yv = torch.as_tensor(x_val, dtype=torch.float32), torch.as_tensor(y_val, dtype=torch.long)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     best_acc, best_state, history = -1.0, None, []
     for epoch in range(1, epochs + 1):
         model.train()
-        total, correct, seen = 0.0, 0, 0
+        total, correct, seen = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.long), 0
         for idx in epoch_batches(len(xt), batch_size, seed, epoch):
             idx = torch.from_numpy(idx)
             xb, yb = xt[idx], yt[idx]
@@ -57,11 +57,11 @@ def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
-            correct += (logits.argmax(1) == yb).sum().item()
+            total += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(idx)
         val_loss, val_acc = evaluate(model, xv, yv)
-        row = {"epoch": epoch, "train_loss": total / seen, "train_accuracy": correct / seen,
+        row = {"epoch": epoch, "train_loss": total.item() / seen, "train_accuracy": correct.item() / seen,
                "val_loss": val_loss, "val_accuracy": val_acc}
         if val_acc > best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
