@@ -81,6 +81,7 @@ def create_store(path: Path, request: FeatureRequest, manifest, feature_dim: int
         "classes": list(manifest.classes), "split_codes": SPLIT_CODES, "n_samples": n,
         "feature_dim": feature_dim, "chunk_size": chunk_size, "n_chunks": -(-n // chunk_size),
         "complete_chunks": [], "complete": False, "skipped": [], "junk_files": len(manifest.junk),
+        "group_kind": manifest.group_kind,
         "versions": versions(), **extra_attrs,
     })
     return root

@@ -89,23 +89,67 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Pa
     out.print(f"run written to {path}")
 
 
+def _report_options(n_resamples: int, method: str, unit: str, seed: int, level: str, aggregate: str,
+                    metrics: str | None = None):
+    from probebench.bootstrap import BootstrapConfig
+    from probebench.metrics import STUDY_METRICS
+    from probebench.report import ReportOptions
+
+    chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else STUDY_METRICS
+    return ReportOptions(BootstrapConfig(n_resamples=n_resamples, method=method, unit=unit, seed=seed),
+                         level=level, aggregate=aggregate, metrics=chosen)
+
+
+ResamplesOpt = typer.Option(1000, "--resamples", help="Bootstrap replicates (>= 1000 advised).")
+MethodOpt = typer.Option("percentile", "--method", help="Interval: percentile or bca.")
+UnitOpt = typer.Option("auto", "--unit", help="Resample 'group' (patients, lesions), 'sample', or 'auto' "
+                                              "(groups when samples share them).")
+LevelOpt = typer.Option("sample", "--level", help="'sample', or 'patient': one prediction per group.")
+AggOpt = typer.Option("mean", "--aggregate", help="Patient level: 'mean' probability or majority 'vote'.")
+BootSeedOpt = typer.Option(0, "--seed", help="Bootstrap seed.")
+
+
 @app.command()
 @friendly
 def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
            dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
            fmt: str = typer.Option("table", "--format", "-f", help="table, md or csv."),
-           n_resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples (>= 1000 advised)."),
-           seed: int = typer.Option(0, help="Bootstrap seed."),
+           metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated columns [default: "
+                                                 "accuracy,precision,recall,f1]; csv always has every metric."),
+           n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
+           aggregate: str = AggOpt, seed: int = BootSeedOpt,
+           compare_metric: str = typer.Option("accuracy", "--compare-metric", help="Metric of the comparisons."),
            all_runs: bool = typer.Option(False, "--all", help="Every run, not only the latest per cell.")):
-    """Tables laid out like the study's Tables III/IV, with 95% bootstrap intervals."""
-    from probebench.report import FORMATS, collect_rows, render
+    """Tables laid out like the study's Tables III/IV, with bootstrap intervals and paired comparisons."""
+    from probebench.report import FORMATS, collect_rows, comparisons, render
 
     if fmt not in FORMATS:
         raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
-    rows = collect_rows(runs_dir, datasets=dataset, n_resamples=n_resamples, seed=seed, latest_only=not all_runs)
+    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics)
+    rows = collect_rows(runs_dir, datasets=dataset, opts=opts, latest_only=not all_runs)
     if not rows:
         raise ProbebenchError(f"no runs found under {runs_dir}; run `probebench fit` first")
-    sys.stdout.write(render(rows, fmt, n_resamples=n_resamples, seed=seed))
+    comps = comparisons(rows, opts, compare_metric) if fmt != "csv" else None
+    sys.stdout.write(render(rows, fmt, opts, comps, compare_metric))
+
+
+@app.command()
+@friendly
+def compare(run_a: Path = typer.Argument(..., help="First run directory."),
+            run_b: Path = typer.Argument(..., help="Second run directory (same test set)."),
+            n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
+            aggregate: str = AggOpt, seed: int = BootSeedOpt):
+    """A − B for every metric on the same bootstrap replicates, with intervals and two-sided p-values."""
+    from probebench.report import compare_runs, render_compare
+    from probebench.runs import read_run
+
+    for p in (run_a, run_b):
+        if not (p / "predictions.csv").is_file():
+            raise ProbebenchError(f"{p} is not a run directory (no predictions.csv)")
+    opts = _report_options(n_resamples, method, unit, seed, level, aggregate)
+    a, b = read_run(run_a), read_run(run_b)
+    diffs, used = compare_runs(a, b, opts)
+    sys.stdout.write(render_compare(a, b, diffs, used, opts))
 
 
 @app.command()

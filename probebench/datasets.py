@@ -43,7 +43,7 @@ class DatasetSpec:
     classes: list[str]
     source: Path
     description: str = ""
-    group: str = "sample"
+    group: str = "group"  # what a group is, for reports: patient, lesion, image ...
     folder: dict = field(default_factory=dict)
     csv: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
@@ -63,6 +63,7 @@ class Manifest:
     splits: np.ndarray
     sizes: np.ndarray  # file sizes in bytes, part of the hash so a replaced image changes the version
     junk: list[str] = field(default_factory=list)
+    group_kind: str = "group"  # what a group is: patient, lesion, image ...
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -137,7 +138,7 @@ def load_spec(name_or_path: str | Path) -> DatasetSpec:
         raise ProbebenchError(f"{path}: kind {raw['kind']!r} is not one of: folder, csv")
     name = raw.get("name", path.stem)
     return DatasetSpec(name=name, kind=raw["kind"], root=raw.get("root", name), classes=list(raw["classes"]),
-                       source=path, description=raw.get("description", ""), group=raw.get("group", "sample"),
+                       source=path, description=raw.get("description", ""), group=raw.get("group", "group"),
                        folder=raw.get("folder", {}), csv=raw.get("csv", {}), split=raw.get("split", {}))
 
 
@@ -172,7 +173,7 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir: str | Path |
         sample_ids=np.array(ids, dtype=str), paths=[r[1] for r in rows],
         labels=np.array([r[2] for r in rows], dtype=np.int64), groups=np.array([r[3] for r in rows], dtype=str),
         splits=np.array([r[4] or "" for r in rows], dtype=object), sizes=np.array([r[5] for r in rows]),
-        junk=sorted(junk))
+        junk=sorted(junk), group_kind=spec.group)
     _assign_splits(manifest, spec)
     manifest.splits = manifest.splits.astype(str)
     check_disjoint(manifest.groups, manifest.splits, where=f"dataset {spec.name!r}: ")

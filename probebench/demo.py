@@ -81,7 +81,7 @@ def run_demo(out: str | Path = "demo-output", models: tuple[str, ...] = ("resnet
     """Generate data, extract and fit each model with random weights, and return the rendered report."""
     from probebench.extract import extract
     from probebench.fit import fit
-    from probebench.report import collect_rows, render
+    from probebench.report import ReportOptions, collect_rows, comparisons, render
 
     out = Path(out)
     spec = make_demo_dataset(out)
@@ -89,4 +89,5 @@ def run_demo(out: str | Path = "demo-output", models: tuple[str, ...] = ("resnet
     for model in models:
         extract(model, str(spec), progress=progress, **common)
         fit(model, str(spec), runs_dir=out / "runs", epochs=epochs, progress=progress, **common)
-    return render(collect_rows(out / "runs"), fmt)
+    rows = collect_rows(out / "runs")
+    return render(rows, fmt, ReportOptions(), comparisons(rows, ReportOptions()))

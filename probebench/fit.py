@@ -58,11 +58,12 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
         "tap": attrs["tap"], "preprocessing": attrs["preprocessing"], "precision": attrs["precision"],
         "store_dtype": attrs["store_dtype"], "manifest_hash": attrs["manifest_hash"], "cache_key": attrs["key"],
         "cache_path": str(path), "extract_device": attrs.get("device"), "skipped": attrs["skipped"],
-        "junk_files": attrs.get("junk_files", 0), "versions": fcache.versions(), "data_root": str(data_root or ""),
+        "junk_files": attrs.get("junk_files", 0),
+        "group_kind": attrs.get("group_kind", "group"), "versions": fcache.versions(), "data_root": str(data_root or ""),
         "n": {s: int((feats.split == s).sum()) for s in ("train", "val", "test")},
     }
     y_test = feats.labels[test]
-    metrics = {"test": point_metrics(y_test, proba.argmax(1), n_classes), "best_epoch": estimator.best_epoch_,
+    metrics = {"test": point_metrics(y_test, proba.argmax(1), n_classes, proba), "best_epoch": estimator.best_epoch_,
                "best_val_accuracy": max(r["val_accuracy"] for r in estimator.history_),
                "fit_seconds": round(seconds, 3)}
     return write_run(runs_dir, config, sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_test,

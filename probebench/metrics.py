@@ -1,68 +1,119 @@
-"""Classification metrics as pure functions of arrays, and a vectorised percentile bootstrap.
+"""Classification metrics as pure functions of arrays, for one evaluation or thousands of weighted replicates.
 
-Every replicate's confusion matrix is built in one ``bincount`` over (replicate, true, predicted);
-all metrics then come from that tensor. Values follow scikit-learn (weighted averages over true
-support, ``zero_division=0``).
+A replicate is a vector of per-sample weights (how often each sample was drawn). All replicates'
+confusion matrices come from one matrix product of weights with one-hot (true, predicted) codes,
+and every confusion-based metric is computed from that (R, K, K) tensor; AUROC comes from
+weighted ranks. Every value equals scikit-learn's on the resampled data, including its handling of
+classes that are absent from a resample (``zero_division=0``; macro averages over the classes
+present; undefined AUROC or kappa is NaN where scikit-learn raises or returns NaN).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("accuracy", "precision", "recall", "f1")  # the study's: precision/recall/F1 weighted
+STUDY_METRICS = ("accuracy", "precision", "recall", "f1")  # precision/recall/F1 weighted, as the study
+CONFUSION_METRICS = STUDY_METRICS + ("precision_macro", "recall_macro", "f1_macro", "balanced_accuracy",
+                                     "kappa_quadratic")
+AUROC_METRICS = ("auroc_macro", "auroc_weighted")
+ALL_METRICS = CONFUSION_METRICS + AUROC_METRICS
+PER_CLASS = ("precision_class", "recall_class", "f1_class")
+LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1",
+          "precision_macro": "Precision (macro)", "recall_macro": "Recall (macro)", "f1_macro": "F1 (macro)",
+          "balanced_accuracy": "Balanced acc.", "kappa_quadratic": "Kappa (quadratic)",
+          "auroc_macro": "AUROC (macro)", "auroc_weighted": "AUROC (weighted)"}
 
 
-def confusion_matrices(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
-                       resamples: np.ndarray | None = None) -> np.ndarray:
-    """(R, K, K) confusion counts [true, pred] for index resamples (R, n); (1, K, K) when None."""
-    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
-    if resamples is None:
-        resamples = np.arange(len(y_true))[None]
-    r = resamples.shape[0]
-    codes = (np.arange(r)[:, None] * n_classes + y_true[resamples]) * n_classes + y_pred[resamples]
-    return np.bincount(codes.ravel(), minlength=r * n_classes * n_classes).reshape(r, n_classes, n_classes)
+def _div(num: np.ndarray, den: np.ndarray, empty: float = 0.0) -> np.ndarray:
+    out = np.full(np.broadcast(num, den).shape, empty, dtype=np.float64)
+    return np.divide(num, den, out=out, where=den > 0)
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """(R, K, K) confusion counts [true, pred], one per weight row (R, n); (1, K, K) when unweighted."""
+    codes = np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64)
+    if weights is None:
+        return np.bincount(codes, minlength=n_classes * n_classes).reshape(1, n_classes, n_classes).astype(float)
+    onehot = np.zeros((len(codes), n_classes * n_classes), dtype=np.float64)
+    onehot[np.arange(len(codes)), codes] = 1.0
+    return (np.asarray(weights, dtype=np.float64) @ onehot).reshape(-1, n_classes, n_classes)
 
 
-def metrics_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Accuracy and weighted precision / recall / F1 for each confusion matrix in (R, K, K)."""
-    cm = cm.astype(np.float64)
+def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Every confusion-based metric for each matrix in (R, K, K); per-class ones are (R, K)."""
+    cm = np.asarray(cm, dtype=np.float64)
     tp = np.diagonal(cm, axis1=1, axis2=2)
-    support = cm.sum(axis=2)  # true counts per class
-    predicted = cm.sum(axis=1)
+    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
     total = support.sum(axis=1)
-    precision = _safe_div(tp, predicted)
-    recall = _safe_div(tp, support)
-    f1 = _safe_div(2 * tp, support + predicted)
+    present = (support + predicted) > 0  # scikit-learn's unique_labels(y_true, y_pred)
+    precision, recall = _div(tp, predicted), _div(tp, support)
+    f1 = _div(2 * tp, support + predicted)
     weight = support / total[:, None]
-    return {"accuracy": tp.sum(axis=1) / total,
-            "precision": (precision * weight).sum(axis=1),
-            "recall": (recall * weight).sum(axis=1),
-            "f1": (f1 * weight).sum(axis=1)}
+    n_present = present.sum(axis=1)
+    out = {"accuracy": tp.sum(axis=1) / total}
+    for name, per in (("precision", precision), ("recall", recall), ("f1", f1)):
+        out[name] = (per * weight).sum(axis=1)
+        out[f"{name}_macro"] = (per * present).sum(axis=1) / n_present
+        out[f"{name}_class"] = per
+    has_true = support > 0  # balanced accuracy: mean recall over classes present in y_true
+    out["balanced_accuracy"] = (recall * has_true).sum(axis=1) / has_true.sum(axis=1)
+    # quadratic kappa: scikit-learn weights by position among the labels present in the resample
+    pos = np.cumsum(present, axis=1) - 1
+    w = (pos[:, :, None] - pos[:, None, :]) ** 2 * (present[:, :, None] & present[:, None, :])
+    expected = support[:, :, None] * predicted[:, None, :] / total[:, None, None]
+    observed_w, expected_w = (w * cm).sum(axis=(1, 2)), (w * expected).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["kappa_quadratic"] = np.where(expected_w > 0, 1 - observed_w / np.where(expected_w > 0, expected_w, 1),
+                                          np.nan)
+    return out
 
 
-def point_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
-    """The study's metrics on the whole set."""
-    return {k: float(v[0]) for k, v in metrics_from_confusion(confusion_matrices(y_true, y_pred, n_classes)).items()}
+def _auroc_binary(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted Mann-Whitney AUROC for each weight row: P(pos > neg) + P(tie) / 2; NaN without both classes."""
+    order = np.argsort(scores, kind="mergesort")
+    s, pos = scores[order], positive[order]
+    w = weights[:, order]
+    wp = w * pos
+    wn = w - wp
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    if len(starts) < len(s):  # tied scores: work on tie groups
+        wp, wn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
+    below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each score
+    num = (wp * (below + 0.5 * wn)).sum(axis=1)
+    return _div(num, wp.sum(axis=1) * wn.sum(axis=1), empty=np.nan)
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, n_resamples: int = 1000,
-                 confidence: float = 0.95, seed: int = 0, block: int = 250) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap over samples: the (α/2, 1-α/2) percentiles of each metric across resamples.
+def auroc(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One-vs-rest AUROC, macro and weighted by prevalence, for each weight row (scikit-learn's definition).
 
-    This is the interval of the metric, not of the mean of the resamples (whose width shrinks to zero
-    as resamples grow). Resamples are drawn in blocks to bound memory; the draw is seeded.
+    Binary tasks use the positive-class probability. As ``roc_auc_score(..., labels=range(K))``: the
+    macro average is NaN when a class is absent from the true labels, the weighted one skips it.
     """
-    n = len(y_true)
-    rng = np.random.default_rng(seed)
-    values: dict[str, list[np.ndarray]] = {k: [] for k in METRICS}
-    for start in range(0, n_resamples, block):
-        idx = rng.integers(0, n, size=(min(block, n_resamples - start), n))
-        for k, v in metrics_from_confusion(confusion_matrices(y_true, y_pred, n_classes, idx)).items():
-            values[k].append(v)
-    alpha = (1 - confidence) / 2
-    return {k: (float(np.quantile(np.concatenate(v), alpha)), float(np.quantile(np.concatenate(v), 1 - alpha)))
-            for k, v in values.items()}
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    w = np.ones((1, len(y_true))) if weights is None else np.asarray(weights, dtype=np.float64)
+    k = proba.shape[1]
+    if k == 2:
+        a = _auroc_binary(proba[:, 1], y_true == 1, w)
+        return {"auroc_macro": a, "auroc_weighted": a.copy()}
+    per = np.stack([_auroc_binary(proba[:, c], y_true == c, w) for c in range(k)], axis=1)
+    support = np.stack([(w * (y_true == c)).sum(axis=1) for c in range(k)], axis=1)
+    macro = per.mean(axis=1)  # NaN when a class is absent from the resample, as scikit-learn's
+    weighted = np.where(support > 0, per * support, 0.0).sum(axis=1) / support.sum(axis=1)
+    return {"auroc_macro": macro, "auroc_weighted": weighted}
+
+
+def replicate_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, proba: np.ndarray | None = None,
+                      weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every metric for each weight row (R values each; per-class ones R x K); AUROC needs ``proba``."""
+    out = confusion_metrics(confusion(y_true, y_pred, n_classes, weights))
+    if proba is not None:
+        out.update(auroc(y_true, proba, weights))
+    return out
+
+
+def point_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
+                  proba: np.ndarray | None = None) -> dict[str, float | list[float]]:
+    """Every metric on the whole set (per-class ones as lists)."""
+    values = replicate_metrics(y_true, y_pred, n_classes, proba)
+    return {k: (v[0].tolist() if v.ndim == 2 else float(v[0])) for k, v in values.items()}

@@ -1,7 +1,10 @@
-"""``report``: the study's Tables III/IV from run directories, each metric ``value [low, high]`` in percent.
+"""``report`` and ``compare``: the study's Tables III/IV from run directories, with honest intervals.
 
-The value is the metric on the whole test set; the interval is a seeded 95% percentile bootstrap over
-test samples. Runs made with random weights are flagged in every format.
+Each metric is shown as ``value [low, high]`` in percent: the value on the whole test set and a
+seeded bootstrap interval (percentile or BCa) whose resampling unit is stated in the header:
+groups (patients, lesions) by default when they exist, samples with ``--unit sample``. A section per
+dataset compares frozen with unfrozen runs and every model with the best one, on the same
+replicates, with Holm-adjusted p-values. Runs made with random weights are flagged everywhere.
 """
 
 from __future__ import annotations
@@ -11,11 +14,31 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probebench.metrics import METRICS, bootstrap_ci, point_metrics
-from probebench.runs import find_runs, read_run
+import numpy as np
+
+from probebench.bootstrap import BootstrapConfig, Difference, Interval, bootstrap, holm, paired_comparison
+from probebench.errors import ProbebenchError
+from probebench.evaluate import eval_data
+from probebench.metrics import ALL_METRICS, LABELS, STUDY_METRICS
+from probebench.runs import Run, find_runs, read_run
 
 FORMATS = ("table", "md", "csv")
 RANDOM_MARK = "†"
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the statistics are: bootstrap settings, evaluation level and the metrics shown."""
+
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    level: str = "sample"  # or "patient": one prediction per group
+    aggregate: str = "mean"  # patient level: mean probability or majority vote
+    metrics: tuple[str, ...] = STUDY_METRICS
+
+    def __post_init__(self):
+        unknown = [m for m in self.metrics if m not in ALL_METRICS]
+        if unknown:
+            raise ProbebenchError(f"unknown metrics {unknown}; metrics: {', '.join(ALL_METRICS)}")
 
 
 @dataclass
@@ -25,9 +48,10 @@ class ReportRow:
     freeze: str  # "Y" frozen backbone, "N" all weights trained
     head: str
     random_weights: bool
-    n_test: int
-    values: dict  # metric -> (value, low, high)
-    run: str
+    n_test: int  # evaluated units: samples, or patients at patient level
+    values: dict  # metric -> Interval
+    unit: str  # what was resampled: "sample", or the group kind (patient, lesion, ...)
+    run: Run
     skipped: list = field(default_factory=list)
 
     @property
@@ -35,8 +59,22 @@ class ReportRow:
         return self.model + (f" {RANDOM_MARK}" if self.random_weights else "")
 
 
-def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = None, n_resamples: int = 1000,
-                 seed: int = 0, confidence: float = 0.95, latest_only: bool = True) -> list[ReportRow]:
+def _unit_label(run: Run, unit: str, level: str) -> str:
+    kind = run.config.get("group_kind", "group")
+    return kind if (unit == "group" or level == "patient") else "sample"
+
+
+def evaluate_run(run: Run, opts: ReportOptions) -> ReportRow:
+    data = eval_data(run, opts.level, opts.aggregate)
+    values, unit = bootstrap(data, opts.bootstrap)
+    c = run.config
+    return ReportRow(dataset=c["dataset"], model=c["model"], freeze="Y" if c["mode"] == "frozen" else "N",
+                     head=c["head"], random_weights=c["weights"]["sha256"] == "random", n_test=len(data.y_true),
+                     values=values, unit=_unit_label(run, unit, opts.level), run=run, skipped=c.get("skipped", []))
+
+
+def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = None,
+                 opts: ReportOptions = ReportOptions(), latest_only: bool = True) -> list[ReportRow]:
     """One row per run (the latest per dataset x model x mode x head unless ``latest_only`` is off)."""
     runs = [read_run(p) for p in find_runs(runs_dir)]
     if datasets:
@@ -46,33 +84,104 @@ def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = 
         for r in sorted(runs, key=lambda r: r.config["run_id"]):
             latest[(r.config["dataset"], r.config["model"], r.config["mode"], r.config["head"])] = r
         runs = list(latest.values())
-    rows = []
-    for r in sorted(runs, key=lambda r: (r.config["dataset"], r.config["model"], r.config["mode"], r.config["head"])):
-        k = len(r.classes)
-        point = point_metrics(r.y_true, r.y_pred, k)
-        ci = bootstrap_ci(r.y_true, r.y_pred, k, n_resamples=n_resamples, seed=seed, confidence=confidence)
-        rows.append(ReportRow(
-            dataset=r.config["dataset"], model=r.config["model"], freeze="Y" if r.config["mode"] == "frozen" else "N",
-            head=r.config["head"], random_weights=r.config["weights"]["sha256"] == "random", n_test=len(r.y_true),
-            values={m: (point[m], *ci[m]) for m in METRICS}, run=str(r.path), skipped=r.config.get("skipped", [])))
-    return rows
+    runs.sort(key=lambda r: (r.config["dataset"], r.config["model"], r.config["mode"], r.config["head"]))
+    return [evaluate_run(r, opts) for r in runs]
 
 
-def _cell(v: tuple[float, float, float]) -> str:
-    return f"{100 * v[0]:.2f} [{100 * v[1]:.2f}, {100 * v[2]:.2f}]"
+def aligned(a: Run, b: Run) -> Run:
+    """``b`` reordered to ``a``'s test samples; an error if the two test sets differ."""
+    if set(a.sample_ids) != set(b.sample_ids) or len(a.sample_ids) != len(b.sample_ids):
+        raise ProbebenchError(f"runs {a.path} and {b.path} were evaluated on different test sets "
+                              f"({len(a.sample_ids)} vs {len(b.sample_ids)} samples); they cannot be compared")
+    pos = {s: i for i, s in enumerate(b.sample_ids)}
+    order = np.array([pos[s] for s in a.sample_ids])
+    return Run(b.path, b.config, b.metrics, b.sample_ids[order], b.groups[order], b.y_true[order],
+               b.y_pred[order], b.proba[order])
 
 
-HEADER = ["Dataset", "Model", "Freeze", "Head", "Accuracy", "Precision", "Recall", "F1"]
+def compare_runs(a: Run, b: Run, opts: ReportOptions = ReportOptions()) -> tuple[dict[str, Difference], str]:
+    """A − B for every metric on the same replicates, with intervals and two-sided p-values."""
+    b = aligned(a, b)
+    if a.classes != b.classes:
+        raise ProbebenchError(f"runs {a.path} and {b.path} have different classes")
+    diffs, unit = paired_comparison(eval_data(a, opts.level, opts.aggregate), eval_data(b, opts.level, opts.aggregate),
+                                    opts.bootstrap)
+    return diffs, _unit_label(a, unit, opts.level)
 
 
-def _table_rows(rows: list[ReportRow]) -> list[list[str]]:
-    return [[r.dataset, r.model_label, r.freeze, r.head] + [_cell(r.values[m]) for m in METRICS] for r in rows]
+@dataclass
+class ComparisonRow:
+    dataset: str
+    label: str
+    diff: Difference | None
+    p_holm: float = float("nan")
+    note: str = ""
 
 
-def footnotes(rows: list[ReportRow], n_resamples: int, seed: int, confidence: float) -> list[str]:
-    notes = [f"Metrics in %: value on the whole test set [{confidence:.0%} percentile bootstrap interval; "
-             f"{n_resamples} resamples of test samples, seed {seed}]. Precision, recall and F1 are weighted "
-             "averages over classes."]
+def _row_name(r: ReportRow) -> str:
+    return f"{r.model_label} ({'frozen' if r.freeze == 'Y' else 'unfrozen'}, {r.head})"
+
+
+def comparisons(rows: list[ReportRow], opts: ReportOptions, metric: str = "accuracy") -> list[ComparisonRow]:
+    """Per dataset: frozen − unfrozen for each model, and every row − the best row; Holm within the dataset."""
+    out: list[ComparisonRow] = []
+    for dataset in sorted({r.dataset for r in rows}):
+        mine = [r for r in rows if r.dataset == dataset]
+        if len(mine) < 2:
+            continue
+        pairs = []
+        for model in sorted({r.model for r in mine}):
+            frozen = [r for r in mine if r.model == model and r.freeze == "Y"]
+            unfrozen = [r for r in mine if r.model == model and r.freeze == "N"]
+            if frozen and unfrozen:
+                pairs.append((f"{model}: frozen − unfrozen", frozen[0], unfrozen[0]))
+        best = max(mine, key=lambda r: r.values[metric].value)
+        pairs += [(f"{_row_name(r)} − best {_row_name(best)}", r, best) for r in mine if r is not best]
+        family: list[ComparisonRow] = []
+        for label, a, b in pairs:
+            try:
+                diffs, _ = compare_runs(a.run, b.run, opts)
+                family.append(ComparisonRow(dataset, label, diffs[metric]))
+            except ProbebenchError as exc:
+                family.append(ComparisonRow(dataset, label, None, note=str(exc).split(";")[0]))
+        tested = [c for c in family if c.diff is not None]
+        for c, p in zip(tested, holm([c.diff.p for c in tested])):
+            c.p_holm = p
+        out += family
+    return out
+
+
+def _cell(v: Interval) -> str:
+    if not np.isfinite(v.value):
+        return "n/a"
+    return f"{100 * v.value:.2f} [{100 * v.low:.2f}, {100 * v.high:.2f}]"
+
+
+def _method_text(opts: ReportOptions) -> str:
+    b = opts.bootstrap
+    name = {"percentile": "percentile", "bca": "BCa"}[b.method]
+    return f"{b.confidence:.0%} {name} bootstrap, {b.n_resamples} replicates, seed {b.seed}"
+
+
+def _headers(rows: list[ReportRow], opts: ReportOptions) -> tuple[list[str], bool]:
+    units = {r.unit for r in rows}
+    per_row = len(units) > 1
+    suffix = "" if per_row else f" [CI by {units.pop()}]"
+    head = ["Dataset", "Model", "Freeze", "Head"] + (["CI unit"] if per_row else [])
+    return head + [LABELS[m] + suffix for m in opts.metrics], per_row
+
+
+def _body(rows: list[ReportRow], opts: ReportOptions, per_row_unit: bool) -> list[list[str]]:
+    return [[r.dataset, r.model_label, r.freeze, r.head] + ([r.unit] if per_row_unit else [])
+            + [_cell(r.values[m]) for m in opts.metrics] for r in rows]
+
+
+def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
+    level = ("per patient: each group's test predictions aggregated by "
+             f"{'mean probability' if opts.aggregate == 'mean' else 'majority vote'}"
+             if opts.level == "patient" else "per test sample")
+    notes = [f"Metrics in %, {level}: value on the whole test set [{_method_text(opts)}; resampling unit as "
+             "in the header]. Precision, recall and F1 are weighted averages over classes, as in the study."]
     if any(r.random_weights for r in rows):
         notes.append(f"{RANDOM_MARK} random weights (--weights random): NOT a pretrained result.")
     for r in rows:
@@ -82,36 +191,84 @@ def footnotes(rows: list[ReportRow], n_resamples: int, seed: int, confidence: fl
     return notes
 
 
-def render(rows: list[ReportRow], fmt: str = "table", *, n_resamples: int = 1000, seed: int = 0,
-           confidence: float = 0.95) -> str:
-    """The report as text in ``fmt`` (``table`` renders with rich for a terminal)."""
-    body = _table_rows(rows)
-    notes = footnotes(rows, n_resamples, seed, confidence)
+def _comparison_lines(comps: list[ComparisonRow], metric: str) -> list[list[str]]:
+    lines = []
+    for c in comps:
+        if c.diff is None:
+            lines.append([c.dataset, c.label, "n/a", "", "", c.note])
+        else:
+            d = c.diff
+            lines.append([c.dataset, c.label, f"{100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]",
+                          f"{d.p:.4f}", f"{c.p_holm:.4f}", ""])
+    return lines
+
+
+COMPARE_HEADER = ["Dataset", "Comparison", "Δ {metric} [CI]", "p", "p (Holm)", "note"]
+
+
+def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = ReportOptions(),
+           comps: list[ComparisonRow] | None = None, compare_metric: str = "accuracy") -> str:
+    """The report as text in ``fmt``; ``csv`` is tidy (one row per run x metric, every metric)."""
     if fmt == "csv":
         out = io.StringIO()
         w = csv.writer(out)
-        w.writerow(["dataset", "model", "freeze", "head", "random_weights", "n_test", "metric", "value", "low",
-                    "high", "ci_method", "n_resamples", "unit", "run"])
+        w.writerow(["dataset", "model", "freeze", "head", "random_weights", "level", "n", "metric", "value", "low",
+                    "high", "ci_method", "confidence", "n_resamples", "seed", "unit", "run"])
+        b = opts.bootstrap
         for r in rows:
-            for m in METRICS:
-                w.writerow([r.dataset, r.model, r.freeze, r.head, r.random_weights, r.n_test, m,
-                            *(f"{x:.6f}" for x in r.values[m]), "percentile", n_resamples, "sample", r.run])
+            for m in ALL_METRICS:
+                v = r.values.get(m)
+                if v is not None:
+                    w.writerow([r.dataset, r.model, r.freeze, r.head, r.random_weights, opts.level, r.n_test, m,
+                                f"{v.value:.6f}", f"{v.low:.6f}", f"{v.high:.6f}", b.method, b.confidence,
+                                b.n_resamples, b.seed, r.unit, r.run.path])
         return out.getvalue()
+    header, per_row = _headers(rows, opts)
+    body = _body(rows, opts, per_row)
+    notes = footnotes(rows, opts)
+    comp_header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
+    comp_lines = _comparison_lines(comps or [], compare_metric)
+    comp_note = ("Paired comparisons on the same bootstrap replicates: Δ = first − second in points, "
+                 "two-sided bootstrap p-value; Holm adjusts across the comparisons of each dataset.")
     if fmt == "md":
-        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+        lines += [""] + [f"- {n}" for n in notes]
+        if comp_lines:
+            lines += ["", "### Comparisons", "", "| " + " | ".join(comp_header) + " |", "|" + "---|" * len(comp_header)]
+            lines += ["| " + " | ".join(row) + " |" for row in comp_lines] + ["", f"- {comp_note}"]
+        return "\n".join(lines) + "\n"
     if fmt == "table":
         from rich.console import Console
         from rich.table import Table
 
+        console = Console(record=True, width=200)
         table = Table(title="probebench results", caption="\n".join(notes), caption_justify="left")
-        for h in HEADER:
+        for h in header:
             table.add_column(h, no_wrap=h in ("Dataset", "Model"))
         for row in body:
             table.add_row(*row)
-        console = Console(record=True, width=160)
         with console.capture() as cap:
             console.print(table)
+            if comp_lines:
+                ctable = Table(title="comparisons", caption=comp_note, caption_justify="left")
+                for h in comp_header:
+                    ctable.add_column(h)
+                for row in comp_lines:
+                    ctable.add_row(*row)
+                console.print(ctable)
         return cap.get()
-    raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+
+
+def render_compare(a: Run, b: Run, diffs: dict[str, Difference], unit: str, opts: ReportOptions) -> str:
+    """A plain table of A, B and A − B [CI] with p-values for every metric."""
+    lines = [f"A: {a.path}", f"B: {b.path}",
+             f"{_method_text(opts)}; resampling unit: {unit}; level: {opts.level}", "",
+             f"{'metric':<20} {'A':>8} {'B':>8} {'A − B [CI]':>28} {'p':>8}"]
+    for m in ALL_METRICS:
+        if m in diffs:
+            d = diffs[m]
+            lines.append(f"{m:<20} {100 * d.a:8.2f} {100 * d.b:8.2f} "
+                         f"{f'{100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]':>28} {d.p:8.4f}")
+    return "\n".join(lines) + "\n"

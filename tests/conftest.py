@@ -42,6 +42,7 @@ name = "tiny"
 kind = "folder"
 root = "tiny"
 classes = ["a", "b"]
+group = "patient"
 [folder]
 group_regex = '^(?P<group>p\\d+)_'
 [split]

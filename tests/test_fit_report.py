@@ -15,7 +15,7 @@ from probebench.errors import ProbebenchError
 from probebench.extract import extract
 from probebench.fit import fit
 from probebench.heads import LinearHead
-from probebench.metrics import bootstrap_ci, point_metrics
+from probebench.bootstrap import BootstrapConfig, EvalData, bootstrap, replicate_weights
 from probebench.report import collect_rows, render
 from probebench.runs import read_run
 
@@ -67,33 +67,22 @@ def test_fit_without_cache_prints_the_extract_command(tiny, tmp_path):
         fit("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "none", progress=False, **OPTS)
 
 
-def test_point_metrics_equal_sklearn_on_random_and_degenerate_predictions():
-    rng = np.random.default_rng(1)
-    cases = [(np.array([0, 0, 0]), np.array([1, 1, 1]), 3), (np.array([2, 2]), np.array([2, 2]), 3),
-             (np.array([0, 1, 2, 0]), np.array([0, 0, 0, 0]), 3)]
-    for _ in range(300):
-        k = int(rng.integers(2, 6))
-        n = int(rng.integers(1, 40))
-        t = rng.integers(0, k, n)
-        p = np.where(rng.random(n) < 0.6, t, rng.integers(0, k, n))
-        cases.append((t, p, k))
-    for t, p, k in cases:
-        ours, ref = point_metrics(t, p, k), sk_metrics(t, p)
-        for m in ref:
-            assert ours[m] == pytest.approx(ref[m], abs=1e-12), (m, t, p)
-
-
 def test_bootstrap_is_the_percentile_of_per_resample_metrics():
     rng = np.random.default_rng(2)
     t = rng.integers(0, 3, 80)
     p = np.where(rng.random(80) < 0.7, t, rng.integers(0, 3, 80))
-    ci = bootstrap_ci(t, p, 3, n_resamples=400, seed=7, block=64)
-    # the same draws, one resample at a time, through scikit-learn
-    draw = np.random.default_rng(7)
-    idx = np.concatenate([draw.integers(0, 80, size=(min(64, 400 - s), 80)) for s in range(0, 400, 64)])
+    data = EvalData(t, p, None, None, 3)
+    cfg = BootstrapConfig(n_resamples=400, seed=7, block=64, unit="sample")
+    result, unit = bootstrap(data, cfg)
+    assert unit == "sample"
+    # the engine's own draws, one resample at a time, through scikit-learn
+    weights = np.concatenate(list(replicate_weights(np.arange(80), 80, cfg))).astype(int)
+    assert weights.shape == (400, 80) and (weights.sum(axis=1) == 80).all()
     for m in ("accuracy", "precision", "recall", "f1"):
-        values = [sk_metrics(t[i], p[i])[m] for i in idx]
-        assert ci[m] == pytest.approx((np.quantile(values, 0.025), np.quantile(values, 0.975)), abs=1e-12)
+        values = [sk_metrics(t[np.repeat(np.arange(80), w)], p[np.repeat(np.arange(80), w)])[m] for w in weights]
+        iv = result[m]
+        assert (iv.low, iv.high) == pytest.approx((np.quantile(values, 0.025), np.quantile(values, 0.975)), abs=1e-12)
+        assert iv.value == pytest.approx(sk_metrics(t, p)[m])
 
 
 def test_bootstrap_interval_does_not_shrink_with_more_resamples():
@@ -101,8 +90,9 @@ def test_bootstrap_interval_does_not_shrink_with_more_resamples():
     rng = np.random.default_rng(3)
     t = rng.integers(0, 2, 624)
     p = np.where(rng.random(624) < 0.8, t, 1 - t)
-    w1 = np.diff(bootstrap_ci(t, p, 2, n_resamples=1000)["accuracy"])[0]
-    w2 = np.diff(bootstrap_ci(t, p, 2, n_resamples=5000)["accuracy"])[0]
+    data = EvalData(t, p, None, None, 2)
+    widths = [bootstrap(data, BootstrapConfig(n_resamples=r))[0]["accuracy"] for r in (1000, 5000)]
+    w1, w2 = (iv.high - iv.low for iv in widths)
     assert 0.04 < w1 < 0.08 and abs(w1 - w2) < 0.01  # ~ ±3 points at n = 624
 
 
@@ -115,16 +105,20 @@ def test_report_formats_flag_random_weights(tiny, tmp_path):
             progress=False, **opts)
     rows = collect_rows(tmp_path / "runs")
     assert [(r.model, r.freeze) for r in rows] == [("dinov2_s", "Y"), ("resnet50", "Y")]
-    run = read_run(rows[1].run)
+    run = rows[1].run
     ref = sk_metrics(run.y_true, run.y_pred)
-    for m, (value, low, high) in rows[1].values.items():
-        assert value == pytest.approx(ref[m]) and low <= high
+    for m in ref:
+        iv = rows[1].values[m]
+        assert iv.value == pytest.approx(ref[m]) and iv.low <= iv.high
+    assert rows[1].unit == "patient"  # tiny's test patients have 2 images each -> resampled by patient
+
     md = render(rows, "md")
     assert md.count("†") >= 3 and "NOT a pretrained result" in md and "| Dataset | Model | Freeze |" in md
     table = render(rows, "table")
-    assert "resnet50 †" in table and "percentile bootstrap" in table
+    assert "resnet50 †" in table and "percentile bootstrap" in table and "[CI by patient]" in table
     lines = list(csv.DictReader(render(rows, "csv").splitlines()))
-    assert len(lines) == 8 and {ln["random_weights"] for ln in lines} == {"True"}
+    assert len(lines) == 22 and {ln["random_weights"] for ln in lines} == {"True"}  # 2 runs x 11 metrics
+    assert {ln["unit"] for ln in lines} == {"patient"} and {ln["ci_method"] for ln in lines} == {"percentile"}
     acc = [ln for ln in lines if ln["model"] == "resnet50" and ln["metric"] == "accuracy"][0]
     assert float(acc["value"]) == pytest.approx(ref["accuracy"], abs=1e-6)
 
@@ -141,7 +135,22 @@ def test_cli_end_to_end_and_errors(tiny, tmp_path):
     res = runner.invoke(app, ["fit", *common, "--epochs", "2"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["report", "--format", "md"])
-    assert res.exit_code == 0 and "| tiny | resnet50 † | Y |" in res.output
+    assert res.exit_code == 0 and "| tiny | resnet50 † | Y |" in res.output and "[CI by patient]" in res.output
+    res = runner.invoke(app, ["report", "--format", "md", "--unit", "sample", "--method", "bca",
+                              "--metrics", "accuracy,auroc_macro,kappa_quadratic"])
+    assert res.exit_code == 0 and "Accuracy [CI by sample]" in res.output and "AUROC (macro)" in res.output
+    assert "BCa bootstrap" in res.output
+    res = runner.invoke(app, ["report", "--level", "patient", "--format", "md"])
+    assert res.exit_code == 0 and "per patient" in res.output
+    res = runner.invoke(app, ["fit", *common, "--epochs", "3", "--lr", "0.01"])
+    assert res.exit_code == 0, res.output
+    first, second = sorted((tmp_path / "runs" / "tiny" / "resnet50" / "frozen").iterdir())
+    res = runner.invoke(app, ["compare", str(first), str(second)])
+    assert res.exit_code == 0 and "A − B [CI]" in res.output and "resampling unit: patient" in res.output
+    pred = second / "predictions.csv"
+    pred.write_text("\n".join(pred.read_text().splitlines()[:-1]) + "\n")  # one test sample fewer
+    res = runner.invoke(app, ["compare", str(first), str(second)])
+    assert res.exit_code == 2 and "different test sets" in res.output
     res = runner.invoke(app, ["extract", "--model", "alexnet", "--dataset", str(spec)])
     assert res.exit_code == 2 and "known models" in res.output
     res = runner.invoke(app, ["extract", "--model", "resnet50", "--dataset", "chest_xray"])
