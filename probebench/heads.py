@@ -9,6 +9,11 @@ from torch import nn
 from probebench.training import seeded_init, train_classifier
 
 
+def softmax_proba(logits: torch.Tensor) -> np.ndarray:
+    """Class probabilities from logits, in float64 (the same for every head and path)."""
+    return torch.softmax(logits.detach().double(), dim=1).cpu().numpy()
+
+
 class LinearHead:
     """The study's head: one new linear layer, Adam lr 1e-4, batch 32, 100 epochs, best val accuracy kept."""
 
@@ -26,16 +31,16 @@ class LinearHead:
     def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
             on_epoch=None) -> "LinearHead":
         self.model_ = seeded_init(lambda: nn.Linear(x.shape[1], n_classes), self.seed)
-        self.model_, self.history_ = train_classifier(
+        self.model_, state = train_classifier(
             self.model_, x, y, x_val, y_val, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
             weight_decay=self.weight_decay, seed=self.seed, on_epoch=on_epoch)
-        self.best_epoch_ = max(self.history_, key=lambda r: (r["val_accuracy"], -r["epoch"]))["epoch"]
+        self.history_, self.best_epoch_ = state.history, state.best_epoch
         return self
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         logits = self.model_(torch.as_tensor(x, dtype=torch.float32))
-        return torch.softmax(logits.double(), dim=1).numpy()
+        return softmax_proba(logits)
 
 
 HEADS = {"linear": LinearHead}

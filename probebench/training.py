@@ -1,22 +1,33 @@
-"""Seeding and batch order shared by every training loop, and the head training loop on arrays.
+"""The one training loop, shared by heads on cached features and end-to-end fine-tuning.
 
-The order of epoch ``e`` depends only on (seed, e), so a resumed run, the cached path and an
-end-to-end run with the same seed all see the same batches.
+Batch order and randomness depend only on (seed, epoch): epoch ``e`` shuffles with a generator
+seeded by (seed, e) and reseeds torch (dropout) the same way. So the cached path and the
+end-to-end path see the same batches, and a resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+SELECT_METRICS = {"val_accuracy": max, "val_loss": min}
+
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The shuffled batches of epoch ``epoch``: a permutation seeded by (seed, epoch), cut in order."""
+    """The shuffled batches of epoch ``epoch``: positions 0..n-1 permuted by (seed, epoch), cut in order."""
     order = np.random.default_rng([seed, epoch]).permutation(n)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Reseed torch for an epoch, so dropout masks do not depend on what ran before (resume-safe)."""
+    torch.manual_seed(int(np.random.default_rng([seed, epoch, 1]).integers(2**62)))
 
 
 def seeded_init(module_factory, seed: int) -> nn.Module:
@@ -26,49 +37,120 @@ def seeded_init(module_factory, seed: int) -> nn.Module:
         return module_factory()
 
 
+def make_optimizer(params, name: str = "adam", lr: float = 1e-4, weight_decay: float = 0.0):
+    """The study's Adam (or AdamW / SGD with momentum 0.9)."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}; optimizers: adam, adamw, sgd")
+
+
+@dataclass
+class LoopState:
+    """Where training stands after ``epoch`` completed epochs; enough to resume exactly."""
+
+    epoch: int = 0
+    best_metric: float = float("nan")
+    best_epoch: int = 0
+    best_state: dict | None = None
+    history: list = field(default_factory=list)
+    stale_epochs: int = 0  # epochs since the last improvement (for --patience)
+
+
+def _better(select: str, new: float, old: float) -> bool:
+    if math.isnan(old):
+        return True
+    return new > old if SELECT_METRICS[select] is max else new < old
+
+
+def train_loop(model: nn.Module, optimizer, train_batches: Callable[[int], Iterable[tuple]],
+               validate: Callable[[nn.Module], dict], *, epochs: int, seed: int, step: Callable | None = None,
+               select: str = "val_accuracy", patience: int | None = None, state: LoopState | None = None,
+               on_epoch: Callable[[LoopState, dict], None] | None = None) -> LoopState:
+    """Train for ``epochs`` epochs (continuing from ``state``), keeping the best epoch by ``select``.
+
+    ``train_batches(epoch)`` yields (inputs, labels); ``step(model, x, y, optimizer)`` does one
+    optimisation step and returns (loss sum, correct, count) (default: cross-entropy, backward, step);
+    ``validate(model)`` returns at least ``val_loss`` and ``val_accuracy``. The first epoch reaching
+    the best value is kept; ``patience`` stops after that many epochs without improvement.
+    """
+    if select not in SELECT_METRICS:
+        raise ValueError(f"select metric {select!r} is not one of {', '.join(SELECT_METRICS)}")
+    state = state or LoopState()
+    step = step or cross_entropy_step
+    for epoch in range(state.epoch + 1, epochs + 1):
+        if patience is not None and state.stale_epochs >= patience:
+            break
+        seed_epoch(seed, epoch)
+        model.train()
+        total, correct, seen = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.long), 0
+        for x, y in train_batches(epoch):
+            loss_sum, n_correct, n = step(model, x, y, optimizer)
+            total += loss_sum
+            correct += n_correct
+            seen += n
+        model.eval()
+        row = {"epoch": epoch, "train_loss": total.item() / seen, "train_accuracy": correct.item() / seen,
+               **validate(model)}
+        if _better(select, row[select], state.best_metric):
+            state.best_metric, state.best_epoch = row[select], epoch
+            state.best_state = copy.deepcopy(model.state_dict())
+            state.stale_epochs = 0
+            row["best"] = True
+        else:
+            state.stale_epochs += 1
+        state.history.append(row)
+        state.epoch = epoch
+        if on_epoch is not None:
+            on_epoch(state, row)
+    return state
+
+
+def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer) -> tuple:
+    """One Adam step on mean cross-entropy; returns (loss sum, correct, count) as tensors."""
+    logits = model(x)
+    loss = nn.functional.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach().double() * len(y), (logits.detach().argmax(1) == y).sum(), len(y)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 8192) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y)."""
+def logits_in_batches(model: nn.Module, x: torch.Tensor, batch: int = 8192) -> torch.Tensor:
     model.eval()
-    logits = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
-    loss = nn.functional.cross_entropy(logits, y).item()
-    return loss, (logits.argmax(1) == y).double().mean().item()
+    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def val_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    """Validation loss and accuracy from logits."""
+    return {"val_loss": nn.functional.cross_entropy(logits.float(), y).item(),
+            "val_accuracy": (logits.argmax(1) == y).double().mean().item()}
 
 
 def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                      y_val: np.ndarray, *, epochs: int = 100, lr: float = 1e-4, batch_size: int = 32,
-                     weight_decay: float = 0.0, seed: int = 0, on_epoch=None) -> tuple[nn.Module, list[dict]]:
-    """Adam + cross-entropy over seeded shuffled batches; returns the best-validation-accuracy model.
-
-    The first epoch reaching the best validation accuracy is kept; the history has one row per epoch.
-    """
+                     weight_decay: float = 0.0, optimizer: str = "adam", seed: int = 0,
+                     select: str = "val_accuracy", patience: int | None = None,
+                     on_epoch=None) -> tuple[nn.Module, LoopState]:
+    """Train a head on arrays of cached features; returns it with the best epoch's weights."""
     xt, yt = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(y_train, dtype=torch.long)
     xv, yv = torch.as_tensor(x_val, dtype=torch.float32), torch.as_tensor(y_val, dtype=torch.long)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    best_acc, best_state, history = -1.0, None, []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total, correct, seen = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.long), 0
+    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
+
+    def batches(epoch):
         for idx in epoch_batches(len(xt), batch_size, seed, epoch):
             idx = torch.from_numpy(idx)
-            xb, yb = xt[idx], yt[idx]
-            logits = model(xb)
-            loss = nn.functional.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == yb).sum()
-            seen += len(idx)
-        val_loss, val_acc = evaluate(model, xv, yv)
-        row = {"epoch": epoch, "train_loss": total.item() / seen, "train_accuracy": correct.item() / seen,
-               "val_loss": val_loss, "val_accuracy": val_acc}
-        if val_acc > best_acc:
-            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
-            row["best"] = True
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-    model.load_state_dict(best_state)
+            yield xt[idx], yt[idx]
+
+    state = train_loop(model, opt, batches, lambda m: val_metrics(logits_in_batches(m, xv), yv), epochs=epochs,
+                       seed=seed, select=select, patience=patience,
+                       on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
+    model.load_state_dict(state.best_state)
     model.eval()
-    return model, history
+    return model, state

@@ -16,7 +16,7 @@ from probebench.extract import extract
 from probebench.fit import fit
 from probebench.heads import LinearHead
 from probebench.bootstrap import BootstrapConfig, EvalData, bootstrap, replicate_weights
-from probebench.report import collect_rows, render
+from probebench.report import ReportOptions, collect_rows, comparisons, render
 from probebench.runs import read_run
 
 OPTS = dict(weights="random", resize=40, crop=32)
@@ -112,8 +112,9 @@ def test_report_formats_flag_random_weights(tiny, tmp_path):
         assert iv.value == pytest.approx(ref[m]) and iv.low <= iv.high
     assert rows[1].unit == "patient"  # tiny's test patients have 2 images each -> resampled by patient
 
-    md = render(rows, "md")
+    md = render(rows, "md", ReportOptions(), comparisons(rows, ReportOptions()))
     assert md.count("†") >= 3 and "NOT a pretrained result" in md and "| Dataset | Model | Freeze |" in md
+    assert "### Comparisons" in md and "(frozen, linear) − best " in md and "p (Holm)" in md
     table = render(rows, "table")
     assert "resnet50 †" in table and "percentile bootstrap" in table and "[CI by patient]" in table
     lines = list(csv.DictReader(render(rows, "csv").splitlines()))
