@@ -38,13 +38,13 @@ DataRootOpt = typer.Option(None, "--data-root", help="Folder holding one folder 
                                                      "[default: $PROBEBENCH_DATA, else ./data].")
 CacheOpt = typer.Option(Path("cache"), "--cache-dir", help="Feature cache root.")
 WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hub cache, then download) or "
-                                                    "'random' (untrained; flagged everywhere).")
+                                                    "'random[:SEED]' (untrained; flagged everywhere).")
 TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`); default per model.")
 ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px [default 256].")
 CropOpt = typer.Option(None, "--crop", help="Centre crop in px [default 224].")
 PrecisionOpt = typer.Option("fp32", "--precision", help="Forward precision: fp32, bf16, fp16 (autocast).")
 StoreOpt = typer.Option("float32", "--store-dtype", help="Cache dtype: float32 or float16.")
-SeedOpt = typer.Option(0, "--seed", help="Seed for random weights, shuffling and head initialisation.")
+SeedOpt = typer.Option(0, "--seed", help="Seed for shuffling and head initialisation.")
 
 
 @app.command()
@@ -57,15 +57,14 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
             batch_size: int = typer.Option(32, help="Images per forward pass."),
             workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: CPUs - 1, max 8]."),
             force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
-            skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and record them."),
-            seed: int = SeedOpt):
+            skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and record them.")):
     """Fill the feature cache: one forward pass per image through the frozen backbone (resumable)."""
     from probebench.extract import extract as run
 
     t0 = time.perf_counter()
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap, resize=resize,
                crop=crop, precision=precision, store_dtype=store_dtype, device=device, batch_size=batch_size,
-               workers=workers, force=force, skip_bad=skip_bad, seed=seed)
+               workers=workers, force=force, skip_bad=skip_bad)
     out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
 
 
@@ -86,6 +85,44 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Pa
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
                resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, head=head, epochs=epochs,
                lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed)
+    out.print(f"run written to {path}")
+
+
+@app.command()
+@friendly
+def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Path] = DataRootOpt,
+             runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"), weights: str = WeightsOpt,
+             tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
+             epochs: int = typer.Option(100, help="Training epochs."),
+             lr: float = typer.Option(1e-4, help="Learning rate."),
+             batch_size: int = typer.Option(32, help="Effective batch size (per optimiser step)."),
+             weight_decay: float = typer.Option(0.0, help="Weight decay."),
+             optimizer: str = typer.Option("adam", help="adam, adamw or sgd."),
+             select_metric: str = typer.Option("val_accuracy", help="Keep the best epoch by val_accuracy or "
+                                                                    "val_loss."),
+             patience: Optional[int] = typer.Option(None, help="Stop after N epochs without improvement."),
+             freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Train only the new layer, "
+                                                  "images through the frozen backbone every epoch (the slow "
+                                                  "equivalent of extract + fit)."),
+             accumulate: int = typer.Option(1, help="Split each batch into N micro-batches (gradient "
+                                                    "accumulation; same effective batch)."),
+             grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute ViT "
+                                                     "activations in backward to save memory."),
+             precision: str = typer.Option("auto", help="auto (bf16 on CUDA, else fp16 with a grad scaler; "
+                                                        "fp32 on CPU), fp32, bf16, fp16."),
+             device: str = typer.Option("auto", help="auto (cuda > mps > cpu) or a torch device."),
+             workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: CPUs - 1, max 8]."),
+             seed: int = SeedOpt,
+             resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch."),
+             force: bool = typer.Option(False, "--force", help="Run again even if an identical run is complete.")):
+    """Fine-tune end to end (all weights; the study's unfrozen path) and write a run directory."""
+    from probebench.finetune import finetune as run
+
+    path = run(model, dataset, data_root=data_root, runs_dir=runs_dir, weights=weights, tap=tap, resize=resize,
+               crop=crop, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
+               select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
+               accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
+               workers=workers, seed=seed, resume=resume, force=force)
     out.print(f"run written to {path}")
 
 

@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -59,6 +60,7 @@ class DinoV2(nn.Module):
         self.pretrain_grid = pretrain_img_size // patch_size
         self.grid = img_size // patch_size
         self.img_size = img_size
+        self.grad_checkpointing = False  # recompute block activations in backward (ViT-L fine-tuning memory)
 
     def tokens(self, x: torch.Tensor, keep_last: int = 1) -> list[torch.Tensor]:
         """Normalised token sequences (B, 1 + N, D) of the last ``keep_last`` blocks, oldest first."""
@@ -69,7 +71,10 @@ class DinoV2(nn.Module):
         outputs = []
         depth = len(vit.blocks)
         for i, block in enumerate(vit.blocks):
-            x = block(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
             if i >= depth - keep_last:
                 outputs.append(vit.norm(x))
         return outputs

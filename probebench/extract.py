@@ -15,13 +15,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from probebench import cache as fcache
 from probebench.datasets import Manifest, load_manifest
 from probebench.errors import ProbebenchError
-from probebench.images import make_transform, preprocess
-from probebench.registry import ModelConfig, Preprocessing, create_model, get_config
+from probebench.images import ImageDataset, bad_image_error, make_transform
+from probebench.registry import (ModelConfig, Preprocessing, create_model, get_config, random_seed,
+                                 random_weights_info)
 from probebench.progress import make_progress
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,7 +44,7 @@ class FeatureJob:
 
 def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "auto", tap: str | None = None,
                 resize: int | None = None, crop: int | None = None, precision: str = "fp32",
-                store_dtype: str = "float32", seed: int = 0) -> FeatureJob:
+                store_dtype: str = "float32") -> FeatureJob:
     """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
     from probebench import weights as wts
 
@@ -62,9 +63,9 @@ def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "aut
     if pre.crop > pre.resize:
         raise ProbebenchError(f"crop {pre.crop} is larger than resize {pre.resize}")
     manifest = load_manifest(dataset, data_root)
-    if weights == "random":
-        winfo = {"source": "random", "sha256": "random", "seed": seed, "label": "random init"}
-        weights_arg = "random"
+    if random_seed(weights) is not None:
+        winfo = random_weights_info(random_seed(weights))
+        weights_arg = weights
     else:
         path = wts.resolve_weights(config, weights)
         winfo = {"source": str(path), "sha256": wts.sha256_file(path), "label": config.weights_label}
@@ -86,22 +87,6 @@ def auto_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-class _Images(Dataset):
-    """Decoded, preprocessed images by manifest index; a bad file yields ok=False and the error text."""
-
-    def __init__(self, paths: list[str], transform, crop: int):
-        self.paths, self.transform, self.crop = paths, transform, crop
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            return preprocess(self.paths[i], self.transform), i, True, ""
-        except Exception as exc:  # reported, with the file name, by the main process
-            return torch.zeros(3, self.crop, self.crop), i, False, f"{type(exc).__name__}: {exc}"
-
-
 def _chunk_batches(pending: list[int], chunk: int, n: int, batch: int) -> list[list[int]]:
     """Batches of sample indices that never cross a chunk boundary (so resumed work is identical)."""
     out = []
@@ -115,10 +100,10 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
             tap: str | None = None, resize: int | None = None, crop: int | None = None, precision: str = "fp32",
             store_dtype: str = "float32", device: str = "auto", batch_size: int = 32, chunk_size: int = 256,
             workers: int | None = None, force: bool = False, skip_bad: bool = False, progress: bool = True,
-            seed: int = 0, on_chunk: Callable[[int], None] | None = None) -> Path:
+            on_chunk: Callable[[int], None] | None = None) -> Path:
     """Fill the cache for ``model`` x ``dataset``; returns the store path. Resumes unless ``force``."""
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      precision=precision, store_dtype=store_dtype, seed=seed)
+                      precision=precision, store_dtype=store_dtype)
     path = job.cache_path(cache_dir)
     if force and path.exists():
         import shutil
@@ -129,8 +114,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     if root is not None and root.attrs.get("complete"):
         return path
     dev = auto_device(device)
-    net = create_model(model, job.weights_arg, tap=job.request.tap, img_size=job.config.preprocessing.crop,
-                       seed=seed).to(dev)
+    net = create_model(model, job.weights_arg, tap=job.request.tap, img_size=job.config.preprocessing.crop).to(dev)
     if root is None:
         path.parent.mkdir(parents=True, exist_ok=True)
         dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
@@ -142,8 +126,8 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     pending = [c for c in range(root.attrs["n_chunks"]) if c not in done]
     batches = _chunk_batches(pending, chunk_size, n, batch_size)
     n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
-    loader = DataLoader(_Images(job.manifest.paths, make_transform(job.config.preprocessing),
-                                job.config.preprocessing.crop),
+    loader = DataLoader(ImageDataset(job.manifest.paths, make_transform(job.config.preprocessing),
+                                     job.config.preprocessing.crop),
                         batch_sampler=batches, num_workers=n_workers, pin_memory=dev.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if n_workers else None)
     features = root["features"]
@@ -162,8 +146,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
                 if not good:
                     bad = job.manifest.paths[i]
                     if not skip_bad:
-                        raise ProbebenchError(f"cannot read image {bad}: {err} "
-                                              "(use --skip-bad to skip such files and record them)")
+                        raise bad_image_error(bad, err)
                     skipped.append({"index": i, "sample_id": str(job.manifest.sample_ids[i]), "path": bad,
                                     "error": err})
             images = images.to(dev, non_blocking=True)

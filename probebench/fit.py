@@ -28,7 +28,7 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
     if head not in HEADS:
         raise ProbebenchError(f"unknown head {head!r}; heads: {', '.join(HEADS)}")
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      precision=precision, store_dtype=store_dtype, seed=seed)
+                      precision=precision, store_dtype=store_dtype)
     path = job.cache_path(cache_dir)
     root = fcache.open_store(path, job.request)
     if root is None or not root.attrs.get("complete"):

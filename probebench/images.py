@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.data
 from PIL import Image
 
 from probebench.registry import Preprocessing
@@ -52,3 +53,29 @@ def make_transform(pre: Preprocessing):
 
 def preprocess(path: str | Path, transform) -> torch.Tensor:
     return transform(load_rgb(path))
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Preprocessed images by manifest index: (image, index, ok, error); a bad file gives ok=False.
+
+    Errors travel back as data so that the main process can name the file (or skip it), whatever
+    the number of DataLoader workers.
+    """
+
+    def __init__(self, paths: list[str], transform, crop: int):
+        self.paths, self.transform, self.crop = paths, transform, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return preprocess(self.paths[i], self.transform), i, True, ""
+        except Exception as exc:  # reported, with the file name, by the main process
+            return torch.zeros(3, self.crop, self.crop), i, False, f"{type(exc).__name__}: {exc}"
+
+
+def bad_image_error(path: str, error: str, hint: str = "use --skip-bad to skip such files and record them"):
+    from probebench.errors import ProbebenchError
+
+    return ProbebenchError(f"cannot read image {path}: {error} ({hint})")

@@ -140,13 +140,24 @@ def build_backbone(config: ModelConfig, img_size: int) -> nn.Module:
     raise ProbebenchError(f"unknown model family {config.family!r}")
 
 
+def random_seed(weights: str) -> int | None:
+    """The seed of ``random`` / ``random:N`` weights, or None for real weights."""
+    if weights == "random":
+        return 0
+    if isinstance(weights, str) and weights.startswith("random:"):
+        try:
+            return int(weights.split(":", 1)[1])
+        except ValueError:
+            raise ProbebenchError(f"--weights {weights!r}: expected random or random:SEED") from None
+    return None
+
+
 def create_model(name: str, weights: str = "auto", *, tap: str | None = None, img_size: int | None = None,
-                 arch_overrides: dict | None = None, seed: int = 0, allow_download: bool | None = None
-                 ) -> FeatureExtractor:
+                 arch_overrides: dict | None = None, allow_download: bool | None = None) -> FeatureExtractor:
     """Build registry model ``name`` with weights from a file, the hub cache, a download, or ``"random"``.
 
-    ``weights``: ``"auto"`` (hub cache, then download), ``"random"`` (seeded initialisation, flagged
-    everywhere), or a path to a checkpoint in the official format. ``arch_overrides`` changes the
+    ``weights``: ``"auto"`` (hub cache, then download), ``"random"`` / ``"random:SEED"`` (seeded
+    initialisation, flagged everywhere), or a path to a checkpoint in the official format. ``arch_overrides`` changes the
     architecture (tests use a tiny DINOv2); ``img_size`` is the crop the model will see.
     """
     from probebench import weights as wts
@@ -161,10 +172,11 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
     if tap not in config.taps:
         raise ProbebenchError(f"model {name!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
     img_size = img_size or config.preprocessing.crop
-    with _seeded(seed):
+    seed = random_seed(weights)
+    with _seeded(seed or 0):
         backbone = build_backbone(config, img_size)
-    if weights == "random":
-        info = {"source": "random", "sha256": "random", "seed": seed, "label": "random init"}
+    if seed is not None:
+        info = random_weights_info(seed)
     else:
         path = wts.resolve_weights(config, weights, allow_download=allow_download)
         state = wts.load_checkpoint(path)
@@ -172,6 +184,10 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
         info = {"source": str(path), "sha256": wts.sha256_file(path), "label": config.weights_label}
     backbone.eval()
     return FeatureExtractor(config, backbone, tap, info).eval()
+
+
+def random_weights_info(seed: int) -> dict:
+    return {"source": "random", "sha256": "random", "seed": seed, "label": "random init"}
 
 
 @contextlib.contextmanager

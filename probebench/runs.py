@@ -24,10 +24,10 @@ def config_hash(config: dict) -> str:
 
 
 def write_run(runs_dir: str | Path, config: dict, *, sample_ids, groups, y_true, proba: np.ndarray,
-              history: list[dict], metrics: dict) -> Path:
-    """Write a complete run and return its folder."""
+              history: list[dict], metrics: dict, run_suffix: str | None = None) -> Path:
+    """Write a complete run and return its folder (named by time, head and a config hash)."""
     classes = config["classes"]
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{config['head']}-{config_hash(config)}"
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{config['head']}-{run_suffix or config_hash(config)}"
     final = Path(runs_dir) / config["dataset"] / config["model"] / config["mode"] / run_id
     tmp = final.with_name(final.name + ".partial")
     if tmp.exists():

@@ -77,7 +77,7 @@ def test_cache_key_changes_with_everything_that_changes_numbers(tiny, tmp_path):
     base = extract("resnet50", str(spec), data_root=root, cache_dir=cache, **OPTS)
     variants = [
         extract("resnet50", str(spec), data_root=root, cache_dir=cache, **{**OPTS, "crop": 24}),
-        extract("resnet50", str(spec), data_root=root, cache_dir=cache, seed=1, **OPTS),  # other random weights
+        extract("resnet50", str(spec), data_root=root, cache_dir=cache, **{**OPTS, "weights": "random:1"}),
         extract("resnet50", str(spec), data_root=root, cache_dir=cache, store_dtype="float16", **OPTS),
     ]
     write_image(root / "tiny" / "a" / "p000_0.png", seed=999, size=30)  # the data changed

@@ -98,9 +98,9 @@ def test_unknown_model_lists_known():
 
 
 def test_random_weights_are_seeded():
-    a = create_model("resnet50", "random", img_size=32, seed=3)
-    b = create_model("resnet50", "random", img_size=32, seed=3)
-    c = create_model("resnet50", "random", img_size=32, seed=4)
+    a = create_model("resnet50", "random:3", img_size=32)
+    b = create_model("resnet50", "random:3", img_size=32)
+    c = create_model("resnet50", "random", img_size=32)
     wa, wb, wc = (m.backbone.conv1.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 

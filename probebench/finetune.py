@@ -1,0 +1,258 @@
+"""``finetune``: the unfrozen path, every weight trained end to end, images through the backbone each epoch.
+
+The model is the registry backbone with a new final layer where the study puts it (VGG16
+``classifier[6]``, ResNet50 ``fc``, DenseNet121 ``classifier``, a linear layer on the DINOv2 tap).
+``freeze_backbone`` trains only that layer the slow way, which must reproduce ``extract`` + ``fit``:
+both use the same head initialisation, batch order and loop (``training.py``). Checkpoints
+(``last.pt``, ``best.pt``) are written atomically after every epoch; ``resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from probebench.cache import versions
+from probebench.errors import ProbebenchError
+from probebench.extract import auto_device, resolve_job
+from probebench.heads import softmax_proba
+from probebench.images import ImageDataset, bad_image_error, make_transform
+from probebench.metrics import point_metrics
+from probebench.progress import make_progress
+from probebench.registry import FeatureExtractor, create_model
+from probebench.runs import config_hash, find_runs, write_run
+from probebench.training import (SELECT_METRICS, LoopState, epoch_batches, make_optimizer, seeded_init, train_loop,
+                                 val_metrics)
+
+REPLACED_LAYER = {"vgg16": "classifier.6", "resnet50": "fc", "densenet121": "classifier"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"
+
+
+class Classifier(nn.Module):
+    """Backbone + new final layer. Frozen: the backbone stays in eval mode without gradients."""
+
+    def __init__(self, extractor: FeatureExtractor, n_classes: int, seed: int, freeze_backbone: bool):
+        super().__init__()
+        self.extractor = extractor
+        self.freeze_backbone = freeze_backbone
+        layer = seeded_init(lambda: nn.Linear(extractor.feature_dim, n_classes), seed)  # as LinearHead's
+        family = extractor.config.family
+        self.head_name = REPLACED_LAYER.get(extractor.config.arch.get("builder")) if family == "torchvision" else None
+        if self.head_name:
+            parent_name, _, child = self.head_name.rpartition(".")
+            parent = extractor.backbone.get_submodule(parent_name) if parent_name else extractor.backbone
+            setattr(parent, child, layer)
+        else:
+            self.head = layer
+        if freeze_backbone:
+            for name, p in extractor.named_parameters():
+                p.requires_grad_(self.head_name is not None and name.startswith(f"backbone.{self.head_name}."))
+
+    def head_layer(self) -> nn.Module:
+        return self.extractor.backbone.get_submodule(self.head_name) if self.head_name else self.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.freeze_backbone:
+            with torch.no_grad():
+                features = self.extractor(x)
+            return self.head_layer()(features)
+        if self.head_name:  # torchvision's own forward, with the replaced layer
+            return self.extractor.backbone(x)
+        return self.head(self.extractor(x))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_backbone:
+            self.extractor.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.head_layer().parameters()) if self.freeze_backbone else list(self.parameters())
+
+
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ProbebenchError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    """Write to a temporary file, then rename: a kill mid-write never leaves a corrupt checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _differences(saved: dict, now: dict) -> list[str]:
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
+
+
+def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs", weights: str = "auto",
+             tap: str | None = None, resize: int | None = None, crop: int | None = None, epochs: int = 100,
+             lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, optimizer: str = "adam",
+             select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
+             accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
+             workers: int | None = None, seed: int = 0, resume: bool = False, force: bool = False,
+             progress: bool = True, on_epoch=None) -> Path:
+    """Train ``model`` end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run."""
+    if select_metric not in SELECT_METRICS:
+        raise ProbebenchError(f"--select-metric {select_metric!r} is not one of {', '.join(SELECT_METRICS)}")
+    if accumulate < 1 or batch_size % accumulate:
+        raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
+    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop)
+    dev = auto_device(device)
+    prec = _resolve_precision(precision, dev)
+    manifest, req = job.manifest, job.request
+    mode = "frozen" if freeze_backbone else "unfrozen"
+    numbers = {  # everything that changes the numbers: a resume must match it exactly
+        "mode": mode, "path": "end-to-end", "dataset": manifest.dataset, "model": model, "head": "linear",
+        "tap": req.tap, "weights_sha256": req.weights["sha256"], "preprocessing": req.preprocessing,
+        "manifest_hash": req.manifest_hash, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+        "weight_decay": weight_decay, "optimizer": optimizer, "select_metric": select_metric,
+        "patience": patience, "accumulate": accumulate, "precision": prec, "seed": seed}
+    base = Path(runs_dir) / manifest.dataset / model / mode
+    digest = config_hash(numbers)
+    done = [p for p in find_runs(runs_dir) if p.parent == base and p.name.endswith(digest)]
+    if done and not force:
+        raise ProbebenchError(f"this run is already complete: {done[-1]} (use --force to run it again)")
+    work = base / "_inprogress"
+    checkpoint = torch.load(work / "last.pt", map_location="cpu", weights_only=True) if resume and (
+        work / "last.pt").is_file() else None
+    if resume and checkpoint is None:
+        raise ProbebenchError(f"nothing to resume: no checkpoint at {work / 'last.pt'}")
+    if checkpoint is not None and checkpoint["numbers"] != numbers:
+        raise ProbebenchError("--resume: the checkpoint was made with other settings:\n  "
+                              + "\n  ".join(_differences(checkpoint["numbers"], numbers)))
+    if checkpoint is None and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    n_classes = len(manifest.classes)
+    extractor = create_model(model, job.weights_arg, tap=req.tap, img_size=job.config.preprocessing.crop)
+    if grad_checkpointing and hasattr(extractor.backbone, "grad_checkpointing"):
+        extractor.backbone.grad_checkpointing = True
+    net = Classifier(extractor, n_classes, seed, freeze_backbone).to(dev)
+    if dev.type == "cuda" and extractor.config.family == "torchvision":
+        net = net.to(memory_format=torch.channels_last)
+    opt = make_optimizer(net.trainable_parameters(), optimizer, lr, weight_decay)
+    scaler = torch.amp.GradScaler(dev.type, enabled=prec == "fp16")
+    state = LoopState()
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint["model"])
+        opt.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = LoopState(**checkpoint["loop"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+
+    splits = manifest.splits
+    train_idx, val_idx, test_idx = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
+    labels = torch.as_tensor(manifest.labels)
+    images = ImageDataset(manifest.paths, make_transform(job.config.preprocessing), job.config.preprocessing.crop)
+    n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+
+    def loader(batches):
+        return DataLoader(images, batch_sampler=batches, num_workers=n_workers, pin_memory=dev.type == "cuda")
+
+    def checked(batch):
+        x, idx, ok, errors = batch
+        if not bool(ok.all()):
+            i = int(np.flatnonzero(~ok.numpy())[0])
+            raise bad_image_error(manifest.paths[int(idx[i])], errors[i], BAD_IMAGE_HINT)
+        x = x.to(dev, non_blocking=True)
+        if dev.type == "cuda" and extractor.config.family == "torchvision":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, labels[idx].to(dev)
+
+    def forward(x):
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return net(x).float()
+
+    def train_batches(epoch):
+        batches = [train_idx[b].tolist() for b in epoch_batches(len(train_idx), batch_size, seed, epoch)]
+        for batch in loader(batches):
+            yield checked(batch)
+
+    def step(m, x, y, optim):
+        optim.zero_grad(set_to_none=True)
+        loss_sum, correct = torch.zeros((), dtype=torch.float64, device=dev), torch.zeros((), dtype=torch.long,
+                                                                                          device=dev)
+        for xs, ys in zip(x.chunk(accumulate), y.chunk(accumulate)):
+            logits = forward(xs)
+            loss = nn.functional.cross_entropy(logits, ys) * (len(ys) / len(y))
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == ys).sum()
+        scaler.step(optim)
+        scaler.update()
+        bar.update(epoch_task, advance=len(y))
+        return loss_sum.cpu(), correct.cpu(), len(y)
+
+    @torch.no_grad()
+    def predict(indices):
+        batches = [indices[i:i + 2 * batch_size].tolist() for i in range(0, len(indices), 2 * batch_size)]
+        net.eval()
+        return torch.cat([forward(checked(b)[0]).cpu() for b in loader(batches)]) if batches else torch.empty(0)
+
+    def validate(m):
+        return val_metrics(predict(val_idx), labels[val_idx])
+
+    def after_epoch(s: LoopState, row: dict):
+        snapshot = {"numbers": numbers, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict(), "loop": asdict(s), "rng": {"torch": torch.get_rng_state()}}
+        if row.get("best"):
+            _save_atomic({"model": s.best_state, "epoch": s.best_epoch, "metric": s.best_metric}, work / "best.pt")
+        _save_atomic(snapshot, work / "last.pt")
+        bar.update(epoch_task, info=f"loss {row['train_loss']:.4f} · val acc {row['val_accuracy']:.3f}")
+        if on_epoch is not None:
+            on_epoch(s, row)
+        new_epoch_bar(s.epoch + 1)
+
+    def new_epoch_bar(epoch):
+        nonlocal epoch_task
+        if epoch <= epochs:
+            epoch_task = bar.add_task(f"{mode} {model} × {manifest.dataset} epoch {epoch}/{epochs}",
+                                      total=len(train_idx), info="")
+
+    start = time.perf_counter()
+    bar, epoch_task = make_progress(progress), None
+    try:
+        with bar:
+            new_epoch_bar(state.epoch + 1)
+            state = train_loop(net, opt, train_batches, validate, epochs=epochs, seed=seed, step=step,
+                               select=select_metric, patience=patience, state=state, on_epoch=after_epoch)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ProbebenchError(f"out of GPU memory with --batch-size {batch_size}: use a smaller micro-batch with "
+                              "--accumulate N (same effective batch), or --grad-checkpointing for the ViTs, or "
+                              f"--precision bf16/fp16 ({exc})") from exc
+    net.load_state_dict(state.best_state)
+    proba = softmax_proba(predict(test_idx))
+    y_test = manifest.labels[test_idx]
+    config = {**numbers, "head_params": {k: numbers[k] for k in ("epochs", "lr", "batch_size", "weight_decay",
+                                                                  "optimizer", "seed", "accumulate")},
+              "classes": manifest.classes, "weights": req.weights, "group_kind": manifest.group_kind,
+              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
+              "grad_checkpointing": grad_checkpointing, "skipped": [], "junk_files": len(manifest.junk),
+              "n": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+              "versions": versions()}
+    metrics = {"test": point_metrics(y_test, proba.argmax(1), n_classes, proba), "best_epoch": state.best_epoch,
+               "best_" + select_metric: state.best_metric, "epochs_run": state.epoch,
+               "train_seconds": round(time.perf_counter() - start, 3)}
+    run = write_run(runs_dir, config, sample_ids=manifest.sample_ids[test_idx], groups=manifest.groups[test_idx],
+                    y_true=y_test, proba=proba, history=state.history, metrics=metrics, run_suffix=digest)
+    shutil.rmtree(work)
+    return run

@@ -1,0 +1,125 @@
+"""The unfrozen path: replaced layers, frozen equivalence with extract + fit, resume, report compatibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from probebench.errors import ProbebenchError
+from probebench.extract import extract
+from probebench.finetune import Classifier, finetune
+from probebench.fit import fit
+from probebench.registry import create_model
+from probebench.report import ReportOptions, collect_rows, comparisons, render
+from probebench.runs import read_run
+
+SMALL = dict(weights="random", resize=40, crop=32, workers=0, progress=False)
+
+
+@pytest.mark.parametrize("name,layer,dim", [("vgg16", "classifier.6", 4096), ("resnet50", "fc", 2048),
+                                            ("densenet121", "classifier", 1024), ("dinov2_s", "head", 384)])
+def test_new_layer_replaces_exactly_the_studys(name, layer, dim):
+    crop = 28 if name.startswith("dinov2") else 32
+    net = Classifier(create_model(name, "random", img_size=crop), 3, seed=0, freeze_backbone=False)
+    names = dict(net.named_parameters())
+    if name.startswith("dinov2"):
+        assert names["head.weight"].shape == (3, dim) and names["head.bias"].shape == (3,)
+        assert not any(k.startswith("extractor.backbone.head") for k in names)
+    else:
+        reference = getattr(torchvision.models, name)(weights=None)
+        ours = {k.removeprefix("extractor.backbone."): v.shape for k, v in names.items()}
+        theirs = {k: v.shape for k, v in reference.named_parameters()}
+        assert set(ours) == set(theirs)  # same names: only the layer's shape changes
+        changed = {k for k in ours if ours[k] != theirs[k]}
+        assert changed == {f"{layer}.weight", f"{layer}.bias"} and ours[f"{layer}.weight"] == (3, dim)
+    assert net(torch.randn(2, 3, crop, crop)).shape == (2, 3)
+    frozen = Classifier(create_model(name, "random", img_size=crop), 3, seed=0, freeze_backbone=True)
+    trainable = [k for k, p in frozen.named_parameters() if p.requires_grad]
+    assert trainable == [k for k in names if k.endswith((f"{layer}.weight", f"{layer}.bias"))]
+
+
+@pytest.mark.parametrize("model,crop", [("resnet50", 32), ("dinov2_s", 28)])
+def test_frozen_end_to_end_equals_extract_plus_fit(tiny, tmp_path, model, crop):
+    spec, root = tiny
+    opts = {**SMALL, "crop": crop}
+    common = dict(epochs=4, lr=1e-2, batch_size=8, seed=3)
+    extract(model, str(spec), data_root=root, cache_dir=tmp_path / "c", batch_size=8, **opts)
+    fast = read_run(fit(model, str(spec), data_root=root, cache_dir=tmp_path / "c", runs_dir=tmp_path / "a",
+                        progress=False, **{k: v for k, v in opts.items() if k not in ("workers", "progress")},
+                        **common))
+    slow = read_run(finetune(model, str(spec), data_root=root, runs_dir=tmp_path / "b", freeze_backbone=True,
+                             **opts, **common))
+    assert slow.config["mode"] == "frozen"
+    assert np.array_equal(fast.sample_ids, slow.sample_ids)
+    assert np.abs(fast.proba - slow.proba).max() < 1e-4
+    assert fast.metrics["best_epoch"] == slow.metrics["best_epoch"]
+    assert 0.01 < np.abs(fast.proba - 0.5).max()  # the head did learn something
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tiny, tmp_path):
+    spec, root = tiny
+    common = dict(data_root=root, epochs=3, lr=1e-3, batch_size=8, **SMALL)
+    full = read_run(finetune("resnet50", str(spec), runs_dir=tmp_path / "a", **common))
+
+    def stop_after_two(state, row):
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune("resnet50", str(spec), runs_dir=tmp_path / "b", on_epoch=stop_after_two, **common)
+    work = tmp_path / "b" / "tiny" / "resnet50" / "unfrozen" / "_inprogress"
+    assert (work / "last.pt").is_file() and (work / "best.pt").is_file()
+    epochs_seen = []
+    resumed = read_run(finetune("resnet50", str(spec), runs_dir=tmp_path / "b", resume=True,
+                                on_epoch=lambda s, r: epochs_seen.append(r["epoch"]), **common))
+    assert epochs_seen == [3]  # only the missing epoch ran
+    assert np.array_equal(resumed.proba, full.proba)
+    assert [r["val_loss"] for r in _history(resumed)] == [r["val_loss"] for r in _history(full)]
+    assert not work.exists()
+
+
+def _history(run):
+    import csv
+
+    return list(csv.DictReader((run.path / "history.csv").open()))
+
+
+def test_resume_with_other_settings_lists_differences(tiny, tmp_path):
+    spec, root = tiny
+
+    def stop(state, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune("resnet50", str(spec), data_root=root, runs_dir=tmp_path, epochs=2, on_epoch=stop, **SMALL)
+    with pytest.raises(ProbebenchError, match=r"other settings:\n  lr: 0.0001 in the checkpoint, 0.01 now"):
+        finetune("resnet50", str(spec), data_root=root, runs_dir=tmp_path, epochs=2, lr=1e-2, resume=True, **SMALL)
+    with pytest.raises(ProbebenchError, match="nothing to resume"):
+        finetune("resnet50", str(spec), data_root=root, runs_dir=tmp_path / "empty", epochs=2, resume=True, **SMALL)
+
+
+def test_complete_run_is_not_redone_without_force_and_report_shows_both_modes(tiny, tmp_path):
+    spec, root = tiny
+    kw = dict(data_root=root, runs_dir=tmp_path / "runs", epochs=2, batch_size=8, **SMALL)
+    finetune("dinov2_s", str(spec), **{**kw, "crop": 28})
+    with pytest.raises(ProbebenchError, match="already complete.*--force"):
+        finetune("dinov2_s", str(spec), **{**kw, "crop": 28})
+    finetune("dinov2_s", str(spec), force=True, **{**kw, "crop": 28})
+    extract("dinov2_s", str(spec), data_root=root, cache_dir=tmp_path / "c", **{**SMALL, "crop": 28})
+    fit("dinov2_s", str(spec), data_root=root, cache_dir=tmp_path / "c", runs_dir=tmp_path / "runs", epochs=2,
+        weights="random", resize=40, crop=28, progress=False)
+    rows = collect_rows(tmp_path / "runs")
+    assert [(r.model, r.freeze) for r in rows] == [("dinov2_s", "Y"), ("dinov2_s", "N")]
+    md = render(rows, "md", ReportOptions(), comparisons(rows, ReportOptions()))
+    assert "| tiny | dinov2_s † | N | linear |" in md and "dinov2_s: frozen − unfrozen" in md
+
+
+def test_gradient_accumulation_matches_full_batches(tiny, tmp_path):
+    spec, root = tiny
+    kw = dict(data_root=root, epochs=2, lr=1e-3, batch_size=8, **{**SMALL, "crop": 28})
+    one = read_run(finetune("dinov2_s", str(spec), runs_dir=tmp_path / "a", **kw))
+    two = read_run(finetune("dinov2_s", str(spec), runs_dir=tmp_path / "b", accumulate=2, grad_checkpointing=True,
+                            **kw))
+    assert np.abs(one.proba - two.proba).max() < 1e-4
