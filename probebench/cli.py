@@ -123,7 +123,8 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
                accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
                workers=workers, seed=seed, resume=resume, force=force)
-    out.print(f"run written to {path}")
+    if path is not None:  # under torchrun only rank 0 writes
+        out.print(f"run written to {path}")
 
 
 def _report_options(n_resamples: int, method: str, unit: str, seed: int, level: str, aggregate: str,

@@ -9,6 +9,7 @@ both use the same head initialisation, batch order and loop (``training.py``). C
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from probebench import distributed
 from probebench.cache import versions
 from probebench.errors import ProbebenchError
 from probebench.extract import auto_device, resolve_job
@@ -107,14 +109,16 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
              workers: int | None = None, seed: int = 0, resume: bool = False, force: bool = False,
-             progress: bool = True, on_epoch=None) -> Path:
+             progress: bool = True, on_epoch=None) -> Path | None:
     """Train ``model`` end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run."""
     if select_metric not in SELECT_METRICS:
         raise ProbebenchError(f"--select-metric {select_metric!r} is not one of {', '.join(SELECT_METRICS)}")
     if accumulate < 1 or batch_size % accumulate:
         raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop)
-    dev = auto_device(device)
+    rank, world = distributed.setup()
+    main = rank == 0
+    dev = auto_device(distributed.rank_device(device))
     prec = _resolve_precision(precision, dev)
     manifest, req = job.manifest, job.request
     mode = "frozen" if freeze_backbone else "unfrozen"
@@ -137,9 +141,11 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     if checkpoint is not None and checkpoint["numbers"] != numbers:
         raise ProbebenchError("--resume: the checkpoint was made with other settings:\n  "
                               + "\n  ".join(_differences(checkpoint["numbers"], numbers)))
-    if checkpoint is None and work.exists():
+    if main and checkpoint is None and work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
 
     n_classes = len(manifest.classes)
     extractor = create_model(model, job.weights_arg, tap=req.tap, img_size=job.config.preprocessing.crop)
@@ -157,6 +163,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         scaler.load_state_dict(checkpoint["scaler"])
         state = LoopState(**checkpoint["loop"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
+    trained = nn.parallel.DistributedDataParallel(net) if world > 1 else net
 
     splits = manifest.splits
     train_idx, val_idx, test_idx = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
@@ -178,29 +185,41 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
             x = x.contiguous(memory_format=torch.channels_last)
         return x, labels[idx].to(dev)
 
-    def forward(x):
+    def forward(x, module=net):
         with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return net(x).float()
+            return module(x).float()
+
+    global_batch = [0]  # size of the global batch whose shard this rank is training on
 
     def train_batches(epoch):
-        batches = [train_idx[b].tolist() for b in epoch_batches(len(train_idx), batch_size, seed, epoch)]
-        for batch in loader(batches):
-            yield checked(batch)
+        batches = [train_idx[b] for b in epoch_batches(len(train_idx), batch_size, seed, epoch)]
+        shards = [b[rank::world] if len(b[rank::world]) else b[:1] for b in batches]  # never an empty shard
+        for batch, shard in zip(batches, loader([s.tolist() for s in shards])):
+            global_batch[0] = len(batch)
+            x, y = checked(shard)
+            yield x, y if len(batch[rank::world]) else y[:0]  # an empty shard keeps its place, weight 0
 
     def step(m, x, y, optim):
         optim.zero_grad(set_to_none=True)
-        loss_sum, correct = torch.zeros((), dtype=torch.float64, device=dev), torch.zeros((), dtype=torch.long,
-                                                                                          device=dev)
-        for xs, ys in zip(x.chunk(accumulate), y.chunk(accumulate)):
-            logits = forward(xs)
-            loss = nn.functional.cross_entropy(logits, ys) * (len(ys) / len(y))
-            scaler.scale(loss).backward()
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.detach().argmax(1) == ys).sum()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.long, device=dev)
+        chunks = list(zip(x.chunk(accumulate), y.chunk(accumulate))) if len(y) else [(x, y)]
+        for i, (xs, ys) in enumerate(chunks):
+            sync = world == 1 or i == len(chunks) - 1  # all-reduce gradients once per optimiser step
+            with (contextlib.nullcontext() if sync else trained.no_sync()):
+                logits = forward(xs, trained)
+                if len(ys):  # mean over the global batch, whatever the shard and micro-batch sizes
+                    loss = nn.functional.cross_entropy(logits, ys) * (len(ys) * world / global_batch[0])
+                else:
+                    loss = logits.sum() * 0.0
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach().double() * global_batch[0] / world
+            correct += (logits.detach().argmax(1) == ys).sum() if len(ys) else 0
         scaler.step(optim)
         scaler.update()
-        bar.update(epoch_task, advance=len(y))
-        return loss_sum.cpu(), correct.cpu(), len(y)
+        loss_sum, correct, seen = distributed.all_sum(loss_sum.cpu(), correct.cpu(), torch.tensor(len(y)))
+        bar.update(epoch_task, advance=int(seen))
+        return loss_sum, correct.long(), int(seen)
 
     @torch.no_grad()
     def predict(indices):
@@ -212,11 +231,13 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         return val_metrics(predict(val_idx), labels[val_idx])
 
     def after_epoch(s: LoopState, row: dict):
-        snapshot = {"numbers": numbers, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                    "scaler": scaler.state_dict(), "loop": asdict(s), "rng": {"torch": torch.get_rng_state()}}
-        if row.get("best"):
-            _save_atomic({"model": s.best_state, "epoch": s.best_epoch, "metric": s.best_metric}, work / "best.pt")
-        _save_atomic(snapshot, work / "last.pt")
+        if main:  # only rank 0 writes
+            snapshot = {"numbers": numbers, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                        "scaler": scaler.state_dict(), "loop": asdict(s), "rng": {"torch": torch.get_rng_state()}}
+            if row.get("best"):
+                _save_atomic({"model": s.best_state, "epoch": s.best_epoch, "metric": s.best_metric},
+                             work / "best.pt")
+            _save_atomic(snapshot, work / "last.pt")
         bar.update(epoch_task, info=f"loss {row['train_loss']:.4f} · val acc {row['val_accuracy']:.3f}")
         if on_epoch is not None:
             on_epoch(s, row)
@@ -229,7 +250,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
                                       total=len(train_idx), info="")
 
     start = time.perf_counter()
-    bar, epoch_task = make_progress(progress), None
+    bar, epoch_task = make_progress(progress and main), None
     try:
         with bar:
             new_epoch_bar(state.epoch + 1)
@@ -240,13 +261,17 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
                               "--accumulate N (same effective batch), or --grad-checkpointing for the ViTs, or "
                               f"--precision bf16/fp16 ({exc})") from exc
     net.load_state_dict(state.best_state)
+    if not main:
+        distributed.barrier()
+        distributed.cleanup()
+        return None
     proba = softmax_proba(predict(test_idx))
     y_test = manifest.labels[test_idx]
     config = {**numbers, "head_params": {k: numbers[k] for k in ("epochs", "lr", "batch_size", "weight_decay",
                                                                   "optimizer", "seed", "accumulate")},
               "classes": manifest.classes, "weights": req.weights, "group_kind": manifest.group_kind,
               "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
-              "grad_checkpointing": grad_checkpointing, "skipped": [], "junk_files": len(manifest.junk),
+              "grad_checkpointing": grad_checkpointing, "world_size": world, "skipped": [], "junk_files": len(manifest.junk),
               "n": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
               "versions": versions()}
     metrics = {"test": point_metrics(y_test, proba.argmax(1), n_classes, proba), "best_epoch": state.best_epoch,
@@ -255,4 +280,6 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     run = write_run(runs_dir, config, sample_ids=manifest.sample_ids[test_idx], groups=manifest.groups[test_idx],
                     y_true=y_test, proba=proba, history=state.history, metrics=metrics, run_suffix=digest)
     shutil.rmtree(work)
+    distributed.barrier()
+    distributed.cleanup()
     return run

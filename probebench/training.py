@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -88,15 +89,18 @@ def train_loop(model: nn.Module, optimizer, train_batches: Callable[[int], Itera
             break
         seed_epoch(seed, epoch)
         model.train()
+        started = time.perf_counter()
         total, correct, seen = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.long), 0
         for x, y in train_batches(epoch):
             loss_sum, n_correct, n = step(model, x, y, optimizer)
             total += loss_sum
             correct += n_correct
             seen += n
+        train_seconds = time.perf_counter() - started
         model.eval()
         row = {"epoch": epoch, "train_loss": total.item() / seen, "train_accuracy": correct.item() / seen,
-               **validate(model)}
+               **validate(model), "train_seconds": round(train_seconds, 4),
+               "train_samples_per_s": round(seen / train_seconds, 2)}
         if _better(select, row[select], state.best_metric):
             state.best_metric, state.best_epoch = row[select], epoch
             state.best_state = copy.deepcopy(model.state_dict())

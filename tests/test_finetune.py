@@ -123,3 +123,31 @@ def test_gradient_accumulation_matches_full_batches(tiny, tmp_path):
     two = read_run(finetune("dinov2_s", str(spec), runs_dir=tmp_path / "b", accumulate=2, grad_checkpointing=True,
                             **kw))
     assert np.abs(one.proba - two.proba).max() < 1e-4
+
+
+def test_torchrun_two_processes_on_gloo_match_one_process(tiny, tmp_path):
+    """DDP: each rank trains on a shard of every global batch; the result equals a single process."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    spec, root = tiny
+    args = ["finetune", "--model", "dinov2_s", "--dataset", str(spec), "--data-root", str(root), "--weights",
+            "random", "--resize", "40", "--crop", "28", "--epochs", "2", "--batch-size", "7", "--lr", "1e-3",
+            "--workers", "0"]
+    single = read_run(finetune("dinov2_s", str(spec), data_root=root, runs_dir=tmp_path / "one", epochs=2,
+                               batch_size=7, lr=1e-3, **{**SMALL, "crop": 28}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "probebench", *args,
+                          "--runs-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "two" / "tiny" / "dinov2_s" / "unfrozen").iterdir())
+    assert len(runs) == 1  # only rank 0 wrote
+    double = read_run(runs[0])
+    assert double.config["world_size"] == 2
+    assert np.abs(double.proba - single.proba).max() < 1e-5
