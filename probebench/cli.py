@@ -204,6 +204,41 @@ def demo(out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where 
     out.print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out_dir}/")
 
 
+@app.command("prepare-mri")
+@friendly
+def prepare_mri(cohort: Path = typer.Option(..., "--cohort", help="Folder with one subfolder per patient."),
+                labels: Path = typer.Option(..., "--labels", help="CSV with columns patient_id,grade."),
+                out_dir: Optional[Path] = typer.Option(None, "--out", help="Where t1/ t2/ flair/ go "
+                                                       "[default: the data root]."),
+                modalities: str = typer.Option("t1,t2,flair", help="Comma-separated modalities (dataset specs)."),
+                layout: str = typer.Option("default", help="default: <patient>/<modality>.nii.gz + "
+                                           "<modality>_mask.nii.gz; brats: <patient>/<patient>_<modality>.nii.gz + "
+                                           "<patient>_seg.nii.gz."),
+                min_roi_pixels: Optional[int] = typer.Option(None, help="Keep slices whose mask covers more "
+                                                             "pixels than this [spec: 30]."),
+                interpolation: Optional[str] = typer.Option(None, help="Image resampling: linear or cubic."),
+                crop_margin: Optional[int] = typer.Option(None, help="Crop around the tumour with this margin "
+                                                          "(px) [default: full slice]."),
+                allow_4d: bool = typer.Option(False, "--allow-4d", help="Take the first volume of 4D files."),
+                seed: int = typer.Option(0, help="Split seed."),
+                workers: Optional[int] = typer.Option(None, help="Parallel processes [default: CPUs, max 8]."),
+                strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable volume instead "
+                                            "of skipping and reporting it."),
+                data_root: Optional[Path] = DataRootOpt):
+    """NIfTI cohort + grades -> slice datasets t1 / t2 / flair with patient-level splits."""
+    from probebench.datasets import data_root as resolve_root
+    from probebench.mri import prepare_mri as run
+    from probebench.mri import render_summary
+
+    target = out_dir or resolve_root(data_root)
+    summary = run(cohort, labels, target, modalities=[m.strip() for m in modalities.split(",") if m.strip()],
+                  layout=layout, seed=seed, workers=workers, strict=strict, min_roi_pixels=min_roi_pixels,
+                  interpolation=interpolation, crop_margin=crop_margin, allow_4d=allow_4d or None)
+    sys.stdout.write(render_summary(summary))
+    out.print(f"datasets written under {target}/ (summary: {target}/prepare_summary.json); next: "
+              f"probebench extract --model dinov2_b --dataset t1 --data-root {target}")
+
+
 @app.command()
 def models():
     """The model registry: feature taps, dimensions, weights and where they are looked for."""

@@ -25,7 +25,7 @@ from probebench.splits import SPLITS, check_disjoint, stratified_group_holdout
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
-SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "folder", "csv", "split"}
+SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "folder", "csv", "split", "mri"}
 SOURCE_KEYS = {"file", "image_dirs", "id_column", "path_column", "label_column", "onehot_columns", "group_column",
                "split", "split_column"}
 TABLE_KEYS = {"folder": {"split_dirs", "group_regex"},
@@ -47,6 +47,7 @@ class DatasetSpec:
     folder: dict = field(default_factory=dict)
     csv: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
+    mri: dict = field(default_factory=dict)  # prepare-mri settings (read by probebench.mri)
 
 
 @dataclass
@@ -139,7 +140,8 @@ def load_spec(name_or_path: str | Path) -> DatasetSpec:
     name = raw.get("name", path.stem)
     return DatasetSpec(name=name, kind=raw["kind"], root=raw.get("root", name), classes=list(raw["classes"]),
                        source=path, description=raw.get("description", ""), group=raw.get("group", "group"),
-                       folder=raw.get("folder", {}), csv=raw.get("csv", {}), split=raw.get("split", {}))
+                       folder=raw.get("folder", {}), csv=raw.get("csv", {}), split=raw.get("split", {}),
+                       mri=raw.get("mri", {}))
 
 
 def data_root(explicit: str | Path | None = None) -> Path:
