@@ -74,17 +74,29 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Pa
         cache_dir: Path = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
         weights: str = WeightsOpt, tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt,
         crop: Optional[int] = CropOpt, precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
-        head: str = typer.Option("linear", help="Head on the cached features."),
-        epochs: int = typer.Option(100, help="Training epochs (best validation accuracy kept)."),
+        head: str = typer.Option("linear", help="linear (the study's), mlp, logreg or knn."),
+        grid: bool = typer.Option(False, "--grid", help="linear/mlp: train heads over lr x weight decay "
+                                                        "(5 x 4) at once and keep the best on validation."),
+        epochs: int = typer.Option(100, help="Training epochs (best validation epoch kept)."),
         lr: float = typer.Option(1e-4, help="Adam learning rate."),
         batch_size: int = typer.Option(32, help="Training batch size."),
-        weight_decay: float = typer.Option(0.0, help="Adam weight decay."), seed: int = SeedOpt):
+        weight_decay: float = typer.Option(0.0, help="Adam weight decay."),
+        hidden: int = typer.Option(256, help="Hidden width of the mlp head."),
+        normalize: Optional[str] = typer.Option(None, help="'l2': L2-normalise features."),
+        standardize: bool = typer.Option(False, "--standardize", help="Standardise features (train mean/sd)."),
+        class_weight: Optional[str] = typer.Option(None, help="'balanced' for imbalanced classes."),
+        select_metric: str = typer.Option("val_accuracy", help="val_accuracy or val_loss."),
+        seed: int = SeedOpt,
+        seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3.")):
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.fit import fit as run
 
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
-               resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, head=head, epochs=epochs,
-               lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed)
+               resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, head=head, grid=grid,
+               epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
+               normalize=normalize, standardize=standardize, class_weight=class_weight,
+               select_metric=select_metric, seed=seed, seeds=seed_list)
     out.print(f"run written to {path}")
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from probebench import cache as fcache
 from probebench.errors import ProbebenchError
 from probebench.extract import resolve_job
-from probebench.heads import HEADS
+from probebench.heads import make_head
 from probebench.metrics import point_metrics
 from probebench.progress import make_progress
-from probebench.runs import write_run
+from probebench.runs import config_hash, write_run
+
+NORMALIZE = (None, "l2")
 
 
 def _extract_command(model: str, dataset: str, opts: dict) -> str:
@@ -19,14 +23,35 @@ def _extract_command(model: str, dataset: str, opts: dict) -> str:
     return f"probebench extract --model {model} --dataset {dataset} {flags}".strip()
 
 
+def prepare_features(train: np.ndarray, *others: np.ndarray, normalize: str | None = None,
+                     standardize: bool = False) -> list[np.ndarray]:
+    """L2-normalise rows and/or standardise with the mean and sd of the training rows only."""
+    if normalize not in NORMALIZE:
+        raise ProbebenchError(f"--normalize {normalize!r} is not one of: l2")
+    arrays = [train, *others]
+    if normalize == "l2":
+        arrays = [a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in arrays]
+    if standardize:
+        mean, sd = arrays[0].mean(axis=0), arrays[0].std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        arrays = [(a - mean) / sd for a in arrays]
+    return [a.astype(np.float32) for a in arrays]
+
+
 def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
         weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
-        precision: str = "fp32", store_dtype: str = "float32", head: str = "linear", epochs: int = 100,
-        lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, seed: int = 0,
+        precision: str = "fp32", store_dtype: str = "float32", head: str = "linear", grid: bool = False,
+        epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
+        normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
+        select_metric: str = "val_accuracy", seed: int = 0, seeds: list[int] | None = None,
         progress: bool = True) -> Path:
-    """Fit ``head`` on the cache that ``extract`` made with the same options; returns the run folder."""
-    if head not in HEADS:
-        raise ProbebenchError(f"unknown head {head!r}; heads: {', '.join(HEADS)}")
+    """Fit a head on the cache that ``extract`` made with the same options; returns the (first) run folder.
+
+    ``seeds`` repeats the fit once per seed; the runs share a ``seed_group`` so that ``report`` can show
+    their spread next to the first seed's bootstrap interval.
+    """
+    if class_weight not in (None, "balanced"):
+        raise ProbebenchError(f"--class-weight {class_weight!r}: only 'balanced' is supported")
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
                       precision=precision, store_dtype=store_dtype)
     path = job.cache_path(cache_dir)
@@ -39,32 +64,46 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
             "store_dtype": None if store_dtype == "float32" else store_dtype})
         raise ProbebenchError(f"the feature cache {path} {state}; run first:\n  {cmd}")
     feats = fcache.read_features(path)
-    x_tr, y_tr = feats.subset("train")
-    x_va, y_va = feats.subset("val")
     test = feats.split == "test"
+    x_tr, x_va, x_te = prepare_features(feats.features[feats.split == "train"], feats.features[feats.split == "val"],
+                                        feats.features[test], normalize=normalize, standardize=standardize)
+    y_tr, y_va, y_te = (feats.labels[feats.split == s] for s in ("train", "val", "test"))
     n_classes = len(feats.attrs["classes"])
-    estimator = HEADS[head](epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed)
-    start = time.perf_counter()
-    with make_progress(progress, unit="epoch") as bar:
-        task = bar.add_task(f"fit {head} on {model} × {job.manifest.dataset}", total=epochs, info="")
-        estimator.fit(x_tr, y_tr, x_va, y_va, n_classes, on_epoch=lambda r: bar.update(
-            task, advance=1, info=f"val acc {r['val_accuracy']:.3f}"))
-    seconds = time.perf_counter() - start
-    proba = estimator.predict_proba(feats.features[test])
+    seed_list = list(seeds) if seeds else [seed]
+    options = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
+                   class_weight=class_weight, select=select_metric)
     attrs = feats.attrs
-    config = {
-        "mode": "frozen", "dataset": attrs["dataset"], "model": model, "head": head,
-        "head_params": estimator.params(), "classes": attrs["classes"], "weights": attrs["weights"],
-        "tap": attrs["tap"], "preprocessing": attrs["preprocessing"], "precision": attrs["precision"],
-        "store_dtype": attrs["store_dtype"], "manifest_hash": attrs["manifest_hash"], "cache_key": attrs["key"],
-        "cache_path": str(path), "extract_device": attrs.get("device"), "skipped": attrs["skipped"],
-        "junk_files": attrs.get("junk_files", 0),
-        "group_kind": attrs.get("group_kind", "group"), "versions": fcache.versions(), "data_root": str(data_root or ""),
-        "n": {s: int((feats.split == s).sum()) for s in ("train", "val", "test")},
-    }
-    y_test = feats.labels[test]
-    metrics = {"test": point_metrics(y_test, proba.argmax(1), n_classes, proba), "best_epoch": estimator.best_epoch_,
-               "best_val_accuracy": max(r["val_accuracy"] for r in estimator.history_),
-               "fit_seconds": round(seconds, 3)}
-    return write_run(runs_dir, config, sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_test,
-                     proba=proba, history=estimator.history_, metrics=metrics)
+    base = {
+        "mode": "frozen", "path": "cache", "dataset": attrs["dataset"], "model": model, "classes": attrs["classes"],
+        "weights": attrs["weights"], "tap": attrs["tap"], "preprocessing": attrs["preprocessing"],
+        "precision": attrs["precision"], "store_dtype": attrs["store_dtype"], "manifest_hash": attrs["manifest_hash"],
+        "cache_key": attrs["key"], "cache_path": str(path), "extract_device": attrs.get("device"),
+        "skipped": attrs["skipped"], "junk_files": attrs.get("junk_files", 0),
+        "group_kind": attrs.get("group_kind", "group"), "features": {"normalize": normalize, "standardize": standardize},
+        "versions": fcache.versions(), "data_root": str(data_root or ""),
+        "n": {s: int((feats.split == s).sum()) for s in ("train", "val", "test")}}
+    group = config_hash({**base, "head": head, "grid": grid, "options": options, "seeds": seed_list})
+    first = None
+    for position, s in enumerate(seed_list):
+        estimator = make_head(head, grid=grid, seed=s, **options)
+        start = time.perf_counter()
+        with make_progress(progress and estimator.__class__.__name__ in ("LinearHead", "MLPHead", "GridHead"),
+                           unit="epoch") as bar:
+            task = bar.add_task(f"fit {estimator.name} on {model} × {attrs['dataset']} (seed {s})", total=epochs,
+                                info="")
+            estimator.fit(x_tr, y_tr, x_va, y_va, n_classes, on_epoch=lambda r: bar.update(
+                task, advance=1, info=f"val acc {r['val_accuracy']:.3f}"))
+        seconds = time.perf_counter() - start
+        proba = estimator.predict_proba(x_te)
+        config = {**base, "head": estimator.name, "head_label": estimator.describe(), "head_params": estimator.params(),
+                  "selection": estimator.selection_, "seed": s,
+                  "seed_group": group if len(seed_list) > 1 else None, "seed_position": position}
+        history = estimator.history_
+        metrics = {"test": point_metrics(y_te, proba.argmax(1), n_classes, proba), "best_epoch": estimator.best_epoch_,
+                   "fit_seconds": round(seconds, 3)}
+        if history and "val_accuracy" in history[0]:
+            metrics["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
+        run = write_run(runs_dir, config, sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_te,
+                        proba=proba, history=history, metrics=metrics)
+        first = first or run
+    return first

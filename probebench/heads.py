@@ -1,12 +1,31 @@
-"""Heads on cached features, scikit-learn style: ``fit(X, y, X_val, y_val)`` then ``predict_proba(X)``."""
+"""Heads on cached features, scikit-learn style: ``fit(X, y, X_val, y_val, n_classes)``, ``predict_proba(X)``.
+
+- ``linear``: the study's new layer (Adam, lr 1e-4, batch 32, 100 epochs, best validation epoch kept);
+- ``mlp``: D -> hidden -> K with ReLU, as the study's code used for DINOv2;
+- ``logreg``: multinomial logistic regression (L-BFGS), C chosen on validation from a log grid;
+- ``knn``: cosine similarity on L2-normalised features, temperature-weighted votes (DINOv2's kNN
+  evaluation), k chosen on validation;
+- ``GridHead``: many linear or MLP heads over learning rate x weight decay trained at once (stacked
+  weights, one batched product per step), the best on validation kept.
+
+Choices are made on the validation split only; the test split is never seen before ``predict_proba``.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from torch import nn
 
-from probebench.training import seeded_init, train_classifier
+from probebench.errors import ProbebenchError
+from probebench.training import epoch_batches, seed_epoch, seeded_init, train_classifier
+
+DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+DEFAULT_WDS = (0.0, 1e-4, 1e-3, 1e-2)
+DEFAULT_CS = tuple(10.0 ** e for e in range(-4, 5))
+DEFAULT_KS = (10, 20, 50)
 
 
 def softmax_proba(logits: torch.Tensor) -> np.ndarray:
@@ -14,33 +33,312 @@ def softmax_proba(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits.detach().double(), dim=1).cpu().numpy()
 
 
+def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """scikit-learn's ``class_weight='balanced'``: n / (K * count), 0 for absent classes."""
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    return np.divide(len(y), n_classes * counts, out=np.zeros(n_classes), where=counts > 0)
+
+
+def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
+    return float((proba.argmax(axis=1) == y).mean())
+
+
 class LinearHead:
-    """The study's head: one new linear layer, Adam lr 1e-4, batch 32, 100 epochs, best val accuracy kept."""
+    """The study's head: one new linear layer trained with Adam; the best validation epoch is kept."""
 
     name = "linear"
 
     def __init__(self, epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0,
-                 seed: int = 0):
-        self.epochs, self.lr, self.batch_size, self.weight_decay, self.seed = epochs, lr, batch_size, weight_decay, seed
+                 seed: int = 0, class_weight: str | None = None, select: str = "val_accuracy"):
+        self.epochs, self.lr, self.batch_size, self.weight_decay = epochs, lr, batch_size, weight_decay
+        self.seed, self.class_weight, self.select = seed, class_weight, select
 
     def params(self) -> dict:
         return {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
-                "weight_decay": self.weight_decay, "seed": self.seed, "optimizer": "adam",
-                "loss": "cross_entropy", "select": "val_accuracy"}
+                "weight_decay": self.weight_decay, "seed": self.seed, "optimizer": "adam", "loss": "cross_entropy",
+                "select": self.select, "class_weight": self.class_weight}
 
-    def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
-            on_epoch=None) -> "LinearHead":
-        self.model_ = seeded_init(lambda: nn.Linear(x.shape[1], n_classes), self.seed)
+    def describe(self) -> str:
+        return self.name
+
+    def build(self, dim: int, n_classes: int) -> nn.Module:
+        return nn.Linear(dim, n_classes)
+
+    def fit(self, x, y, x_val, y_val, n_classes: int, on_epoch=None):
+        weight = balanced_weights(y, n_classes) if self.class_weight == "balanced" else None
+        self.model_ = seeded_init(lambda: self.build(x.shape[1], n_classes), self.seed)
         self.model_, state = train_classifier(
             self.model_, x, y, x_val, y_val, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-            weight_decay=self.weight_decay, seed=self.seed, on_epoch=on_epoch)
-        self.history_, self.best_epoch_ = state.history, state.best_epoch
+            weight_decay=self.weight_decay, seed=self.seed, select=self.select, class_weight=weight,
+            on_epoch=on_epoch)
+        self.history_, self.best_epoch_, self.selection_ = state.history, state.best_epoch, None
         return self
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        logits = self.model_(torch.as_tensor(x, dtype=torch.float32))
-        return softmax_proba(logits)
+        return softmax_proba(self.model_(torch.as_tensor(x, dtype=torch.float32)))
 
 
-HEADS = {"linear": LinearHead}
+class MLPHead(LinearHead):
+    """D -> hidden -> K with ReLU, trained like the linear head."""
+
+    name = "mlp"
+
+    def __init__(self, hidden: int = 256, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = hidden
+
+    def params(self) -> dict:
+        return {**super().params(), "hidden": self.hidden}
+
+    def describe(self) -> str:
+        return f"mlp {self.hidden}"
+
+    def build(self, dim: int, n_classes: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(dim, self.hidden), nn.ReLU(), nn.Linear(self.hidden, n_classes))
+
+
+class LogRegHead:
+    """Multinomial logistic regression (scikit-learn, L-BFGS); C from a log grid chosen on validation."""
+
+    name = "logreg"
+
+    def __init__(self, cs=DEFAULT_CS, class_weight: str | None = None, max_iter: int = 1000, seed: int = 0, **_):
+        self.cs, self.class_weight, self.max_iter, self.seed = tuple(cs), class_weight, max_iter, seed
+
+    def params(self) -> dict:
+        return {"C_grid": list(self.cs), "class_weight": self.class_weight, "solver": "lbfgs",
+                "max_iter": self.max_iter, "select": "val_accuracy", "seed": self.seed}
+
+    def describe(self) -> str:
+        return f"logreg C={self.selection_['chosen']['C']:g}"
+
+    def _model(self, c: float):
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=c, solver="lbfgs", max_iter=self.max_iter, class_weight=self.class_weight)
+
+    def fit(self, x, y, x_val, y_val, n_classes: int, on_epoch=None):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        grid, best = [], None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for c in self.cs:
+                model = self._model(c).fit(x, y)
+                score = _accuracy(self._full_proba(model, x_val, n_classes), y_val)
+                grid.append({"C": c, "val_accuracy": score})
+                if best is None or score > best[0]:
+                    best = (score, c, model)
+        self.model_, self.n_classes_ = best[2], n_classes
+        self.selection_ = {"grid": grid, "chosen": {"C": best[1], "val_accuracy": best[0]}}
+        self.history_, self.best_epoch_ = [], None
+        return self
+
+    @staticmethod
+    def _full_proba(model, x, n_classes: int) -> np.ndarray:
+        """Probabilities for every class, also those absent from training (probability 0)."""
+        out = np.zeros((len(x), n_classes))
+        out[:, model.classes_] = model.predict_proba(x)
+        return out
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self._full_proba(self.model_, x, self.n_classes_)
+
+
+def knn_proba(train: np.ndarray, labels: np.ndarray, query: np.ndarray, k: int, n_classes: int,
+              temperature: float = 0.07, batch: int = 1024) -> np.ndarray:
+    """DINOv2's weighted kNN: cosine similarity of L2-normalised features, votes weighted exp(sim / T)."""
+    def unit(a):
+        a = torch.as_tensor(a, dtype=torch.float32)
+        return a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    bank, targets = unit(train), torch.as_tensor(labels, dtype=torch.long)
+    k = min(k, len(bank))
+    out = []
+    for q in unit(query).split(batch):
+        sims, idx = (q @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(len(q), n_classes, dtype=torch.float64)
+        votes.scatter_add_(1, targets[idx], (sims.double() / temperature).exp())
+        out.append(votes / votes.sum(dim=1, keepdim=True))
+    return torch.cat(out).numpy()
+
+
+class KNNHead:
+    """Weighted kNN on cosine similarity; k chosen on validation from ``ks``."""
+
+    name = "knn"
+
+    def __init__(self, ks=DEFAULT_KS, temperature: float = 0.07, seed: int = 0, **_):
+        self.ks, self.temperature, self.seed = tuple(ks), temperature, seed
+
+    def params(self) -> dict:
+        return {"k_grid": list(self.ks), "temperature": self.temperature, "metric": "cosine",
+                "select": "val_accuracy"}
+
+    def describe(self) -> str:
+        return f"knn k={self.selection_['chosen']['k']}"
+
+    def fit(self, x, y, x_val, y_val, n_classes: int, on_epoch=None):
+        grid = [{"k": k, "val_accuracy": _accuracy(knn_proba(x, y, x_val, k, n_classes, self.temperature), y_val)}
+                for k in self.ks]
+        best = max(grid, key=lambda g: (g["val_accuracy"], -g["k"]))
+        self.train_, self.labels_, self.n_classes_ = x, y, n_classes
+        self.selection_ = {"grid": grid, "chosen": best}
+        self.history_, self.best_epoch_ = [], None
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return knn_proba(self.train_, self.labels_, x, self.selection_["chosen"]["k"], self.n_classes_,
+                         self.temperature)
+
+
+class StackedHeads(nn.Module):
+    """H independent linear or MLP heads with stacked weights: forward(x) -> (H, B, K) in one batched product."""
+
+    def __init__(self, single: nn.Module, n_heads: int):
+        super().__init__()
+        layers = [m for m in single.modules() if isinstance(m, nn.Linear)]
+        self.weights = nn.ParameterList(
+            [nn.Parameter(m.weight.detach().T.unsqueeze(0).repeat(n_heads, 1, 1).clone()) for m in layers])
+        self.biases = nn.ParameterList(
+            [nn.Parameter(m.bias.detach().unsqueeze(0).repeat(n_heads, 1).clone()) for m in layers])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.unsqueeze(0).expand(len(self.weights[0]), -1, -1)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w)
+            if i < len(self.weights) - 1:
+                h = torch.relu(h)
+        return h
+
+    def head(self, i: int) -> dict:
+        return {"w": [w[i].detach().clone() for w in self.weights], "b": [b[i].detach().clone() for b in self.biases]}
+
+
+class StackedAdam:
+    """torch.optim.Adam's update, elementwise, with one learning rate and weight decay per stacked head."""
+
+    def __init__(self, params, lrs: torch.Tensor, wds: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lrs, self.wds, self.betas, self.eps = list(params), lrs, wds, betas, eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            grad = p.grad + self.wds.view(shape) * p
+            m.lerp_(grad, 1 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
+            p.sub_(self.lrs.view(shape) / bc1 * m / denom)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+class GridHead:
+    """Linear or MLP heads over learning rate x weight decay, trained together; the best on validation kept."""
+
+    def __init__(self, kind: str = "linear", lrs=DEFAULT_LRS, wds=DEFAULT_WDS, epochs: int = 100,
+                 batch_size: int = 32, seed: int = 0, hidden: int = 256, class_weight: str | None = None,
+                 select: str = "val_accuracy", **_):
+        if kind not in ("linear", "mlp"):
+            raise ProbebenchError(f"--grid works with the linear and mlp heads, not {kind!r}")
+        self.kind, self.lrs, self.wds, self.epochs, self.batch_size = kind, tuple(lrs), tuple(wds), epochs, batch_size
+        self.seed, self.hidden, self.class_weight, self.select = seed, hidden, class_weight, select
+        self.name = f"{kind}-grid"
+        self.cells = [(lr, wd) for lr in self.lrs for wd in self.wds]
+
+    def params(self) -> dict:
+        return {"kind": self.kind, "lr_grid": list(self.lrs), "weight_decay_grid": list(self.wds),
+                "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
+                "hidden": self.hidden if self.kind == "mlp" else None, "class_weight": self.class_weight,
+                "optimizer": "adam", "select": self.select}
+
+    def describe(self) -> str:
+        c = self.selection_["chosen"]
+        return f"{self.kind} grid: lr {c['lr']:g}, wd {c['weight_decay']:g}"
+
+    def _single(self, dim: int, n_classes: int) -> nn.Module:
+        head = (MLPHead(hidden=self.hidden) if self.kind == "mlp" else LinearHead())
+        return seeded_init(lambda: head.build(dim, n_classes), self.seed)
+
+    def fit(self, x, y, x_val, y_val, n_classes: int, on_epoch=None):
+        xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+        xv, yv = torch.as_tensor(x_val, dtype=torch.float32), torch.as_tensor(y_val, dtype=torch.long)
+        n_heads = len(self.cells)
+        model = StackedHeads(self._single(x.shape[1], n_classes), n_heads)
+        opt = StackedAdam(model.parameters(), torch.tensor([c[0] for c in self.cells]),
+                          torch.tensor([c[1] for c in self.cells]))
+        weight = (torch.as_tensor(balanced_weights(y, n_classes), dtype=torch.float32)
+                  if self.class_weight == "balanced" else None)
+        sign = 1.0 if self.select == "val_accuracy" else -1.0
+        best = torch.full((n_heads,), -math.inf)
+        best_epoch = torch.zeros(n_heads, dtype=torch.long)
+        best_state = [None] * n_heads
+        history = []
+        for epoch in range(1, self.epochs + 1):
+            seed_epoch(self.seed, epoch)
+            for idx in epoch_batches(len(xt), self.batch_size, self.seed, epoch):
+                idx = torch.from_numpy(idx)
+                logits = model(xt[idx])  # (H, B, K)
+                loss = nn.functional.cross_entropy(logits.reshape(-1, n_classes), yt[idx].repeat(n_heads),
+                                                   weight=weight, reduction="none").view(n_heads, -1)
+                loss = (loss.sum(1) / (weight[yt[idx]].sum() if weight is not None else len(idx))).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                val_logits = model(xv)
+                val_acc = (val_logits.argmax(2) == yv).double().mean(1)
+                val_loss = torch.stack([nn.functional.cross_entropy(v, yv) for v in val_logits])
+            score = sign * (val_acc if self.select == "val_accuracy" else val_loss).float()
+            improved = score > best
+            for h in torch.nonzero(improved).flatten().tolist():
+                best_state[h] = model.head(h)
+            best = torch.where(improved, score, best)
+            best_epoch = torch.where(improved, torch.tensor(epoch), best_epoch)
+            row = {"epoch": epoch, "val_accuracy_best_cell": float(val_acc.max()),
+                   "val_accuracy_mean": float(val_acc.mean())}
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch({**row, "val_accuracy": row["val_accuracy_best_cell"]})
+        chosen = int(torch.argmax(best))  # first cell on ties: lr-major order
+        self.model_ = StackedHeads(self._single(x.shape[1], n_classes), 1)
+        with torch.no_grad():
+            for i, (w, b) in enumerate(zip(best_state[chosen]["w"], best_state[chosen]["b"])):
+                self.model_.weights[i][0].copy_(w)
+                self.model_.biases[i][0].copy_(b)
+        grid = [{"lr": lr, "weight_decay": wd, self.select: sign * float(best[h]), "best_epoch": int(best_epoch[h])}
+                for h, (lr, wd) in enumerate(self.cells)]
+        self.selection_ = {"grid": grid, "chosen": grid[chosen]}
+        self.history_, self.best_epoch_ = history, int(best_epoch[chosen])
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return softmax_proba(self.model_(torch.as_tensor(x, dtype=torch.float32))[0])
+
+
+HEADS = {"linear": LinearHead, "mlp": MLPHead, "logreg": LogRegHead, "knn": KNNHead}
+
+
+def make_head(name: str, *, grid: bool = False, **options):
+    """A head by name; ``grid`` trains linear / mlp heads over the lr x weight-decay grid."""
+    if name not in HEADS:
+        raise ProbebenchError(f"unknown head {name!r}; heads: {', '.join(HEADS)}")
+    if grid:
+        return GridHead(kind=name, **{k: v for k, v in options.items() if k not in ("lr", "weight_decay")})
+    if name in ("linear",):
+        options.pop("hidden", None)
+    return HEADS[name](**options)
+

@@ -53,6 +53,8 @@ class ReportRow:
     unit: str  # what was resampled: "sample", or the group kind (patient, lesion, ...)
     run: Run
     skipped: list = field(default_factory=list)
+    head_label: str = ""
+    seeds: dict | None = None  # repeats: {"seeds": [...], "mean": {metric: x}, "sd": {metric: x}}
 
     @property
     def model_label(self) -> str:
@@ -64,13 +66,22 @@ def _unit_label(run: Run, unit: str, level: str) -> str:
     return kind if (unit == "group" or level == "patient") else "sample"
 
 
-def evaluate_run(run: Run, opts: ReportOptions) -> ReportRow:
+def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None) -> ReportRow:
+    """Bootstrap one run; ``repeats`` (the same fit with other seeds, this one first) adds mean ± sd."""
     data = eval_data(run, opts.level, opts.aggregate)
     values, unit = bootstrap(data, opts.bootstrap)
     c = run.config
+    seeds = None
+    if repeats and len(repeats) > 1:
+        points = [{k: float(v[0]) for k, v in eval_data(r, opts.level, opts.aggregate).metrics().items()}
+                  for r in repeats]
+        seeds = {"seeds": [r.config.get("seed") for r in repeats],
+                 "mean": {m: float(np.mean([p[m] for p in points])) for m in points[0]},
+                 "sd": {m: float(np.std([p[m] for p in points], ddof=1)) for m in points[0]}}
     return ReportRow(dataset=c["dataset"], model=c["model"], freeze="Y" if c["mode"] == "frozen" else "N",
                      head=c["head"], random_weights=c["weights"]["sha256"] == "random", n_test=len(data.y_true),
-                     values=values, unit=_unit_label(run, unit, opts.level), run=run, skipped=c.get("skipped", []))
+                     values=values, unit=_unit_label(run, unit, opts.level), run=run, skipped=c.get("skipped", []),
+                     head_label=c.get("head_label", c["head"]), seeds=seeds)
 
 
 def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = None,
@@ -79,13 +90,26 @@ def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = 
     runs = [read_run(p) for p in find_runs(runs_dir)]
     if datasets:
         runs = [r for r in runs if r.config["dataset"] in datasets]
+    by_group: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.config.get("seed_group"):
+            by_group.setdefault(r.config["seed_group"], []).append(r)
     if latest_only:
         latest = {}
         for r in sorted(runs, key=lambda r: r.config["run_id"]):
             latest[(r.config["dataset"], r.config["model"], r.config["mode"], r.config["head"])] = r
         runs = list(latest.values())
-    runs.sort(key=lambda r: (r.config["dataset"], r.config["model"], r.config["mode"], r.config["head"]))
-    return [evaluate_run(r, opts) for r in runs]
+    rows = []
+    for r in sorted(runs, key=lambda r: (r.config["dataset"], r.config["model"], r.config["mode"], r.config["head"])):
+        repeats = None
+        if r.config.get("seed_group"):
+            siblings = {}
+            for s in sorted(by_group[r.config["seed_group"]], key=lambda s: s.config["run_id"]):
+                siblings[s.config["seed_position"]] = s  # the latest run for each seed
+            repeats = [siblings[k] for k in sorted(siblings)]
+            r = repeats[0]  # intervals come from the first seed
+        rows.append(evaluate_run(r, opts, repeats))
+    return rows
 
 
 def aligned(a: Run, b: Run) -> Run:
@@ -151,10 +175,13 @@ def comparisons(rows: list[ReportRow], opts: ReportOptions, metric: str = "accur
     return out
 
 
-def _cell(v: Interval) -> str:
+def _cell(v: Interval, seeds: dict | None = None, metric: str = "") -> str:
     if not np.isfinite(v.value):
         return "n/a"
-    return f"{100 * v.value:.2f} [{100 * v.low:.2f}, {100 * v.high:.2f}]"
+    text = f"{100 * v.value:.2f} [{100 * v.low:.2f}, {100 * v.high:.2f}]"
+    if seeds:
+        text += f"; seeds {100 * seeds['mean'][metric]:.2f} ± {100 * seeds['sd'][metric]:.2f}"
+    return text
 
 
 def _method_text(opts: ReportOptions) -> str:
@@ -172,8 +199,8 @@ def _headers(rows: list[ReportRow], opts: ReportOptions) -> tuple[list[str], boo
 
 
 def _body(rows: list[ReportRow], opts: ReportOptions, per_row_unit: bool) -> list[list[str]]:
-    return [[r.dataset, r.model_label, r.freeze, r.head] + ([r.unit] if per_row_unit else [])
-            + [_cell(r.values[m]) for m in opts.metrics] for r in rows]
+    return [[r.dataset, r.model_label, r.freeze, r.head_label] + ([r.unit] if per_row_unit else [])
+            + [_cell(r.values[m], r.seeds, m) for m in opts.metrics] for r in rows]
 
 
 def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
@@ -182,6 +209,12 @@ def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
              if opts.level == "patient" else "per test sample")
     notes = [f"Metrics in %, {level}: value on the whole test set [{_method_text(opts)}; resampling unit as "
              "in the header]. Precision, recall and F1 are weighted averages over classes, as in the study."]
+    repeated = [r for r in rows if r.seeds]
+    if repeated:
+        notes.append("'seeds m ± sd': mean ± standard deviation of the value over repeated fits with different "
+                     "seeds (" + "; ".join(f"{r.dataset}/{r.model}: seeds {r.seeds['seeds']}" for r in repeated)
+                     + "): training variability, not a confidence interval. The interval before it is the first "
+                     "seed's bootstrap.")
     if any(r.random_weights for r in rows):
         notes.append(f"{RANDOM_MARK} random weights (--weights random): NOT a pretrained result.")
     for r in rows:
@@ -212,16 +245,20 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
     if fmt == "csv":
         out = io.StringIO()
         w = csv.writer(out)
-        w.writerow(["dataset", "model", "freeze", "head", "random_weights", "level", "n", "metric", "value", "low",
-                    "high", "ci_method", "confidence", "n_resamples", "seed", "unit", "run"])
+        w.writerow(["dataset", "model", "freeze", "head", "random_weights", "level", "n", "metric", "statistic",
+                    "value", "low", "high", "sd", "ci_method", "confidence", "n_resamples", "seed", "unit", "run"])
         b = opts.bootstrap
         for r in rows:
             for m in ALL_METRICS:
                 v = r.values.get(m)
                 if v is not None:
-                    w.writerow([r.dataset, r.model, r.freeze, r.head, r.random_weights, opts.level, r.n_test, m,
-                                f"{v.value:.6f}", f"{v.low:.6f}", f"{v.high:.6f}", b.method, b.confidence,
-                                b.n_resamples, b.seed, r.unit, r.run.path])
+                    w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
+                                "test value + bootstrap CI", f"{v.value:.6f}", f"{v.low:.6f}", f"{v.high:.6f}", "",
+                                b.method, b.confidence, b.n_resamples, b.seed, r.unit, r.run.path])
+                if r.seeds and m in r.seeds["mean"]:
+                    w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
+                                f"mean over seeds {r.seeds['seeds']}", f"{r.seeds['mean'][m]:.6f}", "", "",
+                                f"{r.seeds['sd'][m]:.6f}", "", "", "", "", "", r.run.path])
         return out.getvalue()
     header, per_row = _headers(rows, opts)
     body = _body(rows, opts, per_row)

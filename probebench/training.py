@@ -115,10 +115,11 @@ def train_loop(model: nn.Module, optimizer, train_batches: Callable[[int], Itera
     return state
 
 
-def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer) -> tuple:
-    """One Adam step on mean cross-entropy; returns (loss sum, correct, count) as tensors."""
+def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer,
+                       weight: torch.Tensor | None = None) -> tuple:
+    """One optimiser step on mean (optionally class-weighted) cross-entropy; returns (loss sum, correct, count)."""
     logits = model(x)
-    loss = nn.functional.cross_entropy(logits, y)
+    loss = nn.functional.cross_entropy(logits, y, weight=weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -141,7 +142,7 @@ def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                      y_val: np.ndarray, *, epochs: int = 100, lr: float = 1e-4, batch_size: int = 32,
                      weight_decay: float = 0.0, optimizer: str = "adam", seed: int = 0,
                      select: str = "val_accuracy", patience: int | None = None,
-                     on_epoch=None) -> tuple[nn.Module, LoopState]:
+                     class_weight: np.ndarray | None = None, on_epoch=None) -> tuple[nn.Module, LoopState]:
     """Train a head on arrays of cached features; returns it with the best epoch's weights."""
     xt, yt = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(y_train, dtype=torch.long)
     xv, yv = torch.as_tensor(x_val, dtype=torch.float32), torch.as_tensor(y_val, dtype=torch.long)
@@ -152,8 +153,10 @@ def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
             idx = torch.from_numpy(idx)
             yield xt[idx], yt[idx]
 
+    weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32)
     state = train_loop(model, opt, batches, lambda m: val_metrics(logits_in_batches(m, xv), yv), epochs=epochs,
                        seed=seed, select=select, patience=patience,
+                       step=lambda m, x, y, o: cross_entropy_step(m, x, y, o, weight),
                        on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
     model.load_state_dict(state.best_state)
     model.eval()

@@ -1,0 +1,114 @@
+"""Heads on cached features: accuracy on separable data, references, grid selection and feature options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.class_weight import compute_class_weight
+
+from probebench.extract import extract
+from probebench.fit import fit, prepare_features
+from probebench.heads import GridHead, KNNHead, LinearHead, LogRegHead, MLPHead, balanced_weights, knn_proba
+from probebench.report import ReportOptions, collect_rows, render
+from probebench.runs import read_run
+
+
+def separable(n=600, d=24, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (k, d))
+    y = rng.integers(0, k, n)
+    x = (centres[y] + rng.normal(0, 1, (n, d))).astype(np.float32)
+    return x[:300], y[:300], x[300:450], y[300:450], x[450:], y[450:]
+
+
+@pytest.mark.parametrize("head", [
+    LinearHead(epochs=15, lr=1e-2), MLPHead(hidden=32, epochs=15, lr=1e-2), LogRegHead(cs=(0.01, 1.0)),
+    KNNHead(ks=(10, 20)), GridHead("linear", lrs=(1e-3, 1e-2), wds=(0.0, 1e-3), epochs=10),
+    GridHead("mlp", lrs=(1e-3, 1e-2), wds=(0.0,), epochs=10, hidden=32)], ids=lambda h: h.__class__.__name__)
+def test_every_head_separates_separable_features(head):
+    xt, yt, xv, yv, xs, ys = separable()
+    proba = head.fit(xt, yt, xv, yv, 3).predict_proba(xs)
+    assert proba.shape == (150, 3) and np.allclose(proba.sum(1), 1)
+    assert (proba.argmax(1) == ys).mean() > 0.95
+
+
+def test_logreg_matches_sklearn_for_the_same_c():
+    xt, yt, xv, yv, xs, ys = separable(seed=1)
+    head = LogRegHead(cs=(0.05,)).fit(xt, yt, xv, yv, 3)
+    ref = LogisticRegression(C=0.05, solver="lbfgs", max_iter=1000).fit(xt, yt)
+    assert np.array_equal(head.predict_proba(xs).argmax(1), ref.predict(xs))
+    assert np.allclose(head.predict_proba(xs), ref.predict_proba(xs), atol=1e-8)
+    assert head.selection_["chosen"]["C"] == 0.05
+
+
+def test_knn_matches_a_brute_force_reference():
+    rng = np.random.default_rng(2)
+    train, labels, query = rng.normal(size=(60, 8)), rng.integers(0, 4, 60), rng.normal(size=(7, 8))
+    ours = knn_proba(train, labels, query, k=5, n_classes=4, temperature=0.1)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    for q, row in zip(unit(query), ours):
+        sims = unit(train) @ q
+        top = np.argsort(-sims)[:5]
+        votes = np.zeros(4)
+        for i in top:
+            votes[labels[i]] += np.exp(sims[i] / 0.1)
+        assert np.allclose(row, votes / votes.sum(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_one_cell_grid_equals_the_single_head(kind):
+    xt, yt, xv, yv, xs, ys = separable(seed=3)
+    single_cls = LinearHead if kind == "linear" else MLPHead
+    extra = {} if kind == "linear" else {"hidden": 16}
+    single = single_cls(epochs=6, lr=3e-3, weight_decay=1e-3, seed=4, **extra).fit(xt, yt, xv, yv, 3)
+    grid = GridHead(kind, lrs=(3e-3,), wds=(1e-3,), epochs=6, seed=4, **extra).fit(xt, yt, xv, yv, 3)
+    assert grid.best_epoch_ == single.best_epoch_
+    assert np.abs(grid.predict_proba(xs) - single.predict_proba(xs)).max() < 1e-5
+
+
+def test_balanced_class_weights_equal_sklearns():
+    y = np.array([0, 0, 0, 0, 1, 2, 2])
+    assert np.allclose(balanced_weights(y, 3), compute_class_weight("balanced", classes=np.arange(3), y=y))
+
+
+def test_feature_options_use_train_statistics_only():
+    rng = np.random.default_rng(5)
+    train, test = rng.normal(3, 2, (50, 4)), rng.normal(10, 2, (20, 4))
+    tr, te = prepare_features(train, test, standardize=True)
+    assert np.allclose(tr.mean(0), 0, atol=1e-5) and np.allclose(tr.std(0), 1, atol=1e-4)
+    assert (te.mean(0) > 2).all()  # test shifted: its own statistics were not used
+    tr, te = prepare_features(train, test, normalize="l2")
+    assert np.allclose(np.linalg.norm(te, axis=1), 1, atol=1e-6)
+
+
+def test_grid_choice_ignores_test_labels(tiny, tmp_path):
+    spec, root = tiny
+    opts = dict(data_root=root, cache_dir=tmp_path / "c", weights="random", resize=40, crop=32)
+    store = extract("resnet50", str(spec), workers=0, progress=False, store_dtype="float16", **opts)
+    kw = dict(head="linear", grid=True, epochs=4, batch_size=8, normalize="l2", standardize=True, progress=False,
+              class_weight="balanced", store_dtype="float16", **opts)
+    before = read_run(fit("resnet50", str(spec), runs_dir=tmp_path / "a", **kw))
+    group = zarr.open_group(str(store), mode="a")
+    labels, split = group["labels"][:], group["split"][:]
+    test = split == 2
+    labels[test] = np.random.default_rng(0).permutation(1 - labels[test])  # scramble the test labels
+    group["labels"][:] = labels
+    after = read_run(fit("resnet50", str(spec), runs_dir=tmp_path / "b", **kw))
+    assert before.config["selection"] == after.config["selection"]
+    assert len(before.config["selection"]["grid"]) == 20  # default 5 learning rates x 4 weight decays
+    assert np.array_equal(before.proba, after.proba) and not np.array_equal(before.y_true, after.y_true)
+    assert before.config["head_label"].startswith("linear grid: lr ")
+
+
+def test_seeds_are_reported_as_spread_beside_the_first_seeds_interval(tiny, tmp_path):
+    spec, root = tiny
+    opts = dict(data_root=root, cache_dir=tmp_path / "c", weights="random", resize=40, crop=32)
+    extract("resnet50", str(spec), workers=0, progress=False, **opts)
+    fit("resnet50", str(spec), runs_dir=tmp_path / "runs", epochs=3, lr=1e-2, seeds=[1, 2, 3], progress=False, **opts)
+    rows = collect_rows(tmp_path / "runs")
+    assert len(rows) == 1 and rows[0].seeds["seeds"] == [1, 2, 3]
+    assert rows[0].run.config["seed"] == 1
+    md = render(rows, "md", ReportOptions())
+    assert "; seeds " in md and "not a confidence interval" in md and "first seed's bootstrap" in md
