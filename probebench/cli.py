@@ -169,7 +169,9 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
            n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
            aggregate: str = AggOpt, seed: int = BootSeedOpt,
            compare_metric: str = typer.Option("accuracy", "--compare-metric", help="Metric of the comparisons."),
-           all_runs: bool = typer.Option(False, "--all", help="Every run, not only the latest per cell.")):
+           all_runs: bool = typer.Option(False, "--all", help="Every run, not only the latest per cell."),
+           out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write tables.md, tables.tex, "
+                                                  "results.csv, figures/ and report.html into this folder.")):
     """Tables laid out like the study's Tables III/IV, with bootstrap intervals and paired comparisons."""
     from probebench.report import FORMATS, collect_rows, comparisons, render
 
@@ -181,6 +183,11 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
         raise ProbebenchError(f"no runs found under {runs_dir}; run `probebench fit` first")
     comps = comparisons(rows, opts, compare_metric) if fmt != "csv" else None
     sys.stdout.write(render(rows, fmt, opts, comps, compare_metric))
+    if out_dir is not None:
+        from probebench.publish import write_report
+
+        write_report(runs_dir, out_dir, opts=opts)
+        out.print(f"report files written to {out_dir}/ (tables.md, tables.tex, results.csv, figures/, report.html)")
 
 
 @app.command()
@@ -214,6 +221,31 @@ def demo(out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where 
     text = run_demo(out_dir, tuple(m.strip() for m in models.split(",") if m.strip()), epochs=epochs)
     sys.stdout.write(text)
     out.print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out_dir}/")
+
+
+@app.command("run")
+@friendly
+def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. configs/paper.toml or configs/demo.toml."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+              only: Optional[str] = typer.Option(None, "--only", help="Select cells, e.g. dataset=t1,model=dinov2_b "
+                                                 "(alternatives with |: model=resnet50|vgg16).")):
+    """The whole study grid: extract once, fit every frozen head, fine-tune; skip what is done; report."""
+    from probebench.study import load_study
+    from probebench.study import run_study as run
+
+    t0 = time.perf_counter()
+    study = load_study(study_file)
+    result = run(study, only=only, dry_run=dry_run, echo=lambda text: sys.stdout.write(text))
+    if dry_run:
+        return
+    failed = result.failed
+    for c in failed:
+        err.print(f"[red]{c.status}[/] {c.key}: {c.detail}", highlight=False)
+    done = sum(c.status == "done" for c in result.cells)
+    out.print(f"{done}/{len(result.cells)} cells done, {len(failed)} failed or blocked, "
+              f"{time.perf_counter() - t0:.1f} s" + (f"; report in {result.report_dir}/" if result.report_dir else ""))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("prepare-mri")

@@ -11,24 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEMO_CLASSES = ("rings", "bars", "blobs")
-DEMO_SPEC = """\
-# Synthetic demo dataset written by `probebench demo`: one folder per class, two images per patient.
-name = "demo_shapes"
-description = "synthetic textures, 3 classes, grouped by patient"
-kind = "folder"
-root = "demo_shapes"
-classes = ["rings", "bars", "blobs"]
-group = "patient"
-
-[folder]
-group_regex = '^(?P<group>p\\d+)_'
-
-[split]
-test_fraction = 0.3
-val_fraction = 0.2
-seed = 0
-"""
+DEMO_CLASSES = ("rings", "bars", "blobs")  # the order of the shipped spec demo_shapes.toml
 
 
 def synthetic_image(cls: int, rng: np.random.Generator, size: int = 96) -> np.ndarray:
@@ -51,12 +34,11 @@ def synthetic_image(cls: int, rng: np.random.Generator, size: int = 96) -> np.nd
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def make_demo_dataset(out: str | Path, patients_per_class: int = 12, images_per_patient: int = 2,
+def make_demo_dataset(data_root: str | Path, patients_per_class: int = 12, images_per_patient: int = 2,
                       size: int = 96, seed: int = 0) -> Path:
-    """Write the demo images under ``out/data/demo_shapes`` and its spec at ``out/demo_shapes.toml``."""
-    out = Path(out)
+    """Write the demo images under ``<data_root>/demo_shapes`` (the shipped spec ``demo_shapes`` reads them)."""
     rng = np.random.default_rng(seed)
-    root = out / "data" / "demo_shapes"
+    root = Path(data_root) / "demo_shapes"
     pid = 0
     for c, name in enumerate(DEMO_CLASSES):
         folder = root / name
@@ -70,9 +52,7 @@ def make_demo_dataset(out: str | Path, patients_per_class: int = 12, images_per_
                     Image.fromarray(arr, mode="L").save(folder / f"p{pid:03d}_{k}.png")
             pid += 1
     (root / ".DS_Store").write_bytes(b"\0junk")  # release clutter: skipped and counted
-    spec = out / "demo_shapes.toml"
-    spec.write_text(DEMO_SPEC)
-    return spec
+    return root
 
 
 def run_demo(out: str | Path = "demo-output", models: tuple[str, ...] = ("resnet50", "dinov2_s"),
@@ -84,7 +64,8 @@ def run_demo(out: str | Path = "demo-output", models: tuple[str, ...] = ("resnet
     from probebench.report import ReportOptions, collect_rows, comparisons, render
 
     out = Path(out)
-    spec = make_demo_dataset(out)
+    make_demo_dataset(out / "data")
+    spec = "demo_shapes"
     common = dict(data_root=out / "data", cache_dir=out / "cache", weights="random", resize=resize, crop=crop)
     for model in models:
         extract(model, str(spec), progress=progress, **common)

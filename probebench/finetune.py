@@ -109,8 +109,11 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
              workers: int | None = None, seed: int = 0, resume: bool = False, force: bool = False,
-             progress: bool = True, on_epoch=None) -> Path | None:
-    """Train ``model`` end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run."""
+             progress: bool = True, on_epoch=None, existing: str = "error") -> Path | None:
+    """Train ``model`` end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run.
+
+    An identical complete run is an error unless ``force`` (run again) or ``existing="reuse"`` (return it).
+    """
     if select_metric not in SELECT_METRICS:
         raise ProbebenchError(f"--select-metric {select_metric!r} is not one of {', '.join(SELECT_METRICS)}")
     if accumulate < 1 or batch_size % accumulate:
@@ -132,6 +135,8 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     digest = config_hash(numbers)
     done = [p for p in find_runs(runs_dir) if p.parent == base and p.name.endswith(digest)]
     if done and not force:
+        if existing == "reuse":  # the study runner: an identical complete run counts as done
+            return done[-1]
         raise ProbebenchError(f"this run is already complete: {done[-1]} (use --force to run it again)")
     work = base / "_inprogress"
     checkpoint = torch.load(work / "last.pt", map_location="cpu", weights_only=True) if resume and (
@@ -273,10 +278,13 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
               "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
               "grad_checkpointing": grad_checkpointing, "world_size": world, "skipped": [], "junk_files": len(manifest.junk),
               "n": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+              "counts": manifest.counts(),
               "versions": versions()}
     metrics = {"test": point_metrics(y_test, proba.argmax(1), n_classes, proba), "best_epoch": state.best_epoch,
                "best_" + select_metric: state.best_metric, "epochs_run": state.epoch,
-               "train_seconds": round(time.perf_counter() - start, 3)}
+               "train_seconds": round(time.perf_counter() - start, 3),
+               "peak_memory_gib": (round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda"
+                                   else None)}
     run = write_run(runs_dir, config, sample_ids=manifest.sample_ids[test_idx], groups=manifest.groups[test_idx],
                     y_true=y_test, proba=proba, history=state.history, metrics=metrics, run_suffix=digest)
     shutil.rmtree(work)

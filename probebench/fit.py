@@ -81,7 +81,9 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
         "skipped": attrs["skipped"], "junk_files": attrs.get("junk_files", 0),
         "group_kind": attrs.get("group_kind", "group"), "features": {"normalize": normalize, "standardize": standardize},
         "versions": fcache.versions(), "data_root": str(data_root or ""),
-        "n": {s: int((feats.split == s).sum()) for s in ("train", "val", "test")}}
+        "n": {s: int((feats.split == s).sum()) for s in ("train", "val", "test")},
+        "counts": {s: np.bincount(feats.labels[feats.split == s], minlength=len(attrs["classes"])).tolist()
+                   for s in ("train", "val", "test")}}
     group = config_hash({**base, "head": head, "grid": grid, "options": options, "seeds": seed_list})
     first = None
     for position, s in enumerate(seed_list):

@@ -1,0 +1,286 @@
+"""``report --out DIR``: publication files from run directories.
+
+``tables.md`` and ``tables.tex`` (the study's Tables III/IV with intervals, Tables I/II with the data
+distribution), ``results.csv`` (tidy, every metric at sample and patient level), ``figures/`` (forest
+plots and confusion matrices as PNG and SVG) and ``report.html``, one self-contained offline page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from probebench.bootstrap import BootstrapConfig
+from probebench.metrics import LABELS, STUDY_METRICS
+from probebench.report import ReportOptions, ReportRow, collect_rows, comparisons, footnotes, render
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
+                 "±": r"$\pm$", "−": "--", "×": r"$\times$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _pct(v) -> str:
+    return f"{100 * v.value:.2f} [{100 * v.low:.2f}, {100 * v.high:.2f}]" if np.isfinite(v.value) else "n/a"
+
+
+def distribution(rows: list[ReportRow]) -> dict[str, dict]:
+    """Tables I/II: per dataset, samples per split and class (from the runs' manifests)."""
+    out = {}
+    for r in rows:
+        c = r.run.config
+        if c["dataset"] not in out and "counts" in c:
+            out[c["dataset"]] = {"classes": c["classes"], "counts": c["counts"], "group_kind": c.get("group_kind")}
+    return out
+
+
+def latex_tables(rows: list[ReportRow], opts: ReportOptions) -> str:
+    """booktabs tables; the best value per dataset and metric in bold; the CI method in the caption."""
+    metrics = opts.metrics
+    best = {}
+    for d in {r.dataset for r in rows}:
+        mine = [r for r in rows if r.dataset == d]
+        for m in metrics:
+            best[(d, m)] = max(r.values[m].value for r in mine)
+    b = opts.bootstrap
+    units = sorted({r.unit for r in rows})
+    caption = (f"Test-set metrics in %: value [{b.confidence:.0%} {'BCa' if b.method == 'bca' else 'percentile'} "
+               f"bootstrap interval, {b.n_resamples} replicates, resampling unit: {', '.join(units)}]. "
+               "Precision, recall and F1 are weighted averages. Best value per dataset in bold.")
+    if any(r.random_weights for r in rows):
+        caption += " † random weights: not a pretrained result."
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{latex_escape(caption)}}}",
+             r"\label{tab:probebench-results}", r"\begin{tabular}{llll" + "c" * len(metrics) + "}", r"\toprule",
+             " & ".join(["Dataset", "Model", "Freeze", "Head"] + [latex_escape(LABELS[m]) for m in metrics]) + r" \\",
+             r"\midrule"]
+    previous = None
+    for r in rows:
+        if previous is not None and r.dataset != previous:
+            lines.append(r"\midrule")
+        previous = r.dataset
+        cells = []
+        for m in metrics:
+            text = latex_escape(_pct(r.values[m]))
+            cells.append(f"\\textbf{{{text}}}" if r.values[m].value == best[(r.dataset, m)] else text)
+        lines.append(" & ".join([latex_escape(r.dataset), latex_escape(r.model_label), r.freeze,
+                                 latex_escape(r.head_label)] + cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    dist = distribution(rows)
+    if dist:
+        lines += [r"\begin{table}[t]", r"\centering", r"\small",
+                  r"\caption{Data distribution: samples per split and class.}", r"\label{tab:probebench-data}",
+                  r"\begin{tabular}{lllr}", r"\toprule", r"Dataset & Split & Class & Samples \\", r"\midrule"]
+        for d, info in dist.items():
+            for s in ("train", "val", "test"):
+                for cls, n in zip(info["classes"], info["counts"][s]):
+                    lines.append(f"{latex_escape(d)} & {s} & {latex_escape(cls)} & {n} \\\\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def markdown_distribution(rows: list[ReportRow]) -> str:
+    lines = []
+    for d, info in distribution(rows).items():
+        lines += [f"#### {d}", "", "| Split | " + " | ".join(info["classes"]) + " | Total |",
+                  "|---|" + "---|" * (len(info["classes"]) + 1)]
+        for s in ("train", "val", "test"):
+            counts = info["counts"][s]
+            lines.append(f"| {s} | " + " | ".join(str(n) for n in counts) + f" | {sum(counts)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _figure_bytes(fig) -> tuple[bytes, bytes]:
+    png, svg = io.BytesIO(), io.BytesIO()
+    fig.savefig(png, format="png", dpi=200, bbox_inches="tight")
+    fig.savefig(svg, format="svg", bbox_inches="tight")
+    return png.getvalue(), svg.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "font.family": "DejaVu Sans", "axes.spines.top": False,
+                         "axes.spines.right": False, "svg.hashsalt": "probebench", "svg.fonttype": "none"})
+    return plt
+
+
+def forest_plot(rows: list[ReportRow], dataset: str, metric: str = "accuracy"):
+    """Each model's metric with its interval; frozen and unfrozen side by side."""
+    plt = _pyplot()
+    mine = [r for r in rows if r.dataset == dataset]
+    models = sorted({r.model for r in mine}, key=lambda m: [r.model for r in mine].index(m))
+    fig, ax = plt.subplots(figsize=(5.0, 0.45 * len(models) + 1.0))
+    styles = {"Y": ("#1f77b4", "o", -0.15, "frozen"), "N": ("#d62728", "s", 0.15, "unfrozen")}
+    for freeze, (color, marker, offset, label) in styles.items():
+        pts = [(models.index(r.model) + offset, r.values[metric]) for r in mine if r.freeze == freeze]
+        if not pts:
+            continue
+        ys = [p[0] for p in pts]
+        vals = np.array([[p[1].value, p[1].low, p[1].high] for p in pts]) * 100
+        ax.errorbar(vals[:, 0], ys, xerr=[vals[:, 0] - vals[:, 1], vals[:, 2] - vals[:, 0]], fmt=marker,
+                    color=color, capsize=3, label=label, markersize=5)
+    ax.set_yticks(range(len(models)))
+    ax.set_yticklabels([m + (" †" if any(r.random_weights for r in mine if r.model == m) else "") for m in models])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{LABELS[metric]} (%) with 95% CI")
+    ax.set_title(dataset)
+    ax.legend(frameon=False, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(row: ReportRow):
+    plt = _pyplot()
+    k = len(row.run.classes)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (row.run.y_true, row.run.y_pred), 1)
+    fig, ax = plt.subplots(figsize=(0.5 * k + 1.8, 0.5 * k + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(k))
+    ax.set_xticklabels(row.run.classes, rotation=45, ha="right")
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(row.run.classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{row.dataset} · {row.model_label} · {'frozen' if row.freeze == 'Y' else 'unfrozen'}", fontsize=8)
+    fig.tight_layout()
+    return fig, cm
+
+
+def _cost(row: ReportRow) -> dict:
+    """Extraction images/s (from the cache, when it still exists), training time, peak memory."""
+    c, m = row.run.config, row.run.metrics
+    out = {"extract_img_s": None, "train_seconds": m.get("fit_seconds", m.get("train_seconds")),
+           "peak_memory_gib": m.get("peak_memory_gib"), "device": c.get("extract_device") or c.get("device")}
+    store = c.get("cache_path")
+    if store and Path(store).exists():
+        import zarr
+
+        attrs = zarr.open_group(store, mode="r").attrs
+        if attrs.get("extract_seconds"):
+            out["extract_img_s"] = round(attrs["n_samples"] / attrs["extract_seconds"], 2)
+    return out
+
+
+def _html_table(header: list[str], body: list[list[str]], red_rows: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = []
+    for i, row in enumerate(body):
+        cls = ' class="random"' if i in red_rows else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border-bottom:1px solid #ccc;padding:4px 8px;
+text-align:left}th{border-bottom:2px solid #444}tr.random td{color:#c00}.note{color:#555;font-size:0.9em}
+img{max-width:100%;margin:0.5em}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:0.8em}"""
+
+
+def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: ReportOptions | None = None) -> Path:
+    """Write tables.md, tables.tex, results.csv, figures/ and report.html under ``out``; returns ``out``."""
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    if opts is None:
+        r = study.report if study is not None else {}
+        opts = ReportOptions(BootstrapConfig(n_resamples=r.get("resamples", 1000), method=r.get("method", "percentile"),
+                                             unit=r.get("unit", "auto")), level=r.get("level", "sample"),
+                             aggregate=r.get("aggregate", "mean"), metrics=tuple(r.get("metrics", STUDY_METRICS)))
+    rows = collect_rows(runs_dir, opts=opts)
+    if not rows:
+        raise FileNotFoundError(f"no runs under {runs_dir}")
+    comps = comparisons(rows, opts)
+    md = ["# probebench results", "", render(rows, "md", opts, comps), "## Data distribution (Tables I/II)", "",
+          markdown_distribution(rows)]
+    (out / "tables.md").write_text("\n".join(md))
+    (out / "tables.tex").write_text(latex_tables(rows, opts))
+    patient_opts = ReportOptions(opts.bootstrap, level="patient", aggregate=opts.aggregate, metrics=opts.metrics)
+    grouped = [r for r in rows if len(np.unique(r.run.groups)) < len(r.run.groups)]
+    csv_text = render(rows, "csv", opts)
+    if grouped:
+        patient_rows = [row for row in collect_rows(runs_dir, opts=patient_opts)
+                        if len(np.unique(row.run.groups)) < len(row.run.groups)]
+        csv_text += "".join(render(patient_rows, "csv", patient_opts).splitlines(keepends=True)[1:])
+    (out / "results.csv").write_text(csv_text)
+
+    sections = []
+    for dataset in sorted({r.dataset for r in rows}):
+        png, svg = _figure_bytes(forest_plot(rows, dataset, opts.metrics[0]))
+        (out / "figures" / f"forest_{dataset}.png").write_bytes(png)
+        (out / "figures" / f"forest_{dataset}.svg").write_bytes(svg)
+        confusions = []
+        for r in (r for r in rows if r.dataset == dataset):
+            fig, _ = confusion_figure(r)
+            cpng, csvg = _figure_bytes(fig)
+            stem = f"confusion_{dataset}_{r.model}_{'frozen' if r.freeze == 'Y' else 'unfrozen'}_{r.head}"
+            (out / "figures" / f"{stem}.png").write_bytes(cpng)
+            (out / "figures" / f"{stem}.svg").write_bytes(csvg)
+            confusions.append(_img(cpng, stem))
+        sections.append(f"<h3>{html.escape(dataset)}</h3>{_img(png, 'forest plot ' + dataset)}"
+                        f"<div>{''.join(confusions)}</div>")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    header = ["Dataset", "Model", "Freeze", "Head"] + [LABELS[m] + " [CI]" for m in opts.metrics] + ["CI unit"]
+    body = [[r.dataset, r.model_label, r.freeze, r.head_label] + [_pct(r.values[m]) for m in opts.metrics] + [r.unit]
+            for r in rows]
+    red = {i for i, r in enumerate(rows) if r.random_weights}
+    comp_body = [[c.dataset, c.label] + ([f"{100 * c.diff.diff:+.2f} [{100 * c.diff.low:+.2f}, "
+                                          f"{100 * c.diff.high:+.2f}]", f"{c.diff.p:.4f}", f"{c.p_holm:.4f}"]
+                                         if c.diff else ["n/a", "", c.note]) for c in comps]
+    cost_body = []
+    for r in rows:
+        cost = _cost(r)
+        cost_body.append([r.dataset, r.model_label, r.freeze, r.head_label, cost["extract_img_s"] or "n/a",
+                          f"{cost['train_seconds']:.1f}" if cost["train_seconds"] is not None else "n/a",
+                          cost["peak_memory_gib"] if cost["peak_memory_gib"] is not None else "n/a",
+                          cost["device"] or "n/a"])
+    dist_html = []
+    for d, info in distribution(rows).items():
+        dist_html.append(f"<h4>{html.escape(d)}</h4>" + _html_table(
+            ["Split"] + info["classes"] + ["Total"],
+            [[s] + info["counts"][s] + [sum(info["counts"][s])] for s in ("train", "val", "test")]))
+    provenance = {
+        "versions": sorted({json.dumps(r.run.config.get("versions", {}), sort_keys=True) for r in rows}),
+        "weights": sorted({f"{r.model}: {r.run.config['weights'].get('label')} sha256 {r.run.config['weights']['sha256']}"
+                           for r in rows}),
+        "runs": [{"run": str(r.run.path), "run_id": r.run.config.get("run_id"),
+                  "device": r.run.config.get("extract_device") or r.run.config.get("device")} for r in rows],
+        "study": study.source.read_text() if study is not None else None}
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>probebench report</title><style>{CSS}</style></head><body>
+<h1>probebench report</h1>
+<h2>Results (Tables III/IV)</h2>{_html_table(header, body, red)}
+<p class="note">{'<br>'.join(html.escape(n) for n in footnotes(rows, opts))}</p>
+<h2>Paired comparisons</h2>{_html_table(['Dataset', 'Comparison', f'Δ {LABELS["accuracy"]} [CI]', 'p', 'p (Holm)'],
+                                        comp_body)}
+<p class="note">Δ = first − second in points, from the same bootstrap replicates; two-sided bootstrap p-values,
+Holm-adjusted within each dataset.</p>
+<h2>Figures</h2>{''.join(sections)}
+<h2>Data distribution (Tables I/II)</h2>{''.join(dist_html)}
+<h2>Cost per cell</h2>{_html_table(['Dataset', 'Model', 'Freeze', 'Head', 'Extraction img/s', 'Training s',
+                                    'Peak memory GiB', 'Device'], cost_body, red)}
+<h2>Provenance</h2><pre>{html.escape(json.dumps(provenance, indent=1))}</pre>
+</body></html>
+"""
+    (out / "report.html").write_text(page)
+    return out

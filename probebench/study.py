@@ -1,0 +1,347 @@
+"""``run``: a whole study grid (datasets x models x frozen/unfrozen x heads x seeds) from one TOML file.
+
+The plan is resolved and printed first. Each dataset x model is extracted once and reused by every
+frozen head; every cell whose run already exists with the same config hash is skipped, so a rerun
+after a crash picks up where it stopped. A failing cell is recorded with its error and the others go
+on; the state lives in ``<runs_dir>/_studies/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from probebench.errors import ProbebenchError
+
+MODES = ("frozen", "unfrozen")
+SECTIONS = {
+    "study": {"name", "datasets", "models", "modes", "heads", "grid", "seeds", "weights", "data_root", "cache_dir",
+              "runs_dir", "report_dir", "synthetic"},
+    "training": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "select_metric", "patience"},
+    "unfrozen": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "accumulate", "precision",
+                 "grad_checkpointing", "workers"},
+    "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad"},
+    "report": {"resamples", "method", "unit", "level", "aggregate", "metrics"},
+}
+
+
+def _line_of(text: str, section: str, key: str | None = None) -> int:
+    """The line where ``[section]`` (or ``key`` inside it) is written, for error messages."""
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if re.match(rf"^\s*\[{re.escape(section)}\]", ln)), None)
+    if key is None or start is None:
+        return (start or 0) + 1
+    for i in range(start + 1, len(lines)):
+        if re.match(r"^\s*\[", lines[i]):
+            break
+        if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
+            return i + 1
+    return start + 1
+
+
+@dataclass
+class Study:
+    """A parsed, checked study file."""
+
+    name: str
+    source: Path
+    datasets: list[str]
+    models: list[str]
+    modes: list[str]
+    heads: list[str]
+    seeds: list[int]
+    grid: bool = False
+    weights: str = "auto"
+    data_root: str | None = None
+    cache_dir: str = "cache"
+    runs_dir: str = "runs"
+    report_dir: str = "report"
+    synthetic: bool = False
+    training: dict = field(default_factory=dict)
+    unfrozen: dict = field(default_factory=dict)
+    extract: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+
+    def path(self, value: str | None) -> Path | None:
+        """Paths in a study file are relative to the directory the command runs in."""
+        return Path(value) if value else None
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse a study TOML; unknown keys and impossible values name the file, the line and what is allowed."""
+    from probebench.heads import HEADS
+    from probebench.registry import REGISTRY
+
+    path = Path(path)
+    if not path.is_file():
+        raise ProbebenchError(f"study file not found: {path}")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProbebenchError(f"{path}: invalid TOML: {exc}") from exc
+
+    def fail(section, key, message):
+        raise ProbebenchError(f"{path}, line {_line_of(text, section, key)}: {message}")
+
+    for section, content in raw.items():
+        if section not in SECTIONS:
+            fail(section, None, f"unknown section [{section}]; allowed: {', '.join(sorted(SECTIONS))}")
+        for key in content:
+            if key not in SECTIONS[section]:
+                fail(section, key, f"unknown key {key!r} in [{section}]; allowed: {', '.join(sorted(SECTIONS[section]))}")
+    s = raw.get("study", {})
+    for key in ("datasets", "models"):
+        if not s.get(key):
+            fail("study", key, f"[study] needs a non-empty list {key!r}")
+    unknown_models = [m for m in s["models"] if m not in REGISTRY]
+    if unknown_models:
+        fail("study", "models", f"unknown models {unknown_models}; allowed: {', '.join(REGISTRY)}")
+    modes = s.get("modes", list(MODES))
+    if not modes or set(modes) - set(MODES):
+        fail("study", "modes", f"modes {modes} must be a non-empty subset of {list(MODES)}")
+    heads = s.get("heads", ["linear"])
+    if set(heads) - set(HEADS):
+        fail("study", "heads", f"unknown heads {sorted(set(heads) - set(HEADS))}; allowed: {', '.join(HEADS)}")
+    seeds = s.get("seeds", [0])
+    if not seeds or not all(isinstance(x, int) for x in seeds):
+        fail("study", "seeds", "seeds must be a non-empty list of integers")
+    for section in ("training", "unfrozen"):
+        t = raw.get(section, {})
+        for key in ("epochs", "batch_size"):
+            if key in t and (not isinstance(t[key], int) or t[key] < 1):
+                fail(section, key, f"{key} must be a positive integer, not {t[key]!r}")
+        if "lr" in t and not (isinstance(t["lr"], (int, float)) and t["lr"] > 0):
+            fail(section, "lr", f"lr must be a positive number, not {t['lr']!r}")
+    return Study(name=s.get("name", path.stem), source=path, datasets=list(s["datasets"]), models=list(s["models"]),
+                 modes=list(modes), heads=list(heads), seeds=list(seeds), grid=bool(s.get("grid", False)),
+                 weights=s.get("weights", "auto"), data_root=s.get("data_root"), cache_dir=s.get("cache_dir", "cache"),
+                 runs_dir=s.get("runs_dir", "runs"), report_dir=s.get("report_dir", "report"),
+                 synthetic=bool(s.get("synthetic", False)), training=raw.get("training", {}),
+                 unfrozen=raw.get("unfrozen", {}), extract=raw.get("extract", {}), report=raw.get("report", {}))
+
+
+@dataclass
+class Cell:
+    """One result of the grid: a dataset x model x mode (x head for frozen cells), over the study's seeds."""
+
+    dataset: str
+    model: str
+    mode: str
+    head: str  # "linear", "mlp", ... for frozen cells; "linear" (the new layer) for unfrozen ones
+    status: str = "todo"  # todo | done | failed | blocked
+    detail: str = ""
+    images: int = 0
+    epochs: int = 0
+    cached: bool = False
+    hash: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.mode}/{self.head}"
+
+
+def _select(cells: list[Cell], only: str | None) -> list[Cell]:
+    """``dataset=t1,model=dinov2_b`` keeps the matching cells (several values: ``model=a|b``)."""
+    if not only:
+        return cells
+    wanted = {}
+    for part in only.split(","):
+        if "=" not in part:
+            raise ProbebenchError(f"--only {only!r}: expected key=value pairs such as dataset=t1,model=dinov2_b")
+        k, v = part.split("=", 1)
+        if k.strip() not in ("dataset", "model", "mode", "head"):
+            raise ProbebenchError(f"--only: unknown key {k!r}; allowed: dataset, model, mode, head")
+        wanted[k.strip()] = set(v.strip().split("|"))
+    return [c for c in cells if all(getattr(c, k) in v for k, v in wanted.items())]
+
+
+def _state_path(study: Study) -> Path:
+    return Path(study.runs_dir) / "_studies" / f"{study.name}.json"
+
+
+def _load_state(study: Study) -> dict:
+    p = _state_path(study)
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _save_state(study: Study, state: dict) -> None:
+    p = _state_path(study)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.replace(p)
+
+
+def _extract_options(study: Study) -> dict:
+    e = study.extract
+    return {k: e[k] for k in ("resize", "crop", "precision", "store_dtype", "tap") if k in e}
+
+
+def plan(study: Study, only: str | None = None) -> list[Cell]:
+    """The cells of the study with their status: done (same config hash), todo, or blocked (and why)."""
+    from probebench.extract import resolve_job
+
+    if study.synthetic:
+        _ensure_synthetic(study)
+    cells = []
+    for d in study.datasets:
+        for m in study.models:
+            for mode in study.modes:
+                for h in (study.heads if mode == "frozen" else ["linear"]):
+                    cells.append(Cell(d, m, mode, h))
+    cells = _select(cells, only)
+    state = _load_state(study)
+    jobs: dict[tuple, object] = {}
+    for c in cells:
+        if (c.dataset, c.model) not in jobs:
+            try:
+                jobs[(c.dataset, c.model)] = resolve_job(c.model, c.dataset, data_root=study.path(study.data_root),
+                                                         weights=study.weights, **_extract_options(study))
+            except ProbebenchError as exc:
+                jobs[(c.dataset, c.model)] = exc
+        job = jobs[(c.dataset, c.model)]
+        if isinstance(job, ProbebenchError):
+            c.status, c.detail = "blocked", " ".join(str(job).split())
+            continue
+        n = len(job.manifest)
+        n_train = int((job.manifest.splits == "train").sum())
+        settings = {**study.training, **(study.unfrozen if c.mode == "unfrozen" else {})}
+        c.epochs = settings.get("epochs", 100)
+        c.images = n if c.mode == "frozen" else n_train * c.epochs
+        store = job.cache_path(study.cache_dir)
+        c.cached = c.mode == "frozen" and store.exists() and _complete(store)
+        c.hash = hashlib.sha256(json.dumps({
+            "cell": c.key, "request": job.request.key_material(), "settings": settings, "grid": study.grid,
+            "seeds": study.seeds, "extract": study.extract}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        previous = state.get(c.key, {})
+        if (previous.get("hash") == c.hash and previous.get("status") == "done"
+                and all(Path(r).is_dir() for r in previous.get("runs", []))):
+            c.status = "done"
+    return cells
+
+
+def _complete(store: Path) -> bool:
+    import zarr
+
+    try:
+        return bool(zarr.open_group(str(store), mode="r").attrs.get("complete"))
+    except Exception:
+        return False
+
+
+def _ensure_synthetic(study: Study) -> None:
+    """Synthetic studies (configs/demo.toml) generate their data when it is missing."""
+    from probebench.demo import make_demo_dataset
+
+    root = study.path(study.data_root) or Path("data")
+    if not (root / "demo_shapes").is_dir():
+        make_demo_dataset(root)
+
+
+def render_plan(cells: list[Cell]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(record=True, width=150)
+    table = Table(title=f"study plan: {len(cells)} cells, {sum(c.status == 'done' for c in cells)} done")
+    for col in ("dataset", "model", "mode", "head", "images x epochs", "features", "status"):
+        table.add_column(col)
+    for c in cells:
+        work = f"{c.images:,} img + head" if c.mode == "frozen" else f"{c.images:,} img-passes ({c.epochs} ep)"
+        feats = ("cached" if c.cached else "to extract") if c.mode == "frozen" else "end to end"
+        status = c.status + (f": {c.detail}" if c.detail else "")
+        table.add_row(c.dataset, c.model, c.mode, c.head, work if c.status != "blocked" else "", feats
+                      if c.status != "blocked" else "", status)
+    with console.capture() as cap:
+        console.print(table)
+    return cap.get()
+
+
+@dataclass
+class StudyResult:
+    cells: list[Cell]
+    report_dir: Path | None = None
+
+    @property
+    def failed(self) -> list[Cell]:
+        return [c for c in self.cells if c.status in ("failed", "blocked")]
+
+
+def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, progress: bool = True,
+              write_report: bool = True, echo=print) -> StudyResult:
+    """Run every cell that is not done; record failures and go on; then write the report."""
+    from probebench.extract import extract
+    from probebench.finetune import finetune
+    from probebench.fit import fit
+    from probebench.progress import make_progress
+
+    cells = plan(study, only)
+    echo(render_plan(cells))
+    if dry_run:
+        return StudyResult(cells)
+    state = _load_state(study)
+    for c in cells:
+        if c.status == "blocked":  # recorded like failures, so the state file tells the whole story
+            state[c.key] = {"status": "blocked", "error": c.detail}
+    _save_state(study, state)
+    data_root = study.path(study.data_root)
+    t = study.training
+    todo = [c for c in cells if c.status == "todo"]
+    with make_progress(progress, unit="cell") as bar:
+        overall = bar.add_task(f"study {study.name}", total=len(cells),
+                               completed=len(cells) - len(todo), info="")
+        for c in todo:
+            bar.update(overall, info=c.key)
+            start = time.perf_counter()
+            try:
+                if c.mode == "frozen":
+                    extract(c.model, c.dataset, data_root=data_root, cache_dir=study.cache_dir, weights=study.weights,
+                            progress=progress, batch_size=study.extract.get("batch_size", 32),
+                            workers=study.extract.get("workers"), skip_bad=study.extract.get("skip_bad", False),
+                            **_extract_options(study))
+                    runs = fit(c.model, c.dataset, data_root=data_root, cache_dir=study.cache_dir,
+                               runs_dir=study.runs_dir, weights=study.weights, head=c.head, grid=study.grid,
+                               epochs=t.get("epochs", 100), lr=t.get("lr", 1e-4), batch_size=t.get("batch_size", 32),
+                               weight_decay=t.get("weight_decay", 0.0), select_metric=t.get("select_metric",
+                                                                                              "val_accuracy"),
+                               seeds=study.seeds if len(study.seeds) > 1 else None, seed=study.seeds[0],
+                               progress=progress, **{k: v for k, v in _extract_options(study).items()})
+                    runs = [str(runs)]
+                else:
+                    u = {**t, **study.unfrozen}
+                    runs = []
+                    for s in study.seeds:
+                        runs.append(str(finetune(
+                            c.model, c.dataset, data_root=data_root, runs_dir=study.runs_dir, weights=study.weights,
+                            epochs=u.get("epochs", 100), lr=u.get("lr", 1e-4), batch_size=u.get("batch_size", 32),
+                            weight_decay=u.get("weight_decay", 0.0), optimizer=u.get("optimizer", "adam"),
+                            select_metric=u.get("select_metric", "val_accuracy"), patience=u.get("patience"),
+                            accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
+                            grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
+                            seed=s, progress=progress, existing="reuse",
+                            **{k: study.extract[k] for k in ("resize", "crop", "tap") if k in study.extract})))
+                c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
+                state[c.key] = {"hash": c.hash, "status": "done", "runs": runs}
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # recorded, and the study goes on
+                c.status = "failed"
+                c.detail = (str(exc) if isinstance(exc, ProbebenchError) else f"{type(exc).__name__}: {exc}")
+                c.detail = " ".join(c.detail.split())
+                state[c.key] = {"hash": c.hash, "status": "failed", "error": c.detail,
+                                "traceback": traceback.format_exc()[-4000:]}
+            _save_state(study, state)
+            bar.update(overall, advance=1)
+    result = StudyResult(cells)
+    if write_report and any(c.status == "done" for c in cells):
+        from probebench.publish import write_report as publish
+
+        result.report_dir = publish(study.runs_dir, study.report_dir, study=study)
+    return result

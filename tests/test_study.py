@@ -1,0 +1,142 @@
+"""The study runner and the publication report: demo study end to end, reruns, failures, file contents."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from probebench.errors import ProbebenchError
+from probebench.study import load_study, plan, run_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL_STUDY = """
+[study]
+name = "small"
+datasets = ["demo_shapes"]
+models = ["resnet50", "dinov2_s"]
+modes = ["frozen", "unfrozen"]
+heads = ["linear"]
+weights = "random"
+synthetic = true
+data_root = "data"
+cache_dir = "cache"
+runs_dir = "runs"
+report_dir = "report"
+
+[training]
+epochs = 3
+lr = 1e-3
+batch_size = 16
+
+[unfrozen]
+epochs = 1
+
+[extract]
+resize = 32
+crop = 28
+workers = 0
+
+[report]
+resamples = 200
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_shipped_study_files_parse():
+    paper = load_study(REPO / "configs" / "paper.toml")
+    assert paper.datasets == ["t1", "t2", "flair", "chest_xray", "ichallenge_amd", "ham10000"]
+    assert paper.models == ["vgg16", "resnet50", "densenet121", "dinov2_s", "dinov2_b", "dinov2_l"]
+    assert paper.modes == ["frozen", "unfrozen"] and paper.training["lr"] == 1e-4
+    demo = load_study(REPO / "configs" / "demo.toml")
+    assert demo.synthetic and demo.weights == "random"
+
+
+def test_unknown_keys_and_impossible_values_name_file_and_line(tmp_path):
+    bad = write(tmp_path / "bad.toml", SMALL_STUDY.replace('heads = ["linear"]', 'heads = ["linear"]\nhaeds = 1'))
+    with pytest.raises(ProbebenchError, match=r"bad.toml, line 8: unknown key 'haeds' in \[study\]; allowed: .*heads"):
+        load_study(bad)
+    bad = write(tmp_path / "bad2.toml", SMALL_STUDY.replace('"dinov2_s"]', '"dinov3"]'))
+    with pytest.raises(ProbebenchError, match=r"bad2.toml, line 5: unknown models \['dinov3'\]; allowed: vgg16"):
+        load_study(bad)
+    bad = write(tmp_path / "bad3.toml", SMALL_STUDY.replace("epochs = 3", "epochs = 0"))
+    with pytest.raises(ProbebenchError, match=r"bad3.toml, line 16: epochs must be a positive integer"):
+        load_study(bad)
+    bad = write(tmp_path / "bad4.toml", SMALL_STUDY + "\n[trainning]\nepochs = 1\n")
+    with pytest.raises(ProbebenchError, match=r"unknown section \[trainning\]"):
+        load_study(bad)
+
+
+def test_study_end_to_end_rerun_is_a_noop_and_report_files_hold_every_cell(tmp_path):
+    study = load_study(write(tmp_path / "small.toml", SMALL_STUDY))
+    assert [c.status for c in plan(study, only="model=resnet50")] == ["todo", "todo"]
+    result = run_study(study, progress=False, echo=lambda t: None)
+    assert [c.status for c in result.cells] == ["done"] * 4
+    again = run_study(study, progress=False, echo=lambda t: None, write_report=False)
+    assert [c.status for c in again.cells] == ["done"] * 4  # nothing ran: every cell skipped
+    assert len(list(Path("runs").glob("demo_shapes/*/*/*/config.json"))) == 4
+
+    report = Path("report")
+    names = {p.name for p in report.iterdir()}
+    assert {"tables.md", "tables.tex", "results.csv", "report.html", "figures"} <= names
+    md, tex, csv_text, page = ((report / n).read_text() for n in ("tables.md", "tables.tex", "results.csv",
+                                                                 "report.html"))
+    for model in ("resnet50", "dinov2_s"):
+        for freeze in ("Y", "N"):
+            assert f"| demo_shapes | {model} † | {freeze} |" in md
+        assert f"dinov2\\_s" in tex and "resnet50" in tex
+    assert {"forest_demo_shapes.png", "forest_demo_shapes.svg"} <= {p.name for p in (report / "figures").iterdir()}
+    assert len(list((report / "figures").glob("confusion_*.png"))) == 4
+    # LaTeX: booktabs, balanced environments, escaped underscores, bold best, method in the caption
+    assert r"\toprule" in tex and r"\textbf{" in tex and "percentile bootstrap" in tex
+    for env in ("table", "tabular"):
+        assert tex.count(f"\\begin{{{env}}}") == tex.count(f"\\end{{{env}}}") > 0
+    assert not re.search(r"(?<!\\)_", tex.replace(r"\_", ""))
+    # tidy CSV at sample and patient level
+    assert ",sample," in csv_text and ",patient," in csv_text and "auroc_macro" in csv_text
+    # HTML: self-contained, random weights in red, provenance
+    assert not re.search(r"(?:src|href)=[\"']?(?:https?:)?//", page) and "http://" not in page and "https://" not in page
+    assert 'class="random"' in page and "Provenance" in page and "sha256" in page and "data:image/png;base64," in page
+
+
+def test_a_failing_cell_does_not_stop_the_others(tmp_path, tiny):
+    spec, root = tiny
+    assert root.resolve() == (Path("data")).resolve()  # the study's data_root
+    (root / "tiny" / "b" / "p105_1.png").write_bytes(b"corrupt")
+    text = SMALL_STUDY.replace('modes = ["frozen", "unfrozen"]', 'modes = ["frozen"]').replace(
+        'models = ["resnet50", "dinov2_s"]', 'models = ["resnet50"]').replace(
+        'datasets = ["demo_shapes"]', f'datasets = ["chest_xray", "{spec}", "demo_shapes"]')
+    study = load_study(write(tmp_path / "s.toml", text))
+    result = run_study(study, progress=False, echo=lambda t: None, write_report=False)
+    statuses = {c.dataset: (c.status, c.detail) for c in result.cells}
+    assert statuses["chest_xray"][0] == "blocked" and "not found" in statuses["chest_xray"][1]  # no data
+    assert statuses[str(spec)][0] == "failed" and "cannot read image" in statuses[str(spec)][1]
+    assert statuses["demo_shapes"][0] == "done"  # after two failures, the study went on
+    assert len(result.failed) == 2
+    state = (Path("runs") / "_studies" / "small.json").read_text()
+    assert "cannot read image" in state and "blocked" in state
+    no_weights = load_study(write(tmp_path / "w.toml", text.replace('weights = "random"', 'weights = "auto"')))
+    blocked = plan(no_weights, only="dataset=demo_shapes")
+    assert blocked[0].status == "blocked" and "resnet50-0676ba61.pth" in blocked[0].detail
+
+
+def test_cli_run_dry_run_and_exit_code(tmp_path):
+    from typer.testing import CliRunner
+
+    from probebench.cli import app
+
+    runner = CliRunner()
+    study = write(tmp_path / "small.toml", SMALL_STUDY.replace('modes = ["frozen", "unfrozen"]', 'modes = ["frozen"]'))
+    res = runner.invoke(app, ["run", str(study), "--dry-run"])
+    assert res.exit_code == 0 and "study plan: 2 cells" in res.output and not Path("runs").exists()
+    res = runner.invoke(app, ["run", str(study), "--only", "model=resnet50"])
+    assert res.exit_code == 0 and "1/1 cells done" in res.output, res.output
+    broken = write(tmp_path / "broken.toml", SMALL_STUDY.replace('weights = "random"', 'weights = "auto"'))
+    res = runner.invoke(app, ["run", str(broken), "--only", "model=resnet50,mode=frozen"])
+    assert res.exit_code == 1 and "blocked" in res.output
