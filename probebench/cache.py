@@ -49,7 +49,9 @@ class FeatureRequest:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def path(self, cache_dir: str | Path) -> Path:
-        return Path(cache_dir) / self.dataset / self.model / f"{self.key}.zarr"
+        from probebench.registry import path_name
+
+        return Path(cache_dir) / path_name(self.dataset) / path_name(self.model) / f"{self.key}.zarr"
 
 
 def versions() -> dict:

@@ -223,6 +223,23 @@ def demo(out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where 
     out.print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out_dir}/")
 
 
+@app.command()
+@friendly
+def export(model: str = ModelOpt, dataset: str = DatasetOpt,
+           out_file: Path = typer.Option(..., "--out", help="File to write (.h5, .npz or .pt)."),
+           fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt [default: from --out]."),
+           data_root: Optional[Path] = DataRootOpt, cache_dir: Path = CacheOpt, weights: str = WeightsOpt,
+           tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
+           precision: str = PrecisionOpt, store_dtype: str = StoreOpt):
+    """Write cached features with labels, ids, groups and splits to HDF5, NumPy or PyTorch."""
+    from probebench.export import export_features
+
+    path = export_features(model, dataset, out_file, fmt=fmt, data_root=data_root, cache_dir=cache_dir,
+                           weights=weights, tap=tap, resize=resize, crop=crop, precision=precision,
+                           store_dtype=store_dtype)
+    out.print(f"features exported to {path}")
+
+
 @app.command("run")
 @friendly
 def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. configs/paper.toml or configs/demo.toml."),
@@ -299,7 +316,10 @@ def models():
         table.add_row(c.name, taps, c.weights_label, c.weight_file, "yes" if (hub / c.weight_file).is_file() else "no",
                       f"{p.resize}/{p.crop} {p.interpolation}")
     out.print(table)
-    out.print("* default tap")
+    out.print("* default tap. Any timm model works too: --model timm:<name>[.<tag>] (e.g. "
+              "timm:convnext_tiny.fb_in1k) or timm:hf-hub:<org>/<repo>; its pre-logits features are the tap and "
+              "its pretrained config gives the preprocessing. DINOv2 models also read a Hugging Face snapshot "
+              "folder (config.json + model.safetensors) given as --weights DIR.")
 
 
 @app.command()

@@ -25,12 +25,15 @@ from probebench.splits import SPLITS, check_disjoint, stratified_group_holdout
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
-SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "folder", "csv", "split", "mri"}
+SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "folder", "csv", "split", "mri", "hdf5"}
+KINDS = ("folder", "csv", "hdf5")
 SOURCE_KEYS = {"file", "image_dirs", "id_column", "path_column", "label_column", "onehot_columns", "group_column",
                "split", "split_column"}
 TABLE_KEYS = {"folder": {"split_dirs", "group_regex"},
               "split": {"seed", "val_fraction", "test_fraction", "test_count"},
-              "csv": SOURCE_KEYS | {"sources", "label_map"}}
+              "csv": SOURCE_KEYS | {"sources", "label_map"},
+              "hdf5": {"file", "images", "labels", "groups", "splits", "ids", "float_rule"}}
+FLOAT_RULES = ("minmax", "unit")  # per-image min-max to 0-255, or values in [0, 1] times 255
 
 
 @dataclass
@@ -48,6 +51,7 @@ class DatasetSpec:
     csv: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
     mri: dict = field(default_factory=dict)  # prepare-mri settings (read by probebench.mri)
+    hdf5: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -65,13 +69,14 @@ class Manifest:
     sizes: np.ndarray  # file sizes in bytes, part of the hash so a replaced image changes the version
     junk: list[str] = field(default_factory=list)
     group_kind: str = "group"  # what a group is: patient, lesion, image ...
+    source: dict = field(default_factory=dict)  # kind-specific facts that change the pixels (HDF5 checksum, rule)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def hash(self) -> str:
         """sha256 over classes and every sample's id, label, group, split and file size."""
-        digest = hashlib.sha256(json.dumps(self.classes).encode())
+        digest = hashlib.sha256(json.dumps([self.classes, self.source], sort_keys=True).encode())
         for row in zip(self.sample_ids.tolist(), self.labels.tolist(), self.groups.tolist(),
                        self.splits.tolist(), self.sizes.tolist()):
             digest.update(json.dumps(row).encode())
@@ -135,13 +140,13 @@ def load_spec(name_or_path: str | Path) -> DatasetSpec:
     for key in ("kind", "classes"):
         if key not in raw:
             raise ProbebenchError(f"{path}: missing required key {key!r}")
-    if raw["kind"] not in ("folder", "csv"):
-        raise ProbebenchError(f"{path}: kind {raw['kind']!r} is not one of: folder, csv")
+    if raw["kind"] not in KINDS:
+        raise ProbebenchError(f"{path}: kind {raw['kind']!r} is not one of: {', '.join(KINDS)}")
     name = raw.get("name", path.stem)
     return DatasetSpec(name=name, kind=raw["kind"], root=raw.get("root", name), classes=list(raw["classes"]),
                        source=path, description=raw.get("description", ""), group=raw.get("group", "group"),
                        folder=raw.get("folder", {}), csv=raw.get("csv", {}), split=raw.get("split", {}),
-                       mri=raw.get("mri", {}))
+                       mri=raw.get("mri", {}), hdf5=raw.get("hdf5", {}))
 
 
 def data_root(explicit: str | Path | None = None) -> Path:
@@ -162,7 +167,11 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir: str | Path |
         raise ProbebenchError(f"data for dataset {spec.name!r} not found: {root} does not exist "
                               f"(data root {root_base} from {where}; spec {spec.source})")
     junk: list[str] = []
-    rows = _folder_rows(spec, root, junk) if spec.kind == "folder" else _csv_rows(spec, root, junk)
+    source: dict = {}
+    if spec.kind == "hdf5":
+        rows, source = _hdf5_rows(spec, root)
+    else:
+        rows = _folder_rows(spec, root, junk) if spec.kind == "folder" else _csv_rows(spec, root, junk)
     if not rows:
         raise ProbebenchError(f"dataset {spec.name!r}: no images found under {root}")
     rows.sort(key=lambda r: r[0])
@@ -175,7 +184,7 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir: str | Path |
         sample_ids=np.array(ids, dtype=str), paths=[r[1] for r in rows],
         labels=np.array([r[2] for r in rows], dtype=np.int64), groups=np.array([r[3] for r in rows], dtype=str),
         splits=np.array([r[4] or "" for r in rows], dtype=object), sizes=np.array([r[5] for r in rows]),
-        junk=sorted(junk), group_kind=spec.group)
+        junk=sorted(junk), group_kind=spec.group, source=source)
     _assign_splits(manifest, spec)
     manifest.splits = manifest.splits.astype(str)
     check_disjoint(manifest.groups, manifest.splits, where=f"dataset {spec.name!r}: ")
@@ -301,6 +310,68 @@ def _csv_rows(spec: DatasetSpec, root: Path, junk: list[str]) -> list[tuple]:
         if index is not None:  # images the table does not label: skipped and counted, never guessed
             junk.extend(f"{index[k]} (no row in {table.name})" for k in sorted(set(index) - listed))
     return rows
+
+
+def _hdf5_rows(spec: DatasetSpec, root: Path) -> tuple[list[tuple], dict]:
+    """One HDF5 file: an image array (N x H x W [x C]), labels, optional ids, groups and splits."""
+    import h5py
+
+    from probebench.images import hdf5_uri
+    from probebench.weights import sha256_file
+
+    h = spec.hdf5
+    path = root / h.get("file", "data.h5")
+    if not path.is_file():
+        raise ProbebenchError(f"dataset {spec.name!r}: HDF5 file {path} is missing")
+    rule = h.get("float_rule", "minmax")
+    if rule not in FLOAT_RULES:
+        raise ProbebenchError(f"{spec.source}: float_rule {rule!r} is not one of {', '.join(FLOAT_RULES)}")
+    names = {k: h.get(k, d) for k, d in (("images", "images"), ("labels", "labels"), ("groups", None),
+                                          ("splits", None), ("ids", None))}
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as exc:
+        raise ProbebenchError(f"cannot open HDF5 file {path}: {exc}") from exc
+    with fh:
+        missing = [v for v in names.values() if v is not None and v not in fh]
+        if missing:
+            raise ProbebenchError(f"{path}: no dataset(s) {missing} (the spec names them); the file holds: "
+                                  f"{sorted(fh.keys())}")
+        images = fh[names["images"]]
+        if images.ndim not in (3, 4):
+            raise ProbebenchError(f"{path}: {names['images']} has shape {images.shape}; expected N x H x W [x C]")
+        n = images.shape[0]
+
+        def column(key):
+            if names[key] is None:
+                return None
+            values = fh[names[key]][()]
+            if len(values) != n:
+                raise ProbebenchError(f"{path}: {names[key]} has {len(values)} entries but {names['images']} has {n}")
+            return [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
+
+        labels, groups, splits, ids = (column(k) for k in ("labels", "groups", "splits", "ids"))
+        source = {"hdf5_sha256": sha256_file(path), "images": names["images"], "shape": list(images.shape),
+                  "dtype": str(images.dtype), "float_rule": rule}
+    rows = []
+    for i in range(n):
+        raw = labels[i]
+        if isinstance(raw, str):
+            label = _label_index(spec, raw, f"{path}, {names['labels']}[{i}]")
+        elif 0 <= int(raw) < len(spec.classes):
+            label = int(raw)
+        else:
+            raise ProbebenchError(f"{path}, {names['labels']}[{i}]: label {raw} is outside 0..{len(spec.classes) - 1}")
+        sid = str(ids[i]) if ids is not None else f"{i:06d}"
+        split = splits[i] if splits is not None else None
+        if isinstance(split, int):
+            split = ("train", "val", "test")[split]
+        if split is not None and str(split).lower() not in SPLIT_ALIASES:
+            raise ProbebenchError(f"{path}, {names['splits']}[{i}]: split {split!r} is not one of train, val, test")
+        rows.append((sid, hdf5_uri(path, names["images"], i, rule), label,
+                     str(groups[i]) if groups is not None else sid,
+                     SPLIT_ALIASES[str(split).lower()] if split is not None else None, 0))
+    return rows, source
 
 
 def _assign_splits(m: Manifest, spec: DatasetSpec) -> None:

@@ -8,6 +8,7 @@ the same way, for the crop size the model is built for; any other resize differs
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -104,3 +105,89 @@ def convert_meta_state_dict(state: dict, model: DinoV2) -> dict:
             value = resize_pos_embed_meta(value.float(), (model.grid, model.grid))
         out["vit." + key] = value
     return out
+
+
+# ---------------------------------------------------------------- Hugging Face format
+
+def _hf_pairs(depth: int, swiglu: bool) -> list[tuple[str, str]]:
+    """(Meta key, Hugging Face key) for every tensor except the fused / split attention projections."""
+    pairs = [("cls_token", "embeddings.cls_token"), ("mask_token", "embeddings.mask_token"),
+             ("pos_embed", "embeddings.position_embeddings"),
+             ("patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight"),
+             ("patch_embed.proj.bias", "embeddings.patch_embeddings.projection.bias"),
+             ("norm.weight", "layernorm.weight"), ("norm.bias", "layernorm.bias")]
+    mlp = (("w12", "weights_in"), ("w3", "weights_out")) if swiglu else (("fc1", "fc1"), ("fc2", "fc2"))
+    for i in range(depth):
+        m, h = f"blocks.{i}.", f"encoder.layer.{i}."
+        for a, b in (("norm1", "norm1"), ("norm2", "norm2"), ("attn.proj", "attention.output.dense"),
+                     *((f"mlp.{x}", f"mlp.{y}") for x, y in mlp)):
+            pairs += [(f"{m}{a}.weight", f"{h}{b}.weight"), (f"{m}{a}.bias", f"{h}{b}.bias")]
+        pairs += [(f"{m}ls1.gamma", f"{h}layer_scale1.lambda1"), (f"{m}ls2.gamma", f"{h}layer_scale2.lambda1")]
+    return pairs
+
+
+def hf_to_meta(state: dict, depth: int, swiglu: bool = False) -> dict:
+    """Hugging Face ``Dinov2Model`` keys -> Meta's checkpoint keys (q, k, v fused into qkv)."""
+    state = {k.removeprefix("dinov2."): v for k, v in state.items()}
+    out = {meta: state[hf] for meta, hf in _hf_pairs(depth, swiglu) if hf in state}
+    for i in range(depth):
+        a = f"encoder.layer.{i}.attention.attention."
+        for kind in ("weight", "bias"):
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([state[f"{a}{p}.{kind}"] for p in ("query", "key", "value")])
+    return out
+
+
+def meta_to_hf(state: dict, depth: int, swiglu: bool = False) -> dict:
+    """Meta's checkpoint keys -> Hugging Face ``Dinov2Model`` keys (qkv split into query, key, value)."""
+    out = {hf: state[meta] for meta, hf in _hf_pairs(depth, swiglu) if meta in state}
+    for i in range(depth):
+        a = f"encoder.layer.{i}.attention.attention."
+        for kind in ("weight", "bias"):
+            for name, part in zip(("query", "key", "value"), state[f"blocks.{i}.attn.qkv.{kind}"].chunk(3)):
+                out[f"{a}{name}.{kind}"] = part.clone()
+    return out
+
+
+def read_hf_config(folder: Path) -> dict:
+    import json
+
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    if cfg.get("model_type") != "dinov2":
+        raise ValueError(f"{folder}: config.json describes a {cfg.get('model_type')!r} model, not a DINOv2")
+    return cfg
+
+
+def load_hf_snapshot(folder: Path) -> dict:
+    """A Hugging Face DINOv2 snapshot (``config.json`` + ``model.safetensors``) as a Meta-format state dict."""
+    from safetensors.torch import load_file
+
+    from probebench.errors import ProbebenchError
+
+    try:
+        cfg = read_hf_config(folder)
+    except ValueError as exc:
+        raise ProbebenchError(str(exc)) from exc
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ProbebenchError(f"{folder}: no .safetensors file beside config.json")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return hf_to_meta(state, cfg["num_hidden_layers"], bool(cfg.get("use_swiglu_ffn")))
+
+
+def check_hf_snapshot(folder: Path, name: str, arch: dict) -> None:
+    """The snapshot's architecture must be the chosen model's; the error names both."""
+    from probebench.errors import ProbebenchError
+
+    try:
+        cfg = read_hf_config(folder)
+    except ValueError as exc:
+        raise ProbebenchError(str(exc)) from exc
+    theirs = (cfg.get("hidden_size"), cfg.get("num_hidden_layers"), cfg.get("num_attention_heads"),
+              bool(cfg.get("use_swiglu_ffn")), cfg.get("patch_size", 14))
+    ours = (arch["embed_dim"], arch["depth"], arch["num_heads"], arch.get("ffn") == "swiglu", arch["patch_size"])
+    if theirs != ours:
+        fmt = "hidden {}, {} layers, {} heads, swiglu {}, patch {}"
+        raise ProbebenchError(f"{folder} holds a DINOv2 with {fmt.format(*theirs)}, but {name} is "
+                              f"{fmt.format(*ours)}; choose the matching --model")

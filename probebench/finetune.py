@@ -29,7 +29,7 @@ from probebench.heads import softmax_proba
 from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.metrics import point_metrics
 from probebench.progress import make_progress
-from probebench.registry import FeatureExtractor, create_model
+from probebench.registry import FeatureExtractor, create_model, path_name
 from probebench.runs import config_hash, find_runs, write_run
 from probebench.training import (SELECT_METRICS, LoopState, epoch_batches, make_optimizer, seeded_init, train_loop,
                                  val_metrics)
@@ -131,7 +131,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         "manifest_hash": req.manifest_hash, "epochs": epochs, "lr": lr, "batch_size": batch_size,
         "weight_decay": weight_decay, "optimizer": optimizer, "select_metric": select_metric,
         "patience": patience, "accumulate": accumulate, "precision": prec, "seed": seed}
-    base = Path(runs_dir) / manifest.dataset / model / mode
+    base = Path(runs_dir) / path_name(manifest.dataset) / path_name(model) / mode
     digest = config_hash(numbers)
     done = [p for p in find_runs(runs_dir) if p.parent == base and p.name.endswith(digest)]
     if done and not force:

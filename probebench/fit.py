@@ -23,6 +23,24 @@ def _extract_command(model: str, dataset: str, opts: dict) -> str:
     return f"probebench extract --model {model} --dataset {dataset} {flags}".strip()
 
 
+def complete_cache(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
+                   weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
+                   precision: str = "fp32", store_dtype: str = "float32") -> Path:
+    """The complete store that ``extract`` made with these options, or an error that prints that command."""
+    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
+                      precision=precision, store_dtype=store_dtype)
+    path = job.cache_path(cache_dir)
+    root = fcache.open_store(path, job.request)
+    if root is None or not root.attrs.get("complete"):
+        state = "is incomplete" if root is not None else "does not exist"
+        cmd = _extract_command(model, str(dataset), {
+            "data_root": data_root, "cache_dir": cache_dir, "weights": weights, "tap": tap, "resize": resize,
+            "crop": crop, "precision": None if precision == "fp32" else precision,
+            "store_dtype": None if store_dtype == "float32" else store_dtype})
+        raise ProbebenchError(f"the feature cache {path} {state}; run first:\n  {cmd}")
+    return path
+
+
 def prepare_features(train: np.ndarray, *others: np.ndarray, normalize: str | None = None,
                      standardize: bool = False) -> list[np.ndarray]:
     """L2-normalise rows and/or standardise with the mean and sd of the training rows only."""
@@ -52,17 +70,8 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
     """
     if class_weight not in (None, "balanced"):
         raise ProbebenchError(f"--class-weight {class_weight!r}: only 'balanced' is supported")
-    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      precision=precision, store_dtype=store_dtype)
-    path = job.cache_path(cache_dir)
-    root = fcache.open_store(path, job.request)
-    if root is None or not root.attrs.get("complete"):
-        state = "is incomplete" if root is not None else "does not exist"
-        cmd = _extract_command(model, str(dataset), {
-            "data_root": data_root, "cache_dir": cache_dir, "weights": weights, "tap": tap, "resize": resize,
-            "crop": crop, "precision": None if precision == "fp32" else precision,
-            "store_dtype": None if store_dtype == "float32" else store_dtype})
-        raise ProbebenchError(f"the feature cache {path} {state}; run first:\n  {cmd}")
+    path = complete_cache(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap,
+                          resize=resize, crop=crop, precision=precision, store_dtype=store_dtype)
     feats = fcache.read_features(path)
     test = feats.split == "test"
     x_tr, x_va, x_te = prepare_features(feats.features[feats.split == "train"], feats.features[feats.split == "val"],

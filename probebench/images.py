@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,46 @@ def is_junk(path: Path) -> bool:
             or "__MACOSX" in path.parts or path.suffix.lower() not in IMAGE_SUFFIXES)
 
 
+HDF5_SEP = "::"
+_H5_FILES: dict = {}  # (process id, path) -> open h5py.File: each DataLoader worker opens its own
+
+
+def hdf5_uri(path: Path, dataset: str, index: int, float_rule: str) -> str:
+    """How a manifest names image ``index`` of an HDF5 array: ``file.h5::dataset::index::rule``."""
+    return HDF5_SEP.join([str(path), dataset, str(index), float_rule])
+
+
+def _hdf5_image(uri: str) -> Image.Image:
+    """One image from an HDF5 array, read lazily through a per-process file handle."""
+    import h5py
+
+    path, dataset, index, rule = uri.rsplit(HDF5_SEP, 3)
+    key = (os.getpid(), path)
+    if key not in _H5_FILES:
+        _H5_FILES[key] = h5py.File(path, "r")
+    arr = np.asarray(_H5_FILES[key][dataset][int(index)])
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if np.issubdtype(arr.dtype, np.floating):  # the spec's recorded rule
+        if rule == "unit":
+            arr = np.clip(arr, 0, 1) * 255.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        arr = np.rint(arr).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        arr = np.rint(arr / 257.0).astype(np.uint8)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return Image.fromarray(arr).convert("RGB")
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode any supported image to 8-bit RGB; 16-bit data is scaled by its full range (x / 257)."""
+    if HDF5_SEP in str(path):
+        return _hdf5_image(str(path))
     with Image.open(path) as img:
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):

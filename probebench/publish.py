@@ -17,6 +17,7 @@ import numpy as np
 
 from probebench.bootstrap import BootstrapConfig
 from probebench.metrics import LABELS, STUDY_METRICS
+from probebench.registry import path_name
 from probebench.report import ReportOptions, ReportRow, collect_rows, comparisons, footnotes, render
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
@@ -225,13 +226,14 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
     sections = []
     for dataset in sorted({r.dataset for r in rows}):
         png, svg = _figure_bytes(forest_plot(rows, dataset, opts.metrics[0]))
-        (out / "figures" / f"forest_{dataset}.png").write_bytes(png)
-        (out / "figures" / f"forest_{dataset}.svg").write_bytes(svg)
+        (out / "figures" / f"forest_{path_name(dataset)}.png").write_bytes(png)
+        (out / "figures" / f"forest_{path_name(dataset)}.svg").write_bytes(svg)
         confusions = []
         for r in (r for r in rows if r.dataset == dataset):
             fig, _ = confusion_figure(r)
             cpng, csvg = _figure_bytes(fig)
-            stem = f"confusion_{dataset}_{r.model}_{'frozen' if r.freeze == 'Y' else 'unfrozen'}_{r.head}"
+            stem = (f"confusion_{path_name(dataset)}_{path_name(r.model)}_"
+                    f"{'frozen' if r.freeze == 'Y' else 'unfrozen'}_{r.head}")
             (out / "figures" / f"{stem}.png").write_bytes(cpng)
             (out / "figures" / f"{stem}.svg").write_bytes(csvg)
             confusions.append(_img(cpng, stem))

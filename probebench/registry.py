@@ -88,13 +88,73 @@ REGISTRY: dict[str, ModelConfig] = {
 }
 
 
+TIMM_PREFIX = "timm:"
+
+
 def get_config(name: str) -> ModelConfig:
-    """The registry entry for ``name``, or an error listing the known names."""
+    """The registry entry for ``name`` (or a ``timm:<model>`` entry), or an error listing the known names."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_config(name)
     try:
         return REGISTRY[name]
     except KeyError:
         raise ProbebenchError(
-            f"unknown model {name!r}; known models: {', '.join(REGISTRY)}") from None
+            f"unknown model {name!r}; known models: {', '.join(REGISTRY)}, or timm:<name> for any timm model") from None
+
+
+def path_name(model: str) -> str:
+    """A model name as one unambiguous path component (``timm:a/b`` -> ``timm%3Aa%2Fb``)."""
+    from urllib.parse import quote
+
+    return quote(model, safe="")
+
+
+def timm_config(name: str) -> ModelConfig:
+    """A registry entry for ``timm:<model>[.<tag>]`` or ``timm:hf-hub:<org>/<repo>``: timm's pretrained config
+    gives the preprocessing, the pre-logits features are the tap."""
+    import difflib
+    import math
+
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    arch = name[len(TIMM_PREFIX):]
+    if arch.startswith("hf-hub:"):
+        cfg = _hf_hub_timm_cfg(arch[len("hf-hub:"):])
+    else:
+        base = arch.split(".")[0]
+        if not timm.is_model(base):
+            close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
+            raise ProbebenchError(f"unknown timm model {base!r}" + (f"; did you mean: {', '.join(close)}?" if close
+                                                                   else "; see timm.list_models()"))
+        pc = get_pretrained_cfg(arch) or get_pretrained_cfg(base)
+        cfg = pc.to_dict() if pc is not None else {}
+    crop = int(cfg.get("input_size", (3, 224, 224))[-1])
+    interp = cfg.get("interpolation", "bicubic")
+    pre = Preprocessing(resize=int(math.floor(crop / cfg.get("crop_pct", 0.875))), crop=crop,
+                        interpolation=interp if interp in ("bilinear", "bicubic") else "bicubic",
+                        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
+    return ModelConfig(name=name, family="timm", arch={"name": arch, "hf_hub_id": cfg.get("hf_hub_id")},
+                       taps={"pre_logits": 0}, default_tap="pre_logits", weight_file="", url=cfg.get("url") or "",
+                       weights_label=f"timm {cfg.get('tag') or cfg.get('hf_hub_id') or 'pretrained'}",
+                       preprocessing=pre)
+
+
+def _hf_hub_timm_cfg(repo: str) -> dict:
+    """``config.json`` of a hub-hosted timm model, from the local Hugging Face cache or a download."""
+    import json
+
+    from probebench.weights import downloads_allowed
+
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo, "config.json", local_files_only=not downloads_allowed())
+    except Exception as exc:
+        raise ProbebenchError(f"timm:hf-hub:{repo}: config.json is not in the local Hugging Face cache and cannot "
+                              f"be downloaded ({type(exc).__name__}); download the repo once with network") from exc
+    cfg = json.loads(open(path).read())
+    return {**cfg.get("pretrained_cfg", {}), "architecture": cfg.get("architecture"), "hf_hub_id": repo}
 
 
 class FeatureExtractor(nn.Module):
@@ -103,11 +163,14 @@ class FeatureExtractor(nn.Module):
     def __init__(self, config: ModelConfig, backbone: nn.Module, tap: str, weights: dict):
         super().__init__()
         self.config, self.backbone, self.tap, self.weights = config, backbone, tap, weights
-        self.feature_dim = config.feature_dim(tap)
+        self.feature_dim = (config.feature_dim(tap) if config.family != "timm"
+                            else getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.config.family == "dinov2":
             return self.backbone.features(images, self.tap)
+        if self.config.family == "timm":  # timm's pre-logits features: the input of the classifier
+            return self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
         return _torchvision_features(self.backbone, self.config.arch["builder"], images)
 
 
@@ -137,6 +200,10 @@ def build_backbone(config: ModelConfig, img_size: int) -> nn.Module:
         from probebench.dinov2 import DinoV2
 
         return DinoV2(img_size=img_size, **config.arch)
+    if config.family == "timm":
+        import timm
+
+        return timm.create_model(config.arch["name"], pretrained=False)
     raise ProbebenchError(f"unknown model family {config.family!r}")
 
 
@@ -163,6 +230,8 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
     from probebench import weights as wts
 
     config = get_config(name)
+    if arch_overrides and config.family == "timm":
+        raise ProbebenchError("arch_overrides apply to the built-in models only")
     if arch_overrides:
         config = replace(config, arch={**config.arch, **arch_overrides})
         if config.family == "dinov2":
@@ -179,6 +248,12 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
         info = random_weights_info(seed)
     else:
         path = wts.resolve_weights(config, weights, allow_download=allow_download)
+        if path.is_dir():  # a Hugging Face snapshot
+            if config.family != "dinov2":
+                raise ProbebenchError(f"{path}: Hugging Face snapshots are read for the DINOv2 models only")
+            from probebench.dinov2 import check_hf_snapshot
+
+            check_hf_snapshot(path, name, config.arch)
         state = wts.load_checkpoint(path)
         wts.load_into(backbone, config, state, path)
         info = {"source": str(path), "sha256": wts.sha256_file(path), "label": config.weights_label}

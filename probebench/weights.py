@@ -35,9 +35,11 @@ def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: 
     """The checkpoint file to load: ``weights`` if it is a path, else the hub cache, else a download."""
     if weights not in ("auto", "pretrained", "", None):
         path = Path(weights).expanduser()
-        if not path.is_file():
+        if not (path.is_file() or (path.is_dir() and (path / "config.json").is_file())):
             raise ProbebenchError(f"weights file not found: {path}")
         return path
+    if config.family == "timm":
+        return resolve_timm_weights(config, downloads_allowed() if allow_download is None else allow_download)
     cached = hub_checkpoint_dir() / config.weight_file
     if cached.is_file():
         return cached
@@ -56,6 +58,45 @@ def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: 
         f"no weights for {config.name}: {reason}.\n"
         f"Put the official file {config.weight_file} into {cached.parent}/ (from {config.url}),\n"
         f"or pass --weights PATH, or --weights random for an untrained (random) backbone.")
+
+
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
+    """A timm model's pretrained file: the Hugging Face cache, timm's torch-hub cache, or a download."""
+    hub_id, url = config.arch.get("hf_hub_id"), config.url
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for fname in HF_WEIGHT_FILES:
+            found = try_to_load_from_cache(hub_id, fname)
+            if isinstance(found, str):
+                return Path(found)
+    cached = hub_checkpoint_dir() / Path(urllib.parse.urlparse(url).path).name if url else None
+    if cached is not None and cached.is_file():
+        return cached
+    if allow_download:
+        try:
+            if hub_id:
+                from huggingface_hub import hf_hub_download
+
+                for fname in HF_WEIGHT_FILES:
+                    try:
+                        return Path(hf_hub_download(hub_id, fname))
+                    except Exception:
+                        continue
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(url, str(cached), progress=True)
+                return cached
+        except Exception as exc:
+            raise ProbebenchError(f"no weights for {config.name}: the download failed ({exc})") from exc
+    where = f"the Hugging Face cache (repo {hub_id})" if hub_id else ""
+    where += (" or " if where and cached else "") + (f"{cached}" if cached else "")
+    raise ProbebenchError(f"no weights for {config.name}: not found in {where or 'any local cache'}"
+                          f"{'' if allow_download else ' and downloads are off (PROBEBENCH_OFFLINE=1)'}; "
+                          "download it once with network, or pass --weights FILE (or --weights random)")
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -77,14 +118,33 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 
 
 def sha256_file(path: str | Path) -> str:
-    """Full sha256 of a weights file (memoised per path, size and mtime)."""
-    st = Path(path).stat()
+    """Full sha256 of a weights file (memoised per path, size and mtime); of a snapshot folder, over its
+    ``config.json`` and weight files."""
+    path = Path(path)
+    if path.is_dir():
+        parts = [f"{p.name}:{sha256_file(p)}" for p in sorted(path.iterdir())
+                 if p.name == "config.json" or p.suffix in (".safetensors", ".bin")]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    st = path.stat()
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from an official checkpoint (plain, or wrapped under ``state_dict`` / ``model``)."""
+    """A state dict from an official checkpoint (plain, or wrapped under ``state_dict`` / ``model``).
+
+    ``.safetensors`` files load without pickle; a Hugging Face DINOv2 snapshot folder (``config.json`` +
+    ``model.safetensors``) is converted to Meta's key format.
+    """
+    path = Path(path)
+    if path.is_dir():
+        from probebench.dinov2 import load_hf_snapshot
+
+        return load_hf_snapshot(path)
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ProbebenchError(f"cannot read weights file {path}: {exc}") from exc
@@ -118,6 +178,15 @@ def load_into(model: nn.Module, config: ModelConfig, state: dict, path: str | Pa
 
         state = convert_meta_state_dict(state, model)
     own = model.state_dict()
+    if config.family == "timm" and set(state) != set(own):  # original-format files: timm's own key filter
+        import importlib
+
+        filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            try:
+                state = filter_fn(state, model)
+            except Exception:
+                pass
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
