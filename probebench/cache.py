@@ -36,22 +36,61 @@ class FeatureRequest:
     precision: str
     store_dtype: str
     manifest_hash: str
+    channels_last: bool = False
 
     def key_material(self) -> dict:
         return {"feature_version": FEATURE_VERSION, "model": self.model, "tap": self.tap,
                 "weights_sha256": self.weights["sha256"], "weights_seed": self.weights.get("seed"),
                 "preprocessing": self.preprocessing, "precision": self.precision,
-                "store_dtype": self.store_dtype, "manifest_hash": self.manifest_hash}
+                "channels_last": self.channels_last, "store_dtype": self.store_dtype,
+                "manifest_hash": self.manifest_hash}
 
     @property
     def key(self) -> str:
         blob = json.dumps(self.key_material(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def path(self, cache_dir: str | Path) -> Path:
+    def path(self, cache_dir: str | Path) -> Path | str:
+        """``<cache-dir>/<dataset>/<model>/<key>.zarr``; a string when the cache root is a URL (fsspec)."""
         from probebench.registry import path_name
 
-        return Path(cache_dir) / path_name(self.dataset) / path_name(self.model) / f"{self.key}.zarr"
+        parts = [path_name(self.dataset), path_name(self.model), f"{self.key}.zarr"]
+        if is_url(cache_dir):
+            return "/".join([str(cache_dir).rstrip("/"), *parts])
+        return Path(cache_dir).joinpath(*parts)
+
+
+def is_url(location) -> bool:
+    return "://" in str(location)
+
+
+def open_group(location: Path | str, mode: str, **kwargs) -> zarr.Group:
+    """``zarr.open_group`` for a folder or an fsspec URL (local ``file://`` stores create their folders)."""
+    if str(location).startswith("file://"):
+        kwargs["storage_options"] = {"auto_mkdir": True}
+    return zarr.open_group(str(location), mode=mode, **kwargs)
+
+
+def store_exists(location: Path | str) -> bool:
+    if is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(location))
+        return fs.exists(path)
+    return Path(location).exists()
+
+
+def remove_store(location: Path | str) -> None:
+    if is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(location))
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    elif Path(location).exists():
+        import shutil
+
+        shutil.rmtree(location)
 
 
 def versions() -> dict:
@@ -63,13 +102,22 @@ def versions() -> dict:
             "timm": timm.__version__, "zarr": zarr.__version__, "python": platform.python_version()}
 
 
-def create_store(path: Path, request: FeatureRequest, manifest, feature_dim: int, chunk_size: int,
+def create_store(path: Path | str, request: FeatureRequest, manifest, feature_dim: int, chunk_size: int,
                  extra_attrs: dict) -> zarr.Group:
-    """A new, empty store for ``manifest``'s samples; features start as NaN until their chunk is written."""
+    """A new, empty store for ``manifest``'s samples; features start as NaN until their chunk is written.
+
+    Progress lives in arrays, one zarr chunk per feature chunk (``chunk_done``, ``skip_reason``), so
+    several processes can fill distinct chunks of one store without racing on its metadata.
+    """
     n = len(manifest)
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    if not is_url(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    root = open_group(path, mode="w", zarr_format=3)
     root.create_array("features", shape=(n, feature_dim), chunks=(chunk_size, feature_dim),
                       dtype=request.store_dtype, fill_value=float("nan"))
+    n_chunks = -(-n // chunk_size)
+    root.create_array("chunk_done", shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0)
+    root.create_array("skip_reason", shape=(n,), chunks=(chunk_size,), dtype=str)
     root.create_array("labels", data=manifest.labels.astype(np.int64))
     root.create_array("split", data=np.array([SPLIT_CODES[s] for s in manifest.splits], dtype=np.int8))
     for name, values in (("sample_ids", manifest.sample_ids), ("groups", manifest.groups)):
@@ -81,7 +129,7 @@ def create_store(path: Path, request: FeatureRequest, manifest, feature_dim: int
         "preprocessing": request.preprocessing, "precision": request.precision,
         "store_dtype": request.store_dtype, "manifest_hash": request.manifest_hash,
         "classes": list(manifest.classes), "split_codes": SPLIT_CODES, "n_samples": n,
-        "feature_dim": feature_dim, "chunk_size": chunk_size, "n_chunks": -(-n // chunk_size),
+        "feature_dim": feature_dim, "chunk_size": chunk_size, "n_chunks": n_chunks,
         "complete_chunks": [], "complete": False, "skipped": [], "junk_files": len(manifest.junk),
         "group_kind": manifest.group_kind,
         "versions": versions(), **extra_attrs,
@@ -89,12 +137,12 @@ def create_store(path: Path, request: FeatureRequest, manifest, feature_dim: int
     return root
 
 
-def open_store(path: Path, request: FeatureRequest, mode: str = "r") -> zarr.Group | None:
+def open_store(path: Path | str, request: FeatureRequest, mode: str = "r") -> zarr.Group | None:
     """An existing store for ``request``, or None; a store whose recorded key differs is refused."""
-    if not path.exists():
+    if not store_exists(path):
         return None
     try:
-        root = zarr.open_group(str(path), mode=mode)
+        root = open_group(path, mode=mode)
     except Exception as exc:
         raise ProbebenchError(f"feature cache {path} is unreadable ({exc}); rerun extract with --force") from exc
     if root.attrs.get("key_material") != json.loads(json.dumps(request.key_material())):
@@ -125,12 +173,11 @@ def _strings(arr) -> np.ndarray:
     return np.array(arr[:].tolist(), dtype=str)
 
 
-def read_features(path: Path) -> CachedFeatures:
+def read_features(path: Path | str) -> CachedFeatures:
     """Load a complete store into memory (float32), dropping the rows of skipped bad images."""
-    root = zarr.open_group(str(path), mode="r")
+    root = open_group(path, mode="r")
     attrs = dict(root.attrs)
-    keep = np.ones(attrs["n_samples"], dtype=bool)
-    keep[[s["index"] for s in attrs["skipped"]]] = False
+    keep = _strings(root["skip_reason"]) == ""
     names = {v: k for k, v in attrs["split_codes"].items()}
     return CachedFeatures(
         features=np.asarray(root["features"][:], dtype=np.float32)[keep],

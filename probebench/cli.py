@@ -36,7 +36,8 @@ ModelOpt = typer.Option(..., "--model", "-m", help="Registry name: vgg16 resnet5
 DatasetOpt = typer.Option(..., "--dataset", "-d", help="Dataset spec name, or path to a spec .toml.")
 DataRootOpt = typer.Option(None, "--data-root", help="Folder holding one folder per dataset "
                                                      "[default: $PROBEBENCH_DATA, else ./data].")
-CacheOpt = typer.Option(Path("cache"), "--cache-dir", help="Feature cache root.")
+CacheOpt = typer.Option("cache", "--cache-dir", help="Feature cache root: a folder, or an fsspec URL "
+                                                     "(file://, s3://, ...) that zarr accepts.")
 WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hub cache, then download) or "
                                                     "'random[:SEED]' (untrained; flagged everywhere).")
 TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`); default per model.")
@@ -44,18 +45,25 @@ ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px [defa
 CropOpt = typer.Option(None, "--crop", help="Centre crop in px [default 224].")
 PrecisionOpt = typer.Option("fp32", "--precision", help="Forward precision: fp32, bf16, fp16 (autocast).")
 StoreOpt = typer.Option("float32", "--store-dtype", help="Cache dtype: float32 or float16.")
+ChannelsLastOpt = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last memory format "
+                               "[default: on for the CNNs]; part of the cache key.")
+DraftOpt = typer.Option(False, "--draft", help="Decode JPEGs at a reduced scale near the resize target (much "
+                        "faster for large photographs); part of the cache key.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for shuffling and head initialisation.")
 
 
 @app.command()
 @friendly
 def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Path] = DataRootOpt,
-            cache_dir: Path = CacheOpt, weights: str = WeightsOpt, tap: Optional[str] = TapOpt,
+            cache_dir: str = CacheOpt, weights: str = WeightsOpt, tap: Optional[str] = TapOpt,
             resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, precision: str = PrecisionOpt,
+            channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
             store_dtype: str = StoreOpt, device: str = typer.Option("auto", help="auto (cuda > mps > cpu), or a "
                                                                               "torch device such as cuda:1."),
-            batch_size: int = typer.Option(32, help="Images per forward pass."),
+            batch_size: Optional[int] = typer.Option(None, help="Images per forward pass [default: 8 on CPU, "
+                                                                "64 on GPU]."),
             workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: CPUs - 1, max 8]."),
+            chunk_size: int = typer.Option(256, help="Samples per cache chunk (the unit of resume and of sharding)."),
             force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
             skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and record them.")):
     """Fill the feature cache: one forward pass per image through the frozen backbone (resumable)."""
@@ -63,17 +71,19 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
 
     t0 = time.perf_counter()
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap, resize=resize,
-               crop=crop, precision=precision, store_dtype=store_dtype, device=device, batch_size=batch_size,
-               workers=workers, force=force, skip_bad=skip_bad)
+               crop=crop, precision=precision, channels_last=channels_last, draft=draft, store_dtype=store_dtype,
+               device=device, batch_size=batch_size, chunk_size=chunk_size, workers=workers, force=force,
+               skip_bad=skip_bad)
     out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
 
 
 @app.command()
 @friendly
 def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Path] = DataRootOpt,
-        cache_dir: Path = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+        cache_dir: str = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
         weights: str = WeightsOpt, tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt,
         crop: Optional[int] = CropOpt, precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
+        channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
         head: str = typer.Option("linear", help="linear (the study's), mlp, logreg or knn."),
         grid: bool = typer.Option(False, "--grid", help="linear/mlp: train heads over lr x weight decay "
                                                         "(5 x 4) at once and keep the best on validation."),
@@ -93,7 +103,8 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Pa
 
     seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
-               resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, head=head, grid=grid,
+               resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
+               draft=draft, head=head, grid=grid,
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
                select_metric=select_metric, seed=seed, seeds=seed_list)
@@ -228,15 +239,16 @@ def demo(out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where 
 def export(model: str = ModelOpt, dataset: str = DatasetOpt,
            out_file: Path = typer.Option(..., "--out", help="File to write (.h5, .npz or .pt)."),
            fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt [default: from --out]."),
-           data_root: Optional[Path] = DataRootOpt, cache_dir: Path = CacheOpt, weights: str = WeightsOpt,
+           data_root: Optional[Path] = DataRootOpt, cache_dir: str = CacheOpt, weights: str = WeightsOpt,
            tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
-           precision: str = PrecisionOpt, store_dtype: str = StoreOpt):
+           precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
+           channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt):
     """Write cached features with labels, ids, groups and splits to HDF5, NumPy or PyTorch."""
     from probebench.export import export_features
 
     path = export_features(model, dataset, out_file, fmt=fmt, data_root=data_root, cache_dir=cache_dir,
                            weights=weights, tap=tap, resize=resize, crop=crop, precision=precision,
-                           store_dtype=store_dtype)
+                           store_dtype=store_dtype, channels_last=channels_last, draft=draft)
     out.print(f"features exported to {path}")
 
 

@@ -8,6 +8,8 @@ ends with the same features as an uninterrupted one.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +46,7 @@ class FeatureJob:
 
 def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "auto", tap: str | None = None,
                 resize: int | None = None, crop: int | None = None, precision: str = "fp32",
-                store_dtype: str = "float32") -> FeatureJob:
+                store_dtype: str = "float32", channels_last: bool | None = None, draft: bool = False) -> FeatureJob:
     """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
     from probebench import weights as wts
 
@@ -62,6 +64,9 @@ def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "aut
         pre = replace(pre, resize=resize or max(pre.resize, crop), crop=crop)
     if pre.crop > pre.resize:
         raise ProbebenchError(f"crop {pre.crop} is larger than resize {pre.resize}")
+    pre = replace(pre, draft=draft)
+    if channels_last is None:  # it helps the CNNs, on CPUs too; part of the key either way
+        channels_last = config.family == "torchvision"
     manifest = load_manifest(dataset, data_root)
     if random_seed(weights) is not None:
         winfo = random_weights_info(random_seed(weights))
@@ -72,7 +77,7 @@ def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "aut
         weights_arg = str(path)
     request = fcache.FeatureRequest(
         dataset=manifest.dataset, model=model, tap=tap, weights=winfo, preprocessing=pre.as_dict(),
-        precision=precision, store_dtype=store_dtype, manifest_hash=manifest.hash())
+        precision=precision, store_dtype=store_dtype, manifest_hash=manifest.hash(), channels_last=channels_last)
     return FeatureJob(manifest, replace(config, preprocessing=pre), request, weights_arg)
 
 
@@ -96,78 +101,150 @@ def _chunk_batches(pending: list[int], chunk: int, n: int, batch: int) -> list[l
     return out
 
 
+class ChunkWriter:
+    """Writes finished chunks on a background thread, so zarr I/O stays off the forward-pass path."""
+
+    def __init__(self, root, store_dtype: str):
+        self.root, self.store_dtype = root, store_dtype
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="probebench-chunk-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None:
+                    c, lo, block, reasons = item
+                    self.root["features"][lo:lo + len(block)] = block.astype(self.store_dtype)
+                    self.root["skip_reason"][lo:lo + len(block)] = np.array(reasons, dtype=str)
+                    self.root["chunk_done"][c] = 1  # last: a chunk counts only once its data is written
+            except BaseException as exc:  # reported by the main thread
+                self.error = exc
+            finally:
+                self.queue.task_done()
+
+    def put(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(item)
+
+    def flush(self) -> None:
+        self.queue.join()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def default_batch_size(device: torch.device) -> int:
+    """8 on a CPU (bigger batches were slower there), 64 on an accelerator."""
+    return 8 if device.type == "cpu" else 64
+
+
 def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache", weights: str = "auto",
             tap: str | None = None, resize: int | None = None, crop: int | None = None, precision: str = "fp32",
-            store_dtype: str = "float32", device: str = "auto", batch_size: int = 32, chunk_size: int = 256,
-            workers: int | None = None, force: bool = False, skip_bad: bool = False, progress: bool = True,
-            on_chunk: Callable[[int], None] | None = None) -> Path:
-    """Fill the cache for ``model`` x ``dataset``; returns the store path. Resumes unless ``force``."""
-    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      precision=precision, store_dtype=store_dtype)
-    path = job.cache_path(cache_dir)
-    if force and path.exists():
-        import shutil
+            channels_last: bool | None = None, draft: bool = False, store_dtype: str = "float32",
+            device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
+            force: bool = False, skip_bad: bool = False, progress: bool = True,
+            on_chunk: Callable[[int], None] | None = None) -> Path | str:
+    """Fill the cache for ``model`` x ``dataset``; returns the store location. Resumes unless ``force``.
 
-        shutil.rmtree(path)
-    root = fcache.open_store(path, job.request, mode="a")
+    Under torchrun each rank fills a disjoint share of the missing chunks of the same store; rank 0
+    creates the store and writes the final metadata after a barrier.
+    """
+    from probebench import distributed
+
+    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
+                      precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft)
+    path = job.cache_path(cache_dir)
+    rank, world = distributed.setup()
+    dev = auto_device(distributed.rank_device(device))
+    batch_size = batch_size or default_batch_size(dev)
     chunk_size = max(batch_size, (chunk_size // batch_size) * batch_size)
+    if rank == 0:
+        if force:
+            fcache.remove_store(path)
+        root = fcache.open_store(path, job.request, mode="a")
+    distributed.barrier()
+    if rank != 0:
+        root = fcache.open_store(path, job.request, mode="a")
     if root is not None and root.attrs.get("complete"):
+        distributed.cleanup()
         return path
-    dev = auto_device(device)
     net = create_model(model, job.weights_arg, tap=job.request.tap, img_size=job.config.preprocessing.crop).to(dev)
-    if root is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if job.request.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if root is None and rank == 0:
         dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
         root = fcache.create_store(path, job.request, job.manifest, net.feature_dim, chunk_size,
-                                   {"device": dev_name, "batch_size": batch_size})
-    chunk_size = root.attrs["chunk_size"]
-    done = set(root.attrs["complete_chunks"])
-    n = len(job.manifest)
-    pending = [c for c in range(root.attrs["n_chunks"]) if c not in done]
+                                   {"device": dev_name, "batch_size": batch_size, "world_size": world})
+    distributed.barrier()
+    if root is None:
+        root = fcache.open_store(path, job.request, mode="a")
+    chunk_size, n_chunks, n = root.attrs["chunk_size"], root.attrs["n_chunks"], len(job.manifest)
+    done = np.asarray(root["chunk_done"][:], dtype=bool)
+    pending = [int(c) for c in np.flatnonzero(~done)][rank::world]  # chunk-aligned, disjoint shards
     batches = _chunk_batches(pending, chunk_size, n, batch_size)
     n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
-    loader = DataLoader(ImageDataset(job.manifest.paths, make_transform(job.config.preprocessing),
-                                     job.config.preprocessing.crop),
+    pre = job.config.preprocessing
+    loader = DataLoader(ImageDataset(job.manifest.paths, make_transform(pre), pre.crop,
+                                     draft=pre.resize if pre.draft else None),
                         batch_sampler=batches, num_workers=n_workers, pin_memory=dev.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if n_workers else None)
-    features = root["features"]
-    skipped = list(root.attrs["skipped"])
     buffers: dict[int, np.ndarray] = {}
+    reasons: dict[int, list[str]] = {}
     filled: dict[int, int] = {}
     autocast = PRECISIONS[precision]
-    todo = sum(len(b) for b in batches)
     start = time.perf_counter()
-    with make_progress(progress) as bar, torch.inference_mode():
-        task = bar.add_task(f"extract {model} × {job.manifest.dataset}", total=todo,
-                            info=f"{len(done)}/{root.attrs['n_chunks']} chunks cached")
-        for images, idx, ok, errors in loader:
-            idx = idx.tolist()
-            for i, good, err in zip(idx, ok.tolist(), errors):
-                if not good:
-                    bad = job.manifest.paths[i]
-                    if not skip_bad:
-                        raise bad_image_error(bad, err)
-                    skipped.append({"index": i, "sample_id": str(job.manifest.sample_ids[i]), "path": bad,
-                                    "error": err})
-            images = images.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
-                out = net(images)
-            out = out.float().cpu().numpy()
-            out[~ok.numpy()] = np.nan
-            c = idx[0] // chunk_size
-            if c not in buffers:
-                rows = min(n, (c + 1) * chunk_size) - c * chunk_size
-                buffers[c], filled[c] = np.empty((rows, net.feature_dim), dtype=np.float32), 0
-            buffers[c][idx[0] - c * chunk_size: idx[-1] + 1 - c * chunk_size] = out
-            filled[c] += len(idx)
-            if filled[c] == len(buffers[c]):
-                block = buffers.pop(c)
-                features[c * chunk_size: c * chunk_size + len(block)] = block.astype(job.request.store_dtype)
-                done.add(c)
-                root.attrs.update({"complete_chunks": sorted(done), "skipped": skipped})
-                if on_chunk is not None:
-                    on_chunk(c)
-            bar.update(task, advance=len(idx), info=f"{len(done)}/{root.attrs['n_chunks']} chunks cached")
-    root.attrs.update({"complete": len(done) == root.attrs["n_chunks"], "skipped": skipped,
-                       "extract_seconds": round(time.perf_counter() - start, 3)})
+    writer = ChunkWriter(root, job.request.store_dtype)
+    try:
+        with make_progress(progress and rank == 0) as bar, torch.inference_mode():
+            task = bar.add_task(f"extract {model} × {job.manifest.dataset}", total=sum(len(b) for b in batches),
+                                info=f"{int(done.sum())}/{n_chunks} chunks cached")
+            for images, idx, ok, errors in loader:
+                idx = idx.tolist()
+                c = idx[0] // chunk_size
+                if c not in buffers:
+                    rows = min(n, (c + 1) * chunk_size) - c * chunk_size
+                    buffers[c], reasons[c], filled[c] = np.empty((rows, net.feature_dim), np.float32), [""] * rows, 0
+                for i, good, err in zip(idx, ok.tolist(), errors):
+                    if not good:
+                        if not skip_bad:
+                            raise bad_image_error(job.manifest.paths[i], err)
+                        reasons[c][i - c * chunk_size] = err
+                images = images.to(dev, non_blocking=True)
+                if job.request.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+                    out = net(images).float().cpu().numpy()
+                out[~ok.numpy()] = np.nan
+                buffers[c][idx[0] - c * chunk_size: idx[-1] + 1 - c * chunk_size] = out
+                filled[c] += len(idx)
+                if filled[c] == len(buffers[c]):
+                    writer.put((c, c * chunk_size, buffers.pop(c), reasons.pop(c)))
+                    if on_chunk is not None:  # a test hook: the chunk is on disk before it runs
+                        writer.flush()
+                        on_chunk(c)
+                bar.update(task, advance=len(idx))
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - start
+    distributed.barrier()
+    if rank == 0:  # the final metadata, once every rank's chunks are written
+        done = np.asarray(root["chunk_done"][:], dtype=bool)
+        skip = fcache._strings(root["skip_reason"])
+        skipped = [{"index": int(i), "sample_id": str(job.manifest.sample_ids[i]), "path": job.manifest.paths[i],
+                    "error": str(skip[i])} for i in np.flatnonzero(skip != "")]
+        root.attrs.update({"complete": bool(done.all()), "complete_chunks": np.flatnonzero(done).tolist(),
+                           "skipped": skipped, "extract_seconds": round(seconds, 3), "world_size": world})
+    distributed.barrier()
+    distributed.cleanup()
     return path

@@ -19,16 +19,17 @@ NORMALIZE = (None, "l2")
 
 
 def _extract_command(model: str, dataset: str, opts: dict) -> str:
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in opts.items() if v not in (None, "auto"))
+    flags = " ".join(f"--{k.replace('_', '-')} {v}".strip() for k, v in opts.items() if v not in (None, "auto"))
     return f"probebench extract --model {model} --dataset {dataset} {flags}".strip()
 
 
 def complete_cache(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
                    weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
-                   precision: str = "fp32", store_dtype: str = "float32") -> Path:
+                   precision: str = "fp32", store_dtype: str = "float32", channels_last: bool | None = None,
+                   draft: bool = False) -> Path:
     """The complete store that ``extract`` made with these options, or an error that prints that command."""
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      precision=precision, store_dtype=store_dtype)
+                      precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft)
     path = job.cache_path(cache_dir)
     root = fcache.open_store(path, job.request)
     if root is None or not root.attrs.get("complete"):
@@ -36,7 +37,9 @@ def complete_cache(model: str, dataset: str, *, data_root=None, cache_dir: str |
         cmd = _extract_command(model, str(dataset), {
             "data_root": data_root, "cache_dir": cache_dir, "weights": weights, "tap": tap, "resize": resize,
             "crop": crop, "precision": None if precision == "fp32" else precision,
-            "store_dtype": None if store_dtype == "float32" else store_dtype})
+            "store_dtype": None if store_dtype == "float32" else store_dtype,
+            "channels_last": "" if channels_last is True else None,
+            "no_channels_last": "" if channels_last is False else None, "draft": "" if draft else None})
         raise ProbebenchError(f"the feature cache {path} {state}; run first:\n  {cmd}")
     return path
 
@@ -58,7 +61,8 @@ def prepare_features(train: np.ndarray, *others: np.ndarray, normalize: str | No
 
 def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
         weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
-        precision: str = "fp32", store_dtype: str = "float32", head: str = "linear", grid: bool = False,
+        precision: str = "fp32", store_dtype: str = "float32", channels_last: bool | None = None,
+        draft: bool = False, head: str = "linear", grid: bool = False,
         epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
         normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
         select_metric: str = "val_accuracy", seed: int = 0, seeds: list[int] | None = None,
@@ -71,7 +75,8 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
     if class_weight not in (None, "balanced"):
         raise ProbebenchError(f"--class-weight {class_weight!r}: only 'balanced' is supported")
     path = complete_cache(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap,
-                          resize=resize, crop=crop, precision=precision, store_dtype=store_dtype)
+                          resize=resize, crop=crop, precision=precision, store_dtype=store_dtype,
+                          channels_last=channels_last, draft=draft)
     feats = fcache.read_features(path)
     test = feats.split == "test"
     x_tr, x_va, x_te = prepare_features(feats.features[feats.split == "train"], feats.features[feats.split == "val"],

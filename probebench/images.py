@@ -58,11 +58,18 @@ def _hdf5_image(uri: str) -> Image.Image:
     return Image.fromarray(arr).convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode any supported image to 8-bit RGB; 16-bit data is scaled by its full range (x / 257)."""
+def load_rgb(path: str | Path, draft: int | None = None) -> Image.Image:
+    """Decode any supported image to 8-bit RGB; 16-bit data is scaled by its full range (x / 257).
+
+    ``draft``: for JPEGs, let the decoder scale down by a power of two while the shorter side stays at
+    least ``draft`` pixels (PIL's ``Image.draft``), which makes large photographs far cheaper to decode.
+    """
     if HDF5_SEP in str(path):
         return _hdf5_image(str(path))
     with Image.open(path) as img:
+        if draft and img.format == "JPEG":
+            scale = draft / min(img.size)
+            img.draft(img.mode, (max(1, int(img.size[0] * scale + 0.999)), max(1, int(img.size[1] * scale + 0.999))))
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(img, dtype=np.float64) / 257.0
@@ -90,8 +97,8 @@ def make_transform(pre: Preprocessing):
     ])
 
 
-def preprocess(path: str | Path, transform) -> torch.Tensor:
-    return transform(load_rgb(path))
+def preprocess(path: str | Path, transform, draft: int | None = None) -> torch.Tensor:
+    return transform(load_rgb(path, draft))
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -101,15 +108,15 @@ class ImageDataset(torch.utils.data.Dataset):
     the number of DataLoader workers.
     """
 
-    def __init__(self, paths: list[str], transform, crop: int):
-        self.paths, self.transform, self.crop = paths, transform, crop
+    def __init__(self, paths: list[str], transform, crop: int, draft: int | None = None):
+        self.paths, self.transform, self.crop, self.draft = paths, transform, crop, draft
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return preprocess(self.paths[i], self.transform), i, True, ""
+            return preprocess(self.paths[i], self.transform, self.draft), i, True, ""
         except Exception as exc:  # reported, with the file name, by the main process
             return torch.zeros(3, self.crop, self.crop), i, False, f"{type(exc).__name__}: {exc}"
 

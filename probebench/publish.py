@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from probebench.bootstrap import BootstrapConfig
+from probebench.cache import store_exists
 from probebench.metrics import LABELS, STUDY_METRICS
 from probebench.registry import path_name
 from probebench.report import ReportOptions, ReportRow, collect_rows, comparisons, footnotes, render
@@ -169,7 +170,7 @@ def _cost(row: ReportRow) -> dict:
     out = {"extract_img_s": None, "train_seconds": m.get("fit_seconds", m.get("train_seconds")),
            "peak_memory_gib": m.get("peak_memory_gib"), "device": c.get("extract_device") or c.get("device")}
     store = c.get("cache_path")
-    if store and Path(store).exists():
+    if store and store_exists(store):
         import zarr
 
         attrs = zarr.open_group(store, mode="r").attrs

@@ -28,10 +28,11 @@ class Preprocessing:
     interpolation: str = "bilinear"  # "bilinear" (torchvision models) or "bicubic" (DINOv2)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    draft: bool = False  # JPEG: decode at a reduced scale near the resize target (PIL draft), much faster
 
     def as_dict(self) -> dict:
         return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
-                "mean": list(self.mean), "std": list(self.std)}
+                "mean": list(self.mean), "std": list(self.std), "draft": self.draft}
 
 
 @dataclass(frozen=True)

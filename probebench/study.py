@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from probebench.cache import store_exists
 from probebench.errors import ProbebenchError
 
 MODES = ("frozen", "unfrozen")
@@ -216,7 +217,7 @@ def plan(study: Study, only: str | None = None) -> list[Cell]:
         c.epochs = settings.get("epochs", 100)
         c.images = n if c.mode == "frozen" else n_train * c.epochs
         store = job.cache_path(study.cache_dir)
-        c.cached = c.mode == "frozen" and store.exists() and _complete(store)
+        c.cached = c.mode == "frozen" and store_exists(store) and _complete(store)
         c.hash = hashlib.sha256(json.dumps({
             "cell": c.key, "request": job.request.key_material(), "settings": settings, "grid": study.grid,
             "seeds": study.seeds, "extract": study.extract}, sort_keys=True, default=str).encode()).hexdigest()[:16]

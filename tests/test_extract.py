@@ -113,3 +113,64 @@ def test_corrupt_image_is_named_or_skipped_and_recorded(tiny, tmp_path):
     assert [s["sample_id"] for s in attrs["skipped"]] == ["b/p105_1.png"] and attrs["complete"]
     feats = read_features(path)
     assert len(feats.labels) == 39 and "b/p105_1.png" not in feats.sample_ids and np.isfinite(feats.features).all()
+
+
+def test_fsspec_url_cache_root(tiny, tmp_path):
+    spec, root = tiny
+    url = f"file://{tmp_path}/url-cache"
+    store = extract("resnet50", str(spec), data_root=root, cache_dir=url, **OPTS)
+    assert isinstance(store, str) and store.startswith("file://") and store.endswith(".zarr")
+    local = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "local", **OPTS)
+    assert np.array_equal(read_features(store).features, read_features(local).features)
+    from probebench.fit import fit
+
+    run = fit("resnet50", str(spec), data_root=root, cache_dir=url, runs_dir=tmp_path / "runs", epochs=2,
+              weights="random", resize=40, crop=32, progress=False)
+    assert (run / "predictions.csv").is_file()
+
+
+def test_draft_decoding_is_a_recorded_option_with_nearly_equal_features(tmp_path):
+    from PIL import Image
+
+    from conftest import write_spec
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        folder = tmp_path / "data" / "big" / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        small = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
+        Image.fromarray(small).resize((800, 800), Image.BICUBIC).save(folder / f"{i}.jpg", quality=92)
+    spec = write_spec(tmp_path / "big.toml", 'kind = "folder"\nroot = "big"\nclasses = ["a", "b"]\n'
+                                              '[split]\ntest_fraction = 0.34\n')
+    opts = dict(data_root=tmp_path / "data", cache_dir=tmp_path / "c", **{**OPTS, "resize": 64, "crop": 56})
+    full = extract("resnet50", str(spec), **opts)
+    fast = extract("resnet50", str(spec), draft=True, **opts)
+    assert full != fast and zarr.open_group(str(fast), mode="r").attrs["preprocessing"]["draft"] is True
+    a, b = read_features(full).features, read_features(fast).features
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.98 and not np.array_equal(a, b)
+
+
+def test_torchrun_two_ranks_fill_one_store_like_one_process(tiny, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    spec, root = tiny
+    single = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "one", **OPTS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(port), "-m", "probebench", "extract", "--model", "resnet50", "--dataset", str(spec),
+         "--data-root", str(root), "--cache-dir", str(tmp_path / "two"), "--weights", "random", "--resize", "40",
+         "--crop", "32", "--batch-size", "4", "--chunk-size", "8", "--workers", "0"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = tmp_path / "two" / single.relative_to(tmp_path / "one")
+    attrs = dict(zarr.open_group(str(two), mode="r").attrs)
+    assert attrs["complete"] and attrs["world_size"] == 2 and attrs["complete_chunks"] == list(range(5))
+    a, b = read_features(two).features, read_features(single).features
+    assert np.abs(a - b).max() < 1e-4 * np.abs(b).max()  # equal up to float rounding (1 vs 2 threads per process)
