@@ -252,6 +252,19 @@ def export(model: str = ModelOpt, dataset: str = DatasetOpt,
     out.print(f"features exported to {path}")
 
 
+bench_app = typer.Typer(help="Benchmarks (the scripts in benchmarks/ call the same code).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("extract", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                                "help_option_names": []})
+def bench_extract(ctx: typer.Context):
+    """Extraction throughput: forward only (a), real extract (b), the study's loop (c); --help for options."""
+    from probebench.bench import main
+
+    main(list(ctx.args))
+
+
 @app.command("run")
 @friendly
 def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. configs/paper.toml or configs/demo.toml."),

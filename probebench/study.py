@@ -27,7 +27,8 @@ SECTIONS = {
     "training": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "select_metric", "patience"},
     "unfrozen": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "accumulate", "precision",
                  "grad_checkpointing", "workers"},
-    "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad"},
+    "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad", "draft",
+                "channels_last"},
     "report": {"resamples", "method", "unit", "level", "aggregate", "metrics"},
 }
 
@@ -182,7 +183,7 @@ def _save_state(study: Study, state: dict) -> None:
 
 def _extract_options(study: Study) -> dict:
     e = study.extract
-    return {k: e[k] for k in ("resize", "crop", "precision", "store_dtype", "tap") if k in e}
+    return {k: e[k] for k in ("resize", "crop", "precision", "store_dtype", "tap", "draft", "channels_last") if k in e}
 
 
 def plan(study: Study, only: str | None = None) -> list[Cell]:
@@ -304,7 +305,7 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
             try:
                 if c.mode == "frozen":
                     extract(c.model, c.dataset, data_root=data_root, cache_dir=study.cache_dir, weights=study.weights,
-                            progress=progress, batch_size=study.extract.get("batch_size", 32),
+                            progress=progress, batch_size=study.extract.get("batch_size"),
                             workers=study.extract.get("workers"), skip_bad=study.extract.get("skip_bad", False),
                             **_extract_options(study))
                     runs = fit(c.model, c.dataset, data_root=data_root, cache_dir=study.cache_dir,

@@ -1,0 +1,182 @@
+"""Extraction throughput, measured three ways on the same synthetic JPEGs (``probebench bench extract``):
+
+(a) the backbone's forward pass alone on ready tensors (the physical limit);
+(b) the real ``extract``: files -> decode -> resize/crop -> forward -> zarr, with workers and the
+    background writer;
+(c) the study's way: one image at a time with PIL transforms.
+
+It prints b/a and b/c, the cosine similarity of bf16 (and JPEG draft) features to fp32 ones, and
+writes JSON. ``memory`` reports peak RSS of whole extractions of different sizes (fresh processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+SPEC = """kind = "folder"
+root = "bench"
+classes = ["a", "b"]
+[split]
+test_fraction = 0.3
+"""
+
+
+def make_jpegs(root: Path, n: int, size: int, grayscale: bool = True) -> Path:
+    """``n`` JPEGs of ``size`` px (grayscale like chest X-rays, or colour like fundus photos) and their spec."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / "bench" / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        shape = (size // 16, size // 16) if grayscale else (size // 16, size // 16, 3)
+        img = Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+        img.save(folder / f"{i:05d}.jpeg", quality=90)
+    spec = root / "bench.toml"
+    spec.write_text(SPEC)
+    return spec
+
+
+def forward_only(net, n: int, batch: int, crop: int, device: torch.device, precision: str,
+                 channels_last: bool) -> float:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    x = torch.randn(batch, 3, crop, crop, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        net(x)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start, done = time.perf_counter(), 0
+        while done < n:
+            net(x)
+            done += batch
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return done / (time.perf_counter() - start)
+
+
+def study_way(net, paths: list[str], transform, device: torch.device) -> float:
+    """The study's inference loop: batch size 1, PIL transforms, one forward per image."""
+    from probebench.images import load_rgb
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for p in paths:
+            net(transform(load_rgb(p)).unsqueeze(0).to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).mean())
+
+
+def throughput(model: str = "resnet50", images: int = 96, image_size: int = 1024, grayscale: bool = True,
+               batch_size: int | None = None, precision: str = "fp32", device: str = "auto",
+               workers: int | None = None, channels_last: bool | None = None, draft: bool = False,
+               study_images: int = 32, compare: bool = True) -> dict:
+    """Measure (a), (b), (c) and the feature agreement of the faster options; returns the numbers."""
+    import zarr
+
+    from probebench.extract import auto_device, default_batch_size, extract, resolve_job
+    from probebench.images import make_transform
+    from probebench.registry import create_model
+
+    dev = auto_device(device)
+    batch = batch_size or default_batch_size(dev)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        spec = make_jpegs(tmp / "data", images, image_size, grayscale)
+        common = dict(data_root=tmp / "data", weights="random", tap=None, resize=None, crop=None)
+        job = resolve_job(model, str(spec), channels_last=channels_last, draft=draft, **common)
+        cl = job.request.channels_last
+        net = create_model(model, "random").to(dev).eval()
+        if cl:
+            net = net.to(memory_format=torch.channels_last)
+        a = forward_only(net, images, batch, job.config.preprocessing.crop, dev, precision, cl)
+        store = extract(model, str(spec), cache_dir=tmp / "cache", batch_size=batch, precision=precision,
+                        device=device, workers=workers, channels_last=channels_last, draft=draft, progress=False,
+                        **{k: v for k, v in common.items() if k != "tap"})
+        b = images / zarr.open_group(str(store), mode="r").attrs["extract_seconds"]
+        c = study_way(create_model(model, "random").to(dev).eval(), job.manifest.paths[:study_images],
+                      make_transform(job.config.preprocessing), dev)
+        out = {"model": model, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
+               "precision": precision, "channels_last": cl, "draft": draft, "batch_size": batch,
+               "images": images, "image_size": image_size, "grayscale": grayscale,
+               "a_forward_img_s": round(a, 2), "b_extract_img_s": round(b, 2), "c_study_loop_img_s": round(c, 2),
+               "b_over_a": round(b / a, 3), "b_over_c": round(b / c, 2), "torch": torch.__version__,
+               "threads": torch.get_num_threads()}
+        if compare:
+            reference = read_store(extract(model, str(spec), cache_dir=tmp / "ref", batch_size=batch, precision="fp32",
+                                           device=device, workers=workers, channels_last=False, draft=False,
+                                           progress=False, **{k: v for k, v in common.items() if k != "tap"}))
+            out["cosine_to_fp32_full_decode"] = round(_cosine(read_store(store), reference), 6)
+    return out
+
+
+def read_store(store) -> np.ndarray:
+    from probebench.cache import read_features
+
+    return read_features(store).features
+
+
+def peak_rss(model: str, images: int, image_size: int = 64, crop: int = 56) -> float:
+    """Peak RSS (MiB) of a whole extraction of ``images`` images, in a fresh process."""
+    code = f"""
+import resource, tempfile
+from pathlib import Path
+from probebench.bench import make_jpegs
+from probebench.extract import extract
+with tempfile.TemporaryDirectory() as tmp:
+    spec = make_jpegs(Path(tmp) / "data", {images}, {image_size})
+    extract({model!r}, str(spec), data_root=Path(tmp) / "data", cache_dir=Path(tmp) / "c", weights="random",
+            resize={image_size}, crop={crop}, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PROBEBENCH_OFFLINE": "1"}, check=True)
+    return int(res.stdout.strip().splitlines()[-1]) / 1024
+
+
+def memory(model: str = "resnet50", sizes: tuple[int, ...] = (1000, 4000)) -> dict:
+    return {"model": model, "peak_rss_mib": {str(n): round(peak_rss(model, n), 1) for n in sizes},
+            "note": "64 px JPEGs, 56 px crop: the dataset size is what varies"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--image-size", type=int, default=1024, help="side of the synthetic JPEGs")
+    ap.add_argument("--color", action="store_true", help="colour JPEGs (fundus-like) instead of grayscale")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    ap.add_argument("--draft", action="store_true", help="JPEG draft decoding")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--memory", action="store_true", help="peak RSS for 1,000 vs 4,000 images instead")
+    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = ap.parse_args(argv)
+    if args.memory:
+        result = memory(args.model)
+    else:
+        result = throughput(args.model, args.images, args.image_size, not args.color, args.batch_size, args.precision,
+                            args.device, args.workers, args.channels_last, args.draft)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
