@@ -19,4 +19,4 @@ def test_throughput_reports_all_three_ways_and_feature_agreement():
 def test_bench_cli_passes_options_through():
     res = CliRunner().invoke(app, ["bench", "extract", "--model", "resnet50", "--images", "6", "--image-size", "48"])
     assert res.exit_code == 0, res.output
-    assert '"b_over_a"' in res.output and '"images": 4' in res.output
+    assert '"b_over_a"' in res.output and '"images": 6' in res.output
