@@ -161,11 +161,7 @@ class CachedFeatures:
     sample_ids: np.ndarray
     groups: np.ndarray
     attrs: dict
-    path: Path
-
-    def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        mask = self.split == split
-        return self.features[mask], self.labels[mask]
+    path: Path | str
 
 
 def _strings(arr) -> np.ndarray:

@@ -36,7 +36,10 @@ def resize_pos_embed_meta(pos_embed: torch.Tensor, grid: tuple[int, int], offset
 
 
 class DinoV2(nn.Module):
-    """A DINOv2 trunk for square inputs of ``img_size`` px; ``features(x, tap)`` gives CLS-based features."""
+    """A DINOv2 trunk for square inputs of ``img_size`` px; ``features(x, tap)`` gives CLS-based features.
+
+    ``pretrain_img_size`` documents the checkpoints' 518-px grid; the resize reads the grid off the weights.
+    """
 
     def __init__(self, img_size: int = 224, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
                  patch_size: int = 14, pretrain_img_size: int = 518, mlp_ratio: float = 4.0,
@@ -58,7 +61,6 @@ class DinoV2(nn.Module):
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, init_values=init_values, num_classes=0, qkv_bias=True,
             dynamic_img_size=False, **kwargs)
-        self.pretrain_grid = pretrain_img_size // patch_size
         self.grid = img_size // patch_size
         self.img_size = img_size
         self.grad_checkpointing = False  # recompute block activations in backward (ViT-L fine-tuning memory)

@@ -17,7 +17,6 @@ CONFUSION_METRICS = STUDY_METRICS + ("precision_macro", "recall_macro", "f1_macr
                                      "kappa_quadratic")
 AUROC_METRICS = ("auroc_macro", "auroc_weighted")
 ALL_METRICS = CONFUSION_METRICS + AUROC_METRICS
-PER_CLASS = ("precision_class", "recall_class", "f1_class")
 LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1",
           "precision_macro": "Precision (macro)", "recall_macro": "Recall (macro)", "f1_macro": "F1 (macro)",
           "balanced_accuracy": "Balanced acc.", "kappa_quadratic": "Kappa (quadratic)",
