@@ -155,7 +155,8 @@ def _hf_hub_timm_cfg(repo: str) -> dict:
         raise ProbebenchError(f"timm:hf-hub:{repo}: config.json is not in the local Hugging Face cache and cannot "
                               f"be downloaded ({type(exc).__name__}); download the repo once with network") from exc
     cfg = json.loads(open(path).read())
-    return {**cfg.get("pretrained_cfg", {}), "architecture": cfg.get("architecture"), "hf_hub_id": repo}
+    return {**cfg.get("pretrained_cfg", {}), "architecture": cfg.get("architecture"), "hf_hub_id": repo,
+            "num_classes": cfg.get("num_classes", cfg.get("pretrained_cfg", {}).get("num_classes", 1000))}
 
 
 class FeatureExtractor(nn.Module):
@@ -204,7 +205,11 @@ def build_backbone(config: ModelConfig, img_size: int) -> nn.Module:
     if config.family == "timm":
         import timm
 
-        return timm.create_model(config.arch["name"], pretrained=False)
+        arch = config.arch["name"]
+        if arch.startswith("hf-hub:"):  # the architecture named in the (cached) config.json, no hub calls
+            cfg = _hf_hub_timm_cfg(arch[len("hf-hub:"):])
+            return timm.create_model(cfg["architecture"], pretrained=False, num_classes=cfg.get("num_classes", 1000))
+        return timm.create_model(arch, pretrained=False)
     raise ProbebenchError(f"unknown model family {config.family!r}")
 
 

@@ -175,3 +175,31 @@ def test_export_round_trips(tiny, tmp_path, suffix):
     assert np.array_equal(got["features"], feats.features) and np.array_equal(got["labels"], feats.labels)
     assert list(got["sample_ids"]) == feats.sample_ids.tolist() and list(got["split"]) == feats.split.tolist()
     assert got["model"] == "resnet50"
+
+
+def test_timm_hf_hub_model_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    """``timm:hf-hub:<org>/<repo>`` offline: config and weights come from the local Hugging Face cache."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    repo = cache / "models--acme--med-convnext"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    (snapshot / "config.json").write_text(json.dumps({
+        "architecture": "test_convnext", "num_classes": 5,
+        "pretrained_cfg": {"input_size": [3, 64, 64], "interpolation": "bilinear", "crop_pct": 0.9,
+                           "mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]}}))
+    torch.manual_seed(3)
+    reference = timm.create_model("test_convnext", pretrained=False, num_classes=5).eval()
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(snapshot / "model.safetensors"))
+    model = create_model("timm:hf-hub:acme/med-convnext", "auto")
+    pre = model.config.preprocessing
+    assert (pre.crop, pre.resize, pre.interpolation, pre.mean) == (64, 71, "bilinear", (0.4, 0.4, 0.4))
+    assert model.weights["source"].endswith("model.safetensors") and len(model.weights["sha256"]) == 64
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        assert torch.allclose(model(x), expected, atol=1e-6)
