@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from probebench.datasets import list_specs, load_manifest
@@ -218,3 +219,17 @@ def test_image_modes_become_rgb(tmp_path, mode, ext):
     assert out.mode == "RGB" and out.size == (8, 8)
     if mode == "I;16":  # 16-bit scaled by full range: 63000 -> 245
         assert np.asarray(out)[7, 7, 0] == round(63000 / 257)
+
+
+def test_grayscale_fast_path_gives_the_same_tensor_as_rgb(tmp_path):
+    from probebench.images import load_image, make_transform
+    from probebench.registry import Preprocessing
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "x.jpg"
+    Image.fromarray((rng.random((90, 120)) * 255).astype(np.uint8), mode="L").save(path)
+    for interpolation in ("bilinear", "bicubic"):
+        tf = make_transform(Preprocessing(resize=64, crop=56, interpolation=interpolation))
+        gray = load_image(path)
+        assert gray.mode == "L"
+        assert torch.equal(tf(gray), tf(gray.convert("RGB")))
