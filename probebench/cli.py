@@ -96,6 +96,8 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Pa
         standardize: bool = typer.Option(False, "--standardize", help="Standardise features (train mean/sd)."),
         class_weight: Optional[str] = typer.Option(None, help="'balanced' for imbalanced classes."),
         select_metric: str = typer.Option("val_accuracy", help="val_accuracy or val_loss."),
+        optimizer: str = typer.Option("adam", help="linear/mlp: adam, adamw or sgd."),
+        patience: Optional[int] = typer.Option(None, help="linear/mlp: stop after N epochs without improvement."),
         seed: int = SeedOpt,
         seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3.")):
     """Train a head on cached features (frozen backbone) and write a run directory."""
@@ -107,7 +109,7 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Pa
                draft=draft, head=head, grid=grid,
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
-               select_metric=select_metric, seed=seed, seeds=seed_list)
+               select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seed_list)
     out.print(f"run written to {path}")
 
 

@@ -65,8 +65,8 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
         draft: bool = False, head: str = "linear", grid: bool = False,
         epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
         normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
-        select_metric: str = "val_accuracy", seed: int = 0, seeds: list[int] | None = None,
-        progress: bool = True) -> Path:
+        select_metric: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, seed: int = 0,
+        seeds: list[int] | None = None, progress: bool = True) -> Path:
     """Fit a head on the cache that ``extract`` made with the same options; returns the (first) run folder.
 
     ``seeds`` repeats the fit once per seed; the runs share a ``seed_group`` so that ``report`` can show
@@ -85,7 +85,7 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
     n_classes = len(feats.attrs["classes"])
     seed_list = list(seeds) if seeds else [seed]
     options = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
-                   class_weight=class_weight, select=select_metric)
+                   class_weight=class_weight, select=select_metric, optimizer=optimizer, patience=patience)
     attrs = feats.attrs
     base = {
         "mode": "frozen", "path": "cache", "dataset": attrs["dataset"], "model": model, "classes": attrs["classes"],

@@ -49,14 +49,17 @@ class LinearHead:
     name = "linear"
 
     def __init__(self, epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0,
-                 seed: int = 0, class_weight: str | None = None, select: str = "val_accuracy"):
+                 seed: int = 0, class_weight: str | None = None, select: str = "val_accuracy",
+                 optimizer: str = "adam", patience: int | None = None):
         self.epochs, self.lr, self.batch_size, self.weight_decay = epochs, lr, batch_size, weight_decay
         self.seed, self.class_weight, self.select = seed, class_weight, select
+        self.optimizer, self.patience = optimizer, patience
 
     def params(self) -> dict:
         return {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
-                "weight_decay": self.weight_decay, "seed": self.seed, "optimizer": "adam", "loss": "cross_entropy",
-                "select": self.select, "class_weight": self.class_weight}
+                "weight_decay": self.weight_decay, "seed": self.seed, "optimizer": self.optimizer,
+                "patience": self.patience, "loss": "cross_entropy", "select": self.select,
+                "class_weight": self.class_weight}
 
     def describe(self) -> str:
         return self.name
@@ -69,8 +72,8 @@ class LinearHead:
         self.model_ = seeded_init(lambda: self.build(x.shape[1], n_classes), self.seed)
         self.model_, state = train_classifier(
             self.model_, x, y, x_val, y_val, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-            weight_decay=self.weight_decay, seed=self.seed, select=self.select, class_weight=weight,
-            on_epoch=on_epoch)
+            weight_decay=self.weight_decay, optimizer=self.optimizer, seed=self.seed, select=self.select,
+            patience=self.patience, class_weight=weight, on_epoch=on_epoch)
         self.history_, self.best_epoch_, self.selection_ = state.history, state.best_epoch, None
         return self
 
@@ -250,9 +253,11 @@ class GridHead:
 
     def __init__(self, kind: str = "linear", lrs=DEFAULT_LRS, wds=DEFAULT_WDS, epochs: int = 100,
                  batch_size: int = 32, seed: int = 0, hidden: int = 256, class_weight: str | None = None,
-                 select: str = "val_accuracy", **_):
+                 select: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, **_):
         if kind not in ("linear", "mlp"):
             raise ProbebenchError(f"--grid works with the linear and mlp heads, not {kind!r}")
+        if optimizer != "adam" or patience is not None:
+            raise ProbebenchError("--grid trains with Adam for the full epochs; it takes no optimizer or patience")
         self.kind, self.lrs, self.wds, self.epochs, self.batch_size = kind, tuple(lrs), tuple(wds), epochs, batch_size
         self.seed, self.hidden, self.class_weight, self.select = seed, hidden, class_weight, select
         self.name = f"{kind}-grid"

@@ -311,10 +311,11 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                     runs = fit(c.model, c.dataset, data_root=data_root, cache_dir=study.cache_dir,
                                runs_dir=study.runs_dir, weights=study.weights, head=c.head, grid=study.grid,
                                epochs=t.get("epochs", 100), lr=t.get("lr", 1e-4), batch_size=t.get("batch_size", 32),
-                               weight_decay=t.get("weight_decay", 0.0), select_metric=t.get("select_metric",
-                                                                                              "val_accuracy"),
+                               weight_decay=t.get("weight_decay", 0.0),
+                               select_metric=t.get("select_metric", "val_accuracy"),
+                               optimizer=t.get("optimizer", "adam"), patience=t.get("patience"),
                                seeds=study.seeds if len(study.seeds) > 1 else None, seed=study.seeds[0],
-                               progress=progress, **{k: v for k, v in _extract_options(study).items()})
+                               progress=progress, **_extract_options(study))
                     runs = [str(runs)]
                 else:
                     u = {**t, **study.unfrozen}
