@@ -199,7 +199,7 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     if out_dir is not None:
         from probebench.publish import write_report
 
-        write_report(runs_dir, out_dir, opts=opts)
+        write_report(runs_dir, out_dir, opts=opts, rows=rows, comps=comps)
         out.print(f"report files written to {out_dir}/ (tables.md, tables.tex, results.csv, figures/, report.html)")
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -177,7 +178,7 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir: str | Path |
     rows.sort(key=lambda r: r[0])
     ids = [r[0] for r in rows]
     if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        dup = sorted(i for i, k in Counter(ids).items() if k > 1)[:5]
         raise ProbebenchError(f"dataset {spec.name!r}: duplicate sample ids {dup}")
     manifest = Manifest(
         dataset=spec.name, classes=spec.classes, root=root,

@@ -37,12 +37,11 @@ def resize_pos_embed_meta(pos_embed: torch.Tensor, grid: tuple[int, int], offset
 
 class DinoV2(nn.Module):
     """A DINOv2 trunk for square inputs of ``img_size`` px; ``features(x, tap)`` gives CLS-based features.
-
-    ``pretrain_img_size`` documents the checkpoints' 518-px grid; the resize reads the grid off the weights.
+    Meta's checkpoints carry a 518-px (37 x 37) positional embedding; the resize reads that grid off the weights.
     """
 
     def __init__(self, img_size: int = 224, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
-                 patch_size: int = 14, pretrain_img_size: int = 518, mlp_ratio: float = 4.0,
+                 patch_size: int = 14, mlp_ratio: float = 4.0,
                  ffn: str = "mlp", init_values: float = 1.0):
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer

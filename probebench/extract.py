@@ -23,8 +23,8 @@ from probebench import cache as fcache
 from probebench.datasets import Manifest, load_manifest
 from probebench.errors import ProbebenchError
 from probebench.images import ImageDataset, bad_image_error, make_transform
-from probebench.registry import (ModelConfig, Preprocessing, create_model, get_config, random_seed,
-                                 random_weights_info)
+from probebench.registry import (ModelConfig, Preprocessing, checkpoint_info, create_model, get_config,
+                                 random_seed, random_weights_info)
 from probebench.progress import make_progress
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -40,7 +40,7 @@ class FeatureJob:
     request: fcache.FeatureRequest
     weights_arg: str  # what to pass to create_model: "random" or a checkpoint path
 
-    def cache_path(self, cache_dir: str | Path) -> Path:
+    def cache_path(self, cache_dir: str | Path) -> Path | str:
         return self.request.path(cache_dir)
 
 
@@ -68,13 +68,12 @@ def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "aut
     if channels_last is None:  # it helps the CNNs, on CPUs too; part of the key either way
         channels_last = config.family == "torchvision"
     manifest = load_manifest(dataset, data_root)
-    if random_seed(weights) is not None:
-        winfo = random_weights_info(random_seed(weights))
-        weights_arg = weights
+    seed = random_seed(weights)
+    if seed is not None:
+        winfo, weights_arg = random_weights_info(seed), weights
     else:
         path = wts.resolve_weights(config, weights)
-        winfo = {"source": str(path), "sha256": wts.sha256_file(path), "label": config.weights_label}
-        weights_arg = str(path)
+        winfo, weights_arg = checkpoint_info(config, path), str(path)
     request = fcache.FeatureRequest(
         dataset=manifest.dataset, model=model, tap=tap, weights=winfo, preprocessing=pre.as_dict(),
         precision=precision, store_dtype=store_dtype, manifest_hash=manifest.hash(), channels_last=channels_last)

@@ -30,7 +30,7 @@ from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.metrics import point_metrics
 from probebench.progress import make_progress
 from probebench.registry import FeatureExtractor, create_model, path_name
-from probebench.runs import config_hash, find_runs, write_run
+from probebench.runs import config_hash, write_run
 from probebench.training import (SELECT_METRICS, LoopState, epoch_batches, make_optimizer, seeded_init, train_loop,
                                  val_metrics)
 
@@ -133,7 +133,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         "patience": patience, "accumulate": accumulate, "precision": prec, "seed": seed}
     base = Path(runs_dir) / path_name(manifest.dataset) / path_name(model) / mode
     digest = config_hash(numbers)
-    done = [p for p in find_runs(runs_dir) if p.parent == base and p.name.endswith(digest)]
+    done = sorted(p.parent for p in base.glob(f"*-{digest}/config.json"))
     if done and not force:
         if existing == "reuse":  # the study runner: an identical complete run counts as done
             return done[-1]

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from probebench.bootstrap import BootstrapConfig
-from probebench.cache import store_exists
+from probebench.cache import open_group, store_exists
 from probebench.metrics import LABELS, STUDY_METRICS
 from probebench.registry import path_name
-from probebench.report import ReportOptions, ReportRow, collect_rows, comparisons, footnotes, render
+from probebench.report import ReportOptions, ReportRow, collect_rows, comparisons, evaluate_run, footnotes, render
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
@@ -171,9 +171,7 @@ def _cost(row: ReportRow) -> dict:
            "peak_memory_gib": m.get("peak_memory_gib"), "device": c.get("extract_device") or c.get("device")}
     store = c.get("cache_path")
     if store and store_exists(store):
-        import zarr
-
-        attrs = zarr.open_group(store, mode="r").attrs
+        attrs = open_group(store, mode="r").attrs
         if attrs.get("extract_seconds"):
             out["extract_img_s"] = round(attrs["n_samples"] / attrs["extract_seconds"], 2)
     return out
@@ -198,8 +196,13 @@ text-align:left}th{border-bottom:2px solid #444}tr.random td{color:#c00}.note{co
 img{max-width:100%;margin:0.5em}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:0.8em}"""
 
 
-def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: ReportOptions | None = None) -> Path:
-    """Write tables.md, tables.tex, results.csv, figures/ and report.html under ``out``; returns ``out``."""
+def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: ReportOptions | None = None,
+                 rows: list[ReportRow] | None = None, comps: list | None = None) -> Path:
+    """Write tables.md, tables.tex, results.csv, figures/ and report.html under ``out``; returns ``out``.
+
+    ``rows`` / ``comps``: already evaluated rows and comparisons (``report --out`` passes its own, so
+    nothing is bootstrapped twice).
+    """
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     if opts is None:
@@ -207,10 +210,10 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
         opts = ReportOptions(BootstrapConfig(n_resamples=r.get("resamples", 1000), method=r.get("method", "percentile"),
                                              unit=r.get("unit", "auto")), level=r.get("level", "sample"),
                              aggregate=r.get("aggregate", "mean"), metrics=tuple(r.get("metrics", STUDY_METRICS)))
-    rows = collect_rows(runs_dir, opts=opts)
+    rows = rows if rows is not None else collect_rows(runs_dir, opts=opts)
     if not rows:
         raise FileNotFoundError(f"no runs under {runs_dir}")
-    comps = comparisons(rows, opts)
+    comps = comps if comps is not None else comparisons(rows, opts)
     md = ["# probebench results", "", render(rows, "md", opts, comps), "## Data distribution (Tables I/II)", "",
           markdown_distribution(rows)]
     (out / "tables.md").write_text("\n".join(md))
@@ -219,8 +222,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
     grouped = [r for r in rows if len(np.unique(r.run.groups)) < len(r.run.groups)]
     csv_text = render(rows, "csv", opts)
     if grouped:
-        patient_rows = [row for row in collect_rows(runs_dir, opts=patient_opts)
-                        if len(np.unique(row.run.groups)) < len(row.run.groups)]
+        patient_rows = [evaluate_run(r.run, patient_opts, r.repeats) for r in grouped]
         csv_text += "".join(render(patient_rows, "csv", patient_opts).splitlines(keepends=True)[1:])
     (out / "results.csv").write_text(csv_text)
 

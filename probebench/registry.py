@@ -60,8 +60,8 @@ _DINO_PRE = Preprocessing(interpolation="bicubic")
 
 
 def _dinov2(name: str, size: str, dim: int, depth: int, heads: int, ffn: str = "mlp") -> ModelConfig:
-    arch = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": 14,
-            "pretrain_img_size": 518, "mlp_ratio": 4.0, "ffn": ffn, "init_values": 1.0}
+    arch = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": 14, "mlp_ratio": 4.0, "ffn": ffn,
+            "init_values": 1.0}
     return ModelConfig(
         name=name, family="dinov2", arch=arch,
         taps={"cls": dim, "cls_patchmean": 2 * dim, "cls4_patchmean": 5 * dim},
@@ -135,7 +135,9 @@ def timm_config(name: str) -> ModelConfig:
     pre = Preprocessing(resize=int(math.floor(crop / cfg.get("crop_pct", 0.875))), crop=crop,
                         interpolation=interp if interp in ("bilinear", "bicubic") else "bicubic",
                         mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
-    return ModelConfig(name=name, family="timm", arch={"name": arch, "hf_hub_id": cfg.get("hf_hub_id")},
+    return ModelConfig(name=name, family="timm", arch={"name": arch, "hf_hub_id": cfg.get("hf_hub_id"),
+                                                        "architecture": cfg.get("architecture"),
+                                                        "num_classes": cfg.get("num_classes")},
                        taps={"pre_logits": 0}, default_tap="pre_logits", weight_file="", url=cfg.get("url") or "",
                        weights_label=f"timm {cfg.get('tag') or cfg.get('hf_hub_id') or 'pretrained'}",
                        preprocessing=pre)
@@ -206,9 +208,9 @@ def build_backbone(config: ModelConfig, img_size: int) -> nn.Module:
         import timm
 
         arch = config.arch["name"]
-        if arch.startswith("hf-hub:"):  # the architecture named in the (cached) config.json, no hub calls
-            cfg = _hf_hub_timm_cfg(arch[len("hf-hub:"):])
-            return timm.create_model(cfg["architecture"], pretrained=False, num_classes=cfg.get("num_classes", 1000))
+        if arch.startswith("hf-hub:"):  # the architecture its config.json names (read by timm_config), no hub calls
+            return timm.create_model(config.arch["architecture"], pretrained=False,
+                                     num_classes=config.arch["num_classes"] or 1000)
         return timm.create_model(arch, pretrained=False)
     raise ProbebenchError(f"unknown model family {config.family!r}")
 
@@ -262,13 +264,20 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
             check_hf_snapshot(path, name, config.arch)
         state = wts.load_checkpoint(path)
         wts.load_into(backbone, config, state, path)
-        info = {"source": str(path), "sha256": wts.sha256_file(path), "label": config.weights_label}
+        info = checkpoint_info(config, path)
     backbone.eval()
     return FeatureExtractor(config, backbone, tap, info).eval()
 
 
 def random_weights_info(seed: int) -> dict:
     return {"source": "random", "sha256": "random", "seed": seed, "label": "random init"}
+
+
+def checkpoint_info(config: ModelConfig, path) -> dict:
+    """What the cache and the runs record about real weights: the file, its sha256 and what they are."""
+    from probebench.weights import sha256_file
+
+    return {"source": str(path), "sha256": sha256_file(path), "label": config.weights_label}
 
 
 @contextlib.contextmanager

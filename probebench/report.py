@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class ReportRow:
     skipped: list = field(default_factory=list)
     head_label: str = ""
     seeds: dict | None = None  # repeats: {"seeds": [...], "mean": {metric: x}, "sd": {metric: x}}
+    repeats: list | None = None  # the runs behind ``seeds``, first seed first
 
     @property
     def model_label(self) -> str:
@@ -81,34 +83,35 @@ def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None
     return ReportRow(dataset=c["dataset"], model=c["model"], freeze="Y" if c["mode"] == "frozen" else "N",
                      head=c["head"], random_weights=c["weights"]["sha256"] == "random", n_test=len(data.y_true),
                      values=values, unit=_unit_label(run, unit, opts.level), run=run, skipped=c.get("skipped", []),
-                     head_label=c.get("head_label", c["head"]), seeds=seeds)
+                     head_label=c.get("head_label", c["head"]), seeds=seeds, repeats=repeats)
 
 
 def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = None,
                  opts: ReportOptions = ReportOptions(), latest_only: bool = True) -> list[ReportRow]:
     """One row per run (the latest per dataset x model x mode x head unless ``latest_only`` is off)."""
-    runs = [read_run(p) for p in find_runs(runs_dir)]
+    configs = {p: json.loads((p / "config.json").read_text()) for p in find_runs(runs_dir)}  # predictions later
     if datasets:
-        runs = [r for r in runs if r.config["dataset"] in datasets]
-    by_group: dict[str, list[Run]] = {}
-    for r in runs:
-        if r.config.get("seed_group"):
-            by_group.setdefault(r.config["seed_group"], []).append(r)
+        configs = {p: c for p, c in configs.items() if c["dataset"] in datasets}
+    by_group: dict[str, list[Path]] = {}
+    for p, c in configs.items():
+        if c.get("seed_group"):
+            by_group.setdefault(c["seed_group"], []).append(p)
+    chosen = list(configs)
     if latest_only:
         latest = {}
-        for r in sorted(runs, key=lambda r: r.config["run_id"]):
-            latest[(r.config["dataset"], r.config["model"], r.config["mode"], r.config["head"])] = r
-        runs = list(latest.values())
+        for p in sorted(configs, key=lambda p: configs[p]["run_id"]):
+            c = configs[p]
+            latest[(c["dataset"], c["model"], c["mode"], c["head"])] = p
+        chosen = list(latest.values())
     rows = []
-    for r in sorted(runs, key=lambda r: (r.config["dataset"], r.config["model"], r.config["mode"], r.config["head"])):
+    for p in sorted(chosen, key=lambda p: tuple(configs[p][k] for k in ("dataset", "model", "mode", "head"))):
         repeats = None
-        if r.config.get("seed_group"):
+        if configs[p].get("seed_group"):
             siblings = {}
-            for s in sorted(by_group[r.config["seed_group"]], key=lambda s: s.config["run_id"]):
-                siblings[s.config["seed_position"]] = s  # the latest run for each seed
-            repeats = [siblings[k] for k in sorted(siblings)]
-            r = repeats[0]  # intervals come from the first seed
-        rows.append(evaluate_run(r, opts, repeats))
+            for s in sorted(by_group[configs[p]["seed_group"]], key=lambda s: configs[s]["run_id"]):
+                siblings[configs[s]["seed_position"]] = s  # the latest run for each seed
+            repeats = [read_run(siblings[k]) for k in sorted(siblings)]  # intervals from the first seed
+        rows.append(evaluate_run(repeats[0] if repeats else read_run(p), opts, repeats))
     return rows
 
 

@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probebench.cache import store_exists
+from probebench.cache import open_group, store_exists
 from probebench.errors import ProbebenchError
 
 MODES = ("frozen", "unfrozen")
@@ -229,11 +229,9 @@ def plan(study: Study, only: str | None = None) -> list[Cell]:
     return cells
 
 
-def _complete(store: Path) -> bool:
-    import zarr
-
+def _complete(store: Path | str) -> bool:
     try:
-        return bool(zarr.open_group(str(store), mode="r").attrs.get("complete"))
+        return bool(open_group(store, mode="r").attrs.get("complete"))
     except Exception:
         return False
 
