@@ -131,7 +131,9 @@ def create_store(path: Path | str, request: FeatureRequest, manifest, feature_di
         "classes": list(manifest.classes), "split_codes": SPLIT_CODES, "n_samples": n,
         "feature_dim": feature_dim, "chunk_size": chunk_size, "n_chunks": n_chunks,
         "complete_chunks": [], "complete": False, "skipped": [], "junk_files": len(manifest.junk),
-        "group_kind": manifest.group_kind,
+        "group_kind": manifest.group_kind, "group_scope": manifest.group_scope,
+        "shipped_overlap": manifest.shipped_overlap, "pixels": manifest.pixels.as_dict(),
+        "data_notes": list(manifest.notes),
         "versions": versions(), **extra_attrs,
     })
     return root

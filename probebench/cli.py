@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from probebench.errors import ProbebenchError
@@ -32,10 +33,20 @@ def friendly(fn):
     return wrapper
 
 
+def parse_floats(text: str | None, what: str):
+    """``"0.5,0.5,0.5"`` -> (0.5, 0.5, 0.5); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in str(text).replace(" ", "").split(",") if x)
+    except ValueError:
+        raise ProbebenchError(f"--{what} {text!r}: expected numbers separated by commas, e.g. 0.5,0.5,0.5") from None
+
+
 ModelOpt = typer.Option(..., "--model", "-m", help="Registry name: vgg16 resnet50 densenet121 dinov2_s/b/l/g.")
 DatasetOpt = typer.Option(..., "--dataset", "-d", help="Dataset spec name, or path to a spec .toml.")
-DataRootOpt = typer.Option(None, "--data-root", help="Folder holding one folder per dataset "
-                                                     "[default: $PROBEBENCH_DATA, else ./data].")
+DataRootOpt = typer.Option(None, "--data-root", help="Folder holding one folder per dataset; give it more than once "
+                           "to search several in order [default: $PROBEBENCH_DATA (a :-separated list), else ./data].")
 CacheOpt = typer.Option("cache", "--cache-dir", help="Feature cache root: a folder, or an fsspec URL "
                                                      "(file://, s3://, ...) that zarr accepts.")
 WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hub cache, then download) or "
@@ -43,6 +54,9 @@ WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hu
 TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`); default per model.")
 ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px [default 256].")
 CropOpt = typer.Option(None, "--crop", help="Centre crop in px [default 224].")
+MeanOpt = typer.Option(None, "--mean", help="Normalisation mean, 3 comma-separated numbers (or 1 for all channels), "
+                       "replacing the model's own (ImageNet, or a snapshot's preprocessor_config.json); cache key.")
+StdOpt = typer.Option(None, "--std", help="Normalisation std, like --mean; part of the cache key.")
 PrecisionOpt = typer.Option("fp32", "--precision", help="Forward precision: fp32, bf16, fp16 (autocast).")
 StoreOpt = typer.Option("float32", "--store-dtype", help="Cache dtype: float32 or float16.")
 ChannelsLastOpt = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last memory format "
@@ -54,9 +68,10 @@ SeedOpt = typer.Option(0, "--seed", help="Seed for shuffling and head initialisa
 
 @app.command()
 @friendly
-def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Path] = DataRootOpt,
+def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
             cache_dir: str = CacheOpt, weights: str = WeightsOpt, tap: Optional[str] = TapOpt,
-            resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, precision: str = PrecisionOpt,
+            resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
+            std: Optional[str] = StdOpt, precision: str = PrecisionOpt,
             channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
             store_dtype: str = StoreOpt, device: str = typer.Option("auto", help="auto (cuda > mps > cpu), or a "
                                                                               "torch device such as cuda:1."),
@@ -71,7 +86,8 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
 
     t0 = time.perf_counter()
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap, resize=resize,
-               crop=crop, precision=precision, channels_last=channels_last, draft=draft, store_dtype=store_dtype,
+               crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), precision=precision,
+               channels_last=channels_last, draft=draft, store_dtype=store_dtype,
                device=device, batch_size=batch_size, chunk_size=chunk_size, workers=workers, force=force,
                skip_bad=skip_bad)
     out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
@@ -79,10 +95,11 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
 
 @app.command()
 @friendly
-def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Path] = DataRootOpt,
+def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
         cache_dir: str = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
         weights: str = WeightsOpt, tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt,
-        crop: Optional[int] = CropOpt, precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
+        crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
+        precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
         channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
         head: str = typer.Option("linear", help="linear (the study's), mlp, logreg or knn."),
         grid: bool = typer.Option(False, "--grid", help="linear/mlp: train heads over lr x weight decay "
@@ -105,8 +122,9 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Pa
 
     seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
-               resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
-               draft=draft, head=head, grid=grid,
+               resize=resize, crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"),
+               precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft, head=head,
+               grid=grid,
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
                select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seed_list)
@@ -115,9 +133,10 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Pa
 
 @app.command()
 @friendly
-def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[Path] = DataRootOpt,
+def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
              runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"), weights: str = WeightsOpt,
              tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
+             mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
              epochs: int = typer.Option(100, help="Training epochs."),
              lr: float = typer.Option(1e-4, help="Learning rate."),
              batch_size: int = typer.Option(32, help="Effective batch size (per optimiser step)."),
@@ -144,7 +163,8 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
     from probebench.finetune import finetune as run
 
     path = run(model, dataset, data_root=data_root, runs_dir=runs_dir, weights=weights, tap=tap, resize=resize,
-               crop=crop, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
+               crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), epochs=epochs, lr=lr,
+               batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
                accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
                workers=workers, seed=seed, resume=resume, force=force)
@@ -241,15 +261,17 @@ def demo(out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where 
 def export(model: str = ModelOpt, dataset: str = DatasetOpt,
            out_file: Path = typer.Option(..., "--out", help="File to write (.h5, .npz or .pt)."),
            fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt [default: from --out]."),
-           data_root: Optional[Path] = DataRootOpt, cache_dir: str = CacheOpt, weights: str = WeightsOpt,
+           data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt, weights: str = WeightsOpt,
            tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
+           mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
            precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
            channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt):
     """Write cached features with labels, ids, groups and splits to HDF5, NumPy or PyTorch."""
     from probebench.export import export_features
 
     path = export_features(model, dataset, out_file, fmt=fmt, data_root=data_root, cache_dir=cache_dir,
-                           weights=weights, tap=tap, resize=resize, crop=crop, precision=precision,
+                           weights=weights, tap=tap, resize=resize, crop=crop, mean=parse_floats(mean, "mean"),
+                           std=parse_floats(std, "std"), precision=precision,
                            store_dtype=store_dtype, channels_last=channels_last, draft=draft)
     out.print(f"features exported to {path}")
 
@@ -312,7 +334,7 @@ def prepare_mri(cohort: Path = typer.Option(..., "--cohort", help="Folder with o
                 workers: Optional[int] = typer.Option(None, help="Parallel processes [default: CPUs, max 8]."),
                 strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable volume instead "
                                             "of skipping and reporting it."),
-                data_root: Optional[Path] = DataRootOpt):
+                data_root: Optional[list[Path]] = DataRootOpt):
     """NIfTI cohort + grades -> slice datasets t1 / t2 / flair with patient-level splits."""
     from probebench.datasets import data_root as resolve_root
     from probebench.mri import prepare_mri as run
@@ -328,54 +350,89 @@ def prepare_mri(cohort: Path = typer.Option(..., "--cohort", help="Folder with o
 
 
 @app.command()
-def models():
-    """The model registry: feature taps, dimensions, weights and where they are looked for."""
+@friendly
+def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show the preprocessing this model gets "
+                                               "with --weights (and --mean/--std, --resize/--crop)."),
+           weights: str = typer.Option("auto", "--weights", help="With --model: a checkpoint or a Hugging Face "
+                                       "snapshot folder, whose preprocessor_config.json is then used."),
+           resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
+           std: Optional[str] = StdOpt):
+    """The model registry: feature taps, dimensions, weights, where they are looked for, and preprocessing."""
     from probebench.registry import REGISTRY
     from probebench.weights import hub_checkpoint_dir
 
+    if model is not None:
+        from probebench.extract import model_preprocessing
+        from probebench.registry import get_config, random_seed
+
+        config = get_config(model)
+        path = None
+        if random_seed(weights) is None and weights not in ("auto", "pretrained", ""):
+            path = Path(weights)
+            if not path.exists():
+                raise ProbebenchError(f"weights not found: {path}")
+        pre = model_preprocessing(config, path, resize, crop, parse_floats(mean, "mean"), parse_floats(std, "std"))
+        out.print(f"{model}: {escape(pre.describe())}", highlight=False)
+        return
     hub = hub_checkpoint_dir()
     table = Table(title=f"models (weights looked for in {hub})")
     for col in ("name", "taps (dim)", "weights", "file", "present", "preprocessing"):
         table.add_column(col)
     for c in REGISTRY.values():
         taps = ", ".join(f"{t}{'*' if t == c.default_tap else ''} ({d})" for t, d in c.taps.items())
-        p = c.preprocessing
         table.add_row(c.name, taps, c.weights_label, c.weight_file, "yes" if (hub / c.weight_file).is_file() else "no",
-                      f"{p.resize}/{p.crop} {p.interpolation}")
+                      escape(c.preprocessing.describe()))
     out.print(table)
     out.print("* default tap. Any timm model works too: --model timm:<name>[.<tag>] (e.g. "
               "timm:convnext_tiny.fb_in1k) or timm:hf-hub:<org>/<repo>; its pre-logits features are the tap and "
               "its pretrained config gives the preprocessing. DINOv2 models also read a Hugging Face snapshot "
-              "folder (config.json + model.safetensors) given as --weights DIR.")
+              "folder (config.json + model.safetensors) given as --weights DIR, with the preprocessing of its "
+              "preprocessor_config.json. --mean/--std override any model's normalisation; "
+              "`probebench models --model NAME --weights W` shows what a model will get.", highlight=False)
 
 
 @app.command()
 @friendly
-def datasets(data_root: Optional[Path] = DataRootOpt,
-             check: bool = typer.Option(False, "--check", help="Resolve present datasets and show split counts.")):
-    """Dataset specs that are registered, and whether their data is present under the data root."""
-    from probebench.datasets import data_root as resolve_root
-    from probebench.datasets import list_specs, load_manifest, load_spec
+def datasets(data_root: Optional[list[Path]] = DataRootOpt,
+             check: bool = typer.Option(False, "--check", help="Resolve present datasets: split counts, the data "
+                                        "root each was found in, ids shared across shipped splits, notes.")):
+    """Dataset specs that are registered, and whether their data is present under the data roots."""
+    from probebench.datasets import data_roots, find_dataset_root, list_specs, load_manifest, load_spec
 
-    root = resolve_root(data_root)
-    table = Table(title=f"datasets (data root {root})")
+    roots = data_roots(data_root)
+    table = Table(title=f"datasets (data roots: {', '.join(str(r) for r in roots)})")
     for col in ("name", "kind", "folder", "present", "classes", "description") + (("train/val/test",) if check else ()):
         table.add_column(col)
+    details = []
     for name, path in list_specs().items():
         spec = load_spec(path)
-        present = (root / spec.root).is_dir()
-        row = [name, spec.kind, spec.root, "yes" if present else "no", ", ".join(spec.classes), spec.description]
+        base = find_dataset_root(spec, data_root)
+        present = f"yes ({base})" if base is not None and len(roots) > 1 else "yes" if base is not None else "no"
+        row = [name, spec.kind, spec.root, present, ", ".join(spec.classes), spec.description]
         if check:
-            if present:
+            if base is not None:
                 try:
-                    c = load_manifest(spec, data_root).counts()
+                    m = load_manifest(spec, data_root, quiet=True)
+                    c = m.counts()
                     row.append("/".join(str(sum(c[s])) for s in ("train", "val", "test")))
+                    details.append((name, m))
                 except ProbebenchError as exc:
-                    row.append(f"[red]{exc}[/]")
+                    row.append(f"[red]{escape(str(exc))}[/]")
             else:
                 row.append("")
         table.add_row(*row)
     out.print(table)
+    for name, m in details:
+        lines = [f"found in {m.data_root}", f"{len(m)} images, {len(set(m.groups.tolist()))} {m.group_kind}s"
+                 + (f", {len(m.junk)} clutter file(s) skipped" if m.junk else "")]
+        if m.shipped_overlap:
+            o = m.shipped_overlap
+            what = ("ids numbered per shipped split, treated as different groups" if o["scope"] == "split"
+                    else "shared by the release's own splits, kept as shipped")
+            lines.append(f"{o['count']} {m.group_kind} id(s) in more than one shipped split ({what}): "
+                         + ", ".join(o["examples"][:3]))
+        lines += [f"note: {n}" for n in m.notes if "shipped split" not in n]
+        out.print(f"[bold]{name}[/]: " + "\n  ".join(escape(x) for x in lines), highlight=False)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 """Dataset specs (TOML) -> one manifest: sample id, path, label, group, split; its hash is the version.
 
-Kinds: ``folder`` (one subfolder per class, optionally under split folders) and ``csv`` (one or more
-tables naming images, labels as a column or one-hot columns, groups, splits). Release clutter is
-skipped and counted; anything else unexpected is an error naming the file.
+Kinds: ``folder`` (one subfolder per class, optionally under split folders), ``csv`` (one or more
+tables naming images, labels as a column or one-hot columns, groups, splits) and ``hdf5``. Release
+clutter is skipped and counted; anything else unexpected is an error naming the file.
+
+Groups (patients, lesions) decide which samples may never be split apart. Their ids are either
+global (``group_scope = "global"``: one id is one patient everywhere) or numbered afresh inside each
+split the release ships (``group_scope = "split"``, as Kaggle's chest X-ray release does), in which
+case ids are compared only within their shipped split and repeats across shipped splits are reported.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,14 +28,19 @@ import numpy as np
 
 from probebench.errors import ProbebenchError
 from probebench.images import is_junk
-from probebench.splits import SPLITS, check_disjoint, stratified_group_holdout
+from probebench.pixels import PixelRules
+from probebench.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
-SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "folder", "csv", "split", "mri", "hdf5"}
+SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "group_scope", "shipped_overlap", "folder",
+             "csv", "split", "mri", "hdf5", "pixels"}
+GROUP_SCOPES = ("global", "split")
+SHIPPED_OVERLAP = ("error", "report")
 KINDS = ("folder", "csv", "hdf5")
 SOURCE_KEYS = {"file", "image_dirs", "id_column", "path_column", "label_column", "onehot_columns", "group_column",
-               "split", "split_column"}
+               "split", "split_column", "group_table"}
+GROUP_TABLE_KEYS = {"file", "id_column", "group_column"}
 TABLE_KEYS = {"folder": {"split_dirs", "group_regex"},
               "split": {"seed", "val_fraction", "test_fraction", "test_count"},
               "csv": SOURCE_KEYS | {"sources", "label_map"},
@@ -48,6 +59,9 @@ class DatasetSpec:
     source: Path
     description: str = ""
     group: str = "group"  # what a group is, for reports: patient, lesion, image ...
+    group_scope: str = "global"  # "split": group ids are numbered afresh inside each shipped split
+    shipped_overlap: str = "error"  # a global group id in two shipped splits: "error", or "report" it
+    pixels: PixelRules = field(default_factory=PixelRules)
     folder: dict = field(default_factory=dict)
     csv: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
@@ -71,13 +85,19 @@ class Manifest:
     junk: list[str] = field(default_factory=list)
     group_kind: str = "group"  # what a group is: patient, lesion, image ...
     source: dict = field(default_factory=dict)  # kind-specific facts that change the pixels (HDF5 checksum, rule)
+    pixels: PixelRules = field(default_factory=PixelRules)  # how deep / DICOM pixels become 8 bits
+    data_root: Path | None = None  # the data root the dataset was found in
+    group_scope: str = "global"
+    shipped_overlap: dict = field(default_factory=dict)  # ids found in more than one shipped split
+    notes: list[str] = field(default_factory=list)  # facts a user should hear once (missing optional files ...)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def hash(self) -> str:
-        """sha256 over classes and every sample's id, label, group, split and file size."""
-        digest = hashlib.sha256(json.dumps([self.classes, self.source], sort_keys=True).encode())
+        """sha256 over classes, pixel rules and every sample's id, label, group, split and file size."""
+        digest = hashlib.sha256(json.dumps([self.classes, self.source, self.pixels.as_dict()],
+                                           sort_keys=True).encode())
         for row in zip(self.sample_ids.tolist(), self.labels.tolist(), self.groups.tolist(),
                        self.splits.tolist(), self.sizes.tolist()):
             digest.update(json.dumps(row).encode())
@@ -131,13 +151,20 @@ def load_spec(name_or_path: str | Path) -> DatasetSpec:
     unknown = set(raw) - SPEC_KEYS
     if unknown:
         raise ProbebenchError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+    sources = raw.get("csv", {}).get("sources", [])
     tables = [(t, raw.get(t, {})) for t in TABLE_KEYS] + [
-        (f"csv.sources[{i}]", src) for i, src in enumerate(raw.get("csv", {}).get("sources", []))]
+        (f"csv.sources[{i}]", src) for i, src in enumerate(sources)] + [
+        (f"{name}.group_table", src["group_table"]) for name, src in
+        [("csv", raw.get("csv", {}))] + [(f"csv.sources[{i}]", s) for i, s in enumerate(sources)]
+        if isinstance(src.get("group_table"), dict)]
     for table, content in tables:
-        allowed = TABLE_KEYS.get(table, SOURCE_KEYS)
+        allowed = GROUP_TABLE_KEYS if table.endswith("group_table") else TABLE_KEYS.get(table, SOURCE_KEYS)
         if set(content) - allowed:
             raise ProbebenchError(f"{path}: unknown keys {sorted(set(content) - allowed)} in [{table}]; "
                                   f"allowed: {sorted(allowed)}")
+    for key, allowed in (("group_scope", GROUP_SCOPES), ("shipped_overlap", SHIPPED_OVERLAP)):
+        if raw.get(key, allowed[0]) not in allowed:
+            raise ProbebenchError(f"{path}: {key} = {raw[key]!r} is not one of: {', '.join(allowed)}")
     for key in ("kind", "classes"):
         if key not in raw:
             raise ProbebenchError(f"{path}: missing required key {key!r}")
@@ -146,53 +173,145 @@ def load_spec(name_or_path: str | Path) -> DatasetSpec:
     name = raw.get("name", path.stem)
     return DatasetSpec(name=name, kind=raw["kind"], root=raw.get("root", name), classes=list(raw["classes"]),
                        source=path, description=raw.get("description", ""), group=raw.get("group", "group"),
+                       group_scope=raw.get("group_scope", "global"),
+                       shipped_overlap=raw.get("shipped_overlap", "error"),
+                       pixels=PixelRules.from_spec(raw.get("pixels", {}), str(path)),
                        folder=raw.get("folder", {}), csv=raw.get("csv", {}), split=raw.get("split", {}),
                        mri=raw.get("mri", {}), hdf5=raw.get("hdf5", {}))
 
 
-def data_root(explicit: str | Path | None = None) -> Path:
-    """``--data-root``, else ``$PROBEBENCH_DATA``, else ``./data``."""
-    return Path(explicit or os.environ.get("PROBEBENCH_DATA") or "data")
+def data_roots(explicit=None) -> list[Path]:
+    """Where datasets are looked for, in order: every ``--data-root`` given, else ``$PROBEBENCH_DATA``
+    (a path list, ``:``-separated like ``$PATH``), else ``./data``."""
+    if explicit:
+        items = list(explicit) if isinstance(explicit, (list, tuple)) else [explicit]
+    elif os.environ.get("PROBEBENCH_DATA"):
+        items = [p for p in os.environ["PROBEBENCH_DATA"].split(os.pathsep) if p]
+    else:
+        items = ["data"]
+    return [Path(p) for p in items]
+
+
+def data_root(explicit=None) -> Path:
+    """The first data root (where ``prepare-mri`` and the demo write)."""
+    return data_roots(explicit)[0]
+
+
+def roots_origin(explicit=None) -> str:
+    if explicit:
+        return "--data-root"
+    return "$PROBEBENCH_DATA" if os.environ.get("PROBEBENCH_DATA") else "the default ./data"
+
+
+def find_dataset_root(spec: DatasetSpec, explicit=None) -> Path | None:
+    """The first data root that holds ``spec.root``, or None."""
+    for base in data_roots(explicit):
+        if (base / spec.root).is_dir():
+            return base
+    return None
+
+
+_SAID: set = set()
+
+
+def say_notes(manifest: "Manifest") -> None:
+    """Print each of a manifest's notes to stderr once per process (a study loads a dataset many times)."""
+    for note in manifest.notes:
+        if (manifest.dataset, note) not in _SAID:
+            _SAID.add((manifest.dataset, note))
+            sys.stderr.write(f"note: dataset {manifest.dataset!r}: {note}\n")
 
 
 # ---------------------------------------------------------------- resolving
 
-def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir: str | Path | None = None) -> Manifest:
-    """Resolve a dataset (name, spec path or spec) under the data root into its manifest, splits made."""
+def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quiet: bool = False) -> Manifest:
+    """Resolve a dataset (name, spec path or spec) under the data roots into its manifest, splits made.
+
+    ``data_root_dir``: one folder or a list (the first that holds the dataset wins). Notes (an optional
+    release file that is absent, ids repeated across shipped splits) go to stderr once unless ``quiet``.
+    """
     spec = dataset if isinstance(dataset, DatasetSpec) else load_spec(dataset)
-    root_base = data_root(data_root_dir)
-    root = root_base / spec.root
-    if not root.is_dir():
-        where = "--data-root" if data_root_dir else ("$PROBEBENCH_DATA" if os.environ.get("PROBEBENCH_DATA")
-                                                      else "the default ./data (set --data-root or $PROBEBENCH_DATA)")
-        raise ProbebenchError(f"data for dataset {spec.name!r} not found: {root} does not exist "
-                              f"(data root {root_base} from {where}; spec {spec.source})")
+    base = find_dataset_root(spec, data_root_dir)
+    if base is None:
+        tried = ", ".join(str(r / spec.root) for r in data_roots(data_root_dir))
+        raise ProbebenchError(f"data for dataset {spec.name!r} not found: no folder {spec.root!r} in any data root "
+                              f"(tried {tried}; roots from {roots_origin(data_root_dir)}; set --data-root, which may "
+                              f"be given more than once, or $PROBEBENCH_DATA; spec {spec.source})")
+    root = base / spec.root
     junk: list[str] = []
     source: dict = {}
+    notes: list[str] = []
     if spec.kind == "hdf5":
         rows, source = _hdf5_rows(spec, root)
     else:
-        rows = _folder_rows(spec, root, junk) if spec.kind == "folder" else _csv_rows(spec, root, junk)
+        rows = _folder_rows(spec, root, junk) if spec.kind == "folder" else _csv_rows(spec, root, junk, notes)
     if not rows:
         raise ProbebenchError(f"dataset {spec.name!r}: no images found under {root}")
     rows.sort(key=lambda r: r[0])
     ids = [r[0] for r in rows]
     if len(set(ids)) != len(ids):
-        dup = sorted(i for i, k in Counter(ids).items() if k > 1)[:5]
-        raise ProbebenchError(f"dataset {spec.name!r}: duplicate sample ids {dup}")
+        dup = sorted(i for i, k in Counter(ids).items() if k > 1)
+        paths = [f"{i}: {', '.join(r[1] for r in rows if r[0] == i)}" for i in dup[:3]]
+        raise ProbebenchError(f"dataset {spec.name!r}: {len(dup)} sample id(s) listed more than once: "
+                              + "; ".join(paths) + (" …" if len(dup) > 3 else ""))
+    shipped = np.array([r[4] or "" for r in rows], dtype=object)
+    groups = np.array([r[3] for r in rows], dtype=object)
+    overlap = _shipped_overlap(spec, groups, shipped, notes)
+    if spec.group_scope == "split":  # the same id in two shipped splits is two groups
+        groups = np.array([f"{s}/{g}" if s else g for g, s in zip(groups, shipped)], dtype=object)
     manifest = Manifest(
         dataset=spec.name, classes=spec.classes, root=root,
         sample_ids=np.array(ids, dtype=str), paths=[r[1] for r in rows],
-        labels=np.array([r[2] for r in rows], dtype=np.int64), groups=np.array([r[3] for r in rows], dtype=str),
-        splits=np.array([r[4] or "" for r in rows], dtype=object), sizes=np.array([r[5] for r in rows]),
-        junk=sorted(junk), group_kind=spec.group, source=source)
+        labels=np.array([r[2] for r in rows], dtype=np.int64), groups=groups.astype(str),
+        splits=shipped.copy(), sizes=np.array([r[5] for r in rows]),
+        junk=sorted(junk), group_kind=spec.group, source=source, pixels=spec.pixels, data_root=base,
+        group_scope=spec.group_scope, shipped_overlap=overlap, notes=notes)
     _assign_splits(manifest, spec)
     manifest.splits = manifest.splits.astype(str)
-    check_disjoint(manifest.groups, manifest.splits, where=f"dataset {spec.name!r}: ")
+    for origin in sorted(set(shipped.tolist())):  # the splits probebench carves never share a group
+        inside = shipped == origin
+        check_disjoint(manifest.groups[inside], manifest.splits[inside], where=f"dataset {spec.name!r}: ")
     for s in ("train", "val", "test"):
         if not (manifest.splits == s).any():
-            raise ProbebenchError(f"dataset {spec.name!r}: the {s} split is empty")
+            raise ProbebenchError(f"dataset {spec.name!r}: the {s} split is empty ({_split_hint(spec, s)}; "
+                                  f"spec {spec.source})")
+    if not quiet:
+        say_notes(manifest)
     return manifest
+
+
+def _shipped_overlap(spec: DatasetSpec, groups: np.ndarray, shipped: np.ndarray, notes: list[str]) -> dict:
+    """Group ids found in more than one shipped split: an error for global ids unless the spec says to report
+    them (a leak the release itself ships); expected, and reported, for split-scoped ids."""
+    shared = shared_groups(groups[shipped != ""], shipped[shipped != ""])
+    if not shared:
+        return {}
+    examples = [f"{g} ({'/'.join(s)})" for g, s in list(shared.items())[:5]]
+    info = {"scope": spec.group_scope, "count": len(shared), "examples": examples}
+    if spec.group_scope == "split":
+        notes.append(f"{len(shared)} {spec.group} id(s) repeat across the shipped splits, e.g. {', '.join(examples[:3])}; "
+                     f"the spec says ids are numbered per shipped split (group_scope = \"split\"), so they are "
+                     "treated as different groups")
+    elif spec.shipped_overlap == "report":
+        notes.append(f"{len(shared)} {spec.group}(s) appear in more than one shipped split, e.g. "
+                     f"{', '.join(examples[:3])}: the release's own split shares them (kept as shipped; "
+                     "shipped_overlap = \"report\")")
+    else:
+        raise ProbebenchError(
+            f"dataset {spec.name!r}: {len(shared)} {spec.group}(s) sit in more than one shipped split, which would "
+            f"leak between train and evaluation: {', '.join(examples)}{' …' if len(shared) > 5 else ''}. If the "
+            f"release numbers {spec.group}s afresh in each split, set group_scope = \"split\" in {spec.source}; "
+            "if the release really shares them, shipped_overlap = \"report\" keeps its split and reports them")
+    return info
+
+
+def _split_hint(spec: DatasetSpec, split: str) -> str:
+    if split == "val":
+        return f"split.val_fraction = {spec.split.get('val_fraction', 0.2)} of the training groups held none; " \
+               "a class needs at least 2 groups to give one to validation"
+    if split == "test":
+        return "no test folder or rows, and neither split.test_fraction nor split.test_count carved one"
+    return "every group went to validation or test"
 
 
 def _label_index(spec: DatasetSpec, raw: str, where: str) -> int:
@@ -253,61 +372,135 @@ def _csv_sources(spec: DatasetSpec) -> list[dict]:
     return spec.csv.get("sources") or [spec.csv]
 
 
-def _image_index(root: Path, dirs: list[str], junk: list[str]) -> dict[str, Path]:
-    """File stem -> image path over the source's image folders."""
+def _first_present(root: Path, names: str | list[str], is_dir: bool = False) -> Path:
+    """``root / name`` for the first of the alternative ``names`` that exists (releases differ in naming:
+    the ISIC site's ``ISIC2018_Task3_Test_Input`` is Dataverse's ``ISIC2018_Task3_Test_Images``); the first
+    name when none does, so that errors name the expected one."""
+    options = [names] if isinstance(names, str) else list(names)
+    for name in options:
+        if ((root / name).is_dir() if is_dir else (root / name).is_file()):
+            return root / name
+    return root / options[0]
+
+
+def _describe(root: Path, names: str | list[str]) -> str:
+    options = [names] if isinstance(names, str) else list(names)
+    return str(root / options[0]) + (f" (or {', '.join(options[1:])})" if len(options) > 1 else "")
+
+
+def _image_index(root: Path, dirs: list, junk: list[str]) -> dict[str, Path]:
+    """File stem -> image path over the source's image folders; a stem found twice is an error naming both."""
     index: dict[str, Path] = {}
     for d in dirs:
-        base = root / d
+        base = _first_present(root, d, is_dir=True)
         if not base.is_dir():
-            raise ProbebenchError(f"image folder {base} is missing")
+            raise ProbebenchError(f"image folder {_describe(root, d)} is missing")
         for p in sorted(base.rglob("*")):
             if p.is_file():
                 if is_junk(p.relative_to(root)):
                     junk.append(str(p))
+                elif p.stem in index:
+                    raise ProbebenchError(f"image id {p.stem!r} is found twice: {index[p.stem]} and {p}; the table "
+                                          "names images by id, so only one file may carry it (remove the copy)")
                 else:
                     index[p.stem] = p
     return index
 
 
-def _csv_rows(spec: DatasetSpec, root: Path, junk: list[str]) -> list[tuple]:
+def _read_table(table: Path, needed: dict[str, str], spec: DatasetSpec) -> list[dict]:
+    """Rows of a CSV (a UTF-8 byte-order mark, as Excel writes, is fine); ``needed`` maps each column the spec
+    names to the spec key that names it, so a missing column is reported with both."""
+    try:
+        with table.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            found = [c for c in (reader.fieldnames or [])]
+            missing = [c for c in needed if c not in found]
+            if missing:
+                keys = ", ".join(f"{c!r} ({needed[c]})" for c in missing)
+                raise ProbebenchError(f"{table}: missing column(s) {keys} named by spec {spec.source}; the file has "
+                                      f"columns {found}")
+            return list(reader)
+    except UnicodeDecodeError as exc:
+        raise ProbebenchError(f"{table}: not UTF-8 text ({exc}); save it as UTF-8 CSV") from exc
+
+
+def _group_table(src: dict, root: Path, spec: DatasetSpec, notes: list[str], images_of: str) -> dict[str, str] | None:
+    """Image id -> group id from a separate table (ISIC's lesion groupings), or None when the file is absent."""
+    g = src.get("group_table")
+    if not g:
+        return None
+    table = _first_present(root, g["file"])
+    if not table.is_file():
+        notes.append(f"{table.name} not found in {root}: each image of {images_of} is its own {spec.group}, "
+                     f"so a {spec.group} shared with another split cannot be detected (put the file there to use it)")
+        return None
+    id_col, group_col = g.get("id_column", "image"), g.get("group_column", "lesion_id")
+    rows = _read_table(table, {id_col: "group_table.id_column", group_col: "group_table.group_column"}, spec)
+    return {r[id_col]: r[group_col].strip() for r in rows if r[group_col] and r[group_col].strip()}
+
+
+def _csv_rows(spec: DatasetSpec, root: Path, junk: list[str], notes: list[str]) -> list[tuple]:
     """Rows of one or more CSV tables: path or image id, label or one-hot columns, group, split."""
     rows = []
     for src in _csv_sources(spec):
-        table = root / src.get("file", "manifest.csv")
+        table = _first_present(root, src.get("file", "manifest.csv"))
         if not table.is_file():
-            raise ProbebenchError(f"dataset {spec.name!r}: table {table} is missing")
+            raise ProbebenchError(f"dataset {spec.name!r}: table {_describe(root, src.get('file', 'manifest.csv'))} "
+                                  "is missing")
         index = _image_index(root, src["image_dirs"], junk) if "image_dirs" in src else None
+        id_col = src.get("id_column", "image_id") if index is not None else src.get("path_column", "path")
+        needed = {id_col: "id_column" if index is not None else "path_column"}
+        if "onehot_columns" in src:
+            needed.update({c: "onehot_columns" for c in src["onehot_columns"]})
+        else:
+            needed[src.get("label_column", "label")] = "label_column"
+        if src.get("group_column"):
+            needed[src["group_column"]] = "group_column"
+        if "split_column" in src and not src.get("split"):
+            needed[src["split_column"]] = "split_column"
+        lesions = _group_table(src, root, spec, notes, table.name)
+        ungrouped = 0
         listed = set()
-        with table.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            for line, rec in enumerate(reader, start=2):
-                where = f"{table}, line {line}"
-                if index is not None:
-                    key = rec[src.get("id_column", "image_id")]
-                    if key not in index:
-                        raise ProbebenchError(f"{where}: no image named {key!r} in {src['image_dirs']}")
-                    path = index[key]
-                    listed.add(key)
-                else:
-                    path = root / rec[src.get("path_column", "path")]
-                    if not path.is_file():
-                        raise ProbebenchError(f"{where}: image {path} does not exist")
-                if "onehot_columns" in src:
+        for line, rec in enumerate(_read_table(table, needed, spec), start=2):
+            where = f"{table}, line {line}"
+            if index is not None:
+                key = rec[id_col]
+                if key not in index:
+                    raise ProbebenchError(f"{where}: no image named {key!r} in {src['image_dirs']}")
+                path = index[key]
+                listed.add(key)
+            else:
+                key = rec[id_col]
+                path = root / key
+                if not path.is_file():
+                    raise ProbebenchError(f"{where}: image {path} does not exist")
+            if "onehot_columns" in src:
+                try:
                     hot = [c for c in src["onehot_columns"] if float(rec[c] or 0) == 1.0]
-                    if len(hot) != 1:
-                        raise ProbebenchError(f"{where}: expected exactly one 1 among the one-hot columns "
-                                              f"{list(src['onehot_columns'])}, found {hot}")
-                    raw = src["onehot_columns"][hot[0]]
+                except ValueError as exc:
+                    raise ProbebenchError(f"{where}: one-hot columns must hold numbers ({exc})") from exc
+                if len(hot) != 1:
+                    raise ProbebenchError(f"{where}: expected exactly one 1 among the one-hot columns "
+                                          f"{list(src['onehot_columns'])}, found {hot}")
+                raw = src["onehot_columns"][hot[0]]
+            else:
+                raw = rec[src.get("label_column", "label")]
+            label = _label_index(spec, raw, where)
+            sid = path.relative_to(root).as_posix()
+            group = rec[src["group_column"]] if src.get("group_column") else sid
+            if lesions is not None:
+                if key in lesions:
+                    group = lesions[key]
                 else:
-                    raw = rec[src.get("label_column", "label")]
-                label = _label_index(spec, raw, where)
-                sid = path.relative_to(root).as_posix()
-                group = rec[src["group_column"]] if src.get("group_column") else sid
-                split = src.get("split") or (rec.get(src.get("split_column", "split")) or None)
-                if split is not None and split.lower() not in SPLIT_ALIASES:
-                    raise ProbebenchError(f"{where}: split {split!r} is not one of train, val, test")
-                rows.append((sid, str(path), label, group, SPLIT_ALIASES[split.lower()] if split else None,
-                             path.stat().st_size))
+                    ungrouped += 1
+            split = src.get("split") or (rec.get(src.get("split_column", "split")) or None)
+            if split is not None and split.lower() not in SPLIT_ALIASES:
+                raise ProbebenchError(f"{where}: split {split!r} is not one of train, val, test")
+            rows.append((sid, str(path), label, group, SPLIT_ALIASES[split.lower()] if split else None,
+                         path.stat().st_size))
+        if ungrouped:
+            notes.append(f"{ungrouped} image(s) of {table.name} have no {spec.group} in the group table; each is "
+                         f"its own {spec.group}")
         if index is not None:  # images the table does not label: skipped and counted, never guessed
             junk.extend(f"{index[k]} (no row in {table.name})" for k in sorted(set(index) - listed))
     return rows
@@ -388,11 +581,25 @@ def _assign_splits(m: Manifest, spec: DatasetSpec) -> None:
                                       f"or split.test_count in {spec.source}")
         else:
             idx = np.flatnonzero(pool)
-            held = stratified_group_holdout(m.labels[idx], m.groups[idx], fraction=spec.split.get("test_fraction"),
-                                            count=spec.split.get("test_count"), seed=seed)
+            key = "test_count" if "test_count" in spec.split else "test_fraction"
+            held = _holdout(m, spec, idx, key, fraction=spec.split.get("test_fraction"),
+                            count=spec.split.get("test_count"), seed=seed)
             m.splits[idx] = np.where(held, "test", "train")
     if not (m.splits == "val").any():
         idx = np.flatnonzero(m.splits == "train")
-        held = stratified_group_holdout(m.labels[idx], m.groups[idx],
-                                        fraction=float(spec.split.get("val_fraction", 0.2)), seed=seed + 1)
+        held = _holdout(m, spec, idx, "val_fraction", fraction=float(spec.split.get("val_fraction", 0.2)),
+                        seed=seed + 1)
         m.splits[idx[held]] = "val"
+
+
+def _holdout(m: Manifest, spec: DatasetSpec, idx: np.ndarray, key: str, **kwargs) -> np.ndarray:
+    """``stratified_group_holdout`` whose errors name the dataset, the spec key and the counts."""
+    try:
+        return stratified_group_holdout(m.labels[idx], m.groups[idx], **kwargs)
+    except ProbebenchError as exc:
+        per_class = np.bincount(m.labels[idx], minlength=len(m.classes)).tolist()
+        raise ProbebenchError(
+            f"dataset {spec.name!r} is too small for split.{key} = {spec.split.get(key)} in {spec.source}: {exc} "
+            f"({len(idx)} images in {len(set(m.groups[idx].tolist()))} {spec.group}s; images per class "
+            f"{dict(zip(m.classes, per_class))}); lower split.{key} or check that the data root holds the "
+            "whole release") from None

@@ -27,6 +27,7 @@ def export_features(model: str, dataset: str, out: str | Path, *, fmt: str | Non
     feats = read_features(complete_cache(model, dataset, **cache_options))
     meta = {k: feats.attrs[k] for k in ("dataset", "model", "tap", "weights", "preprocessing", "precision",
                                         "store_dtype", "manifest_hash", "key", "classes", "versions")}
+    meta.update({k: feats.attrs[k] for k in ("pixels", "group_scope", "shipped_overlap") if k in feats.attrs})
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "h5":
         import h5py

@@ -24,7 +24,7 @@ from probebench.datasets import Manifest, load_manifest
 from probebench.errors import ProbebenchError
 from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.registry import (ModelConfig, Preprocessing, checkpoint_info, create_model, get_config,
-                                 random_seed, random_weights_info)
+                                 hf_preprocessing, random_seed, random_weights_info, with_normalization)
 from probebench.progress import make_progress
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,8 +44,23 @@ class FeatureJob:
         return self.request.path(cache_dir)
 
 
+def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: int | None = None,
+                        crop: int | None = None, mean=None, std=None, draft: bool = False) -> Preprocessing:
+    """The preprocessing a model gets: its registry entry, a Hugging Face snapshot's
+    ``preprocessor_config.json`` when the weights are one, then the user's resize/crop and mean/std."""
+    pre: Preprocessing = config.preprocessing
+    if weights_path is not None and Path(weights_path).is_dir():
+        pre = hf_preprocessing(weights_path, pre)
+    if resize or crop:
+        crop = crop or pre.crop
+        pre = replace(pre, resize=resize or max(pre.resize, crop), crop=crop)
+    if pre.crop > pre.resize:
+        raise ProbebenchError(f"crop {pre.crop} is larger than resize {pre.resize}")
+    return replace(with_normalization(pre, mean, std), draft=draft)
+
+
 def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "auto", tap: str | None = None,
-                resize: int | None = None, crop: int | None = None, precision: str = "fp32",
+                resize: int | None = None, crop: int | None = None, mean=None, std=None, precision: str = "fp32",
                 store_dtype: str = "float32", channels_last: bool | None = None, draft: bool = False) -> FeatureJob:
     """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
     from probebench import weights as wts
@@ -58,22 +73,17 @@ def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "aut
         raise ProbebenchError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if store_dtype not in STORE_DTYPES:
         raise ProbebenchError(f"store dtype {store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
-    pre: Preprocessing = config.preprocessing
-    if resize or crop:
-        crop = crop or pre.crop
-        pre = replace(pre, resize=resize or max(pre.resize, crop), crop=crop)
-    if pre.crop > pre.resize:
-        raise ProbebenchError(f"crop {pre.crop} is larger than resize {pre.resize}")
-    pre = replace(pre, draft=draft)
     if channels_last is None:  # it helps the CNNs, on CPUs too; part of the key either way
         channels_last = config.family == "torchvision"
     manifest = load_manifest(dataset, data_root)
     seed = random_seed(weights)
     if seed is not None:
+        path = None
         winfo, weights_arg = random_weights_info(seed), weights
     else:
         path = wts.resolve_weights(config, weights)
         winfo, weights_arg = checkpoint_info(config, path), str(path)
+    pre = model_preprocessing(config, path, resize, crop, mean, std, draft)
     request = fcache.FeatureRequest(
         dataset=manifest.dataset, model=model, tap=tap, weights=winfo, preprocessing=pre.as_dict(),
         precision=precision, store_dtype=store_dtype, manifest_hash=manifest.hash(), channels_last=channels_last)
@@ -149,8 +159,9 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache", weights: str = "auto",
-            tap: str | None = None, resize: int | None = None, crop: int | None = None, precision: str = "fp32",
-            channels_last: bool | None = None, draft: bool = False, store_dtype: str = "float32",
+            tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
+            precision: str = "fp32", channels_last: bool | None = None, draft: bool = False,
+            store_dtype: str = "float32",
             device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
             force: bool = False, skip_bad: bool = False, progress: bool = True,
             on_chunk: Callable[[int], None] | None = None) -> Path | str:
@@ -162,7 +173,8 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     from probebench import distributed
 
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft)
+                      mean=mean, std=std, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
+                      draft=draft)
     path = job.cache_path(cache_dir)
     rank, world = distributed.setup()
     dev = auto_device(distributed.rank_device(device))
@@ -195,7 +207,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
     pre = job.config.preprocessing
     loader = DataLoader(ImageDataset(job.manifest.paths, make_transform(pre), pre.crop,
-                                     draft=pre.resize if pre.draft else None),
+                                     draft=pre.resize if pre.draft else None, rules=job.manifest.pixels),
                         batch_sampler=batches, num_workers=n_workers, pin_memory=dev.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if n_workers else None)
     buffers: dict[int, np.ndarray] = {}

@@ -104,7 +104,8 @@ def _differences(saved: dict, now: dict) -> list[str]:
 
 
 def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs", weights: str = "auto",
-             tap: str | None = None, resize: int | None = None, crop: int | None = None, epochs: int = 100,
+             tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
+             epochs: int = 100,
              lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, optimizer: str = "adam",
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
@@ -118,7 +119,8 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         raise ProbebenchError(f"--select-metric {select_metric!r} is not one of {', '.join(SELECT_METRICS)}")
     if accumulate < 1 or batch_size % accumulate:
         raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
-    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop)
+    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
+                      mean=mean, std=std)
     rank, world = distributed.setup()
     main = rank == 0
     dev = auto_device(distributed.rank_device(device))
@@ -173,7 +175,8 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     splits = manifest.splits
     train_idx, val_idx, test_idx = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
     labels = torch.as_tensor(manifest.labels)
-    images = ImageDataset(manifest.paths, make_transform(job.config.preprocessing), job.config.preprocessing.crop)
+    images = ImageDataset(manifest.paths, make_transform(job.config.preprocessing), job.config.preprocessing.crop,
+                          rules=manifest.pixels)
     n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
 

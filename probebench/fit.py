@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from probebench import cache as fcache
+from probebench.datasets import data_roots
 from probebench.errors import ProbebenchError
 from probebench.extract import resolve_job
 from probebench.heads import make_head
@@ -25,18 +26,21 @@ def _extract_command(model: str, dataset: str, opts: dict) -> str:
 
 def complete_cache(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
                    weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
-                   precision: str = "fp32", store_dtype: str = "float32", channels_last: bool | None = None,
-                   draft: bool = False) -> Path:
+                   mean=None, std=None, precision: str = "fp32", store_dtype: str = "float32",
+                   channels_last: bool | None = None, draft: bool = False) -> Path:
     """The complete store that ``extract`` made with these options, or an error that prints that command."""
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft)
+                      mean=mean, std=std, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
+                      draft=draft)
     path = job.cache_path(cache_dir)
     root = fcache.open_store(path, job.request)
     if root is None or not root.attrs.get("complete"):
         state = "is incomplete" if root is not None else "does not exist"
+        roots = data_root if isinstance(data_root, (list, tuple)) else [data_root] if data_root else []
         cmd = _extract_command(model, str(dataset), {
-            "data_root": data_root, "cache_dir": cache_dir, "weights": weights, "tap": tap, "resize": resize,
-            "crop": crop, "precision": None if precision == "fp32" else precision,
+            "data_root": " --data-root ".join(str(r) for r in roots) or None, "cache_dir": cache_dir, "weights": weights, "tap": tap, "resize": resize,
+            "crop": crop, "mean": ",".join(map(str, mean)) if mean else None,
+            "std": ",".join(map(str, std)) if std else None, "precision": None if precision == "fp32" else precision,
             "store_dtype": None if store_dtype == "float32" else store_dtype,
             "channels_last": "" if channels_last is True else None,
             "no_channels_last": "" if channels_last is False else None, "draft": "" if draft else None})
@@ -61,8 +65,8 @@ def prepare_features(train: np.ndarray, *others: np.ndarray, normalize: str | No
 
 def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
         weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
-        precision: str = "fp32", store_dtype: str = "float32", channels_last: bool | None = None,
-        draft: bool = False, head: str = "linear", grid: bool = False,
+        mean=None, std=None, precision: str = "fp32", store_dtype: str = "float32",
+        channels_last: bool | None = None, draft: bool = False, head: str = "linear", grid: bool = False,
         epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
         normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
         select_metric: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, seed: int = 0,
@@ -75,8 +79,8 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
     if class_weight not in (None, "balanced"):
         raise ProbebenchError(f"--class-weight {class_weight!r}: only 'balanced' is supported")
     path = complete_cache(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap,
-                          resize=resize, crop=crop, precision=precision, store_dtype=store_dtype,
-                          channels_last=channels_last, draft=draft)
+                          resize=resize, crop=crop, mean=mean, std=std, precision=precision,
+                          store_dtype=store_dtype, channels_last=channels_last, draft=draft)
     feats = fcache.read_features(path)
     test = feats.split == "test"
     x_tr, x_va, x_te = prepare_features(feats.features[feats.split == "train"], feats.features[feats.split == "val"],
@@ -94,7 +98,7 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
         "cache_key": attrs["key"], "cache_path": str(path), "extract_device": attrs.get("device"),
         "skipped": attrs["skipped"], "junk_files": attrs.get("junk_files", 0),
         "group_kind": attrs.get("group_kind", "group"), "features": {"normalize": normalize, "standardize": standardize},
-        "versions": fcache.versions(), "data_root": str(data_root or ""),
+        "versions": fcache.versions(), "data_root": [str(r) for r in data_roots(data_root)],
         "n": {s: int((feats.split == s).sum()) for s in ("train", "val", "test")},
         "counts": {s: np.bincount(feats.labels[feats.split == s], minlength=len(attrs["classes"])).tolist()
                    for s in ("train", "val", "test")}}

@@ -1,4 +1,5 @@
-"""Image decoding to RGB (8/16-bit; L, RGB, RGBA, palette) and the registry's preprocessing."""
+"""Image decoding to 8-bit L or RGB (8/16-bit PNG/TIFF, DICOM, HDF5 arrays; L, RGB, RGBA, palette) and the
+registry's preprocessing. Pixels deeper than 8 bits follow the dataset's ``PixelRules``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 import torch.utils.data
 from PIL import Image
 
+from probebench.pixels import DICOM_SUFFIXES, PixelRules, check_finite, read_dicom, to_uint8
 from probebench.registry import Preprocessing
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"} | DICOM_SUFFIXES
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 
 
@@ -31,7 +33,7 @@ def hdf5_uri(path: Path, dataset: str, index: int, float_rule: str) -> str:
     return HDF5_SEP.join([str(path), dataset, str(index), float_rule])
 
 
-def _hdf5_image(uri: str) -> Image.Image:
+def _hdf5_image(uri: str, rules: PixelRules) -> Image.Image:
     """One image from an HDF5 array, read lazily through a per-process file handle."""
     import h5py
 
@@ -42,50 +44,46 @@ def _hdf5_image(uri: str) -> Image.Image:
     arr = np.asarray(_H5_FILES[key][dataset][int(index)])
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if np.issubdtype(arr.dtype, np.floating):  # the spec's recorded rule
+    if np.issubdtype(arr.dtype, np.floating):  # the spec's recorded float rule
+        check_finite(arr)
         if rule == "unit":
-            arr = np.clip(arr, 0, 1) * 255.0
+            arr = np.rint(np.clip(arr, 0, 1) * 255.0).astype(np.uint8)
         else:
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        arr = np.rint(arr).astype(np.uint8)
-    elif arr.dtype == np.uint16:
-        arr = np.rint(arr / 257.0).astype(np.uint8)
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
+            arr = to_uint8(arr, PixelRules(intensity="minmax"))
+    elif arr.dtype != np.uint8:  # deeper integers: the dataset's intensity rule
+        arr = to_uint8(arr, rules)
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     img = Image.fromarray(arr)
     return img if img.mode == "L" else img.convert("RGB")
 
 
-def load_rgb(path: str | Path, draft: int | None = None) -> Image.Image:
-    """Decode any supported image to 8-bit RGB; 16-bit data is scaled by its full range (x / 257)."""
-    img = load_image(path, draft)
+def load_rgb(path: str | Path, draft: int | None = None, rules: PixelRules = PixelRules()) -> Image.Image:
+    """Decode any supported image to 8-bit RGB (deeper data by ``rules``)."""
+    img = load_image(path, draft, rules)
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_image(path: str | Path, draft: int | None = None) -> Image.Image:
+def load_image(path: str | Path, draft: int | None = None, rules: PixelRules = PixelRules()) -> Image.Image:
     """Decode to 8-bit ``L`` (grayscale sources) or ``RGB``; grayscale becomes 3 channels after resizing.
 
     Resizing one band instead of three identical ones gives the same numbers at a third of the cost.
     ``draft``: for JPEGs, let the decoder scale down by a power of two while the shorter side stays at
     least ``draft`` pixels (PIL's ``Image.draft``), which makes large photographs far cheaper to decode.
+    16-bit and 32-bit integer images, float images and DICOM files follow the dataset's pixel ``rules``.
     """
     if HDF5_SEP in str(path):
-        return _hdf5_image(str(path))
+        return _hdf5_image(str(path), rules)
+    if Path(path).suffix.lower() in DICOM_SUFFIXES:
+        arr = read_dicom(path, rules)
+        return Image.fromarray(arr, mode="L" if arr.ndim == 2 else "RGB")
     with Image.open(path) as img:
         if draft and img.format == "JPEG":
             scale = draft / min(img.size)
             img.draft(img.mode, (max(1, int(img.size[0] * scale + 0.999)), max(1, int(img.size[1] * scale + 0.999))))
         img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float64) / 257.0
-            img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-        elif img.mode == "F":  # float images: [0, 1] or [0, 255]
-            arr = np.asarray(img, dtype=np.float64)
-            arr = arr * 255.0 if arr.max() <= 1.0 else arr
-            img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # deeper than 8 bits: the dataset's rule
+            img = Image.fromarray(to_uint8(np.asarray(img), rules), mode="L")
         if img.mode in ("L", "LA", "1"):
             return img.convert("L")  # alpha dropped: the study's images carry none
         if img.mode == "RGBA" or (img.mode == "P" and "transparency" in img.info):
@@ -115,8 +113,9 @@ def make_transform(pre: Preprocessing) -> ImageTransform:
     return ImageTransform(pre)
 
 
-def preprocess(path: str | Path, transform, draft: int | None = None) -> torch.Tensor:
-    return transform(load_image(path, draft))
+def preprocess(path: str | Path, transform, draft: int | None = None,
+               rules: PixelRules = PixelRules()) -> torch.Tensor:
+    return transform(load_image(path, draft, rules))
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -126,15 +125,16 @@ class ImageDataset(torch.utils.data.Dataset):
     the number of DataLoader workers.
     """
 
-    def __init__(self, paths: list[str], transform, crop: int, draft: int | None = None):
-        self.paths, self.transform, self.crop, self.draft = paths, transform, crop, draft
+    def __init__(self, paths: list[str], transform, crop: int, draft: int | None = None,
+                 rules: PixelRules = PixelRules()):
+        self.paths, self.transform, self.crop, self.draft, self.rules = paths, transform, crop, draft, rules
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return preprocess(self.paths[i], self.transform, self.draft), i, True, ""
+            return preprocess(self.paths[i], self.transform, self.draft, self.rules), i, True, ""
         except Exception as exc:  # reported, with the file name, by the main process
             return torch.zeros(3, self.crop, self.crop), i, False, f"{type(exc).__name__}: {exc}"
 

@@ -29,10 +29,82 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     draft: bool = False  # JPEG: decode at a reduced scale near the resize target (PIL draft), much faster
+    source: str = "registry"  # where these settings came from (not part of the cache key: the numbers are)
 
     def as_dict(self) -> dict:
         return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
                 "mean": list(self.mean), "std": list(self.std), "draft": self.draft}
+
+    def describe(self) -> str:
+        fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+        return (f"{self.resize}/{self.crop} {self.interpolation}, mean {fmt(self.mean)}, std {fmt(self.std)} "
+                f"[{self.source}]")
+
+
+HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's codes, as Hugging Face image processors store them
+
+
+def hf_preprocessing(folder, base: Preprocessing) -> Preprocessing:
+    """A Hugging Face snapshot's ``preprocessor_config.json`` (size, crop size, mean, std, resample) as our
+    Preprocessing; ``base`` when the snapshot has no such file."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "preprocessor_config.json"
+    if not path.is_file():
+        return base
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ProbebenchError(f"{path}: unreadable ({exc})") from exc
+
+    def edge(value, what):
+        if isinstance(value, (int, float)):
+            return int(value)
+        if isinstance(value, dict):
+            if "shortest_edge" in value:
+                return int(value["shortest_edge"])
+            if value.get("height") == value.get("width") and value.get("height"):
+                return int(value["height"])
+        raise ProbebenchError(f"{path}: {what} {value!r} is not a shortest edge or a square size; probebench "
+                              "resizes the shorter side and centre-crops (set --resize/--crop instead)")
+
+    if cfg.get("do_rescale", True) is False:
+        raise ProbebenchError(f"{path}: do_rescale = false (pixels in 0-255) is not supported")
+    resize = edge(cfg["size"], "size") if cfg.get("do_resize", True) and "size" in cfg else base.resize
+    crop = edge(cfg["crop_size"], "crop_size") if cfg.get("do_center_crop", True) and "crop_size" in cfg else resize
+    resample = cfg.get("resample", 3)
+    if resample not in HF_RESAMPLE:
+        raise ProbebenchError(f"{path}: resample {resample} is not bilinear (2) or bicubic (3)")
+    if cfg.get("do_normalize", True):
+        mean, std = tuple(cfg.get("image_mean", base.mean)), tuple(cfg.get("image_std", base.std))
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if len(mean) == 1:
+        mean, std = mean * 3, std * 3
+    if crop > resize:
+        raise ProbebenchError(f"{path}: crop_size {crop} is larger than size {resize}")
+    return replace(base, resize=resize, crop=crop, interpolation=HF_RESAMPLE[resample],
+                   mean=tuple(float(m) for m in mean), std=tuple(float(x) for x in std),
+                   source="preprocessor_config.json")
+
+
+def with_normalization(pre: Preprocessing, mean=None, std=None) -> Preprocessing:
+    """``pre`` with a user's mean/std (3 values, or 1 for all channels); both are checked."""
+    out = pre
+    for name, value in (("mean", mean), ("std", std)):
+        if value is None:
+            continue
+        vals = tuple(float(v) for v in value)
+        if len(vals) == 1:
+            vals = vals * 3
+        if len(vals) != 3:
+            raise ProbebenchError(f"--{name} needs 1 or 3 numbers, got {len(vals)}: {list(value)}")
+        if name == "std" and min(vals) <= 0:
+            raise ProbebenchError(f"--std values must be positive, got {list(vals)}")
+        out = replace(out, **{name: vals}, source=f"{pre.source} + --mean/--std")
+    return out
+
 
 
 @dataclass(frozen=True)

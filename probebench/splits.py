@@ -55,14 +55,20 @@ def stratified_group_holdout(labels: np.ndarray, groups: np.ndarray, *, fraction
     return np.array([g in held for g in groups.tolist()], dtype=bool)
 
 
-def check_disjoint(groups: np.ndarray, splits: np.ndarray, where: str = "") -> None:
-    """Fail loudly if any group has samples in two splits."""
+def shared_groups(groups: np.ndarray, splits: np.ndarray) -> dict[str, list[str]]:
+    """Groups with samples in more than one split -> their splits (sorted), in sorted group order."""
     seen: dict[str, set] = defaultdict(set)
     for g, s in zip(groups.tolist(), splits.tolist()):
         seen[g].add(s)
-    bad = sorted(g for g, s in seen.items() if len(s) > 1)
+    return {g: sorted(seen[g]) for g in sorted(seen) if len(seen[g]) > 1}
+
+
+def check_disjoint(groups: np.ndarray, splits: np.ndarray, where: str = "") -> None:
+    """Fail loudly if any group has samples in two splits."""
+    shared = shared_groups(groups, splits)
+    bad = list(shared)
     if bad:
-        examples = ", ".join(f"{g} ({'/'.join(sorted(seen[g]))})" for g in bad[:5])
+        examples = ", ".join(f"{g} ({'/'.join(shared[g])})" for g in bad[:5])
         raise ProbebenchError(
             f"{where}{len(bad)} group(s) sit in more than one split, which would leak between train "
             f"and evaluation: {examples}{' …' if len(bad) > 5 else ''}")

@@ -28,7 +28,7 @@ SECTIONS = {
     "unfrozen": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "accumulate", "precision",
                  "grad_checkpointing", "workers"},
     "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad", "draft",
-                "channels_last"},
+                "channels_last", "mean", "std"},
     "report": {"resamples", "method", "unit", "level", "aggregate", "metrics"},
 }
 
@@ -60,7 +60,7 @@ class Study:
     seeds: list[int]
     grid: bool = False
     weights: str = "auto"
-    data_root: str | None = None
+    data_root: str | list[str] | None = None  # one folder or a list, searched in order
     cache_dir: str = "cache"
     runs_dir: str = "runs"
     report_dir: str = "report"
@@ -73,6 +73,12 @@ class Study:
     def path(self, value: str | None) -> Path | None:
         """Paths in a study file are relative to the directory the command runs in."""
         return Path(value) if value else None
+
+    def data_roots(self) -> list[Path] | None:
+        """``data_root`` as a list of folders (one string or a list in the file), or None for the default."""
+        if not self.data_root:
+            return None
+        return [Path(r) for r in ([self.data_root] if isinstance(self.data_root, str) else self.data_root)]
 
 
 def load_study(path: str | Path) -> Study:
@@ -183,7 +189,8 @@ def _save_state(study: Study, state: dict) -> None:
 
 def _extract_options(study: Study) -> dict:
     e = study.extract
-    return {k: e[k] for k in ("resize", "crop", "precision", "store_dtype", "tap", "draft", "channels_last") if k in e}
+    return {k: e[k] for k in ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft",
+                              "channels_last") if k in e}
 
 
 def plan(study: Study, only: str | None = None) -> list[Cell]:
@@ -204,7 +211,7 @@ def plan(study: Study, only: str | None = None) -> list[Cell]:
     for c in cells:
         if (c.dataset, c.model) not in jobs:
             try:
-                jobs[(c.dataset, c.model)] = resolve_job(c.model, c.dataset, data_root=study.path(study.data_root),
+                jobs[(c.dataset, c.model)] = resolve_job(c.model, c.dataset, data_root=study.data_roots(),
                                                          weights=study.weights, **_extract_options(study))
             except ProbebenchError as exc:
                 jobs[(c.dataset, c.model)] = exc
@@ -240,7 +247,7 @@ def _ensure_synthetic(study: Study) -> None:
     """Synthetic studies (configs/demo.toml) generate their data when it is missing."""
     from probebench.demo import make_demo_dataset
 
-    root = study.path(study.data_root) or Path("data")
+    root = (study.data_roots() or [Path("data")])[0]
     if not (root / "demo_shapes").is_dir():
         make_demo_dataset(root)
 
@@ -291,7 +298,7 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
         if c.status == "blocked":  # recorded like failures, so the state file tells the whole story
             state[c.key] = {"status": "blocked", "error": c.detail}
     _save_state(study, state)
-    data_root = study.path(study.data_root)
+    data_root = study.data_roots()
     t = study.training
     todo = [c for c in cells if c.status == "todo"]
     with make_progress(progress, unit="cell") as bar:
@@ -327,7 +334,8 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
                             seed=s, progress=progress, existing="reuse",
-                            **{k: study.extract[k] for k in ("resize", "crop", "tap") if k in study.extract})))
+                            **{k: study.extract[k] for k in ("resize", "crop", "tap", "mean", "std")
+                               if k in study.extract})))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
                 state[c.key] = {"hash": c.hash, "status": "done", "runs": runs}
             except KeyboardInterrupt:

@@ -66,21 +66,72 @@ def tiny(tmp_path) -> tuple[Path, Path]:
 
 
 def make_chest_xray(root: Path) -> Path:
-    """Kaggle layout with patient-style names and release clutter."""
+    """Kaggle layout as released: patients numbered afresh in each shipped split (``person1`` and ``IM-0001``
+    exist in train and in test, and the val folder reuses train's names), plus release clutter and the
+    zip's nested ``chest_xray/chest_xray`` copy."""
     base = root / "chest_xray"
-    for split, n in (("train", 6), ("val", 1), ("test", 3)):
+    for split, pids in (("train", range(1, 7)), ("val", (1,)), ("test", range(1, 4))):
         for cls in ("NORMAL", "PNEUMONIA"):
-            for i in range(n):
-                pid = {"train": 100, "val": 200, "test": 300}[split] + i
+            for pid in pids:
                 if cls == "NORMAL":
-                    names = [f"IM-{pid:04d}-0001.jpeg", f"NORMAL2-IM-{pid:04d}-0001.jpeg"]
+                    names = [f"IM-{pid:04d}-000{1 + (split == 'val')}.jpeg", f"NORMAL2-IM-{pid:04d}-0001.jpeg"]
                 else:
-                    names = [f"person{pid}_bacteria_{pid * 3}.jpeg", f"person{pid}_virus_{pid * 3 + 1}.jpeg"]
+                    kind = "virus" if split == "test" else "bacteria"
+                    names = [f"person{pid}_{kind}_{pid * 3 + (split == 'val')}.jpeg",
+                             f"person{pid}_{kind}_{pid * 3 + 1 + (split == 'val')}.jpeg"]
+                seed = {"train": 100, "val": 200, "test": 300}[split] + pid
                 for k, name in enumerate(names):
-                    write_image(base / split / cls / name, seed=pid * 10 + k + (cls == "PNEUMONIA"), mode="RGB")
+                    write_image(base / split / cls / name, seed=seed * 10 + k + (cls == "PNEUMONIA"), mode="RGB")
     (base / "train" / "NORMAL" / ".DS_Store").write_bytes(b"junk")
     (base / "train" / "PNEUMONIA" / "Thumbs.db").write_bytes(b"junk")
     (base / "train" / "__MACOSX" / "NORMAL").mkdir(parents=True)
     (base / "train" / "__MACOSX" / "NORMAL" / "._IM-0100-0001.jpeg").write_bytes(b"junk")
     (base / "test" / "notes.xlsx").write_bytes(b"junk")
+    write_image(base / "chest_xray" / "train" / "NORMAL" / "IM-0001-0001.jpeg", seed=1, mode="RGB")  # zip's copy
     return base
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
+                slope: float | None = None, intercept: float | None = None, center=None, width=None,
+                voi_function: str | None = None, frames: int = 1, syntax=None, **elements) -> Path:
+    """A single-frame (or multi-frame) DICOM file written with pydicom, as a scanner or PACS export would."""
+    from pydicom import dcmwrite
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape[-2:] if pixels.ndim == 2 or frames > 1 else pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
+    ds.PhotometricInterpretation = photometric
+    if photometric == "RGB":
+        ds.PlanarConfiguration = 0
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored = bits, bits_stored or bits
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if np.issubdtype(pixels.dtype, np.signedinteger) else 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept or 0
+    if center is not None:
+        ds.WindowCenter, ds.WindowWidth = center, width
+    if voi_function:
+        ds.VOILUTFunction = voi_function
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    if meta.TransferSyntaxUID.is_compressed:  # a stand-in frame: enough to need (and fail in) a decoder
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([pixels.tobytes()])
+    else:
+        ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dcmwrite(path, ds, enforce_file_format=True)
+    return path

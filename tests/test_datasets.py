@@ -34,9 +34,9 @@ def test_chest_xray_layout(tmp_path):
     assert len(m) == 2 * 2 * (6 + 1 + 3)
     assert (m.splits == "test").sum() == 12
     assert sum(m.counts()["train"]) + sum(m.counts()["val"]) == 28  # shipped val joins the training pool
-    # patients parsed from file names: two images each, never split
-    assert set(m.groups[m.splits == "test"]) == {f"person{p}" for p in range(300, 303)} | {
-        f"IM-{p:04d}" for p in range(300, 303)} | {f"NORMAL2-IM-{p:04d}" for p in range(300, 303)}
+    # patients parsed from file names and numbered per shipped split: test/person1 is not train/person1
+    assert set(m.groups[m.splits == "test"]) == {f"test/person{p}" for p in range(1, 4)} | {
+        f"test/IM-{p:04d}" for p in range(1, 4)} | {f"test/NORMAL2-IM-{p:04d}" for p in range(1, 4)}
     assert_group_disjoint(m)
     assert (m.splits == "val").any()
     junk = " ".join(m.junk)
@@ -140,7 +140,7 @@ def test_csv_label_outside_classes(tmp_path):
 
 def test_missing_data_root_is_explained(tmp_path, tiny):
     spec, _ = tiny
-    with pytest.raises(ProbebenchError, match=r"data for dataset 'tiny' not found: .*nowhere/tiny does not exist"):
+    with pytest.raises(ProbebenchError, match=r"data for dataset 'tiny' not found: .*tried .*nowhere/tiny"):
         load_manifest(str(spec), tmp_path / "nowhere")
 
 
@@ -217,8 +217,9 @@ def test_image_modes_become_rgb(tmp_path, mode, ext):
     img.save(path)
     out = load_rgb(path)
     assert out.mode == "RGB" and out.size == (8, 8)
-    if mode == "I;16":  # 16-bit scaled by full range: 63000 -> 245
-        assert np.asarray(out)[7, 7, 0] == round(63000 / 257)
+    if mode == "I;16":  # 16-bit data, default rule: per-image min-max (0 -> 0, 63000 -> 255)
+        expected = np.floor(arr16 / 63000 * 255 + 0.5)
+        assert np.array_equal(np.asarray(out)[..., 0], expected)
 
 
 def test_grayscale_fast_path_gives_the_same_tensor_as_rgb(tmp_path):

@@ -1,0 +1,175 @@
+"""Pixel rules for medical images: deeper-than-8-bit intensities to 8 bits, and DICOM decoding.
+
+Pure functions of arrays (plus one DICOM reader). A dataset spec chooses the rules in ``[pixels]``;
+they travel in the manifest, so they are part of the manifest hash and hence of the cache key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+INTENSITY_RULES = ("minmax", "percentile", "bits", "full16")
+PIXEL_KEYS = {"intensity", "percentiles", "bits", "dicom_window"}
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+DICOM_DECODERS_HINT = ("pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle "
+                       "(or python-gdcm)")
+
+
+@dataclass(frozen=True)
+class PixelRules:
+    """How pixel values deeper than 8 bits become 0-255, and whether a DICOM window is applied.
+
+    ``intensity``: ``minmax`` (per image, the default), ``percentile`` (per image, clipped to
+    ``percentiles``), ``bits`` (divide by 2^bits - 1, ``bits`` given) or ``full16`` (divide by 65535).
+    8-bit images never pass through these rules.
+    """
+
+    intensity: str = "minmax"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    bits: int | None = None
+    dicom_window: bool = True  # apply the file's VOI LUT / WindowCenter+Width when present
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+    @classmethod
+    def from_spec(cls, table: dict, where: str) -> "PixelRules":
+        """The ``[pixels]`` table of a dataset spec, checked; ``where`` names the spec in errors."""
+        from probebench.errors import ProbebenchError
+
+        unknown = set(table) - PIXEL_KEYS
+        if unknown:
+            raise ProbebenchError(f"{where}: unknown keys {sorted(unknown)} in [pixels]; allowed: {sorted(PIXEL_KEYS)}")
+        rule = table.get("intensity", "minmax")
+        if rule not in INTENSITY_RULES:
+            raise ProbebenchError(f"{where}: [pixels] intensity {rule!r} is not one of {', '.join(INTENSITY_RULES)}")
+        pct = tuple(float(p) for p in table.get("percentiles", (0.5, 99.5)))
+        if len(pct) != 2 or not 0 <= pct[0] < pct[1] <= 100:
+            raise ProbebenchError(f"{where}: [pixels] percentiles must be two numbers 0 <= low < high <= 100, "
+                                  f"not {list(pct)}")
+        bits = table.get("bits")
+        if rule == "bits" and not (isinstance(bits, int) and 1 <= bits <= 32):
+            raise ProbebenchError(f"{where}: [pixels] intensity = \"bits\" needs bits = N (1-32), e.g. bits = 12 "
+                                  "for 12-bit data stored in 16-bit files")
+        window = table.get("dicom_window", True)
+        if not isinstance(window, bool):
+            raise ProbebenchError(f"{where}: [pixels] dicom_window must be true or false, not {window!r}")
+        return cls(intensity=rule, percentiles=pct, bits=bits, dicom_window=window)
+
+
+def check_finite(arr: np.ndarray) -> None:
+    """Refuse NaN / inf pixels: they would silently become black or white after scaling."""
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{int(bad.sum())} non-finite pixel value(s) (NaN or inf), the first at {first}")
+
+
+def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:  # a constant image: all black, as no contrast exists to keep
+        return np.zeros(arr.shape, np.uint8)
+    out = (np.clip(arr, lo, hi) - lo) * (255.0 / (hi - lo))
+    return np.rint(out).astype(np.uint8)
+
+
+def to_uint8(arr: np.ndarray, rules: PixelRules) -> np.ndarray:
+    """Map a deep (>8-bit integer or float) intensity array to uint8 by ``rules.intensity``."""
+    check_finite(arr)
+    a = np.asarray(arr, dtype=np.float64)
+    if rules.intensity == "minmax":
+        return _scale(a, float(a.min()), float(a.max()))
+    if rules.intensity == "percentile":
+        lo, hi = np.percentile(a, rules.percentiles)
+        return _scale(a, float(lo), float(hi))
+    if rules.intensity == "bits":
+        return _scale(a, 0.0, float(2 ** int(rules.bits) - 1))
+    if rules.intensity == "full16":
+        return _scale(a, 0.0, 65535.0)
+    raise ValueError(f"unknown intensity rule {rules.intensity!r}")
+
+
+def window(arr: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """DICOM VOI windowing (PS3.3 C.11.2.1.2) to uint8: LINEAR, LINEAR_EXACT or SIGMOID."""
+    x = np.asarray(arr, dtype=np.float64)
+    function = (function or "LINEAR").upper()
+    if function == "LINEAR":
+        if width < 1:
+            raise ValueError(f"WindowWidth {width} < 1 is not allowed for a LINEAR window")
+        y = (x - (center - 0.5)) / (width - 1) + 0.5
+    elif function == "LINEAR_EXACT":
+        if width <= 0:
+            raise ValueError(f"WindowWidth {width} <= 0 is not allowed for a LINEAR_EXACT window")
+        y = (x - center) / width + 0.5
+    elif function == "SIGMOID":
+        if width <= 0:
+            raise ValueError(f"WindowWidth {width} <= 0 is not allowed for a SIGMOID window")
+        y = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    else:
+        raise ValueError(f"VOILUTFunction {function!r} is not one of LINEAR, LINEAR_EXACT, SIGMOID")
+    return np.rint(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _first(value) -> float:
+    """WindowCenter/Width may be multi-valued (several presets): the first is the default view."""
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def read_dicom(path, rules: PixelRules = PixelRules()) -> np.ndarray:
+    """One DICOM image as uint8, (H, W) for grayscale or (H, W, 3) for colour.
+
+    Grayscale: modality LUT (RescaleSlope/Intercept or a Modality LUT Sequence), then the VOI LUT
+    Sequence or WindowCenter/WindowWidth when present and ``rules.dicom_window``, else the spec's
+    intensity rule (8-bit data with no rescale is kept as stored); ``MONOCHROME1`` is inverted so that
+    high values are always bright.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise ValueError(f"not a DICOM file ({exc})") from exc
+    if "PixelData" not in ds:
+        raise ValueError("DICOM file without pixel data (PixelData element missing)")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ValueError(f"multi-frame DICOM ({frames} frames) is not supported: a sample must be one 2D image; "
+                         "export the frames as separate files")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # compressed transfer syntax without a decoder, truncated data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name, reason = getattr(syntax, "name", str(syntax)), " ".join(str(exc).split())
+        if syntax is not None and getattr(syntax, "is_compressed", False):
+            raise ValueError(f"cannot decode pixel data compressed as {name} ({reason}); install a decoder: "
+                             f"{DICOM_DECODERS_HINT}") from exc
+        raise ValueError(f"cannot decode pixel data (transfer syntax {name}): {reason}") from exc
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:  # RGB (pydicom converts YBR to RGB)
+        return arr if arr.dtype == np.uint8 else to_uint8(arr, rules)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"PhotometricInterpretation {photometric} is not supported (MONOCHROME1/2, RGB)")
+    rescaled = "ModalityLUTSequence" in ds or float(getattr(ds, "RescaleSlope", 1) or 1) != 1 \
+        or float(getattr(ds, "RescaleIntercept", 0) or 0) != 0
+    values = apply_modality_lut(arr, ds)
+    if rules.dicom_window and "VOILUTSequence" in ds:
+        out = apply_voi(values, ds)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        img = _scale(np.asarray(out, np.float64), 0.0, float(2 ** bits - 1))
+    elif rules.dicom_window and "WindowCenter" in ds and "WindowWidth" in ds:
+        img = window(values, _first(ds.WindowCenter), _first(ds.WindowWidth),
+                     str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR"))
+    elif arr.dtype == np.uint8 and not rescaled:
+        img = arr
+    else:
+        img = to_uint8(values, rules)
+    return 255 - img if photometric == "MONOCHROME1" else img
