@@ -18,6 +18,9 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("PROBEBENCH_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
+    from probebench import datasets
+
+    datasets._SAID.clear()  # notes are said once per process; each test starts afresh
 
 
 def write_image(path: Path, seed: int, size: int = 24, mode: str = "L") -> Path:
