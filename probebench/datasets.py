@@ -283,7 +283,7 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
 def _shipped_overlap(spec: DatasetSpec, groups: np.ndarray, shipped: np.ndarray, notes: list[str]) -> dict:
     """Group ids found in more than one shipped split: an error for global ids unless the spec says to report
     them (a leak the release itself ships); expected, and reported, for split-scoped ids."""
-    shared = shared_groups(groups[shipped != ""], shipped[shipped != ""])
+    shared = shared_groups(groups, np.where(shipped == "", "unsplit", shipped))
     if not shared:
         return {}
     examples = [f"{g} ({'/'.join(s)})" for g, s in list(shared.items())[:5]]
@@ -600,6 +600,6 @@ def _holdout(m: Manifest, spec: DatasetSpec, idx: np.ndarray, key: str, **kwargs
         per_class = np.bincount(m.labels[idx], minlength=len(m.classes)).tolist()
         raise ProbebenchError(
             f"dataset {spec.name!r} is too small for split.{key} = {spec.split.get(key)} in {spec.source}: {exc} "
-            f"({len(idx)} images in {len(set(m.groups[idx].tolist()))} {spec.group}s; images per class "
+            f"({len(idx)} images, {len(set(m.groups[idx].tolist()))} groups by {spec.group}; images per class "
             f"{dict(zip(m.classes, per_class))}); lower split.{key} or check that the data root holds the "
             "whole release") from None

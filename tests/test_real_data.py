@@ -491,3 +491,14 @@ def test_study_file_accepts_mean_std_and_several_data_roots(tmp_path):
     study = load_study(path)
     assert study.data_roots() == [Path("prepared"), Path("downloads")]
     assert study.extract["mean"] == [0.5]
+
+
+def test_a_global_group_in_a_shipped_test_split_and_the_unsplit_pool_is_refused(tmp_path):
+    for split, pids in (("pool", (1, 2, 3, 4, 5)), ("test", (5, 6))):
+        for c in ("a", "b"):
+            for p in pids:
+                write_image(tmp_path / "data" / "mix" / split / c / f"p{p}_{c}.png", seed=p)
+    spec = write_spec(tmp_path / "mix.toml", 'kind = "folder"\nroot = "mix"\nclasses = ["a", "b"]\n[folder]\n'
+                      'split_dirs = { pool = ["pool"], test = ["test"] }\ngroup_regex = \'^(?P<group>p\\d+)_\'\n')
+    with pytest.raises(ProbebenchError, match=r"1 group\(s\) sit in more than one shipped split.*p5 \(test/unsplit\)"):
+        load_manifest(str(spec), tmp_path / "data")
