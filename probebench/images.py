@@ -122,11 +122,11 @@ class ImageDataset(torch.utils.data.Dataset):
     """Preprocessed images by manifest index: (image, index, ok, error); a bad file gives ok=False.
 
     Errors travel back as data so that the main process can name the file (or skip it), whatever
-    the number of DataLoader workers.
+    the number of DataLoader workers. ``rules`` (the manifest's pixel rules) is required, so that no
+    caller can forget the dataset's intensity rule.
     """
 
-    def __init__(self, paths: list[str], transform, crop: int, draft: int | None = None,
-                 rules: PixelRules = PixelRules()):
+    def __init__(self, paths: list[str], transform, crop: int, draft: int | None = None, *, rules: PixelRules):
         self.paths, self.transform, self.crop, self.draft, self.rules = paths, transform, crop, draft, rules
 
     def __len__(self) -> int:

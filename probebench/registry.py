@@ -8,6 +8,7 @@ built here is a ``FeatureExtractor``: ``forward(images) -> (B, D)`` features at 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -95,7 +96,12 @@ def with_normalization(pre: Preprocessing, mean=None, std=None) -> Preprocessing
     for name, value in (("mean", mean), ("std", std)):
         if value is None:
             continue
-        vals = tuple(float(v) for v in value)
+        try:
+            vals = (float(value),) if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ProbebenchError(f"--{name} {value!r}: expected 1 or 3 numbers") from None
+        if not all(math.isfinite(v) for v in vals):
+            raise ProbebenchError(f"--{name} values must be finite, got {list(vals)}")
         if len(vals) == 1:
             vals = vals * 3
         if len(vals) != 3:
@@ -186,7 +192,6 @@ def timm_config(name: str) -> ModelConfig:
     """A registry entry for ``timm:<model>[.<tag>]`` or ``timm:hf-hub:<org>/<repo>``: timm's pretrained config
     gives the preprocessing, the pre-logits features are the tap."""
     import difflib
-    import math
 
     import timm
     from timm.models import get_pretrained_cfg

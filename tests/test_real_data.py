@@ -502,3 +502,17 @@ def test_a_global_group_in_a_shipped_test_split_and_the_unsplit_pool_is_refused(
                       'split_dirs = { pool = ["pool"], test = ["test"] }\ngroup_regex = \'^(?P<group>p\\d+)_\'\n')
     with pytest.raises(ProbebenchError, match=r"1 group\(s\) sit in more than one shipped split.*p5 \(test/unsplit\)"):
         load_manifest(str(spec), tmp_path / "data")
+
+
+def test_bad_mean_std_values_are_refused_with_the_option_named():
+    from probebench.registry import Preprocessing, with_normalization
+
+    assert with_normalization(Preprocessing(), 0.5, [2]).mean == (0.5, 0.5, 0.5)  # a bare number in a study file
+    for mean, std, message in (((0.1, 0.2), None, r"--mean needs 1 or 3 numbers"),
+                               (None, (0.2, 0.0, 0.2), r"--std values must be positive"),
+                               (("x",), None, r"--mean \('x',\): expected 1 or 3 numbers"),
+                               ((float("nan"),), None, r"--mean values must be finite")):
+        with pytest.raises(ProbebenchError, match=message):
+            with_normalization(Preprocessing(), mean, std)
+    res = CliRunner().invoke(app, ["models", "--model", "resnet50", "--mean", "0.5,abc"])
+    assert res.exit_code == 2 and "--mean '0.5,abc': expected numbers" in res.output
