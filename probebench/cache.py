@@ -171,16 +171,50 @@ def _strings(arr) -> np.ndarray:
     return np.array(arr[:].tolist(), dtype=str)
 
 
+def damaged_chunks(root: zarr.Group) -> list[int]:
+    """Chunks of a store that cannot be served: unreadable, or holding a non-finite feature in a row that was not
+    skipped as a bad image (a deleted chunk file reads back as the NaN fill value)."""
+    chunk, n = int(root.attrs["chunk_size"]), int(root.attrs["n_samples"])
+    skipped = _strings(root["skip_reason"]) != ""
+    bad = []
+    for c in range(int(root.attrs["n_chunks"])):
+        lo, hi = c * chunk, min(n, (c + 1) * chunk)
+        try:
+            block = np.asarray(root["features"][lo:hi])
+        except Exception:  # a corrupt chunk file: zarr cannot decode it
+            bad.append(c)
+            continue
+        if not np.isfinite(block[~skipped[lo:hi]]).all():
+            bad.append(c)
+    return bad
+
+
 def read_features(path: Path | str) -> CachedFeatures:
-    """Load a complete store into memory (float32), dropping the rows of skipped bad images."""
+    """Load a complete store into memory (float32), dropping the rows of skipped bad images.
+
+    A store with an unreadable chunk or a non-finite feature is refused, naming the store and the rows:
+    NaN must never reach a head or a table. ``extract`` repairs such a store.
+    """
     root = open_group(path, mode="r")
     attrs = dict(root.attrs)
     keep = _strings(root["skip_reason"]) == ""
     names = {v: k for k, v in attrs["split_codes"].items()}
+    repair = "rerun the same `probebench extract`, which recomputes the damaged chunks"
+    try:
+        features = np.asarray(root["features"][:], dtype=np.float32)
+    except Exception as exc:
+        raise ProbebenchError(f"feature cache {path} has an unreadable chunk ({type(exc).__name__}: {exc}); "
+                              f"{repair}") from exc
+    sample_ids = _strings(root["sample_ids"])
+    bad = np.flatnonzero(keep & ~np.isfinite(features).all(axis=1))
+    if len(bad):
+        shown = ", ".join(f"{i} ({sample_ids[i]})" for i in bad[:3]) + (" …" if len(bad) > 3 else "")
+        raise ProbebenchError(f"feature cache {path}: {len(bad)} row(s) hold non-finite features (a missing or "
+                              f"damaged chunk, or NaN weights): rows {shown}; {repair}")
     return CachedFeatures(
-        features=np.asarray(root["features"][:], dtype=np.float32)[keep],
+        features=features[keep],
         labels=np.asarray(root["labels"][:])[keep],
         split=np.array([names[int(c)] for c in np.asarray(root["split"][:])[keep]]),
-        sample_ids=_strings(root["sample_ids"])[keep],
+        sample_ids=sample_ids[keep],
         groups=_strings(root["groups"])[keep],
         attrs=attrs, path=path)

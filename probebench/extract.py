@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -188,8 +189,16 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     if rank != 0:
         root = fcache.open_store(path, job.request, mode="a")
     if root is not None and root.attrs.get("complete"):
-        distributed.cleanup()
-        return path
+        damaged = fcache.damaged_chunks(root)  # every rank reads the same answer; rank 0 writes it below
+        if not damaged:
+            distributed.cleanup()
+            return path
+        # a complete store was damaged after the fact (deleted or corrupt chunk files): recompute exactly those
+        if rank == 0:
+            sys.stderr.write(f"note: {path}: {len(damaged)} damaged chunk(s) {damaged[:10]}; recomputing them\n")
+            for c in damaged:
+                root["chunk_done"][c] = 0
+            root.attrs.update({"complete": False, "repaired_chunks": damaged})
     net = create_model(model, job.weights_arg, tap=job.request.tap, img_size=job.config.preprocessing.crop).to(dev)
     if job.request.channels_last:
         net = net.to(memory_format=torch.channels_last)
