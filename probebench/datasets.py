@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from probebench.errors import ProbebenchError
+from probebench.filehash import content_digests
 from probebench.images import is_junk
 from probebench.pixels import PixelRules
 from probebench.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
@@ -81,7 +82,8 @@ class Manifest:
     labels: np.ndarray
     groups: np.ndarray
     splits: np.ndarray
-    sizes: np.ndarray  # file sizes in bytes, part of the hash so a replaced image changes the version
+    sizes: np.ndarray  # file sizes in bytes
+    digests: np.ndarray  # sha256 of each file's bytes (memoised by stat), so a replaced image changes the version
     junk: list[str] = field(default_factory=list)
     group_kind: str = "group"  # what a group is: patient, lesion, image ...
     source: dict = field(default_factory=dict)  # kind-specific facts that change the pixels (HDF5 checksum, rule)
@@ -95,11 +97,11 @@ class Manifest:
         return len(self.paths)
 
     def hash(self) -> str:
-        """sha256 over classes, pixel rules and every sample's id, label, group, split and file size."""
+        """sha256 over classes, pixel rules and every sample's id, label, group, split and file contents."""
         digest = hashlib.sha256(json.dumps([self.classes, self.source, self.pixels.as_dict()],
                                            sort_keys=True).encode())
         for row in zip(self.sample_ids.tolist(), self.labels.tolist(), self.groups.tolist(),
-                       self.splits.tolist(), self.sizes.tolist()):
+                       self.splits.tolist(), self.digests.tolist()):
             digest.update(json.dumps(row).encode())
         return digest.hexdigest()
 
@@ -264,6 +266,8 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
         sample_ids=np.array(ids, dtype=str), paths=[r[1] for r in rows],
         labels=np.array([r[2] for r in rows], dtype=np.int64), groups=groups.astype(str),
         splits=shipped.copy(), sizes=np.array([r[5] for r in rows]),
+        digests=np.array([""] * len(rows) if spec.kind == "hdf5"  # the HDF5 file's sha256 is in ``source``
+                         else content_digests([r[1] for r in rows]), dtype=str),
         junk=sorted(junk), group_kind=spec.group, source=source, pixels=spec.pixels, data_root=base,
         group_scope=spec.group_scope, shipped_overlap=overlap, notes=notes)
     _assign_splits(manifest, spec)

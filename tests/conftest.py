@@ -17,6 +17,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("PROBEBENCH_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("PROBEBENCH_DATA", raising=False)
+    monkeypatch.setenv("PROBEBENCH_HASH_CACHE", str(tmp_path / "file-digests.sqlite"))
     monkeypatch.chdir(tmp_path)
     from probebench import datasets
 

@@ -53,3 +53,40 @@ def test_skipped_bad_images_are_not_damage(tiny, tmp_path):
     extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", skip_bad=True,
             on_chunk=recomputed.append, **OPTS)
     assert recomputed == [] and len(read_features(store).features) == 39
+
+
+def test_an_image_replaced_by_one_of_the_same_size_changes_the_key(tiny, tmp_path):
+    """Uncompressed images of equal dimensions always have equal sizes: only the bytes tell them apart."""
+    from PIL import Image
+
+    from probebench.datasets import load_manifest
+
+    spec, root = tiny
+    folder = root / "tiny" / "b"
+    for p in folder.glob("*.png"):
+        p.unlink()
+    for i, p in enumerate(sorted((root / "tiny" / "a").glob("*.png"))):
+        Image.open(p).save(folder / f"p9{i:02d}_0.bmp")
+    store = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", **OPTS)
+    target = folder / "p900_0.bmp"
+    size = target.stat().st_size
+    Image.fromarray(np.full((24, 24), 200, np.uint8)).save(target)
+    assert target.stat().st_size == size  # the same byte size, another picture
+    assert load_manifest(str(spec), root).hash() != read_features(store).attrs["manifest_hash"]
+    fresh = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", **OPTS)
+    assert fresh != store
+
+
+def test_unchanged_files_are_not_read_twice(tiny, monkeypatch):
+    from probebench import filehash
+    from probebench.datasets import load_manifest
+
+    spec, root = tiny
+    first = load_manifest(str(spec), root).hash()
+    reads = []
+    real = filehash.digest_file
+    monkeypatch.setattr(filehash, "digest_file", lambda p: reads.append(p) or real(p))
+    assert load_manifest(str(spec), root).hash() == first and reads == []  # a stat per file, no read
+    (root / "tiny" / "a" / "p000_0.png").write_bytes((root / "tiny" / "a" / "p000_1.png").read_bytes())
+    load_manifest(str(spec), root)
+    assert [p.rsplit("/", 1)[-1] for p in reads] == ["p000_0.png"]  # only the changed file is read again
