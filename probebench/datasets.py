@@ -82,7 +82,6 @@ class Manifest:
     labels: np.ndarray
     groups: np.ndarray
     splits: np.ndarray
-    sizes: np.ndarray  # file sizes in bytes
     digests: np.ndarray  # sha256 of each file's bytes (memoised by stat), so a replaced image changes the version
     junk: list[str] = field(default_factory=list)
     group_kind: str = "group"  # what a group is: patient, lesion, image ...
@@ -265,7 +264,7 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
         dataset=spec.name, classes=spec.classes, root=root,
         sample_ids=np.array(ids, dtype=str), paths=[r[1] for r in rows],
         labels=np.array([r[2] for r in rows], dtype=np.int64), groups=groups.astype(str),
-        splits=shipped.copy(), sizes=np.array([r[5] for r in rows]),
+        splits=shipped.copy(),
         digests=np.array([""] * len(rows) if spec.kind == "hdf5"  # the HDF5 file's sha256 is in ``source``
                          else content_digests([r[1] for r in rows]), dtype=str),
         junk=sorted(junk), group_kind=spec.group, source=source, pixels=spec.pixels, data_root=base,
@@ -366,7 +365,7 @@ def _folder_rows(spec: DatasetSpec, root: Path, junk: list[str]) -> list[tuple]:
                         continue
                     sid = p.relative_to(root).as_posix()
                     rows.append((sid, str(p), label, _group_of(spec, regex, p, sid),
-                                 SPLIT_ALIASES.get(split, None) if split else None, p.stat().st_size))
+                                 SPLIT_ALIASES.get(split, None) if split else None))
                 if len(rows) == n_before:
                     raise ProbebenchError(f"dataset {spec.name!r}: class folder {folder} holds no images")
     return rows
@@ -500,8 +499,7 @@ def _csv_rows(spec: DatasetSpec, root: Path, junk: list[str], notes: list[str]) 
             split = src.get("split") or (rec.get(src.get("split_column", "split")) or None)
             if split is not None and split.lower() not in SPLIT_ALIASES:
                 raise ProbebenchError(f"{where}: split {split!r} is not one of train, val, test")
-            rows.append((sid, str(path), label, group, SPLIT_ALIASES[split.lower()] if split else None,
-                         path.stat().st_size))
+            rows.append((sid, str(path), label, group, SPLIT_ALIASES[split.lower()] if split else None))
         if ungrouped:
             notes.append(f"{ungrouped} image(s) of {table.name} have no {spec.group} in the group table; each is "
                          f"its own {spec.group}")
@@ -568,7 +566,7 @@ def _hdf5_rows(spec: DatasetSpec, root: Path) -> tuple[list[tuple], dict]:
             raise ProbebenchError(f"{path}, {names['splits']}[{i}]: split {split!r} is not one of train, val, test")
         rows.append((sid, hdf5_uri(path, names["images"], i, rule), label,
                      str(groups[i]) if groups is not None else sid,
-                     SPLIT_ALIASES[str(split).lower()] if split is not None else None, 0))
+                     SPLIT_ALIASES[str(split).lower()] if split is not None else None))
     return rows, source
 
 
