@@ -431,7 +431,7 @@ def datasets(data_root: Optional[list[Path]] = DataRootOpt,
                     else "shared by the release's own splits, kept as shipped")
             lines.append(f"{o['count']} {m.group_kind} id(s) in more than one shipped split ({what}): "
                          + ", ".join(o["examples"][:3]))
-        lines += [f"note: {n}" for n in m.notes if "shipped split" not in n]
+        lines += [f"note: {n}" for n in m.notes]
         out.print(f"[bold]{name}[/]: " + "\n  ".join(escape(x) for x in lines), highlight=False)
 
 

@@ -91,6 +91,7 @@ class Manifest:
     group_scope: str = "global"
     shipped_overlap: dict = field(default_factory=dict)  # ids found in more than one shipped split
     notes: list[str] = field(default_factory=list)  # facts a user should hear once (missing optional files ...)
+    overlap_note: str = ""  # ``shipped_overlap`` in words, said with the notes
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -217,7 +218,7 @@ _SAID: set = set()
 
 def say_notes(manifest: "Manifest") -> None:
     """Print each of a manifest's notes to stderr once per process (a study loads a dataset many times)."""
-    for note in manifest.notes:
+    for note in manifest.notes + ([manifest.overlap_note] if manifest.overlap_note else []):
         if (manifest.dataset, note) not in _SAID:
             _SAID.add((manifest.dataset, note))
             sys.stderr.write(f"note: dataset {manifest.dataset!r}: {note}\n")
@@ -257,7 +258,7 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
                               + "; ".join(paths) + (" …" if len(dup) > 3 else ""))
     shipped = np.array([r[4] or "" for r in rows], dtype=object)
     groups = np.array([r[3] for r in rows], dtype=object)
-    overlap = _shipped_overlap(spec, groups, shipped, notes)
+    overlap, overlap_note = _shipped_overlap(spec, groups, shipped)
     if spec.group_scope == "split":  # the same id in two shipped splits is two groups
         groups = np.array([f"{s}/{g}" if s else g for g, s in zip(groups, shipped)], dtype=object)
     manifest = Manifest(
@@ -268,7 +269,7 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
         digests=np.array([""] * len(rows) if spec.kind == "hdf5"  # the HDF5 file's sha256 is in ``source``
                          else content_digests([r[1] for r in rows]), dtype=str),
         junk=sorted(junk), group_kind=spec.group, source=source, pixels=spec.pixels, data_root=base,
-        group_scope=spec.group_scope, shipped_overlap=overlap, notes=notes)
+        group_scope=spec.group_scope, shipped_overlap=overlap, notes=notes, overlap_note=overlap_note)
     _assign_splits(manifest, spec)
     manifest.splits = manifest.splits.astype(str)
     for origin in sorted(set(shipped.tolist())):  # the splits probebench carves never share a group
@@ -283,29 +284,30 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
     return manifest
 
 
-def _shipped_overlap(spec: DatasetSpec, groups: np.ndarray, shipped: np.ndarray, notes: list[str]) -> dict:
+def _shipped_overlap(spec: DatasetSpec, groups: np.ndarray, shipped: np.ndarray) -> tuple[dict, str]:
     """Group ids found in more than one shipped split: an error for global ids unless the spec says to report
     them (a leak the release itself ships); expected, and reported, for split-scoped ids."""
     shared = shared_groups(groups, np.where(shipped == "", "unsplit", shipped))
     if not shared:
-        return {}
+        return {}, ""
     examples = [f"{g} ({'/'.join(s)})" for g, s in list(shared.items())[:5]]
     info = {"scope": spec.group_scope, "count": len(shared), "examples": examples}
     if spec.group_scope == "split":
-        notes.append(f"{len(shared)} {spec.group} id(s) repeat across the shipped splits, e.g. {', '.join(examples[:3])}; "
-                     f"the spec says ids are numbered per shipped split (group_scope = \"split\"), so they are "
-                     "treated as different groups")
+        note = (f"{len(shared)} {spec.group} id(s) repeat across the shipped splits, e.g. "
+                f"{', '.join(examples[:3])}; "
+                f"the spec says ids are numbered per shipped split (group_scope = \"split\"), so they are "
+                "treated as different groups")
     elif spec.shipped_overlap == "report":
-        notes.append(f"{len(shared)} {spec.group}(s) appear in more than one shipped split, e.g. "
-                     f"{', '.join(examples[:3])}: the release's own split shares them (kept as shipped; "
-                     "shipped_overlap = \"report\")")
+        note = (f"{len(shared)} {spec.group}(s) appear in more than one shipped split, e.g. "
+                f"{', '.join(examples[:3])}: the release's own split shares them (kept as shipped; "
+                "shipped_overlap = \"report\")")
     else:
         raise ProbebenchError(
             f"dataset {spec.name!r}: {len(shared)} {spec.group}(s) sit in more than one shipped split, which would "
             f"leak between train and evaluation: {', '.join(examples)}{' …' if len(shared) > 5 else ''}. If the "
             f"release numbers {spec.group}s afresh in each split, set group_scope = \"split\" in {spec.source}; "
             "if the release really shares them, shipped_overlap = \"report\" keeps its split and reports them")
-    return info
+    return info, note
 
 
 def _split_hint(spec: DatasetSpec, split: str) -> str:

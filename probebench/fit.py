@@ -36,7 +36,7 @@ def complete_cache(model: str, dataset: str, *, data_root=None, cache_dir: str |
     root = fcache.open_store(path, job.request)
     if root is None or not root.attrs.get("complete"):
         state = "is incomplete" if root is not None else "does not exist"
-        roots = data_root if isinstance(data_root, (list, tuple)) else [data_root] if data_root else []
+        roots = data_roots(data_root) if data_root else []
         cmd = _extract_command(model, str(dataset), {
             "data_root": " --data-root ".join(str(r) for r in roots) or None, "cache_dir": cache_dir, "weights": weights, "tap": tap, "resize": resize,
             "crop": crop, "mean": ",".join(map(str, mean)) if mean else None,

@@ -26,7 +26,7 @@ from probebench.images import load_image
 from probebench.pixels import PixelRules, read_dicom
 from probebench.report import collect_rows
 
-from conftest import make_chest_xray, write_dicom, write_image, write_spec
+from conftest import TINY_SPEC, make_chest_xray, write_dicom, write_image, write_spec
 
 OPTS = dict(weights="random", resize=40, crop=32)
 RUN = dict(workers=0, progress=False)
@@ -366,17 +366,9 @@ def test_dicom_that_cannot_be_read_gets_a_clear_error(tmp_path):
         read_dicom(tmp_path / "text.dcm")
 
 
-FOLDER_SPEC = """
-kind = "folder"
-root = "{root}"
-classes = ["normal", "abnormal"]
-group = "patient"
-[folder]
-group_regex = '^(?P<group>p\\d+)_'
-[split]
-test_fraction = 0.3
-val_fraction = 0.25
-"""
+# the tiny spec's grouping and splits, for an X-ray folder of DICOM or 16-bit PNG files
+FOLDER_SPEC = TINY_SPEC.replace('name = "tiny"\n', "").replace('"tiny"', '"{root}"').replace(
+    '["a", "b"]', '["normal", "abnormal"]')
 
 
 @pytest.mark.parametrize("fmt", ["dcm", "png16"])
