@@ -143,6 +143,9 @@ def open_store(path: Path | str, request: FeatureRequest, mode: str = "r") -> za
     """An existing store for ``request``, or None; a store whose recorded key differs is refused."""
     if not store_exists(path):
         return None
+    if not is_url(path) and not (Path(path) / "zarr.json").is_file():  # zarr would create an empty group here
+        raise ProbebenchError(f"feature cache {path} is damaged: its zarr.json (the metadata that proves what the "
+                              "features are) is missing; rerun extract with --force to rebuild it")
     try:
         root = open_group(path, mode=mode)
     except Exception as exc:
@@ -150,7 +153,25 @@ def open_store(path: Path | str, request: FeatureRequest, mode: str = "r") -> za
     if root.attrs.get("key_material") != json.loads(json.dumps(request.key_material())):
         raise ProbebenchError(f"feature cache {path} was made for different inputs than its name says; "
                               "rerun extract with --force")
+    missing = missing_arrays(root)
+    if missing:
+        raise ProbebenchError(f"feature cache {path} is damaged: array(s) {', '.join(missing)} cannot be opened; "
+                              "rerun extract with --force to rebuild it")
     return root
+
+
+STORE_ARRAYS = ("features", "chunk_done", "skip_reason", "labels", "split", "sample_ids", "groups")
+
+
+def missing_arrays(root: zarr.Group) -> list[str]:
+    """The arrays every store holds that this one cannot open (a deleted or corrupt ``<array>/zarr.json``)."""
+    missing = []
+    for name in STORE_ARRAYS:
+        try:
+            root[name]
+        except Exception:
+            missing.append(name)
+    return missing
 
 
 @dataclass

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -21,16 +23,40 @@ out = Console()
 err = Console(stderr=True)
 
 
+def debugging() -> bool:
+    return os.environ.get("PROBEBENCH_DEBUG", "") not in ("", "0")
+
+
 def friendly(fn):
-    """Print ProbebenchError as one red message and exit 2, instead of a traceback."""
+    """Any failure becomes one red message and exit status 2, never a traceback (unless ``--debug``): a
+    ProbebenchError says what to do; an I/O error names the file; anything else is named by its type."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ProbebenchError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        except (typer.Exit, typer.Abort, click.ClickException, click.exceptions.Exit):
+            raise
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]", highlight=False)
+            raise typer.Exit(130)
+        except Exception as exc:
+            from probebench.errors import describe_error
+
+            if debugging():
+                raise
+            extra = "" if isinstance(exc, (ProbebenchError, OSError)) else \
+                " (unexpected: rerun with --debug to see where, and report it)"
+            err.print(f"[bold red]error:[/] {escape(describe_error(exc))}{extra}", highlight=False)
             raise typer.Exit(2)
     return wrapper
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also "
+                                    "PROBEBENCH_DEBUG=1).")):
+    """Which pretrained backbone, frozen or fine-tuned, serves your imaging task, with honest CIs."""
+    if debug:
+        os.environ["PROBEBENCH_DEBUG"] = "1"
 
 
 def parse_floats(text: str | None, what: str):
@@ -120,7 +146,9 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.fit import fit as run
 
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
+    from probebench.validate import parse_ints
+
+    seed_list = parse_ints(seeds, "seeds")
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
                resize=resize, crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"),
                precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft, head=head,
@@ -282,6 +310,7 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("extract", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                                 "help_option_names": []})
+@friendly
 def bench_extract(ctx: typer.Context):
     """Extraction throughput: forward only (a), real extract (b), the study's loop (c); --help for options."""
     from probebench.bench import main

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import sys
-import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,11 +30,12 @@ from probebench.filehash import content_digests
 from probebench.images import is_junk
 from probebench.pixels import PixelRules
 from probebench.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
+from probebench.validate import component, line_of, outside, read_toml
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "group_scope", "shipped_overlap", "folder",
-             "csv", "split", "mri", "hdf5", "pixels"}
+             "csv", "split", "mri", "hdf5", "pixels", "allow_outside_root"}
 GROUP_SCOPES = ("global", "split")
 SHIPPED_OVERLAP = ("error", "report")
 KINDS = ("folder", "csv", "hdf5")
@@ -68,6 +68,7 @@ class DatasetSpec:
     split: dict = field(default_factory=dict)
     mri: dict = field(default_factory=dict)  # prepare-mri settings (read by probebench.mri)
     hdf5: dict = field(default_factory=dict)
+    allow_outside_root: bool = False  # files (CSV paths, symlink targets) may lie outside the dataset folder
 
 
 @dataclass
@@ -143,43 +144,137 @@ def find_spec(name_or_path: str | Path) -> Path:
     return known[str(name_or_path)]
 
 
-def load_spec(name_or_path: str | Path) -> DatasetSpec:
-    """Parse and check a spec; unknown keys are errors so a typo never silently changes a dataset."""
-    path = find_spec(name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ProbebenchError(f"{path}: invalid TOML: {exc}") from exc
+def _is_str(v) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _str_or_alternatives(v) -> bool:
+    return _is_str(v) or (isinstance(v, list) and len(v) > 0 and all(_is_str(x) for x in v))
+
+
+def _str_map(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_str(x) for k, x in v.items())
+
+
+def _fraction(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+
+
+def _relative(v) -> bool:
+    """A path inside the dataset folder: relative, no ``..`` part."""
+    return _is_str(v) and not Path(v).is_absolute() and ".." not in Path(v).parts and "\\" not in v
+
+
+SPEC_TYPES = {  # table ("" for the top level) -> key -> (test, what is allowed)
+    "": {"name": (_is_str, "a dataset name"), "description": (lambda v: isinstance(v, str), "text"),
+         "kind": (_is_str, "one of " + ", ".join(KINDS)), "root": (_relative, "a folder inside the data root "
+                                                                  "(relative, no ..)"),
+         "classes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(_is_str(c) for c in v)
+                     and len(set(v)) == len(v), "a list of at least two distinct class names"),
+         "group": (_is_str, "a word such as patient or lesion"),
+         "group_scope": (lambda v: v in GROUP_SCOPES, "one of " + ", ".join(GROUP_SCOPES)),
+         "shipped_overlap": (lambda v: v in SHIPPED_OVERLAP, "one of " + ", ".join(SHIPPED_OVERLAP)),
+         "allow_outside_root": (lambda v: isinstance(v, bool), "true or false")},
+    "folder": {"split_dirs": (lambda v: isinstance(v, dict) and all(
+        isinstance(x, list) and all(isinstance(f, str) and (f == "" or _relative(f))
+                                                                 for f in x) for k, x in v.items()),
+        "a table of split -> list of folders, e.g. { train = [\"train\"], test = [\"test\"] } (a key that is "
+        "not train/val/test, such as pool, is an unsplit pool)"),
+               "group_regex": (_is_str, "a regular expression with a named group (?P<group>...)")},
+    "split": {"seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+              "val_fraction": (_fraction, "a number between 0 and 1"),
+              "test_fraction": (_fraction, "a number between 0 and 1"),
+              "test_count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                             "an integer >= 1")},
+    "source": {"file": (lambda v: _str_or_alternatives(v) and all(_relative(x) for x in ([v] if isinstance(v, str)
+                                                                                          else v)),
+                        "a table file inside the dataset folder, or a list of alternative names"),
+               "image_dirs": (lambda v: isinstance(v, list) and len(v) > 0 and all(
+                   _str_or_alternatives(x) and all(_relative(y) for y in ([x] if isinstance(x, str) else x))
+                   for x in v), "a list of image folders inside the dataset folder"),
+               "id_column": (_is_str, "a column name"), "path_column": (_is_str, "a column name"),
+               "label_column": (_is_str, "a column name"), "group_column": (_is_str, "a column name"),
+               "split_column": (_is_str, "a column name"),
+               "split": (lambda v: isinstance(v, str) and v.lower() in SPLIT_ALIASES, "train, val or test"),
+               "onehot_columns": (lambda v: _str_map(v) and len(v) >= 2, "a table of column -> class"),
+               "label_map": (_str_map, "a table of raw label -> class"),
+               "group_table": (lambda v: isinstance(v, dict) and "file" in v and all(
+                   _str_or_alternatives(x) for x in v.values()), "a table with file, id_column, group_column"),
+               "sources": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, dict) for x in v),
+                           "a list of [[csv.sources]] tables")},
+    "hdf5": {k: (_is_str, "a name") for k in ("images", "labels", "groups", "splits", "ids")} | {
+        "file": (_relative, "a file inside the dataset folder"),
+        "float_rule": (lambda v: v in FLOAT_RULES, "one of " + ", ".join(FLOAT_RULES))},
+}
+
+
+def _check_spec(raw: dict, path: Path, text: str) -> None:
+    """Unknown keys, wrong types and impossible values, each named with the spec's line."""
+    def fail(section, key, message):
+        raise ProbebenchError(f"{path}, line {line_of(text, section, key)}: {message}")
+
     unknown = set(raw) - SPEC_KEYS
     if unknown:
-        raise ProbebenchError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
-    sources = raw.get("csv", {}).get("sources", [])
-    tables = [(t, raw.get(t, {})) for t in TABLE_KEYS] + [
-        (f"csv.sources[{i}]", src) for i, src in enumerate(sources)] + [
-        (f"{name}.group_table", src["group_table"]) for name, src in
-        [("csv", raw.get("csv", {}))] + [(f"csv.sources[{i}]", s) for i, s in enumerate(sources)]
-        if isinstance(src.get("group_table"), dict)]
-    for table, content in tables:
-        allowed = GROUP_TABLE_KEYS if table.endswith("group_table") else TABLE_KEYS.get(table, SOURCE_KEYS)
-        if set(content) - allowed:
-            raise ProbebenchError(f"{path}: unknown keys {sorted(set(content) - allowed)} in [{table}]; "
-                                  f"allowed: {sorted(allowed)}")
-    for key, allowed in (("group_scope", GROUP_SCOPES), ("shipped_overlap", SHIPPED_OVERLAP)):
-        if raw.get(key, allowed[0]) not in allowed:
-            raise ProbebenchError(f"{path}: {key} = {raw[key]!r} is not one of: {', '.join(allowed)}")
+        fail(None, sorted(unknown)[0], f"unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
     for key in ("kind", "classes"):
         if key not in raw:
-            raise ProbebenchError(f"{path}: missing required key {key!r}")
+            fail(None, None, f"missing required key {key!r}")
+    for key in set(TABLE_KEYS) | {"pixels", "mri"}:
+        if key in raw and not isinstance(raw[key], dict):
+            fail(None, key, f"{key} must be a [{key}] table, not {raw[key]!r}")
+    csv_table = raw.get("csv", {})
+    sources = csv_table.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
+        fail("csv", "sources", "sources must be a list of [[csv.sources]] tables")
+    tables = [("", None, raw, set(SPEC_TYPES[""]))] + [(t, t, raw.get(t, {}), TABLE_KEYS[t]) for t in TABLE_KEYS] + [
+        (f"csv.sources[{i}]", "csv.sources", src, SOURCE_KEYS) for i, src in enumerate(sources)]
+    for name, section, content, allowed in tables:
+        if name and set(content) - allowed:
+            extra = sorted(set(content) - allowed)
+            fail(section, extra[0], f"unknown keys {extra} in [{name}]; allowed: {sorted(allowed)}")
+        types = SPEC_TYPES["source" if name == "csv" or name.startswith("csv.") else name]
+        for key, value in content.items():
+            if key in types and not types[key][0](value):
+                where = f"[{name}] " if name else ""
+                fail(section, key, f"{where}{key} must be {types[key][1]}, not {value!r}")
+        if isinstance(content.get("group_table"), dict) and set(content["group_table"]) - GROUP_TABLE_KEYS:
+            fail(section, "group_table", f"unknown keys {sorted(set(content['group_table']) - GROUP_TABLE_KEYS)} in "
+                                         f"[{name}.group_table]; allowed: {sorted(GROUP_TABLE_KEYS)}")
     if raw["kind"] not in KINDS:
-        raise ProbebenchError(f"{path}: kind {raw['kind']!r} is not one of: {', '.join(KINDS)}")
+        fail(None, "kind", f"kind {raw['kind']!r} is not one of: {', '.join(KINDS)}")
+    regex = raw.get("folder", {}).get("group_regex")
+    if regex is not None:
+        try:
+            compiled = re.compile(regex)
+        except re.error as exc:
+            fail("folder", "group_regex", f"group_regex {regex!r} is not a valid regular expression ({exc})")
+        if "group" not in compiled.groupindex:
+            fail("folder", "group_regex", f"group_regex {regex!r} has no named group (?P<group>...) to take the "
+                                          "group id from")
+    labels = set(raw["classes"])
+    for name, _, content, _ in tables[1:]:
+        mapped = list(content.get("label_map", {}).values()) + list(content.get("onehot_columns", {}).values())
+        if set(mapped) - labels:
+            fail(name.split("[")[0], "label_map" if "label_map" in content else "onehot_columns",
+                 f"[{name}] maps to {sorted(set(mapped) - labels)}, which are not among the classes {raw['classes']}")
+
+
+def load_spec(name_or_path: str | Path) -> DatasetSpec:
+    """Parse and check a spec; unknown keys and wrong types are errors naming the line, so a typo never
+    silently changes a dataset; names and paths are checked to stay in their folders."""
+    path = find_spec(name_or_path)
+    raw, text = read_toml(path, "dataset spec")
+    _check_spec(raw, path, text)
     name = raw.get("name", path.stem)
+    component(name, "dataset name", f"{path}: ")
     return DatasetSpec(name=name, kind=raw["kind"], root=raw.get("root", name), classes=list(raw["classes"]),
                        source=path, description=raw.get("description", ""), group=raw.get("group", "group"),
                        group_scope=raw.get("group_scope", "global"),
                        shipped_overlap=raw.get("shipped_overlap", "error"),
                        pixels=PixelRules.from_spec(raw.get("pixels", {}), str(path)),
                        folder=raw.get("folder", {}), csv=raw.get("csv", {}), split=raw.get("split", {}),
-                       mri=raw.get("mri", {}), hdf5=raw.get("hdf5", {}))
+                       mri=raw.get("mri", {}), hdf5=raw.get("hdf5", {}),
+                       allow_outside_root=raw.get("allow_outside_root", False))
 
 
 def data_roots(explicit=None) -> list[Path]:
@@ -249,6 +344,8 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
         rows = _folder_rows(spec, root, junk) if spec.kind == "folder" else _csv_rows(spec, root, junk, notes)
     if not rows:
         raise ProbebenchError(f"dataset {spec.name!r}: no images found under {root}")
+    if spec.kind != "hdf5":
+        check_contained(spec, root, [r[1] for r in rows], "image")
     rows.sort(key=lambda r: r[0])
     ids = [r[0] for r in rows]
     if len(set(ids)) != len(ids):
@@ -282,6 +379,19 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
     if not quiet:
         say_notes(manifest)
     return manifest
+
+
+def check_contained(spec: DatasetSpec, root: Path, paths: list[str], what: str) -> None:
+    """Refuse files that resolve outside the dataset folder (``../`` in a table, a symlink to elsewhere) unless
+    the spec says ``allow_outside_root = true``: a spec must not read the rest of the machine by accident."""
+    if spec.allow_outside_root:
+        return
+    bad = outside(paths, root)
+    if bad:
+        shown = "; ".join(f"{p} -> {real}" for p, real in bad[:3]) + (" …" if len(bad) > 3 else "")
+        raise ProbebenchError(f"dataset {spec.name!r}: {len(bad)} {what} file(s) resolve outside the dataset folder "
+                              f"{root}: {shown}. Move them inside, or set allow_outside_root = true in {spec.source} "
+                              "if that is intended")
 
 
 def _shipped_overlap(spec: DatasetSpec, groups: np.ndarray, shipped: np.ndarray) -> tuple[dict, str]:
@@ -367,7 +477,7 @@ def _folder_rows(spec: DatasetSpec, root: Path, junk: list[str]) -> list[tuple]:
                         continue
                     sid = p.relative_to(root).as_posix()
                     rows.append((sid, str(p), label, _group_of(spec, regex, p, sid),
-                                 SPLIT_ALIASES.get(split, None) if split else None))
+                                 SPLIT_ALIASES.get(split.lower()) if split else None))
                 if len(rows) == n_before:
                     raise ProbebenchError(f"dataset {spec.name!r}: class folder {folder} holds no images")
     return rows
@@ -435,6 +545,7 @@ def _group_table(src: dict, root: Path, spec: DatasetSpec, notes: list[str], ima
     if not g:
         return None
     table = _first_present(root, g["file"])
+    check_contained(spec, root, [table], "group table")
     if not table.is_file():
         notes.append(f"{table.name} not found in {root}: each image of {images_of} is its own {spec.group}, "
                      f"so a {spec.group} shared with another split cannot be detected (put the file there to use it)")
@@ -452,6 +563,7 @@ def _csv_rows(spec: DatasetSpec, root: Path, junk: list[str], notes: list[str]) 
         if not table.is_file():
             raise ProbebenchError(f"dataset {spec.name!r}: table {_describe(root, src.get('file', 'manifest.csv'))} "
                                   "is missing")
+        check_contained(spec, root, [table], "table")
         index = _image_index(root, src["image_dirs"], junk) if "image_dirs" in src else None
         id_col = src.get("id_column", "image_id") if index is not None else src.get("path_column", "path")
         needed = {id_col: "id_column" if index is not None else "path_column"}
@@ -491,7 +603,7 @@ def _csv_rows(spec: DatasetSpec, root: Path, junk: list[str], notes: list[str]) 
             else:
                 raw = rec[src.get("label_column", "label")]
             label = _label_index(spec, raw, where)
-            sid = path.relative_to(root).as_posix()
+            sid = Path(os.path.relpath(path, root)).as_posix()  # lexical: outside files are refused below
             group = rec[src["group_column"]] if src.get("group_column") else sid
             if lesions is not None:
                 if key in lesions:
@@ -501,7 +613,7 @@ def _csv_rows(spec: DatasetSpec, root: Path, junk: list[str], notes: list[str]) 
             split = src.get("split") or (rec.get(src.get("split_column", "split")) or None)
             if split is not None and split.lower() not in SPLIT_ALIASES:
                 raise ProbebenchError(f"{where}: split {split!r} is not one of train, val, test")
-            rows.append((sid, str(path), label, group, SPLIT_ALIASES[split.lower()] if split else None))
+            rows.append((sid, str(path), label, group, SPLIT_ALIASES.get(split.lower()) if split else None))
         if ungrouped:
             notes.append(f"{ungrouped} image(s) of {table.name} have no {spec.group} in the group table; each is "
                          f"its own {spec.group}")
@@ -521,6 +633,7 @@ def _hdf5_rows(spec: DatasetSpec, root: Path) -> tuple[list[tuple], dict]:
     path = root / h.get("file", "data.h5")
     if not path.is_file():
         raise ProbebenchError(f"dataset {spec.name!r}: HDF5 file {path} is missing")
+    check_contained(spec, root, [path], "HDF5")
     rule = h.get("float_rule", "minmax")
     if rule not in FLOAT_RULES:
         raise ProbebenchError(f"{spec.source}: float_rule {rule!r} is not one of {', '.join(FLOAT_RULES)}")

@@ -1,5 +1,32 @@
-"""One exception type for problems the user can fix; the CLI prints it without a traceback."""
+"""One exception type for problems the user can fix, and one sentence for any other failure; the CLI prints
+either without a traceback (``--debug`` or ``PROBEBENCH_DEBUG=1`` shows it)."""
+
+from __future__ import annotations
+
+import errno
 
 
 class ProbebenchError(Exception):
     """Bad input, missing weights or data, or a stale/incomplete cache: the message says what to do."""
+
+
+_OS_HINTS = {
+    errno.EACCES: "no permission; check the folder's owner and mode, or choose another folder",
+    errno.EPERM: "not permitted; check the folder's owner and mode, or choose another folder",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.ENOSPC: "the disk is full; free space or choose another folder",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f); raise the limit",
+    errno.EDQUOT: "the disk quota is exceeded; free space or choose another folder",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line a user can act on: the message of a ``ProbebenchError``; for an operating-system error the file
+    and the reason; otherwise the exception's type and message."""
+    if isinstance(exc, ProbebenchError):
+        return str(exc)
+    if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in _OS_HINTS):
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        hint = _OS_HINTS.get(exc.errno)
+        return f"{where}{exc.strerror or exc}" + (f" ({hint})" if hint else "")
+    return f"{type(exc).__name__}: {exc}"

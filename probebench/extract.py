@@ -23,13 +23,13 @@ from torch.utils.data import DataLoader
 from probebench import cache as fcache
 from probebench.datasets import Manifest, load_manifest
 from probebench.errors import ProbebenchError
+from probebench.validate import check_options
 from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.registry import (ModelConfig, Preprocessing, checkpoint_info, create_model, get_config,
                                  hf_preprocessing, random_seed, random_weights_info, with_normalization)
 from probebench.progress import make_progress
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-STORE_DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -66,14 +66,12 @@ def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "aut
     """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
     from probebench import weights as wts
 
+    check_options(resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, tap=tap,
+                  weights=weights)
     config = get_config(model)
     tap = tap or config.default_tap
     if tap not in config.taps:
         raise ProbebenchError(f"model {model!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
-    if precision not in PRECISIONS:
-        raise ProbebenchError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if store_dtype not in STORE_DTYPES:
-        raise ProbebenchError(f"store dtype {store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
     if channels_last is None:  # it helps the CNNs, on CPUs too; part of the key either way
         channels_last = config.family == "torchvision"
     manifest = load_manifest(dataset, data_root)
@@ -173,6 +171,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     """
     from probebench import distributed
 
+    check_options(batch_size=batch_size, workers=workers, chunk_size=chunk_size, skip_bad=skip_bad)
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
                       mean=mean, std=std, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
                       draft=draft)

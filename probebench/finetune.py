@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from probebench import distributed
+from probebench.atomic import atomic_path
 from probebench.cache import versions
 from probebench.errors import ProbebenchError
 from probebench.extract import auto_device, resolve_job
@@ -30,12 +32,12 @@ from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.metrics import point_metrics
 from probebench.progress import make_progress
 from probebench.registry import FeatureExtractor, create_model, path_name
-from probebench.runs import config_hash, write_run
-from probebench.training import (SELECT_METRICS, LoopState, epoch_batches, make_optimizer, seeded_init, train_loop,
+from probebench.runs import check_writable, config_hash, write_run
+from probebench.validate import check_options
+from probebench.training import (LoopState, epoch_batches, make_optimizer, seeded_init, train_loop,
                                  val_metrics)
 
 REPLACED_LAYER = {"vgg16": "classifier.6", "resnet50": "fc", "densenet121": "classifier"}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"
 
 
@@ -82,8 +84,6 @@ class Classifier(nn.Module):
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ProbebenchError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -92,15 +92,44 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temporary file, then rename: a kill mid-write never leaves a corrupt checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """A kill or a full disk mid-write never leaves a corrupt checkpoint (see ``atomic``)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _differences(saved: dict, now: dict) -> list[str]:
     keys = sorted(set(saved) | set(now))
     return [f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
+
+
+def _resume_from(path: Path, numbers: dict, resume: bool | str) -> dict | None:
+    """The checkpoint to continue from. ``resume=True`` (``--resume``): it must exist, load and match the settings.
+    ``"auto"`` (the study runner): continue when it does, otherwise say why and start from epoch 1."""
+    from probebench.weights import safe_load
+
+    strict = resume is True
+    if not path.is_file():
+        if strict:
+            raise ProbebenchError(f"nothing to resume: no checkpoint at {path}")
+        return None
+    try:
+        checkpoint = safe_load(path, "checkpoint", "delete it, or run without --resume to start from epoch 1")
+        if not isinstance(checkpoint, dict) or "numbers" not in checkpoint or "loop" not in checkpoint:
+            raise ProbebenchError(f"checkpoint {path} is not a probebench fine-tune checkpoint; delete it, or run "
+                                  "without --resume to start from epoch 1")
+    except ProbebenchError as exc:
+        if strict:
+            raise
+        sys.stderr.write(f"note: {exc}; starting from epoch 1\n")
+        return None
+    if checkpoint["numbers"] != numbers:
+        if strict:
+            raise ProbebenchError("--resume: the checkpoint was made with other settings:\n  "
+                                  + "\n  ".join(_differences(checkpoint["numbers"], numbers)))
+        return None  # another configuration's work: this run starts afresh
+    if not strict:
+        sys.stderr.write(f"note: resuming {path.parent} after epoch {checkpoint['loop']['epoch']}\n")
+    return checkpoint
 
 
 def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs", weights: str = "auto",
@@ -109,16 +138,19 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
              lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, optimizer: str = "adam",
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
-             workers: int | None = None, seed: int = 0, resume: bool = False, force: bool = False,
+             workers: int | None = None, seed: int = 0, resume: bool | str = False, force: bool = False,
              progress: bool = True, on_epoch=None, existing: str = "error") -> Path | None:
     """Train ``model`` end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run.
 
     An identical complete run is an error unless ``force`` (run again) or ``existing="reuse"`` (return it).
     """
-    if select_metric not in SELECT_METRICS:
-        raise ProbebenchError(f"--select-metric {select_metric!r} is not one of {', '.join(SELECT_METRICS)}")
-    if accumulate < 1 or batch_size % accumulate:
+    check_options(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
+                  select_metric=select_metric, patience=patience, accumulate=accumulate,
+                  finetune_precision=precision, workers=workers, seed=seed, device=device,
+                  grad_checkpointing=grad_checkpointing)
+    if batch_size % accumulate:
         raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
+    check_writable(runs_dir)
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
                       mean=mean, std=std)
     rank, world = distributed.setup()
@@ -141,13 +173,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
             return done[-1]
         raise ProbebenchError(f"this run is already complete: {done[-1]} (use --force to run it again)")
     work = base / "_inprogress"
-    checkpoint = torch.load(work / "last.pt", map_location="cpu", weights_only=True) if resume and (
-        work / "last.pt").is_file() else None
-    if resume and checkpoint is None:
-        raise ProbebenchError(f"nothing to resume: no checkpoint at {work / 'last.pt'}")
-    if checkpoint is not None and checkpoint["numbers"] != numbers:
-        raise ProbebenchError("--resume: the checkpoint was made with other settings:\n  "
-                              + "\n  ".join(_differences(checkpoint["numbers"], numbers)))
+    checkpoint = _resume_from(work / "last.pt", numbers, resume) if resume else None
     if main and checkpoint is None and work.exists():
         shutil.rmtree(work)
     if main:

@@ -14,7 +14,8 @@ from probebench.extract import resolve_job
 from probebench.heads import make_head
 from probebench.metrics import point_metrics
 from probebench.progress import make_progress
-from probebench.runs import config_hash, write_run
+from probebench.runs import check_writable, config_hash, write_run
+from probebench.validate import check_options
 
 NORMALIZE = (None, "l2")
 
@@ -76,8 +77,11 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
     ``seeds`` repeats the fit once per seed; the runs share a ``seed_group`` so that ``report`` can show
     their spread next to the first seed's bootstrap interval.
     """
-    if class_weight not in (None, "balanced"):
-        raise ProbebenchError(f"--class-weight {class_weight!r}: only 'balanced' is supported")
+    check_options(head=head, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
+                  normalize=normalize, standardize=standardize, class_weight=class_weight,
+                  select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seeds,
+                  grid=grid)
+    check_writable(runs_dir)
     path = complete_cache(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap,
                           resize=resize, crop=crop, mean=mean, std=std, precision=precision,
                           store_dtype=store_dtype, channels_last=channels_last, draft=draft)

@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import shutil
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,13 +319,12 @@ def prepare_mri(cohort: str | Path, labels_csv: str | Path, out: str | Path, *, 
                "modalities": {}}
     out.mkdir(parents=True, exist_ok=True)
     n_workers = workers if workers is not None else max(1, min(8, (os.cpu_count() or 2)))
+    staging = out / GENERATIONS / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.partial"
     staged = {}
     with make_progress(progress, unit="vol") as bar:
         for modality in modalities:
             settings = settings_for(modality, layout, **overrides)
-            tmp = out / f".{modality}.partial"
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            tmp = staging / modality
             tmp.mkdir(parents=True)
             skipped, tasks = [], []
             for p in plan.patients:
@@ -374,17 +374,42 @@ def prepare_mri(cohort: str | Path, labels_csv: str | Path, out: str | Path, *, 
             (tmp / "summary.json").write_text(json.dumps(mod_summary, indent=1, sort_keys=True) + "\n")
             summary["modalities"][modality] = mod_summary
             staged[modality] = tmp
-    for modality, tmp in staged.items():  # swap in only now: an interrupted run leaves the old datasets
-        final, old = out / modality, out / f".{modality}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        if old.exists():
-            shutil.rmtree(old)
-    (out / "prepare_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    (staging / "prepare_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    publish_generation(out, staging, list(staged))
     return summary
+
+
+GENERATIONS = ".prepare-mri"  # <out>/.prepare-mri/<generation>/<modality>/ ; "current" links to the live one
+
+
+def publish_generation(out: Path, staging: Path, modalities: list[str]) -> Path:
+    """Make a finished preparation live in one atomic step: ``<out>/<modality>`` are fixed links through
+    ``.prepare-mri/current``, and only that link is swapped (a rename), so a kill at any moment leaves either
+    the previous preparation or the new one, never modalities from two preparations or a missing folder."""
+    gens = out / GENERATIONS
+    final = staging.with_name(staging.name.removesuffix(".partial"))
+    staging.rename(final)
+    link = gens / f".current.{os.getpid()}.tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(final.name)
+    os.replace(link, gens / "current")  # the one step that switches every modality at once
+    for name in modalities + ["prepare_summary.json"]:
+        target, entry = Path(GENERATIONS) / "current" / name, out / name
+        if entry.is_symlink() and os.readlink(entry) == str(target):
+            continue
+        if entry.exists() and not entry.is_symlink():  # a folder from before generations: replaced once
+            old = gens / f"old-{name}"
+            shutil.rmtree(old, ignore_errors=True)
+            entry.rename(old)
+        entry.unlink(missing_ok=True)
+        entry.symlink_to(target)
+    for entry in out.iterdir():  # links to modalities the live preparation does not have
+        if entry.is_symlink() and os.readlink(entry).startswith(f"{GENERATIONS}/current/") and not entry.exists():
+            entry.unlink()
+    for old in gens.iterdir():  # earlier and interrupted preparations
+        if old.name not in (final.name, "current"):
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    return final
 
 
 def _modality_summary(rows, skipped, notes, intensity, settings: MriSettings) -> dict:

@@ -47,10 +47,13 @@ class PixelRules:
         rule = table.get("intensity", "minmax")
         if rule not in INTENSITY_RULES:
             raise ProbebenchError(f"{where}: [pixels] intensity {rule!r} is not one of {', '.join(INTENSITY_RULES)}")
-        pct = tuple(float(p) for p in table.get("percentiles", (0.5, 99.5)))
+        raw = table.get("percentiles", (0.5, 99.5))
+        ok = isinstance(raw, (list, tuple)) and all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                                                     for p in raw)
+        pct = tuple(float(p) for p in raw) if ok else ()
         if len(pct) != 2 or not 0 <= pct[0] < pct[1] <= 100:
             raise ProbebenchError(f"{where}: [pixels] percentiles must be two numbers 0 <= low < high <= 100, "
-                                  f"not {list(pct)}")
+                                  f"not {raw!r}")
         bits = table.get("bits")
         if rule == "bits" and not (isinstance(bits, int) and 1 <= bits <= 32):
             raise ProbebenchError(f"{where}: [pixels] intensity = \"bits\" needs bits = N (1-32), e.g. bits = 12 "

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from probebench.atomic import write_bytes, write_text
 from probebench.bootstrap import BootstrapConfig
 from probebench.cache import open_group, store_exists
+from probebench.errors import ProbebenchError
 from probebench.metrics import LABELS, STUDY_METRICS
 from probebench.registry import path_name
 from probebench.report import ReportOptions, ReportRow, collect_rows, comparisons, evaluate_run, footnotes, render
@@ -212,33 +214,33 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
                              aggregate=r.get("aggregate", "mean"), metrics=tuple(r.get("metrics", STUDY_METRICS)))
     rows = rows if rows is not None else collect_rows(runs_dir, opts=opts)
     if not rows:
-        raise FileNotFoundError(f"no runs under {runs_dir}")
+        raise ProbebenchError(f"no runs under {runs_dir}; run `probebench fit` first")
     comps = comps if comps is not None else comparisons(rows, opts)
     md = ["# probebench results", "", render(rows, "md", opts, comps), "## Data distribution (Tables I/II)", "",
           markdown_distribution(rows)]
-    (out / "tables.md").write_text("\n".join(md))
-    (out / "tables.tex").write_text(latex_tables(rows, opts))
+    write_text(out / "tables.md", "\n".join(md))
+    write_text(out / "tables.tex", latex_tables(rows, opts))
     patient_opts = ReportOptions(opts.bootstrap, level="patient", aggregate=opts.aggregate, metrics=opts.metrics)
     grouped = [r for r in rows if len(np.unique(r.run.groups)) < len(r.run.groups)]
     csv_text = render(rows, "csv", opts)
     if grouped:
         patient_rows = [evaluate_run(r.run, patient_opts, r.repeats) for r in grouped]
         csv_text += "".join(render(patient_rows, "csv", patient_opts).splitlines(keepends=True)[1:])
-    (out / "results.csv").write_text(csv_text)
+    write_text(out / "results.csv", csv_text)
 
     sections = []
     for dataset in sorted({r.dataset for r in rows}):
         png, svg = _figure_bytes(forest_plot(rows, dataset, opts.metrics[0]))
-        (out / "figures" / f"forest_{path_name(dataset)}.png").write_bytes(png)
-        (out / "figures" / f"forest_{path_name(dataset)}.svg").write_bytes(svg)
+        write_bytes(out / "figures" / f"forest_{path_name(dataset)}.png", png)
+        write_bytes(out / "figures" / f"forest_{path_name(dataset)}.svg", svg)
         confusions = []
         for r in (r for r in rows if r.dataset == dataset):
             fig, _ = confusion_figure(r)
             cpng, csvg = _figure_bytes(fig)
             stem = (f"confusion_{path_name(dataset)}_{path_name(r.model)}_"
                     f"{'frozen' if r.freeze == 'Y' else 'unfrozen'}_{r.head}")
-            (out / "figures" / f"{stem}.png").write_bytes(cpng)
-            (out / "figures" / f"{stem}.svg").write_bytes(csvg)
+            write_bytes(out / "figures" / f"{stem}.png", cpng)
+            write_bytes(out / "figures" / f"{stem}.svg", csvg)
             confusions.append(_img(cpng, stem))
         sections.append(f"<h3>{html.escape(dataset)}</h3>{_img(png, 'forest plot ' + dataset)}"
                         f"<div>{''.join(confusions)}</div>")
@@ -287,5 +289,5 @@ Holm-adjusted within each dataset.</p>
 <h2>Provenance</h2><pre>{html.escape(json.dumps(provenance, indent=1))}</pre>
 </body></html>
 """
-    (out / "report.html").write_text(page)
+    write_text(out / "report.html", page)
     return out

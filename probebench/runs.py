@@ -19,6 +19,27 @@ import numpy as np
 MODES = ("frozen", "unfrozen")
 
 
+def check_writable(folder: str | Path) -> None:
+    """Refuse before any work when ``folder`` cannot take new files, so a trained head is never lost."""
+    import errno
+    import os
+    import tempfile
+
+    from probebench.errors import ProbebenchError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probebench-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = {errno.EACCES: "no permission", errno.EROFS: "read-only file system",
+                  errno.ENOSPC: "disk full"}.get(exc.errno, exc.strerror or str(exc))
+        raise ProbebenchError(f"cannot write into {folder} ({reason}); choose a writable folder with --runs-dir "
+                              "(or runs_dir in a study file)") from None
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+import sys
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from probebench.atomic import write_json
 from probebench.cache import open_group, store_exists
-from probebench.errors import ProbebenchError
+from probebench.errors import ProbebenchError, describe_error
+from probebench.validate import component, line_of, problem, read_toml
 
 MODES = ("frozen", "unfrozen")
 SECTIONS = {
@@ -31,20 +32,6 @@ SECTIONS = {
                 "channels_last", "mean", "std"},
     "report": {"resamples", "method", "unit", "level", "aggregate", "metrics"},
 }
-
-
-def _line_of(text: str, section: str, key: str | None = None) -> int:
-    """The line where ``[section]`` (or ``key`` inside it) is written, for error messages."""
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if re.match(rf"^\s*\[{re.escape(section)}\]", ln)), None)
-    if key is None or start is None:
-        return (start or 0) + 1
-    for i in range(start + 1, len(lines)):
-        if re.match(r"^\s*\[", lines[i]):
-            break
-        if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
-            return i + 1
-    return start + 1
 
 
 @dataclass
@@ -81,54 +68,79 @@ class Study:
         return [Path(r) for r in ([self.data_root] if isinstance(self.data_root, str) else self.data_root)]
 
 
+STUDY_TYPES = {  # [study] key -> (test, what is allowed)
+    "name": (lambda v: isinstance(v, str), "a name"),
+    "datasets": (lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x for x in v),
+                 "a non-empty list of dataset names, e.g. [\"chest_xray\"]"),
+    "models": (lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x for x in v),
+               "a non-empty list of model names, e.g. [\"resnet50\"]"),
+    "modes": (lambda v: isinstance(v, list) and v and set(v) <= set(MODES), f"a non-empty list from {list(MODES)}"),
+    "heads": (lambda v: isinstance(v, list) and v and all(problem("head", h) is None for h in v),
+              "a non-empty list of heads (linear, mlp, logreg, knn)"),
+    "data_root": (lambda v: isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)),
+                  "a folder, or a list of folders searched in order"),
+    "cache_dir": (lambda v: isinstance(v, str) and v, "a folder"),
+    "runs_dir": (lambda v: isinstance(v, str) and v, "a folder"),
+    "report_dir": (lambda v: isinstance(v, str) and v, "a folder"),
+    "synthetic": (lambda v: isinstance(v, bool), "true or false"),
+}
+SECTION_RULES = {"study": ("seeds", "grid", "weights"), "extract": tuple(SECTIONS["extract"] - {"mean", "std"}),
+                 "training": tuple(SECTIONS["training"]), "report": tuple(SECTIONS["report"]),
+                 "unfrozen": tuple(SECTIONS["unfrozen"] - {"precision"})}
+
+
 def load_study(path: str | Path) -> Study:
-    """Parse a study TOML; unknown keys and impossible values name the file, the line and what is allowed."""
-    from probebench.heads import HEADS
+    """Parse a study TOML; unknown keys, wrong types and impossible values name the file, the line and what is
+    allowed, so that nothing is extracted before every cell's settings are known to be usable."""
     from probebench.registry import REGISTRY
 
     path = Path(path)
-    if not path.is_file():
-        raise ProbebenchError(f"study file not found: {path}")
-    text = path.read_text()
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProbebenchError(f"{path}: invalid TOML: {exc}") from exc
+    raw, text = read_toml(path, "study file")
 
     def fail(section, key, message):
-        raise ProbebenchError(f"{path}, line {_line_of(text, section, key)}: {message}")
+        raise ProbebenchError(f"{path}, line {line_of(text, section, key)}: {message}")
 
     for section, content in raw.items():
         if section not in SECTIONS:
             fail(section, None, f"unknown section [{section}]; allowed: {', '.join(sorted(SECTIONS))}")
+        if not isinstance(content, dict):
+            fail(None, section, f"{section} must be a [{section}] table; allowed sections: "
+                                f"{', '.join(sorted(SECTIONS))}")
         for key in content:
             if key not in SECTIONS[section]:
                 fail(section, key, f"unknown key {key!r} in [{section}]; allowed: {', '.join(sorted(SECTIONS[section]))}")
     s = raw.get("study", {})
     for key in ("datasets", "models"):
-        if not s.get(key):
-            fail("study", key, f"[study] needs a non-empty list {key!r}")
+        if key not in s:
+            fail("study", key, f"[study] needs {key} = a non-empty list")
+    for key, (test, allowed) in STUDY_TYPES.items():
+        if key in s and not test(s[key]):
+            fail("study", key, f"{key} must be {allowed}, not {s[key]!r}")
+    for section, keys in SECTION_RULES.items():
+        for key in keys:
+            if key in raw.get(section, {}) and (p := problem(key, raw[section][key], optional=False)) is not None:
+                fail(section, key, f"[{section}] {key} {p}")
+    if "precision" in raw.get("unfrozen", {}) and (p := problem("finetune_precision", raw["unfrozen"]["precision"])):
+        fail("unfrozen", "precision", f"[unfrozen] precision {p}")
+    for key in ("mean", "std"):
+        if key in raw.get("extract", {}):
+            try:
+                from probebench.registry import Preprocessing, with_normalization
+
+                with_normalization(Preprocessing(), **{key: raw["extract"][key]})
+            except ProbebenchError as exc:
+                fail("extract", key, f"[extract] {exc}")
     unknown_models = [m for m in s["models"] if m not in REGISTRY]
     if unknown_models:
         fail("study", "models", f"unknown models {unknown_models}; allowed: {', '.join(REGISTRY)}")
-    modes = s.get("modes", list(MODES))
-    if not modes or set(modes) - set(MODES):
-        fail("study", "modes", f"modes {modes} must be a non-empty subset of {list(MODES)}")
-    heads = s.get("heads", ["linear"])
-    if set(heads) - set(HEADS):
-        fail("study", "heads", f"unknown heads {sorted(set(heads) - set(HEADS))}; allowed: {', '.join(HEADS)}")
-    seeds = s.get("seeds", [0])
-    if not seeds or not all(isinstance(x, int) for x in seeds):
-        fail("study", "seeds", "seeds must be a non-empty list of integers")
-    for section in ("training", "unfrozen"):
-        t = raw.get(section, {})
-        for key in ("epochs", "batch_size"):
-            if key in t and (not isinstance(t[key], int) or t[key] < 1):
-                fail(section, key, f"{key} must be a positive integer, not {t[key]!r}")
-        if "lr" in t and not (isinstance(t["lr"], (int, float)) and t["lr"] > 0):
-            fail(section, "lr", f"lr must be a positive number, not {t['lr']!r}")
-    return Study(name=s.get("name", path.stem), source=path, datasets=list(s["datasets"]), models=list(s["models"]),
-                 modes=list(modes), heads=list(heads), seeds=list(seeds), grid=bool(s.get("grid", False)),
+    for d in s["datasets"]:
+        component(d, "dataset", f"{path}, line {line_of(text, 'study', 'datasets')}: ") if not d.endswith(".toml") \
+            else None
+    name = s.get("name", path.stem)
+    component(name, "study name", f"{path}, line {line_of(text, 'study', 'name')}: ")
+    return Study(name=name, source=path, datasets=list(s["datasets"]), models=list(s["models"]),
+                 modes=list(s.get("modes", MODES)), heads=list(s.get("heads", ["linear"])),
+                 seeds=list(s.get("seeds", [0])), grid=bool(s.get("grid", False)),
                  weights=s.get("weights", "auto"), data_root=s.get("data_root"), cache_dir=s.get("cache_dir", "cache"),
                  runs_dir=s.get("runs_dir", "runs"), report_dir=s.get("report_dir", "report"),
                  synthetic=bool(s.get("synthetic", False)), training=raw.get("training", {}),
@@ -176,15 +188,15 @@ def _state_path(study: Study) -> Path:
 
 def _load_state(study: Study) -> dict:
     p = _state_path(study)
-    return json.loads(p.read_text()) if p.is_file() else {}
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except (ValueError, OSError) as exc:  # only a record of finished cells: the runs themselves are checked
+        sys.stderr.write(f"note: study state {p} is unreadable ({exc}); every cell is checked afresh\n")
+        return {}
 
 
 def _save_state(study: Study, state: dict) -> None:
-    p = _state_path(study)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    tmp.replace(p)
+    write_json(_state_path(study), state)
 
 
 def _extract_options(study: Study) -> dict:
@@ -213,11 +225,11 @@ def plan(study: Study, only: str | None = None) -> list[Cell]:
             try:
                 jobs[(c.dataset, c.model)] = resolve_job(c.model, c.dataset, data_root=study.data_roots(),
                                                          weights=study.weights, **_extract_options(study))
-            except ProbebenchError as exc:
+            except Exception as exc:  # any failure blocks this dataset x model only; the plan goes on
                 jobs[(c.dataset, c.model)] = exc
         job = jobs[(c.dataset, c.model)]
-        if isinstance(job, ProbebenchError):
-            c.status, c.detail = "blocked", " ".join(str(job).split())
+        if isinstance(job, Exception):
+            c.status, c.detail = "blocked", " ".join(describe_error(job).split())
             continue
         n = len(job.manifest)
         n_train = int((job.manifest.splits == "train").sum())
@@ -333,7 +345,7 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             select_metric=u.get("select_metric", "val_accuracy"), patience=u.get("patience"),
                             accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
-                            seed=s, progress=progress, existing="reuse",
+                            seed=s, progress=progress, existing="reuse", resume="auto",
                             **{k: study.extract[k] for k in ("resize", "crop", "tap", "mean", "std")
                                if k in study.extract})))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
@@ -342,8 +354,7 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                 raise
             except Exception as exc:  # recorded, and the study goes on
                 c.status = "failed"
-                c.detail = (str(exc) if isinstance(exc, ProbebenchError) else f"{type(exc).__name__}: {exc}")
-                c.detail = " ".join(c.detail.split())
+                c.detail = " ".join(describe_error(exc).split())
                 state[c.key] = {"hash": c.hash, "status": "failed", "error": c.detail,
                                 "traceback": traceback.format_exc()[-4000:]}
             _save_state(study, state)

@@ -129,6 +129,22 @@ def sha256_file(path: str | Path) -> str:
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
+def safe_load(path: str | Path, what: str, remedy: str):
+    """``torch.load(weights_only=True)`` whose failures are one probebench message: a file holding other
+    objects is refused without PyTorch's advice to retry with ``weights_only=False`` (which would run them)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ProbebenchError(f"{what} {path} holds Python objects other than tensors and plain values, so it was "
+                              "not loaded: unpickling them could run arbitrary code. Use a checkpoint saved as a "
+                              f"state dict (or .safetensors); {remedy}") from None
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProbebenchError(f"{what} {path} cannot be read (truncated or damaged: {first}); {remedy}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from an official checkpoint (plain, or wrapped under ``state_dict`` / ``model``).
 
@@ -145,9 +161,9 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ProbebenchError(f"cannot read weights file {path}: {exc}") from exc
+    obj = safe_load(path, "weights file", "download it again or give another --weights")
     for wrapper in ("state_dict", "model", "teacher"):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]

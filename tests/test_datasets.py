@@ -133,7 +133,7 @@ def test_csv_label_outside_classes(tmp_path):
     root = tmp_path / "data" / "bad"
     write_image(root / "x.png", seed=0)
     (root / "m.csv").write_text("path,label,split\nx.png,zebra,train\n")
-    spec = write_spec(tmp_path / "bad.toml", 'kind = "csv"\nroot = "bad"\nclasses = ["cat"]\n[csv]\nfile = "m.csv"\n')
+    spec = write_spec(tmp_path / "bad.toml", 'kind = "csv"\nroot = "bad"\nclasses = ["cat", "dog"]\n[csv]\nfile = "m.csv"\n')
     with pytest.raises(ProbebenchError, match=r"m.csv, line 2: label 'zebra' is not one of the classes"):
         load_manifest(str(spec), tmp_path / "data")
 
@@ -167,7 +167,7 @@ def test_folder_outside_class_list(tmp_path, tiny):
 
 def test_unknown_spec_key_is_an_error(tmp_path):
     spec = write_spec(tmp_path / "typo.toml", "clases = []\n" + TINY_SPEC)
-    with pytest.raises(ProbebenchError, match=r"typo.toml: unknown keys \['clases'\]"):
+    with pytest.raises(ProbebenchError, match=r"typo.toml, line 1: unknown keys \['clases'\]"):
         load_manifest(str(spec), tmp_path)
     spec = write_spec(tmp_path / "typo2.toml", TINY_SPEC + "val_fractoin = 0.1\n")
     with pytest.raises(ProbebenchError, match=r"unknown keys \['val_fractoin'\] in \[split\]"):

@@ -123,7 +123,9 @@ def test_cohort_end_to_end_datasets_splits_and_summary(tmp_path):
     img = Image.open(out / "t1" / read_manifest(out / "t1" / "manifest.csv")[0]["path"])
     assert img.mode == "L" and img.size == (44, 44)  # 40 voxels of 1.0 mm -> 44 of 0.9 mm
     assert json.loads((out / "prepare_summary.json").read_text())["modalities"]["t1"]["splits"]["test"]["patients"]
-    assert not list(out.glob(".*"))  # no staging folders left
+    gens = sorted(x.name for x in (out / ".prepare-mri").iterdir())  # one live preparation, no staging left
+    assert len(gens) == 2 and "current" in gens and not any(g.endswith(".partial") for g in gens)
+    assert (out / "t1").resolve().parent == (out / ".prepare-mri" / gens[0]).resolve()
 
 
 def test_rerun_is_byte_identical(tmp_path):

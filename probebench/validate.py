@@ -1,0 +1,181 @@
+"""Checks made before any work starts: option values (one rule per option, shared by the command line, the
+Python API and study files), names that become folders, and paths that must stay inside the data root."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+from probebench.errors import ProbebenchError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SELECT_METRICS = ("val_accuracy", "val_loss")
+HEADS = ("linear", "mlp", "logreg", "knn")
+EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
+FINETUNE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STORE_DTYPES = ("float32", "float16")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _choice(options):
+    return (lambda v: v in options), "one of " + ", ".join(str(o) for o in options)
+
+
+RULES = {  # option -> (test, what is allowed); None is allowed only where the option is optional (below)
+    "epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "chunk_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "accumulate": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "hidden": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "workers": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "patience": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "resize": (lambda v: _int(v) and v >= 1, "an integer number of pixels >= 1"),
+    "crop": (lambda v: _int(v) and v >= 1, "an integer number of pixels >= 1"),
+    "seed": (_int, "an integer"),
+    "seeds": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_int(s) for s in v),
+              "a non-empty list of integers"),
+    "lr": (lambda v: _real(v) and v > 0, "a finite number > 0"),
+    "weight_decay": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),
+    "optimizer": _choice(OPTIMIZERS),
+    "select_metric": _choice(SELECT_METRICS),
+    "head": _choice(HEADS),
+    "precision": _choice(EXTRACT_PRECISIONS),
+    "finetune_precision": _choice(FINETUNE_PRECISIONS),
+    "store_dtype": _choice(STORE_DTYPES),
+    "normalize": _choice(("l2",)),
+    "class_weight": _choice(("balanced",)),
+    "tap": (lambda v: isinstance(v, str) and v != "", "a tap name (see `probebench models`)"),
+    "device": (lambda v: isinstance(v, str) and v != "", "auto, cpu, cuda, cuda:N or mps"),
+    "weights": (lambda v: isinstance(v, str) and v != "", "auto, random[:SEED] or a checkpoint path"),
+    "skip_bad": (lambda v: isinstance(v, bool), "true or false"),
+    "draft": (lambda v: isinstance(v, bool), "true or false"),
+    "channels_last": (lambda v: isinstance(v, bool), "true or false"),
+    "grad_checkpointing": (lambda v: isinstance(v, bool), "true or false"),
+    "grid": (lambda v: isinstance(v, bool), "true or false"),
+    "standardize": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _report_rules() -> dict:
+    from probebench.bootstrap import METHODS, UNITS
+    from probebench.evaluate import AGGREGATIONS, LEVELS
+    from probebench.metrics import ALL_METRICS
+
+    return {"resamples": (lambda v: _int(v) and v >= 1, "an integer >= 1"), "method": _choice(METHODS),
+            "unit": _choice(UNITS), "level": _choice(LEVELS), "aggregate": _choice(AGGREGATIONS),
+            "metrics": (lambda v: isinstance(v, list) and v and all(m in ALL_METRICS for m in v),
+                        "a non-empty list of metrics from " + ", ".join(ALL_METRICS))}
+
+
+RULES.update(_report_rules())
+OPTIONAL = {"workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight", "tap", "batch_size",
+            "channels_last"}
+
+
+def flag(key: str) -> str:
+    """The command-line spelling of an option: ``batch_size`` -> ``--batch-size``."""
+    return "--" + key.replace("finetune_", "").replace("_", "-")
+
+
+def problem(key: str, value, *, optional: bool | None = None) -> str | None:
+    """What is wrong with ``value`` for option ``key`` (None when it is fine)."""
+    test, allowed = RULES[key]
+    if value is None and (key in OPTIONAL if optional is None else optional):
+        return None
+    try:
+        ok = bool(test(value))
+    except TypeError:
+        ok = False
+    return None if ok else f"must be {allowed}, not {value!r}"
+
+
+def check_options(name=flag, /, **values) -> None:
+    """Raise one error listing every bad value, each named as ``name(key)`` (the CLI flag by default)."""
+    bad = [f"{name(k)} {p}" for k, v in values.items() if (p := problem(k, v)) is not None]
+    if bad:
+        raise ProbebenchError("; ".join(bad))
+
+
+def parse_ints(text: str | None, what: str) -> list[int] | None:
+    """``"1,2,3"`` -> [1, 2, 3]; None and "" stay None; anything else names the option."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return [int(s) for s in str(text).replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ProbebenchError(f"--{what} {text!r}: expected integers separated by commas, e.g. 1,2,3") from None
+
+
+# ---------------------------------------------------------------- names and paths
+
+_COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
+
+
+def component(name, what: str, where: str = "") -> str:
+    """``name`` as a single, safe folder name: letters, digits and ``_ . + = -``, not starting with a dot, so it
+    can never climb out of (``..``) or reach below (``a/b``) the folder it is written into."""
+    if not isinstance(name, str) or not _COMPONENT.match(name):
+        raise ProbebenchError(f"{where}{what} {name!r} cannot be a folder name: use letters, digits and _ . + = - "
+                              "(no path separators, no leading dot)")
+    return name
+
+
+def outside(paths, root: str | Path) -> list[tuple[str, str]]:
+    """The ``(path, resolved path)`` pairs among ``paths`` that, symlinks and ``..`` resolved, do not lie inside
+    ``root`` (itself resolved, so a dataset folder that is a link to another disk is fine)."""
+    base = os.path.realpath(root)
+    prefix = base.rstrip(os.sep) + os.sep
+    found = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if real != base and not real.startswith(prefix):
+            found.append((str(p), real))
+    return found
+
+
+def line_of(text: str, section: str | None, key: str | None = None) -> int:
+    """The line where ``[section]`` (or ``key`` inside it; top-level keys with ``section`` None) is written,
+    for error messages; the section's line when the key is not written out, 1 when neither is."""
+    lines = text.splitlines()
+    if section is None:
+        start = -1
+    else:
+        start = next((i for i, ln in enumerate(lines)
+                      if re.match(rf"^\s*\[\[?{re.escape(section)}\]\]?", ln)), None)
+        if start is None:
+            return 1
+    if key is None:
+        return start + 1 if start >= 0 else 1
+    for i in range(start + 1, len(lines)):
+        if re.match(r"^\s*\[", lines[i]):
+            break
+        if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
+            return i + 1
+    return max(start, 0) + 1
+
+
+def read_toml(path: Path, what: str) -> tuple[dict, str]:
+    """A TOML file's table and text; a missing, binary or malformed file is one error naming it."""
+    import tomllib
+
+    if not path.is_file():
+        raise ProbebenchError(f"{what} not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProbebenchError(f"{path}: not a TOML text file (it is not UTF-8 text)") from None
+    except OSError as exc:
+        raise ProbebenchError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise ProbebenchError(f"{path}: invalid TOML: {exc}") from None
