@@ -35,6 +35,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        from probebench.errors import ProbebenchError, describe_error
+
+        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+        raise ProbebenchError(f"cannot write {path}: {describe_error(exc)}; {kept}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -46,7 +46,7 @@ def friendly(fn):
                 raise
             extra = "" if isinstance(exc, (ProbebenchError, OSError)) else \
                 " (unexpected: rerun with --debug to see where, and report it)"
-            err.print(f"[bold red]error:[/] {escape(describe_error(exc))}{extra}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(describe_error(exc))}{extra}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
     return wrapper
 
@@ -418,6 +418,25 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
               "folder (config.json + model.safetensors) given as --weights DIR, with the preprocessing of its "
               "preprocessor_config.json. --mean/--std override any model's normalisation; "
               "`probebench models --model NAME --weights W` shows what a model will get.", highlight=False)
+
+
+@app.command()
+@friendly
+def verify(cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Feature cache root to check."),
+           runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Runs folder to check."),
+           repair: bool = typer.Option(False, "--repair", help="Mark damaged chunks for recomputation by the next "
+                                       "extract, move damaged runs into <runs-dir>/_damaged/, remove leftovers of "
+                                       "interrupted writes. Not while another probebench command writes there."),
+           verbose: bool = typer.Option(False, "--verbose", "-v", help="List the items that are fine too.")):
+    """Check every feature store and run folder (metadata, chunks finite and readable, predictions parse);
+    exit status 1 when a problem is left."""
+    from probebench.verify import render
+    from probebench.verify import verify as run
+
+    result = run(cache_dir, runs_dir, repair=repair)
+    sys.stdout.write(render(result, verbose))
+    if result.problems:
+        raise typer.Exit(1)
 
 
 @app.command()

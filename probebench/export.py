@@ -6,6 +6,7 @@ attributes that say what produced them.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def export_features(model: str, dataset: str, out: str | Path, *, fmt: str | Non
         if fmt == "h5":
             import h5py
 
-            with h5py.File(tmp, "w") as fh:
+            buffer = io.BytesIO()  # built in memory: h5py reports a failed disk write only as noise on close
+            with h5py.File(buffer, "w") as fh:
                 fh.create_dataset("features", data=feats.features, chunks=True)
                 fh.create_dataset("labels", data=feats.labels)
                 for name in ("sample_ids", "groups", "split"):
@@ -45,6 +47,7 @@ def export_features(model: str, dataset: str, out: str | Path, *, fmt: str | Non
                                       dtype=h5py.string_dtype())
                 for key, value in meta.items():
                     fh.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            tmp.write_bytes(buffer.getbuffer())
         elif fmt == "npz":
             with open(tmp, "wb") as fh:  # a file object: numpy appends no .npz to the name
                 np.savez(fh, features=feats.features, labels=feats.labels, sample_ids=feats.sample_ids,

@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader
 from probebench import cache as fcache
 from probebench.datasets import Manifest, load_manifest
 from probebench.errors import ProbebenchError
-from probebench.validate import check_options
 from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.registry import (ModelConfig, Preprocessing, checkpoint_info, create_model, get_config,
                                  hf_preprocessing, random_seed, random_weights_info, with_normalization)
 from probebench.progress import make_progress
+from probebench.validate import check_options
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -34,8 +34,7 @@ from probebench.progress import make_progress
 from probebench.registry import FeatureExtractor, create_model, path_name
 from probebench.runs import check_writable, config_hash, write_run
 from probebench.validate import check_options
-from probebench.training import (LoopState, epoch_batches, make_optimizer, seeded_init, train_loop,
-                                 val_metrics)
+from probebench.training import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
 
 REPLACED_LAYER = {"vgg16": "classifier.6", "resnet50": "fc", "densenet121": "classifier"}
 BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"

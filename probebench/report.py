@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from probebench.bootstrap import BootstrapConfig, Difference, Interval, bootstra
 from probebench.errors import ProbebenchError
 from probebench.evaluate import eval_data
 from probebench.metrics import ALL_METRICS, LABELS, STUDY_METRICS
-from probebench.runs import Run, find_runs, read_run
+from probebench.runs import Run, find_runs, read_config, read_run
 
 FORMATS = ("table", "md", "csv")
 RANDOM_MARK = "†"
@@ -89,7 +88,7 @@ def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None
 def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = None,
                  opts: ReportOptions = ReportOptions(), latest_only: bool = True) -> list[ReportRow]:
     """One row per run (the latest per dataset x model x mode x head unless ``latest_only`` is off)."""
-    configs = {p: json.loads((p / "config.json").read_text()) for p in find_runs(runs_dir)}  # predictions later
+    configs = {p: read_config(p) for p in find_runs(runs_dir)}  # predictions later
     if datasets:
         configs = {p: c for p, c in configs.items() if c["dataset"] in datasets}
     by_group: dict[str, list[Path]] = {}

@@ -94,18 +94,51 @@ class Run:
         return self.config["classes"]
 
 
-def read_run(path: str | Path) -> Run:
+DAMAGED_HINT = "`probebench verify --repair` moves damaged runs aside (into _damaged/)"
+
+
+def read_config(path: str | Path) -> dict:
+    """A run's ``config.json``; an unreadable one is an error naming the run."""
     path = Path(path)
-    config = json.loads((path / "config.json").read_text())
+    try:
+        config = json.loads((path / "config.json").read_text())
+        if not isinstance(config, dict) or not isinstance(config.get("classes"), list):
+            raise ValueError("no class list")
+        return config
+    except (OSError, ValueError) as exc:
+        from probebench.errors import ProbebenchError
+
+        raise ProbebenchError(f"run {path} is damaged: config.json cannot be read ({exc}); {DAMAGED_HINT}") from None
+
+
+def read_run(path: str | Path) -> Run:
+    """A run folder read back; a truncated or edited file, or a probability that is not a finite number in
+    [0, 1], is an error naming the run, so a table never shows numbers computed from damaged predictions."""
+    from probebench.errors import ProbebenchError
+
+    path = Path(path)
+    config = read_config(path)
     classes = config["classes"]
     index = {c: i for i, c in enumerate(classes)}
-    with (path / "predictions.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    proba = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
-    return Run(path=path, config=config, metrics=json.loads((path / "metrics.json").read_text()),
-               sample_ids=np.array([r["sample_id"] for r in rows]), groups=np.array([r["group"] for r in rows]),
-               y_true=np.array([index[r["true"]] for r in rows], dtype=np.int64),
-               y_pred=np.array([index[r["pred"]] for r in rows], dtype=np.int64), proba=proba)
+    try:
+        with (path / "predictions.csv").open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        proba = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
+        run = Run(path=path, config=config, metrics=json.loads((path / "metrics.json").read_text()),
+                  sample_ids=np.array([r["sample_id"] for r in rows]), groups=np.array([r["group"] for r in rows]),
+                  y_true=np.array([index[r["true"]] for r in rows], dtype=np.int64),
+                  y_pred=np.array([index[r["pred"]] for r in rows], dtype=np.int64), proba=proba)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        what = f"unknown class or missing column {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ProbebenchError(f"run {path} is damaged: {what}; {DAMAGED_HINT}") from None
+    if not len(rows):
+        raise ProbebenchError(f"run {path} is damaged: predictions.csv has no rows; {DAMAGED_HINT}")
+    bad = np.flatnonzero(~(np.isfinite(proba) & (proba >= 0) & (proba <= 1)).all(axis=1))
+    if len(bad):
+        raise ProbebenchError(f"run {path}: {len(bad)} prediction row(s) hold probabilities that are not finite "
+                              f"numbers in [0, 1] (first: sample {run.sample_ids[bad[0]]}); NaN features or weights "
+                              f"give such runs, which must not be reported; {DAMAGED_HINT}")
+    return run
 
 
 def find_runs(runs_dir: str | Path) -> list[Path]:

@@ -1,0 +1,147 @@
+"""``verify``: check every feature store and run folder, say what is wrong, and with ``repair`` fix what can be
+fixed without the images or the model.
+
+Stores: metadata present, arrays openable, every chunk readable and finite. A damaged chunk of a complete
+store is marked for recomputation (the next ``extract`` with the same options recomputes exactly those
+chunks). Runs: every file parses, probabilities are finite in [0, 1]; a damaged run is moved into
+``<runs>/_damaged/`` so that reports go on without it. Leftovers of interrupted writes are removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from probebench.errors import ProbebenchError, describe_error
+
+
+@dataclass
+class Finding:
+    """One checked item: ``state`` is ok, damaged, incomplete or leftover; ``action`` what ``repair`` did."""
+
+    kind: str  # "store" | "run" | "leftover"
+    path: str
+    state: str
+    detail: str = ""
+    action: str = ""
+
+
+@dataclass
+class Verification:
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Finding]:
+        """What still needs a user's attention after any repair."""
+        return [f for f in self.findings if f.state in ("damaged", "leftover") and not f.action]
+
+
+def find_stores(cache_dir: str | Path) -> list[Path]:
+    return sorted(p for p in Path(cache_dir).glob("*/*/*.zarr") if p.is_dir())
+
+
+def check_store(path: Path, repair: bool) -> Finding:
+    """A store's metadata, arrays and chunks; with ``repair`` the damaged chunks of a complete store are marked
+    for recomputation by the next ``extract``."""
+    from probebench import cache as fcache
+
+    if not (path / "zarr.json").is_file():
+        return Finding("store", str(path), "damaged", "zarr.json (its metadata) is missing: rebuild with "
+                                                      "extract --force")
+    try:
+        root = fcache.open_group(path, mode="r+" if repair else "r")
+        attrs = dict(root.attrs)
+        missing = fcache.missing_arrays(root)
+    except Exception as exc:
+        return Finding("store", str(path), "damaged", f"unreadable ({describe_error(exc)}): rebuild with extract "
+                                                      "--force")
+    if missing or "key_material" not in attrs:
+        return Finding("store", str(path), "damaged", f"array(s) {', '.join(missing) or 'attributes'} missing: "
+                                                      "rebuild with extract --force")
+    label = f"{attrs.get('model')} × {attrs.get('dataset')}"
+    if not attrs.get("complete"):
+        done = int(sum(root["chunk_done"][:]))
+        return Finding("store", str(path), "incomplete", f"{label}: {done}/{attrs.get('n_chunks')} chunks; the same "
+                                                         "extract resumes it")
+    bad = fcache.damaged_chunks(root)
+    if not bad:
+        return Finding("store", str(path), "ok", f"{label}: {attrs.get('n_samples')} samples, "
+                                                 f"{attrs.get('n_chunks')} chunks")
+    finding = Finding("store", str(path), "damaged", f"{label}: chunk(s) {bad[:10]}{' …' if len(bad) > 10 else ''} "
+                                                     "unreadable or non-finite")
+    if repair:
+        for c in bad:
+            root["chunk_done"][c] = 0
+        root.attrs.update({"complete": False, "repaired_chunks": bad})
+        finding.action = (f"marked {len(bad)} chunk(s) for recomputation: rerun the same `probebench extract` "
+                          f"(model {attrs.get('model')}, dataset {attrs.get('dataset')})")
+    return finding
+
+
+def check_run(path: Path, runs_dir: Path, repair: bool) -> Finding:
+    """A run folder reads back completely; with ``repair`` a damaged one is moved to ``_damaged/``."""
+    from probebench.runs import read_run
+
+    try:
+        run = read_run(path)
+        n_test = (run.config.get("n") or {}).get("test")
+        if n_test is not None and n_test != len(run.y_true):
+            raise ProbebenchError(f"predictions.csv has {len(run.y_true)} rows, config.json says {n_test} test samples")
+    except ProbebenchError as exc:
+        finding = Finding("run", str(path), "damaged", str(exc).split("; `probebench verify")[0])
+        if repair:
+            target = runs_dir / "_damaged" / path.relative_to(runs_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(target))
+            finding.action = f"moved to {target}"
+        return finding
+    return Finding("run", str(path), "ok", f"{run.config.get('model')} {run.config.get('mode')} "
+                                           f"{run.config.get('head')}: {len(run.y_true)} test predictions")
+
+
+def leftovers(runs_dir: Path, cache_dir: Path) -> list[Path]:
+    """Temporary files and folders of interrupted writes, which no reader ever uses."""
+    found = [p for p in runs_dir.glob("*/*/*/*.partial") if p.is_dir()] if runs_dir.is_dir() else []
+    for base in (runs_dir, cache_dir):
+        if base.is_dir():
+            found += [p for p in base.rglob(".*.tmp*") if p.is_file() and ".zarr" not in p.parts[-2:]]
+    return sorted(set(found))
+
+
+def verify(cache_dir: str | Path = "cache", runs_dir: str | Path = "runs", *, repair: bool = False) -> Verification:
+    """Check every store under ``cache_dir`` and every run under ``runs_dir``; ``repair`` fixes what it can."""
+    from probebench.runs import find_runs
+
+    cache_dir, runs_dir = Path(cache_dir), Path(runs_dir)
+    if not cache_dir.is_dir() and not runs_dir.is_dir():
+        raise ProbebenchError(f"neither {cache_dir} nor {runs_dir} exists: nothing to verify (give --cache-dir and "
+                              "--runs-dir)")
+    result = Verification()
+    for store in find_stores(cache_dir) if cache_dir.is_dir() else []:
+        result.findings.append(check_store(store, repair))
+    for run in find_runs(runs_dir) if runs_dir.is_dir() else []:
+        if "_damaged" not in run.relative_to(runs_dir).parts:
+            result.findings.append(check_run(run, runs_dir, repair))
+    for p in leftovers(runs_dir, cache_dir):
+        finding = Finding("leftover", str(p), "leftover", "left by an interrupted write")
+        if repair:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            finding.action = "removed"
+        result.findings.append(finding)
+    return result
+
+
+def render(result: Verification, verbose: bool = False) -> str:
+    """One line per problem (and per checked item with ``verbose``), then a count."""
+    lines = []
+    for f in result.findings:
+        if f.state == "ok" and not verbose:
+            continue
+        lines.append(f"{f.state:10} {f.kind:8} {f.path}: {f.detail}" + (f"\n{'':20}repaired: {f.action}"
+                                                                         if f.action else ""))
+    counts = {k: sum(f.kind == k for f in result.findings) for k in ("store", "run")}
+    ok = sum(f.state == "ok" for f in result.findings)
+    lines.append(f"checked {counts['store']} store(s) and {counts['run']} run(s): {ok} ok, "
+                 f"{sum(bool(f.action) for f in result.findings)} repaired, {len(result.problems)} problem(s) left")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,502 @@
+"""The fault suite: bad inputs, damaged files and hostile names, each through the command line as a user meets it.
+
+Every case asserts the exit status, that the message names the culprit, that no traceback is printed, and
+that nothing previously good (the feature cache, the runs) was changed. A small world (a 2-class dataset,
+its extracted cache, one fitted run) is built once and copied for each case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SPEC, write_image
+from typer.testing import CliRunner
+
+from probebench.cli import app
+
+MODEL = ["--model", "resnet50", "--weights", "random", "--resize", "40", "--crop", "32"]
+DATA = ["--dataset", "tiny.toml", "--data-root", "data"]
+EXTRACT = ["extract", *MODEL, *DATA, "--cache-dir", "cache", "--workers", "0", "--batch-size", "4", "--chunk-size",
+           "8"]
+FIT = ["fit", *MODEL, *DATA, "--cache-dir", "cache", "--runs-dir", "runs", "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """data/tiny (20 patients), tiny.toml, cache/ with its complete store, runs/ with one linear-head run."""
+    base = tmp_path_factory.mktemp("world")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROBEBENCH_OFFLINE", "1")
+        mp.setenv("TORCH_HOME", str(base / "torch_home"))
+        mp.setenv("PROBEBENCH_HASH_CACHE", str(base / "digests.sqlite"))
+        mp.chdir(base)
+        i = 0
+        for c, name in enumerate(["a", "b"]):
+            for p in range(10):
+                for k in range(2):
+                    write_image(base / "data" / "tiny" / name / f"p{c}{p:02d}_{k}.png", seed=2 * i + c)
+                    i += 1
+        (base / "tiny.toml").write_text(TINY_SPEC)
+        for args in (EXTRACT, FIT):
+            res = CliRunner().invoke(app, args)
+            assert res.exit_code == 0, res.output
+    return base
+
+
+@pytest.fixture
+def w(world, tmp_path, monkeypatch):
+    """A private copy of the world, as the current directory."""
+    copy = tmp_path / "w"
+    shutil.copytree(world, copy, symlinks=True, ignore=shutil.ignore_patterns("digests.sqlite", "torch_home"))
+    monkeypatch.chdir(copy)
+    return copy
+
+
+def snapshot(base: Path) -> dict[str, str]:
+    """sha256 of every file under cache/ and runs/: what must survive a failed command unchanged."""
+    out = {}
+    for top in ("cache", "runs"):
+        for p in sorted((base / top).rglob("*")):
+            if p.is_file():
+                out[str(p.relative_to(base))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def cli(*args) -> tuple[int, str]:
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    text = " ".join(res.output.split())
+    assert "Traceback" not in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res.exit_code, text
+
+
+def refused(base: Path, args, pattern: str, code: int = 2) -> str:
+    """Run a command that must fail: status ``code``, ``pattern`` in the message, cache and runs unchanged."""
+    before = snapshot(base)
+    status, text = cli(*args)
+    assert status == code, text
+    assert re.search(pattern, text), text
+    assert snapshot(base) == before
+    return text
+
+
+def spec_variant(base: Path, name: str, old: str, new: str) -> str:
+    text = TINY_SPEC.replace(old, new)
+    assert text != TINY_SPEC or old == new
+    (base / name).write_text(text)
+    return name
+
+
+def extract_with(spec: str) -> list[str]:
+    return ["extract", *MODEL, "--dataset", spec, "--data-root", "data", "--cache-dir", "cache", "--workers", "0"]
+
+
+# ---------------------------------------------------------------- dataset specs
+
+SPEC_CASES = {  # case -> (old text, new text, message pattern)
+    "regex_invalid": ("'^(?P<group>p\\d+)_'", "'^(?P<group>p\\d+_'", r"line 8: group_regex .* is not a valid regular"),
+    "regex_without_named_group": ("'^(?P<group>p\\d+)_'", "'^(p\\d+)_'", r"line 8: .*has no named group \(\?P<group>"),
+    "val_fraction_text": ("val_fraction = 0.25", 'val_fraction = "lots"',
+                          r"line 11: \[split\] val_fraction must be a number between 0 and 1, not 'lots'"),
+    "val_fraction_one": ("val_fraction = 0.25", "val_fraction = 1.0", r"val_fraction must be a number between 0"),
+    "split_dirs_list": ("[folder]\n", '[folder]\nsplit_dirs = ["train", "test"]\n',
+                        r"line 8: \[folder\] split_dirs must be a table of split -> list of folders"),
+    "name_dotdot": ('name = "tiny"', 'name = ".."', r"dataset name '\.\.' cannot be a folder name"),
+    "name_with_slash": ('name = "tiny"', 'name = "a/b"', r"dataset name 'a/b' cannot be a folder name"),
+    "root_escapes": ('root = "tiny"', 'root = "../data/tiny"', r"line 4: root must be a folder inside the data root"),
+    "root_absolute": ('root = "tiny"', 'root = "/etc"', r"root must be a folder inside the data root"),
+    "classes_a_string": ('classes = ["a", "b"]', 'classes = "ab"', r"line 5: classes must be a list of at least two"),
+    "classes_repeated": ('classes = ["a", "b"]', 'classes = ["a", "a"]', r"classes must be a list of at least two "
+                                                                          r"distinct"),
+    "unknown_key": ('group = "patient"', 'groop = "patient"', r"line 6: unknown keys \['groop'\]"),
+    "table_not_a_table": ('name = "tiny"', 'hdf5 = "data.h5"\nname = "tiny"', r"line 2: hdf5 must be a \[hdf5\] table"),
+    "test_count_zero": ("test_fraction = 0.3", "test_count = 0", r"test_count must be an integer >= 1, not 0"),
+    "kind_unknown": ('kind = "folder"', 'kind = "zip"', r"kind 'zip' is not one of: folder, csv, hdf5"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPEC_CASES))
+def test_bad_spec(w, case):
+    old, new, pattern = SPEC_CASES[case]
+    refused(w, extract_with(spec_variant(w, f"{case}.toml", old, new)), pattern)
+
+
+def test_binary_spec_file(w):
+    (w / "bin.toml").write_bytes(bytes(range(256)) * 4)
+    refused(w, extract_with("bin.toml"), r"bin.toml: not a TOML text file")
+
+
+def test_malformed_toml_names_file(w):
+    (w / "broken.toml").write_text("name = \n")
+    refused(w, extract_with("broken.toml"), r"broken.toml: invalid TOML")
+
+
+def csv_dataset(base: Path, table: str, extra: str = "", bom: bool = False) -> str:
+    """A csv-kind dataset over data/tiny's images with the given table text."""
+    (base / "data" / "tiny" / "t.csv").write_bytes((b"\xef\xbb\xbf" if bom else b"") + table.encode())
+    (base / "csvspec.toml").write_text('name = "tinycsv"\nkind = "csv"\nroot = "tiny"\nclasses = ["a", "b"]\n'
+                                       f'{extra}[csv]\nfile = "t.csv"\n[split]\ntest_fraction = 0.3\n'
+                                       'val_fraction = 0.25\n')
+    return "csvspec.toml"
+
+
+def table_rows(base: Path, paths=None) -> str:
+    files = sorted((base / "data" / "tiny").rglob("*.png"))
+    rows = [(f.relative_to(base / "data" / "tiny").as_posix(), f.parent.name, f.stem.split("_")[0]) for f in files]
+    if paths:
+        rows[0] = (paths, rows[0][1], rows[0][2])
+    return "path,label,patient\n" + "".join(f"{p},{label},{g}\n" for p, label, g in rows)
+
+
+def test_csv_with_byte_order_mark_is_read(w):
+    spec = csv_dataset(w, table_rows(w), bom=True)
+    status, text = cli("datasets", "--check", "--data-root", "data")
+    assert status == 0, text
+    os.makedirs(w / "configs" / "datasets")
+    shutil.copy(w / spec, w / "configs" / "datasets" / "tinycsv.toml")
+    status, text = cli("datasets", "--check", "--data-root", "data")
+    assert status == 0 and re.search(r"tinycsv: found in data 40 images", text), text
+
+
+def test_csv_missing_column(w):
+    spec = csv_dataset(w, table_rows(w).replace("label", "diagnosis", 1))
+    refused(w, extract_with(spec), r"t.csv: missing column\(s\) 'label' \(label_column\) named by spec .*"
+                                   r"the file has columns \['path', 'diagnosis', 'patient'\]")
+
+
+def test_csv_path_climbing_out_of_the_dataset(w):
+    secret = write_image(w / "outside.png", seed=1)
+    spec = csv_dataset(w, table_rows(w, paths="../../outside.png"))
+    refused(w, extract_with(spec), rf"1 image file\(s\) resolve outside the dataset folder .*-> {secret}.*"
+                                   r"allow_outside_root = true")
+
+
+def test_csv_absolute_path(w):
+    outside = write_image(w / "elsewhere" / "x.png", seed=1)
+    spec = csv_dataset(w, table_rows(w, paths=str(outside)))
+    refused(w, extract_with(spec), r"resolve outside the dataset folder")
+
+
+def test_symlink_to_a_file_outside(w):
+    target = write_image(w / "private" / "scan.png", seed=3)
+    link = w / "data" / "tiny" / "a" / "p000_0.png"
+    link.unlink()
+    link.symlink_to(target)
+    refused(w, EXTRACT, r"dataset 'tiny': 1 image file\(s\) resolve outside the dataset folder")
+
+
+def test_symlink_outside_allowed_when_the_spec_says_so(w):
+    target = write_image(w / "private" / "scan.png", seed=3)
+    link = w / "data" / "tiny" / "a" / "p000_0.png"
+    link.unlink()
+    link.symlink_to(target)
+    spec = spec_variant(w, "allowed.toml", 'group = "patient"', 'group = "patient"\nallow_outside_root = true')
+    status, text = cli("datasets", "--data-root", "data")
+    assert status == 0
+    from probebench.datasets import load_manifest
+
+    m = load_manifest(spec, w / "data")
+    assert str(link) in m.paths
+
+
+def test_a_dataset_folder_that_is_a_link_is_fine(w):
+    """Linking a dataset folder into the data root from another disk is common and stays allowed."""
+    shutil.move(w / "data" / "tiny", w / "disk2")
+    (w / "data" / "tiny").symlink_to(w / "disk2")
+    from probebench.datasets import load_manifest
+
+    assert len(load_manifest("tiny.toml", "data")) == 40
+
+
+def test_label_map_to_an_unknown_class(w):
+    spec = csv_dataset(w, table_rows(w))
+    text = (w / spec).read_text().replace('[csv]\nfile = "t.csv"\n', '[csv]\nfile = "t.csv"\nlabel_map = { a = "c" }\n')
+    (w / spec).write_text(text)
+    refused(w, extract_with(spec), r"maps to \['c'\], which are not among the classes")
+
+
+# ---------------------------------------------------------------- study files
+
+STUDY = """[study]
+name = "s"
+datasets = ["tiny.toml"]
+models = ["resnet50"]
+modes = ["frozen"]
+weights = "random"
+data_root = "data"
+[training]
+epochs = 2
+[extract]
+resize = 40
+crop = 32
+"""
+
+STUDY_CASES = {
+    "datasets_a_string": ('datasets = ["tiny.toml"]', 'datasets = "chest_xray"',
+                          r"s.toml, line 3: datasets must be a non-empty list of dataset names.*not 'chest_xray'"),
+    "optimizer_typo": ("epochs = 2", 'epochs = 2\noptimizer = "adamm"',
+                       r"line 10: \[training\] optimizer must be one of adam, adamw, sgd, not 'adamm'"),
+    "resize_text": ("resize = 40", 'resize = "big"', r"line 11: \[extract\] resize must be an integer number of "
+                                                     r"pixels >= 1, not 'big'"),
+    "lr_nan": ("epochs = 2", "epochs = 2\nlr = nan", r"\[training\] lr must be a finite number > 0, not nan"),
+    "weight_decay_negative": ("epochs = 2", "epochs = 2\nweight_decay = -1",
+                              r"\[training\] weight_decay must be a finite number >= 0, not -1"),
+    "select_metric_typo": ("epochs = 2", 'epochs = 2\nselect_metric = "val_f1"',
+                           r"select_metric must be one of val_accuracy, val_loss, not 'val_f1'"),
+    "precision_fp8": ("resize = 40", 'resize = 40\nprecision = "fp8"', r"\[extract\] precision must be one of fp32"),
+    "report_method": ("[extract]", '[report]\nmethod = "foo"\n[extract]', r"\[report\] method must be one of "
+                                                                         r"percentile, bca, not 'foo'"),
+    "seeds_not_integers": ('modes = ["frozen"]', 'modes = ["frozen"]\nseeds = [1, "x"]',
+                           r"\[study\] seeds must be a non-empty list of integers"),
+    "study_name_escapes": ('name = "s"', 'name = "../../elsewhere"', r"study name '\.\./\.\./elsewhere' cannot be a "
+                                                                     r"folder name"),
+    "section_not_a_table": ("[extract]\nresize = 40\ncrop = 32\n", "", None),
+    "mean_two_numbers": ("crop = 32", "crop = 32\nmean = [0.5, 0.5]", r"\[extract\] --mean needs 1 or 3 numbers"),
+}
+
+
+@pytest.mark.parametrize("case", list(STUDY_CASES))
+def test_bad_study_file_is_refused_before_any_work(w, case):
+    old, new, pattern = STUDY_CASES[case]
+    if pattern is None:  # a key that should be a section
+        text, pattern = 'extract = "fast"\n' + STUDY.replace(old, new), r"extract must be a \[extract\] table"
+    else:
+        text = STUDY.replace(old, new)
+    assert text != STUDY
+    (w / "s.toml").write_text(text)
+    refused(w, ["run", "s.toml"], pattern)
+    assert not (w / "runs" / "_studies").exists()  # nothing planned, nothing extracted
+
+
+def test_binary_study_file(w):
+    (w / "s.toml").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    refused(w, ["run", "s.toml", "--dry-run"], r"s.toml: not a TOML text file")
+
+
+def test_planner_records_any_failure_and_goes_on(w, monkeypatch):
+    """A cell whose dataset fails to resolve with an unexpected error is blocked with its message; the others
+    are planned (the planner used to stop at the first error that was not probebench's own)."""
+    import probebench.extract
+
+    real = probebench.extract.resolve_job
+
+    def flaky(model, dataset, **kw):
+        if dataset == "broken.toml":
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return real(model, dataset, **kw)
+
+    monkeypatch.setattr(probebench.extract, "resolve_job", flaky)
+    shutil.copy(w / "tiny.toml", w / "broken.toml")
+    (w / "s.toml").write_text(STUDY.replace('["tiny.toml"]', '["tiny.toml", "broken.toml"]'))
+    status, text = cli("run", "s.toml", "--dry-run")
+    assert status == 0, text
+    assert re.search(r"broken\.toml .*blocked: UnicodeDecodeError", text) and "todo" in text, text
+
+
+# ---------------------------------------------------------------- option values
+
+OPTION_CASES = {
+    "workers_negative": ([*EXTRACT, "--workers", "-1"], r"--workers must be an integer >= 0, not -1"),
+    "batch_size_zero": ([*EXTRACT, "--batch-size", "0"], r"--batch-size must be an integer >= 1, not 0"),
+    "batch_size_negative": ([*EXTRACT, "--batch-size", "-1"], r"--batch-size must be an integer >= 1, not -1"),
+    "chunk_size_zero": ([*EXTRACT, "--chunk-size", "0"], r"--chunk-size must be an integer >= 1"),
+    "precision_fp8": ([*EXTRACT, "--precision", "fp8"], r"--precision must be one of fp32, bf16, fp16, not 'fp8'"),
+    "store_dtype": ([*EXTRACT, "--store-dtype", "int8"], r"--store-dtype must be one of float32, float16"),
+    "resize_zero": ([*EXTRACT, "--resize", "0"], r"--resize must be an integer number of pixels >= 1, not 0"),
+    "epochs_zero": ([*FIT, "--epochs", "0"], r"--epochs must be an integer >= 1, not 0"),
+    "seeds_not_integers": ([*FIT, "--seeds", "1,x"], r"--seeds '1,x': expected integers separated by commas"),
+    "lr_nan": ([*FIT, "--lr", "nan"], r"--lr must be a finite number > 0, not nan"),
+    "lr_negative": ([*FIT, "--lr", "-0.1"], r"--lr must be a finite number > 0"),
+    "optimizer_typo": ([*FIT, "--optimizer", "adamm"], r"--optimizer must be one of adam, adamw, sgd, not 'adamm'"),
+    "select_metric_typo": ([*FIT, "--select-metric", "val_f1"], r"--select-metric must be one of val_accuracy"),
+    "head_unknown": ([*FIT, "--head", "svm"], r"--head must be one of linear, mlp, logreg, knn, not 'svm'"),
+    "patience_zero": ([*FIT, "--patience", "0"], r"--patience must be an integer >= 1"),
+    "weight_decay_negative": ([*FIT, "--weight-decay", "-1"], r"--weight-decay must be a finite number >= 0"),
+    "mean_two_numbers": ([*FIT, "--mean", "0.5,0.5"], r"--mean needs 1 or 3 numbers, got 2"),
+    "std_zero": ([*FIT, "--std", "0"], r"--std values must be positive"),
+    "finetune_epochs_zero": (["finetune", *MODEL, *DATA, "--runs-dir", "runs", "--epochs", "0"],
+                             r"--epochs must be an integer >= 1, not 0"),
+    "finetune_precision": (["finetune", *MODEL, *DATA, "--runs-dir", "runs", "--precision", "fp4"],
+                           r"--precision must be one of auto, fp32, bf16, fp16"),
+    "weights_typo": ([*FIT, "--weights", "radnom"], r"radnom"),
+    "unknown_model": ([*FIT[:1], "--model", "resnet5", *FIT[3:]], r"resnet5"),
+    "several_bad_values_at_once": ([*FIT, "--epochs", "0", "--lr", "0"], r"--epochs must .*; --lr must"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_bad_option_value(w, case):
+    args, pattern = OPTION_CASES[case]
+    refused(w, args, pattern)
+
+
+# ---------------------------------------------------------------- the feature cache
+
+def store_of(base: Path) -> Path:
+    (store,) = (base / "cache").glob("tiny/resnet50/*.zarr")
+    return store
+
+
+def test_deleted_chunk_is_refused_then_verify_marks_it_and_extract_recomputes(w):
+    (w / "cache" / store_of(w).relative_to(w / "cache") / "features" / "c" / "1" / "0").unlink()
+    refused(w, FIT, r"8 row\(s\) hold non-finite features .*rows 8 .*rerun the same `probebench extract`")
+    refused(w, ["verify"], r"damaged store .*chunk\(s\) \[1\] unreadable or non-finite .*1 problem\(s\) left", code=1)
+    status, text = cli("verify", "--repair")
+    assert status == 0 and "marked 1 chunk(s) for recomputation" in text, text
+    status, text = cli(*EXTRACT)
+    assert status == 0, text
+    status, text = cli("verify")
+    assert status == 0 and "0 problem(s) left" in text, text
+    assert cli(*FIT)[0] == 0
+
+
+def test_corrupt_chunk(w):
+    (store_of(w) / "features" / "c" / "0" / "0").write_bytes(b"\x00garbage")
+    refused(w, FIT, r"has an unreadable chunk .*rerun the same `probebench extract`")
+
+
+def test_missing_array_metadata(w):
+    (store_of(w) / "features" / "zarr.json").unlink()
+    refused(w, FIT, r"is damaged: array\(s\) features cannot be opened; rerun extract with --force")
+
+
+def test_missing_store_metadata_is_refused_without_writing(w):
+    store = store_of(w)
+    (store / "zarr.json").unlink()
+    refused(w, EXTRACT, r"zarr.json .* is missing; rerun extract with --force")
+    assert not (store / "zarr.json").exists()  # no empty group written over it
+
+
+def test_cache_dir_that_is_a_file(w):
+    shutil.rmtree(w / "cache")
+    (w / "cache").write_text("not a folder")
+    status, text = cli(*EXTRACT)
+    assert status == 2 and re.search(r"error: .*cache.*(Not a directory|File exists)", text), text
+
+
+def test_runs_dir_that_cannot_be_written_is_refused_before_training(w):
+    (w / "blocked").write_text("a file where a folder should be")
+    refused(w, [*FIT, "--runs-dir", "blocked/runs"], r"cannot write into blocked/runs .*choose a writable folder")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
+def test_read_only_runs_dir(w):
+    (w / "ro").mkdir()
+    os.chmod(w / "ro", 0o555)
+    refused(w, [*FIT, "--runs-dir", "ro"], r"cannot write into ro \(no permission\)")
+
+
+# ---------------------------------------------------------------- runs and reports
+
+def the_run(base: Path) -> Path:
+    (run,) = (base / "runs").glob("tiny/resnet50/frozen/*/")
+    return run
+
+
+def test_nan_probabilities_are_refused_by_report_and_moved_aside_by_verify(w):
+    pred = the_run(w) / "predictions.csv"
+    lines = pred.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[-1] = "nan"
+    pred.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    refused(w, ["report"], rf"run {the_run(w).relative_to(w)}: 1 prediction row\(s\) hold probabilities that are not finite")
+    status, text = cli("verify", "--repair")
+    assert status == 0 and "moved to runs/_damaged/" in text, text
+    assert cli("report")[0] == 2  # no run left to report, said as a message
+
+
+def test_truncated_config_names_the_run(w):
+    config = the_run(w) / "config.json"
+    config.write_text(config.read_text()[:40])
+    refused(w, ["report"], rf"run {the_run(w).relative_to(w)} is damaged: config.json cannot be read")
+
+
+def test_compare_with_a_damaged_run(w):
+    run = the_run(w)
+    (run / "metrics.json").write_text("{")
+    refused(w, ["compare", run, run], rf"run {run} is damaged")
+
+
+def test_export_refuses_a_format_that_contradicts_the_name(w):
+    good = w / "g.h5"
+    good.write_bytes(b"previous export")
+    refused(w, ["export", *MODEL, *DATA, "--cache-dir", "cache", "--out", good, "--format", "npz"],
+            r"--out .*g.h5 names a .h5 file but --format is npz")
+    assert good.read_bytes() == b"previous export" and not (w / "g.h5.npz").exists()
+
+
+def test_export_keeps_the_name_given(w):
+    status, text = cli("export", *MODEL, *DATA, "--cache-dir", "cache", "--out", "feats", "--format", "npz")
+    assert status == 0 and (w / "feats").is_file() and not (w / "feats.npz").exists(), text
+    assert np.load(w / "feats")["features"].shape == (40, 2048)
+
+
+def test_a_failed_export_leaves_the_previous_file_intact(w):
+    """The process may write at most 64 KiB per file (as on a nearly full disk); the export (40 x 2048 floats)
+    fails, the previous file is untouched and no temporary file is left."""
+    good = w / "g.h5"
+    good.write_bytes(b"previous export")
+    env = {**os.environ, "PROBEBENCH_OFFLINE": "1", "PROBEBENCH_HASH_CACHE": str(w / "digests.sqlite")}
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
+            "from probebench.cli import app; sys.argv = ['probebench'] + sys.argv[1:]; app()")
+    res = subprocess.run([sys.executable, "-c", code, "export", *MODEL, *DATA, "--cache-dir", "cache", "--out",
+                          str(good)], cwd=w, env=env, capture_output=True, text=True, timeout=300)
+    text = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode == 2 and "Traceback" not in text, text
+    assert re.search(r"error: .*(File too large|larger than this process may write)", text), text
+    assert good.read_bytes() == b"previous export"
+    assert [p.name for p in w.glob(".g*")] == []
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def test_truncated_weights_file(w):
+    torch.save(torch.nn.Linear(2, 2).state_dict(), w / "w.pt")
+    (w / "w.pt").write_bytes((w / "w.pt").read_bytes()[:100])
+    text = refused(w, ["extract", "--model", "resnet50", "--weights", "w.pt", *DATA, "--cache-dir", "cache"],
+                   r"weights file w.pt cannot be read \(truncated or damaged")
+    assert "weights_only" not in text
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_weights_file_with_code_is_refused_without_advice_to_run_it(w):
+    with open(w / "evil.pt", "wb") as fh:
+        pickle.dump({"state_dict": Payload()}, fh)
+    text = refused(w, ["extract", "--model", "resnet50", "--weights", "evil.pt", *DATA, "--cache-dir", "cache"],
+                   r"weights file evil.pt holds Python objects other than tensors .*could run arbitrary code")
+    assert "weights_only" not in text and "pwned" not in text
+
+
+def test_truncated_and_malicious_last_checkpoint(w):
+    work = w / "runs" / "tiny" / "resnet50" / "unfrozen" / "_inprogress"
+    work.mkdir(parents=True)
+    with open(work / "last.pt", "wb") as fh:
+        pickle.dump(Payload(), fh)
+    args = ["finetune", *MODEL, *DATA, "--runs-dir", "runs", "--epochs", "1", "--workers", "0", "--resume"]
+    text = refused(w, args, r"checkpoint .*last.pt holds Python objects .*run without --resume")
+    assert "weights_only" not in text
+    torch.save({"numbers": {}, "loop": {}}, work / "last.pt")
+    (work / "last.pt").write_bytes((work / "last.pt").read_bytes()[:30])
+    refused(w, args, r"checkpoint .*last.pt cannot be read \(truncated or damaged")
+
+
+# ---------------------------------------------------------------- debug
+
+def test_debug_shows_the_traceback(w, monkeypatch):
+    monkeypatch.setenv("PROBEBENCH_DEBUG", "1")
+    res = CliRunner().invoke(app, [*FIT, "--epochs", "0"])
+    assert res.exit_code != 0 and res.exception is not None and not isinstance(res.exception, SystemExit)
