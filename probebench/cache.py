@@ -120,7 +120,8 @@ def create_store(path: Path | str, request: FeatureRequest, manifest, feature_di
     root.create_array("skip_reason", shape=(n,), chunks=(chunk_size,), dtype=str)
     root.create_array("labels", data=manifest.labels.astype(np.int64))
     root.create_array("split", data=np.array([SPLIT_CODES[s] for s in manifest.splits], dtype=np.int8))
-    for name, values in (("sample_ids", manifest.sample_ids), ("groups", manifest.groups)):
+    for name, values in (("sample_ids", manifest.sample_ids), ("groups", manifest.groups),
+                         ("digests", manifest.digests)):
         arr = root.create_array(name, shape=(n,), dtype=str)
         arr[:] = np.asarray(values, dtype=str)
     root.attrs.update({
@@ -239,3 +240,60 @@ def read_features(path: Path | str) -> CachedFeatures:
         sample_ids=sample_ids[keep],
         groups=_strings(root["groups"])[keep],
         attrs=attrs, path=path)
+
+
+def _comparable(key_material: dict) -> dict:
+    """Key material without the manifest hash: equal for two versions of one dataset under the same options."""
+    return {k: v for k, v in json.loads(json.dumps(key_material)).items() if k != "manifest_hash"}
+
+
+def donor_stores(path: Path | str, request: FeatureRequest, pixels: dict) -> list[tuple[Path, zarr.Group]]:
+    """Complete stores beside ``path`` made with the same model, weights and options for an earlier version of
+    the same dataset (newest first): their features can be copied for every image whose bytes are unchanged."""
+    if is_url(path):
+        return []
+    mine, found = _comparable(request.key_material()), []
+    others = [p for p in Path(path).parent.glob("*.zarr") if p != Path(path) and (p / "zarr.json").is_file()]
+    for other in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            group = open_group(other, mode="r")
+            attrs = group.attrs
+            if (attrs.get("complete") and _comparable(attrs.get("key_material", {})) == mine
+                    and attrs.get("pixels") == pixels and not missing_arrays(group) and "digests" in group):
+                found.append((other, group))
+        except Exception:  # an unreadable neighbour is simply not a donor
+            continue
+    return found
+
+
+def reuse_chunks(root: zarr.Group, donor: zarr.Group, digests: np.ndarray) -> list[int]:
+    """Copy into ``root`` every chunk whose samples the donor holds with the same bytes, in the same positions
+    and batching (so the copy equals a fresh extraction bit for bit); returns the chunks copied."""
+    chunk, n = int(root.attrs["chunk_size"]), int(root.attrs["n_samples"])
+    d_chunk, d_n = int(donor.attrs["chunk_size"]), int(donor.attrs["n_samples"])
+    if d_chunk != chunk or donor.attrs.get("batch_size") != root.attrs.get("batch_size"):
+        return []
+    where = {key: row for row, key in enumerate(zip(_strings(donor["sample_ids"]).tolist(),
+                                                    _strings(donor["digests"]).tolist()))}
+    rows = np.array([where.get(key, -1) for key in zip(_strings(root["sample_ids"]).tolist(), digests.tolist())])
+    d_skipped = _strings(donor["skip_reason"])
+    copied = []
+    for c in range(int(root.attrs["n_chunks"])):
+        lo, hi = c * chunk, min(n, (c + 1) * chunk)
+        r = rows[lo:hi]
+        start = int(r[0])
+        if (start < 0 or start % chunk or not np.array_equal(r, np.arange(start, start + hi - lo))
+                or min(d_n, start + chunk) - start != hi - lo):
+            continue
+        try:
+            block = np.asarray(donor["features"][start:start + hi - lo])
+        except Exception:
+            continue
+        reasons = d_skipped[start:start + hi - lo]
+        if not np.isfinite(block[reasons == ""]).all():
+            continue
+        root["features"][lo:hi] = block
+        root["skip_reason"][lo:hi] = reasons
+        root["chunk_done"][c] = 1
+        copied.append(c)
+    return copied

@@ -394,6 +394,16 @@ def check_contained(spec: DatasetSpec, root: Path, paths: list[str], what: str) 
                               "if that is intended")
 
 
+def check_trainable(dataset: str, classes: list[str], counts: dict[str, list[int]]) -> None:
+    """Refuse a training split that lacks a class: no head can learn it, yet it would be scored on it."""
+    absent = [c for c, k in zip(classes, counts["train"]) if k == 0]
+    if absent:
+        table = ", ".join(f"{c}: {'/'.join(str(counts[s][i]) for s in SPLITS)}" for i, c in enumerate(classes))
+        raise ProbebenchError(f"dataset {dataset!r}: class(es) {absent} have no training images, so no head can "
+                              f"learn them (train/val/test images per class: {table}); check the data root holds "
+                              "the whole release, or the spec's classes and split")
+
+
 def _shipped_overlap(spec: DatasetSpec, groups: np.ndarray, shipped: np.ndarray) -> tuple[dict, str]:
     """Group ids found in more than one shipped split: an error for global ids unless the spec says to report
     them (a leak the release itself ships); expected, and reported, for split-scoped ids."""

@@ -205,6 +205,13 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
         dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
         root = fcache.create_store(path, job.request, job.manifest, net.feature_dim, chunk_size,
                                    {"device": dev_name, "batch_size": batch_size, "world_size": world})
+        for where, donor in fcache.donor_stores(path, job.request, job.manifest.pixels.as_dict()):
+            copied = fcache.reuse_chunks(root, donor, job.manifest.digests)
+            if copied:  # the dataset changed: only the chunks holding new or changed images are computed
+                root.attrs["reused"] = {"from": str(where), "chunks": copied}
+                sys.stderr.write(f"note: {len(copied)} of {root.attrs['n_chunks']} chunk(s) copied from the cache "
+                                 "of an earlier version of the dataset (same images, same options)\n")
+                break
     distributed.barrier()
     if root is None:
         root = fcache.open_store(path, job.request, mode="a")

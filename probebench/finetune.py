@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from probebench import distributed
 from probebench.atomic import atomic_path
 from probebench.cache import versions
+from probebench.datasets import check_trainable
 from probebench.errors import ProbebenchError
 from probebench.extract import auto_device, resolve_job
 from probebench.heads import softmax_proba
@@ -33,8 +34,8 @@ from probebench.metrics import point_metrics
 from probebench.progress import make_progress
 from probebench.registry import FeatureExtractor, create_model, path_name
 from probebench.runs import check_writable, config_hash, write_run
-from probebench.validate import check_options
 from probebench.training import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
+from probebench.validate import check_options
 
 REPLACED_LAYER = {"vgg16": "classifier.6", "resnet50": "fc", "densenet121": "classifier"}
 BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"
@@ -157,6 +158,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     dev = auto_device(distributed.rank_device(device))
     prec = _resolve_precision(precision, dev)
     manifest, req = job.manifest, job.request
+    check_trainable(manifest.dataset, manifest.classes, manifest.counts())
     mode = "frozen" if freeze_backbone else "unfrozen"
     numbers = {  # everything that changes the numbers: a resume must match it exactly
         "mode": mode, "path": "end-to-end", "dataset": manifest.dataset, "model": model, "head": "linear",

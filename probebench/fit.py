@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from probebench import cache as fcache
-from probebench.datasets import data_roots
+from probebench.datasets import check_trainable, data_roots
 from probebench.errors import ProbebenchError
 from probebench.extract import resolve_job
 from probebench.heads import make_head
@@ -91,6 +91,8 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
                                         feats.features[test], normalize=normalize, standardize=standardize)
     y_tr, y_va, y_te = (feats.labels[feats.split == s] for s in ("train", "val", "test"))
     n_classes = len(feats.attrs["classes"])
+    check_trainable(feats.attrs["dataset"], feats.attrs["classes"], {
+        s: np.bincount(feats.labels[feats.split == s], minlength=n_classes).tolist() for s in ("train", "val", "test")})
     seed_list = list(seeds) if seeds else [seed]
     options = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                    class_weight=class_weight, select=select_metric, optimizer=optimizer, patience=patience)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,7 +320,7 @@ def prepare_mri(cohort: str | Path, labels_csv: str | Path, out: str | Path, *, 
                "modalities": {}}
     out.mkdir(parents=True, exist_ok=True)
     n_workers = workers if workers is not None else max(1, min(8, (os.cpu_count() or 2)))
-    staging = out / GENERATIONS / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.partial"
+    staging = out / GENERATIONS / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.partial"
     staged = {}
     with make_progress(progress, unit="vol") as bar:
         for modality in modalities:

@@ -500,3 +500,85 @@ def test_debug_shows_the_traceback(w, monkeypatch):
     monkeypatch.setenv("PROBEBENCH_DEBUG", "1")
     res = CliRunner().invoke(app, [*FIT, "--epochs", "0"])
     assert res.exit_code != 0 and res.exception is not None and not isinstance(res.exception, SystemExit)
+
+
+# ---------------------------------------------------------------- data that cannot train, interrupted work
+
+def test_a_class_without_training_images(w):
+    files = sorted((w / "data" / "tiny").rglob("*.png"))
+    rows = []
+    for f in files:
+        cls, patient = f.parent.name, int(f.stem[2:4])
+        split = "test" if cls == "b" else "train" if patient < 5 else "val" if patient < 8 else "test"
+        rows.append(f"{f.relative_to(w / 'data' / 'tiny').as_posix()},{cls},{f.stem.split('_')[0]},{split}\n")
+    spec = csv_dataset(w, "path,label,patient,split\n" + "".join(rows))
+    text = (w / spec).read_text().replace("[split]\ntest_fraction = 0.3\nval_fraction = 0.25\n", "")
+    (w / spec).write_text(text.replace('[csv]\nfile = "t.csv"\n', '[csv]\nfile = "t.csv"\ngroup_column = "patient"\n'))
+    status, text = cli(*extract_with(spec), "--batch-size", "8")
+    assert status == 0, text
+    refused(w, ["fit", *MODEL, "--dataset", spec, "--data-root", "data", "--cache-dir", "cache", "--runs-dir", "runs",
+                "--epochs", "1"], r"class\(es\) \['b'\] have no training images.*a: 10/6/4, b: 0/0/20")
+
+
+def test_verify_removes_leftovers_of_interrupted_writes(w):
+    partial = w / "runs" / "tiny" / "resnet50" / "frozen" / "20260101-000000-linear-abc.partial"
+    partial.mkdir()
+    (partial / "config.json").write_text("{")
+    tmp = w / "runs" / "_studies" / ".s.123.tmp.json"
+    tmp.parent.mkdir()
+    tmp.write_text("{")
+    status, text = cli("verify")
+    assert status == 1 and text.count("leftover") >= 2 and "2 problem(s) left" in text, text
+    status, text = cli("verify", "--repair")
+    assert status == 0 and not partial.exists() and not tmp.exists(), text
+    assert cli("report")[0] == 0  # the good run is untouched
+
+
+def test_run_resumes_an_interrupted_fine_tune(w, capsys):
+    """A crash mid fine-tune leaves _inprogress/last.pt; `run` continues after the last finished epoch."""
+    from probebench.finetune import finetune
+    from probebench.study import load_study, run_study
+
+    (w / "s.toml").write_text(STUDY.replace('modes = ["frozen"]', 'modes = ["unfrozen"]')
+                              .replace("[extract]", "[unfrozen]\nworkers = 0\n[extract]"))
+
+    def crash(state, row):
+        if state.epoch == 1:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError):
+        finetune("resnet50", "tiny.toml", data_root="data", runs_dir="runs", weights="random", resize=40, crop=32,
+                 epochs=2, workers=0, progress=False, on_epoch=crash)
+    result = run_study(load_study(w / "s.toml"), progress=False, write_report=False, echo=lambda t: None)
+    assert [c.status for c in result.cells] == ["done"]
+    assert "resuming runs/tiny/resnet50/unfrozen/_inprogress after epoch 1" in capsys.readouterr().err
+    (run,) = (w / "runs" / "tiny" / "resnet50" / "unfrozen").glob("*-linear-*")
+    assert [r.split(",")[0] for r in (run / "history.csv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
+def test_prepare_mri_killed_at_the_switch_leaves_the_previous_preparation(tmp_path, monkeypatch):
+    """The new preparation becomes live by one rename; a kill just before it leaves every modality of the
+    previous preparation (same split seed), none missing."""
+    from test_mri import make_cohort
+
+    from probebench import mri
+
+    cohort, labels = make_cohort(tmp_path, n_per_grade=3, modalities=("t1", "t2"))
+    out = tmp_path / "data"
+    mri.prepare_mri(cohort, labels, out, modalities=["t1", "t2"], seed=0, workers=1, progress=False)
+    before = {m: (out / m / "manifest.csv").read_text() for m in ("t1", "t2")}
+    real_replace = os.replace
+
+    def killed(src, dst):
+        if Path(dst).name == "current":
+            raise KeyboardInterrupt  # the process dies here
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(mri.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mri.prepare_mri(cohort, labels, out, modalities=["t1", "t2"], seed=5, workers=1, progress=False)
+    assert {m: (out / m / "manifest.csv").read_text() for m in ("t1", "t2")} == before
+    monkeypatch.setattr(mri.os, "replace", real_replace)
+    mri.prepare_mri(cohort, labels, out, modalities=["t1", "t2"], seed=5, workers=1, progress=False)
+    after = {m: (out / m / "manifest.csv").read_text() for m in ("t1", "t2")}
+    assert after != before and len(list((out / ".prepare-mri").iterdir())) == 2  # one generation + current

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from conftest import write_image
 
 from probebench.cache import read_features
 from probebench.errors import ProbebenchError
 from probebench.extract import extract
 from probebench.fit import fit
+from probebench.runs import read_run
 
 OPTS = dict(weights="random", resize=40, crop=32, batch_size=4, chunk_size=8, workers=0, progress=False)
 
@@ -90,3 +92,26 @@ def test_unchanged_files_are_not_read_twice(tiny, monkeypatch):
     (root / "tiny" / "a" / "p000_0.png").write_bytes((root / "tiny" / "a" / "p000_1.png").read_bytes())
     load_manifest(str(spec), root)
     assert [p.rsplit("/", 1)[-1] for p in reads] == ["p000_0.png"]  # only the changed file is read again
+
+
+def test_a_replaced_image_recomputes_only_its_chunk_and_equals_a_fresh_extraction(tiny, tmp_path):
+    """The changed image gets a new cache key (content hash); the new store copies every chunk whose images are
+    unchanged from the old one and computes only the chunk holding the replacement, bit for bit as a fresh
+    extraction; fit on it gives the same run as on the fresh cache."""
+    spec, root = tiny
+    first = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", **OPTS)
+    sample = "b/p105_1.png"  # row 30 of 40 (sorted ids): chunk 3 of 5
+    write_image(root / "tiny" / sample, seed=999)
+    computed = []
+    second = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", on_chunk=computed.append,
+                     **OPTS)
+    assert second != first and computed == [3]
+    fresh = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "fresh", **OPTS)
+    a, b = read_features(second), read_features(fresh)
+    assert np.array_equal(a.features, b.features) and list(a.sample_ids).index(sample) // 8 == 3
+    assert not np.array_equal(read_features(first).features, a.features)
+    assert zarr.open_group(str(second), mode="r").attrs["reused"]["chunks"] == [0, 1, 2, 4]
+    fit_opts = dict(epochs=3, progress=False, **{k: OPTS[k] for k in ("weights", "resize", "crop")})
+    runs = [read_run(fit("resnet50", str(spec), data_root=root, cache_dir=tmp_path / c, runs_dir=tmp_path / f"r{c}",
+                         **fit_opts)) for c in ("c", "fresh")]
+    assert np.array_equal(runs[0].proba, runs[1].proba)
