@@ -145,7 +145,6 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
         seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3.")):
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.fit import fit as run
-
     from probebench.validate import parse_ints
 
     seed_list = parse_ints(seeds, "seeds")
@@ -464,8 +463,10 @@ def datasets(data_root: Optional[list[Path]] = DataRootOpt,
                     c = m.counts()
                     row.append("/".join(str(sum(c[s])) for s in ("train", "val", "test")))
                     details.append((name, m))
-                except ProbebenchError as exc:
-                    row.append(f"[red]{escape(str(exc))}[/]")
+                except Exception as exc:  # one unreadable dataset never hides the others
+                    from probebench.errors import describe_error
+
+                    row.append(f"[red]{escape(describe_error(exc))}[/]")
             else:
                 row.append("")
         table.add_row(*row)

@@ -176,10 +176,10 @@ SPEC_TYPES = {  # table ("" for the top level) -> key -> (test, what is allowed)
          "shipped_overlap": (lambda v: v in SHIPPED_OVERLAP, "one of " + ", ".join(SHIPPED_OVERLAP)),
          "allow_outside_root": (lambda v: isinstance(v, bool), "true or false")},
     "folder": {"split_dirs": (lambda v: isinstance(v, dict) and all(
-        isinstance(x, list) and all(isinstance(f, str) and (f == "" or _relative(f))
-                                                                 for f in x) for k, x in v.items()),
-        "a table of split -> list of folders, e.g. { train = [\"train\"], test = [\"test\"] } (a key that is "
-        "not train/val/test, such as pool, is an unsplit pool)"),
+                   isinstance(x, list) and all(isinstance(f, str) and (f == "" or _relative(f)) for f in x)
+                   for x in v.values()),
+                   "a table of split -> list of folders, e.g. { train = [\"train\"], test = [\"test\"] } (a key "
+                   "that is not train/val/test, such as pool, is an unsplit pool)"),
                "group_regex": (_is_str, "a regular expression with a named group (?P<group>...)")},
     "split": {"seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
               "val_fraction": (_fraction, "a number between 0 and 1"),

@@ -205,6 +205,11 @@ def timm_config(name: str) -> ModelConfig:
             close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
             raise ProbebenchError(f"unknown timm model {base!r}" + (f"; did you mean: {', '.join(close)}?" if close
                                                                    else "; see timm.list_models()"))
+        if "." in arch:
+            tags = [t for t in timm.list_pretrained(f"{base}.*")]
+            if arch not in tags:
+                raise ProbebenchError(f"timm model {base!r} has no pretrained tag {arch.split('.', 1)[1]!r}; tags: "
+                                      + (", ".join(t.split(".", 1)[1] for t in tags) or "none (use timm:" + base + ")"))
         pc = get_pretrained_cfg(arch) or get_pretrained_cfg(base)
         cfg = pc.to_dict() if pc is not None else {}
     crop = int(cfg.get("input_size", (3, 224, 224))[-1])

@@ -92,7 +92,7 @@ SECTION_RULES = {"study": ("seeds", "grid", "weights"), "extract": tuple(SECTION
 def load_study(path: str | Path) -> Study:
     """Parse a study TOML; unknown keys, wrong types and impossible values name the file, the line and what is
     allowed, so that nothing is extracted before every cell's settings are known to be usable."""
-    from probebench.registry import REGISTRY
+    from probebench.registry import REGISTRY, Preprocessing, with_normalization
 
     path = Path(path)
     raw, text = read_toml(path, "study file")
@@ -125,17 +125,23 @@ def load_study(path: str | Path) -> Study:
     for key in ("mean", "std"):
         if key in raw.get("extract", {}):
             try:
-                from probebench.registry import Preprocessing, with_normalization
-
                 with_normalization(Preprocessing(), **{key: raw["extract"][key]})
             except ProbebenchError as exc:
                 fail("extract", key, f"[extract] {exc}")
+    if s.get("grid") and "frozen" in s.get("modes", MODES):  # what GridHead refuses, found before extraction
+        t = raw.get("training", {})
+        if set(s.get("heads", ["linear"])) - {"linear", "mlp"}:
+            fail("study", "grid", "grid = true works with the linear and mlp heads only, not "
+                                  f"{sorted(set(s['heads']) - {'linear', 'mlp'})}")
+        if t.get("optimizer", "adam") != "adam" or "patience" in t:
+            fail("training", "optimizer" if "optimizer" in t else "patience",
+                 "grid = true trains with Adam for the full epochs; remove [training] optimizer / patience")
     unknown_models = [m for m in s["models"] if m not in REGISTRY]
     if unknown_models:
         fail("study", "models", f"unknown models {unknown_models}; allowed: {', '.join(REGISTRY)}")
     for d in s["datasets"]:
-        component(d, "dataset", f"{path}, line {line_of(text, 'study', 'datasets')}: ") if not d.endswith(".toml") \
-            else None
+        if not d.endswith(".toml"):  # a spec name, looked up among the specs: one plain name
+            component(d, "dataset", f"{path}, line {line_of(text, 'study', 'datasets')}: ")
     name = s.get("name", path.stem)
     component(name, "study name", f"{path}, line {line_of(text, 'study', 'name')}: ")
     return Study(name=name, source=path, datasets=list(s["datasets"]), models=list(s["models"]),

@@ -262,6 +262,11 @@ STUDY_CASES = {
                                                                      r"folder name"),
     "section_not_a_table": ("[extract]\nresize = 40\ncrop = 32\n", "", None),
     "mean_two_numbers": ("crop = 32", "crop = 32\nmean = [0.5, 0.5]", r"\[extract\] --mean needs 1 or 3 numbers"),
+    "grid_with_knn": ('modes = ["frozen"]', 'modes = ["frozen"]\ngrid = true\nheads = ["linear", "knn"]',
+                      r"line 6: grid = true works with the linear and mlp heads only, not \['knn'\]"),
+    "grid_with_patience": ('data_root = "data"\n[training]\nepochs = 2',
+                           'data_root = "data"\ngrid = true\n[training]\nepochs = 2\npatience = 3',
+                           r"line 11: grid = true trains with Adam for the full epochs"),
 }
 
 
@@ -330,6 +335,8 @@ OPTION_CASES = {
                            r"--precision must be one of auto, fp32, bf16, fp16"),
     "weights_typo": ([*FIT, "--weights", "radnom"], r"radnom"),
     "unknown_model": ([*FIT[:1], "--model", "resnet5", *FIT[3:]], r"resnet5"),
+    "timm_bad_tag": ([*FIT[:1], "--model", "timm:resnet18.badtag", *FIT[3:]],
+                     r"timm model 'resnet18' has no pretrained tag 'badtag'; tags: a1_in1k"),
     "several_bad_values_at_once": ([*FIT, "--epochs", "0", "--lr", "0"], r"--epochs must .*; --lr must"),
 }
 
@@ -409,7 +416,8 @@ def test_nan_probabilities_are_refused_by_report_and_moved_aside_by_verify(w):
     cells = lines[1].split(",")
     cells[-1] = "nan"
     pred.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
-    refused(w, ["report"], rf"run {the_run(w).relative_to(w)}: 1 prediction row\(s\) hold probabilities that are not finite")
+    refused(w, ["report"], rf"run {the_run(w).relative_to(w)}: 1 prediction row\(s\) hold probabilities that are "
+                           r"not finite")
     status, text = cli("verify", "--repair")
     assert status == 0 and "moved to runs/_damaged/" in text, text
     assert cli("report")[0] == 2  # no run left to report, said as a message
