@@ -134,9 +134,15 @@ def outside(paths, root: str | Path) -> list[tuple[str, str]]:
     ``root`` (itself resolved, so a dataset folder that is a link to another disk is fine)."""
     base = os.path.realpath(root)
     prefix = base.rstrip(os.sep) + os.sep
+    folders: dict[str, str] = {}  # each folder resolved once; then one lstat per file (is it a link?)
     found = []
     for p in paths:
-        real = os.path.realpath(p)
+        folder, name = os.path.split(os.fspath(p))
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        real = os.path.join(folders[folder], name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
         if real != base and not real.startswith(prefix):
             found.append((str(p), real))
     return found
