@@ -251,6 +251,13 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
                     images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
                     out = net(images).float().cpu().numpy()
+                broken = ok.numpy() & ~np.isfinite(out).all(axis=1)
+                if broken.any():  # never store them: fit would refuse the store, extract would redo it forever
+                    first = job.manifest.paths[idx[int(np.flatnonzero(broken)[0])]]
+                    raise ProbebenchError(
+                        f"{model} gave non-finite features for {int(broken.sum())} image(s) of this batch, e.g. "
+                        f"{first}" + (f", in --precision {precision} (values overflow it; use bf16 or fp32)"
+                                      if precision == "fp16" else "; the weights or the model are broken"))
                 out[~ok.numpy()] = np.nan
                 buffers[c][idx[0] - c * chunk_size: idx[-1] + 1 - c * chunk_size] = out
                 filled[c] += len(idx)

@@ -186,7 +186,13 @@ def convert_densenet_legacy(state: dict) -> dict:
 
 
 def load_into(model: nn.Module, config: ModelConfig, state: dict, path: str | Path) -> None:
-    """Load an official state dict strictly; on mismatch name the keys, so a wrong file is obvious."""
+    """Load an official state dict strictly; on mismatch name the keys, so a wrong file is obvious; a NaN or
+    infinite weight (a damaged or diverged checkpoint) is refused: it would turn every feature into NaN."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ProbebenchError(f"weights file {path} holds non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+                              f"{', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}; it is damaged or from a diverged "
+                              "training run: download it again or give another --weights")
     if config.family == "torchvision" and config.arch["builder"].startswith("densenet"):
         state = convert_densenet_legacy(state)
     if config.family == "dinov2":

@@ -590,3 +590,39 @@ def test_prepare_mri_killed_at_the_switch_leaves_the_previous_preparation(tmp_pa
     mri.prepare_mri(cohort, labels, out, modalities=["t1", "t2"], seed=5, workers=1, progress=False)
     after = {m: (out / m / "manifest.csv").read_text() for m in ("t1", "t2")}
     assert after != before and len(list((out / ".prepare-mri").iterdir())) == 2  # one generation + current
+
+
+def test_a_weights_file_with_nan_is_refused(w):
+    from torchvision.models import resnet50
+
+    state = resnet50(weights=None).state_dict()
+    state["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, w / "nan.pt")
+    refused(w, ["extract", "--model", "resnet50", "--weights", "nan.pt", *DATA, "--cache-dir", "cache", "--workers",
+                "0", "--resize", "40", "--crop", "32"],
+            r"weights file nan.pt holds non-finite values \(NaN or inf\) in 1 tensor\(s\): layer1.0.conv1.weight")
+    assert not list((w / "cache" / "tiny" / "resnet50").glob("*.zarr"))[1:]  # no new store beside the good one
+
+
+def test_non_finite_features_stop_extraction_and_are_never_stored(w, monkeypatch):
+    """A model that overflows (fp16) or is broken must not fill a store with NaN that fit would refuse and
+    extract would recompute forever."""
+    import probebench.extract as ex
+
+    real = ex.create_model
+
+    def overflowing(*args, **kwargs):
+        net = real(*args, **kwargs)
+        forward = net.forward
+        net.forward = lambda x: forward(x) * float("inf")
+        return net
+
+    monkeypatch.setattr(ex, "create_model", overflowing)
+    shutil.rmtree(w / "cache")
+    status, text = cli(*EXTRACT)
+    assert status == 2 and re.search(r"resnet50 gave non-finite features for 4 image\(s\) of this batch, e.g. "
+                                     r"data/tiny/a/p000_0.png; the weights or the model are broken", text), text
+    import zarr
+
+    (store,) = (w / "cache" / "tiny" / "resnet50").glob("*.zarr")
+    assert not zarr.open_group(str(store), mode="r")["chunk_done"][:].any()
