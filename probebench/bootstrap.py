@@ -19,6 +19,8 @@ from probebench.metrics import replicate_metrics
 
 UNITS = ("auto", "group", "sample")
 METHODS = ("percentile", "bca")
+STRATIFY = ("auto", "class", "none")
+RARE_UNITS = 5  # "auto" stratifies when a class has fewer units: P(a resample lacks it) ~ exp(-n) > 0.7%
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class BootstrapConfig:
     unit: str = "auto"
     confidence: float = 0.95
     seed: int = 0
+    stratify: str = "auto"  # resample within each class: "class", "none", or "auto" (when a class is rare)
     block: int = 250  # replicates per vectorised block (bounds memory)
 
     def __post_init__(self):
@@ -37,6 +40,8 @@ class BootstrapConfig:
             raise ProbebenchError(f"interval method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.unit not in UNITS:
             raise ProbebenchError(f"resampling unit {self.unit!r} is not one of {', '.join(UNITS)}")
+        if self.stratify not in STRATIFY:
+            raise ProbebenchError(f"stratification {self.stratify!r} is not one of {', '.join(STRATIFY)}")
         if self.n_resamples < 2:
             raise ProbebenchError("the bootstrap needs at least 2 resamples")
 
@@ -73,21 +78,49 @@ def unit_codes(data: EvalData, unit: str) -> tuple[np.ndarray, int]:
     return np.arange(len(data.y_true)), len(data.y_true)
 
 
-def replicate_weights(codes: np.ndarray, n_units: int, cfg: BootstrapConfig):
-    """Blocks of per-sample weights (b, n): how often each sample's unit was drawn in each replicate."""
+def unit_classes(data: EvalData, codes: np.ndarray, n_units: int) -> np.ndarray:
+    """Each unit's class: its label, or for a group the most common label of its samples (ties: the lowest)."""
+    counts = np.zeros((n_units, data.n_classes))
+    np.add.at(counts, (codes, np.asarray(data.y_true, dtype=np.int64)), 1)
+    return counts.argmax(axis=1)
+
+
+def resolve_strata(data: EvalData, codes: np.ndarray, n_units: int, stratify: str) -> np.ndarray | None:
+    """The class of each unit when resampling is stratified, else None. ``auto`` stratifies when a class present
+    in the test set has fewer than ``RARE_UNITS`` units, where a plain bootstrap would often draw none of it."""
+    if stratify == "none":
+        return None
+    strata = unit_classes(data, codes, n_units)
+    if stratify == "class":
+        return strata
+    present = np.bincount(strata, minlength=data.n_classes)
+    present = present[present > 0]
+    return strata if len(present) > 1 and present.min() < RARE_UNITS else None
+
+
+def replicate_weights(codes: np.ndarray, n_units: int, cfg: BootstrapConfig, strata: np.ndarray | None = None):
+    """Blocks of per-sample weights (b, n): how often each sample's unit was drawn in each replicate. With
+    ``strata`` the units of each stratum are drawn from that stratum only, as many as it has."""
     rng = np.random.default_rng(cfg.seed)
+    members = [np.flatnonzero(strata == s) for s in np.unique(strata)] if strata is not None else None
     for start in range(0, cfg.n_resamples, cfg.block):
         b = min(cfg.block, cfg.n_resamples - start)
-        draws = rng.integers(0, n_units, size=(b, n_units))
+        if members is None:
+            draws = rng.integers(0, n_units, size=(b, n_units))
+        else:
+            draws = np.empty((b, n_units), dtype=np.int64)
+            for idx in members:
+                draws[:, idx] = idx[rng.integers(0, len(idx), size=(b, len(idx)))]
         counts = np.bincount((np.arange(b)[:, None] * n_units + draws).ravel(), minlength=b * n_units)
         yield counts.reshape(b, n_units)[:, codes].astype(np.float64)
 
 
-def replicates(data: EvalData, cfg: BootstrapConfig, unit: str) -> dict[str, np.ndarray]:
+def replicates(data: EvalData, cfg: BootstrapConfig, unit: str,
+               strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every metric for each of the ``cfg.n_resamples`` replicates (R values per metric)."""
     codes, n_units = unit_codes(data, unit)
     parts: dict[str, list] = {}
-    for w in replicate_weights(codes, n_units, cfg):
+    for w in replicate_weights(codes, n_units, cfg, strata):
         for k, v in data.metrics(w).items():
             parts.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -114,23 +147,89 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, f
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
+def _bca_terms(values: np.ndarray, theta_hat: float, jack: np.ndarray) -> tuple[float, float]:
+    """Bias correction z0 and acceleration a (Efron 1987), as ``scipy.stats.bootstrap`` computes them."""
+    share = ((values < theta_hat).sum() + (values <= theta_hat).sum()) / (2 * len(values))
+    share = min(max(share, 0.5 / len(values)), 1 - 0.5 / len(values))
+    z0 = NormalDist().inv_cdf(share)
+    d = jack.mean() - jack
+    den = 6 * ((d ** 2).sum()) ** 1.5
+    return z0, float((d ** 3).sum() / den) if den > 0 else 0.0
+
+
+def _bca_level(nominal: float, z0: float, a: float) -> float:
+    """The quantile level BCa uses for a nominal level: Φ(z0 + (z0 + z) / (1 - a (z0 + z)))."""
+    normal = NormalDist()
+    if nominal <= 0 or nominal >= 1:
+        return float(nominal > 0)
+    z = normal.inv_cdf(nominal)
+    return normal.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+
+
+def _bca_nominal(level: float, z0: float, a: float) -> float:
+    """The inverse of ``_bca_level``: the nominal level whose BCa quantile level is ``level``."""
+    normal = NormalDist()
+    if level <= 0 or level >= 1:
+        return float(level > 0)
+    w = normal.inv_cdf(level) - z0
+    if 1 + a * w <= 0:
+        return float(w > 0)
+    return normal.cdf(w / (1 + a * w) - z0)
+
+
 def bca_interval(values: np.ndarray, theta_hat: float, jack: np.ndarray, confidence: float) -> tuple[float, float]:
     """Bias-corrected and accelerated percentile interval (Efron 1987), as ``scipy.stats.bootstrap``."""
     values, jack = values[np.isfinite(values)], jack[np.isfinite(jack)]
     if not len(values) or not np.isfinite(theta_hat):
         return float("nan"), float("nan")
-    normal = NormalDist()
-    share = ((values < theta_hat).sum() + (values <= theta_hat).sum()) / (2 * len(values))
-    share = min(max(share, 0.5 / len(values)), 1 - 0.5 / len(values))
-    z0 = normal.inv_cdf(share)
-    d = jack.mean() - jack
-    den = 6 * ((d ** 2).sum()) ** 1.5
-    a = (d ** 3).sum() / den if den > 0 else 0.0
+    z0, a = _bca_terms(values, theta_hat, jack)
     alpha = (1 - confidence) / 2
-    bounds = []
-    for z in (normal.inv_cdf(alpha), normal.inv_cdf(1 - alpha)):
-        bounds.append(normal.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))
-    return float(np.quantile(values, bounds[0])), float(np.quantile(values, bounds[1]))
+    return (float(np.quantile(values, _bca_level(alpha, z0, a))),
+            float(np.quantile(values, _bca_level(1 - alpha, z0, a))))
+
+
+def _zero_levels(values: np.ndarray) -> tuple[float, float]:
+    """For the linear-interpolation quantile function q of ``values``: sup{u: q(u) <= 0} and inf{u: q(u) >= 0}."""
+    v = np.sort(values)
+    n = len(v)
+    if n == 1:
+        return (1.0 if v[0] <= 0 else 0.0), (0.0 if v[0] >= 0 else 1.0)
+
+    def crossing(j: int) -> float:  # q is linear between positions j and j + 1 and crosses 0 there
+        return (j + (0 - v[j]) / (v[j + 1] - v[j])) / (n - 1)
+
+    if v[0] > 0:
+        upper_of_nonpositive = 0.0
+    elif v[-1] <= 0:
+        upper_of_nonpositive = 1.0
+    else:
+        upper_of_nonpositive = crossing(int(np.flatnonzero(v <= 0)[-1]))
+    if v[-1] < 0:
+        lower_of_nonnegative = 1.0
+    elif v[0] >= 0:
+        lower_of_nonnegative = 0.0
+    else:
+        lower_of_nonnegative = crossing(int(np.flatnonzero(v >= 0)[0]) - 1)
+    return upper_of_nonpositive, lower_of_nonnegative
+
+
+def interval_p_value(values: np.ndarray, theta_hat: float, jack: np.ndarray | None, confidence: float
+                     ) -> tuple[float, float, float]:
+    """(low, high, p) of a difference: the interval (percentile, or BCa with ``jack``) and the two-sided p-value
+    obtained by inverting that same interval: the smallest α whose (1 - α) interval excludes 0. So the shown
+    interval excludes 0 exactly when p < 1 - confidence, whatever the shape of the replicates."""
+    values = values[np.isfinite(values)]
+    if not len(values) or not np.isfinite(theta_hat):
+        return float("nan"), float("nan"), float("nan")
+    hi0, lo0 = _zero_levels(values)
+    if jack is None:
+        low, high = percentile_interval(values, confidence)
+        p = 2 * min(hi0, 1 - lo0)
+    else:
+        low, high = bca_interval(values, theta_hat, jack, confidence)
+        z0, a = _bca_terms(values, theta_hat, jack[np.isfinite(jack)])
+        p = 2 * min(_bca_nominal(hi0, z0, a), 1 - _bca_nominal(lo0, z0, a))
+    return low, high, float(min(1.0, max(0.0, p)))
 
 
 @dataclass
@@ -138,25 +237,42 @@ class Interval:
     value: float
     low: float
     high: float
+    undefined: int = 0  # replicates where the metric is undefined (a resample without a class), left out
+    replicates: int = 0
+
+    @property
+    def undefined_share(self) -> float:
+        return self.undefined / self.replicates if self.replicates else 0.0
 
 
-def bootstrap(data: EvalData, cfg: BootstrapConfig = BootstrapConfig()) -> tuple[dict[str, Interval], str]:
-    """Point value and interval of every metric, and the resampling unit used."""
+@dataclass
+class Resampling:
+    """How a bootstrap was drawn: the unit, how many units, and whether within classes."""
+
+    unit: str
+    n_units: int
+    stratified: bool
+
+
+def bootstrap(data: EvalData, cfg: BootstrapConfig = BootstrapConfig()) -> tuple[dict[str, Interval], Resampling]:
+    """Point value and interval of every metric, and how the replicates were drawn."""
     unit = resolve_unit(cfg.unit, data.groups)
+    codes, n_units = unit_codes(data, unit)
+    strata = resolve_strata(data, codes, n_units, cfg.stratify)
     point = {k: float(v[0]) for k, v in data.metrics().items()}
-    reps = replicates(data, cfg, unit)
+    reps = replicates(data, cfg, unit, strata)
     jack = jackknife(data, unit) if cfg.method == "bca" else None
     out = {}
     for k, v in reps.items():
         low, high = (bca_interval(v, point[k], jack[k], cfg.confidence) if jack is not None
                      else percentile_interval(v, cfg.confidence))
-        out[k] = Interval(point[k], low, high)
-    return out, unit
+        out[k] = Interval(point[k], low, high, int((~np.isfinite(v)).sum()), len(v))
+    return out, Resampling(unit, n_units, strata is not None)
 
 
 @dataclass
 class Difference:
-    """A − B: the point difference, its interval from the same replicates, and a two-sided p-value."""
+    """A − B: the point difference, its interval from the same replicates, and the p-value of that interval."""
 
     a: float
     b: float
@@ -164,34 +280,39 @@ class Difference:
     low: float
     high: float
     p: float
+    undefined: int = 0
+    replicates: int = 0
 
 
 def paired_comparison(a: EvalData, b: EvalData, cfg: BootstrapConfig = BootstrapConfig()
-                      ) -> tuple[dict[str, Difference], str]:
+                      ) -> tuple[dict[str, Difference], Resampling]:
     """Compare two prediction sets on the same test samples, resampling both with the same draws.
 
-    The p-value tests "no difference" by centring the replicate differences on zero:
-    p = (1 + #{|δ* − δ̂| ≥ |δ̂|}) / (R + 1).
+    The interval uses ``cfg.method`` (BCa with the jackknife of the difference); the p-value inverts that
+    same interval (``interval_p_value``), so an interval that excludes 0 and p < 1 - confidence always agree.
     """
     if len(a.y_true) != len(b.y_true) or not np.array_equal(a.y_true, b.y_true):
         raise ProbebenchError("the two runs were not evaluated on the same test samples")
     unit = resolve_unit(cfg.unit, a.groups)
-    point_a, point_b = ({k: float(v[0]) for k, v in d.metrics().items()} for d in (a, b))
     codes, n_units = unit_codes(a, unit)
+    strata = resolve_strata(a, codes, n_units, cfg.stratify)
+    point_a, point_b = ({k: float(v[0]) for k, v in d.metrics().items()} for d in (a, b))
     parts: dict[str, list] = {}
-    for w in replicate_weights(codes, n_units, cfg):
+    for w in replicate_weights(codes, n_units, cfg, strata):
         ma, mb = a.metrics(w), b.metrics(w)
         for k in ma:
             parts.setdefault(k, []).append(ma[k] - mb[k])
+    jack = None
+    if cfg.method == "bca":
+        ja, jb = jackknife(a, unit), jackknife(b, unit)
+        jack = {k: ja[k] - jb[k] for k in ja}
     out = {}
     for k, chunks in parts.items():
         delta = np.concatenate(chunks)
-        delta = delta[np.isfinite(delta)]
         d_hat = point_a[k] - point_b[k]
-        low, high = percentile_interval(delta, cfg.confidence)
-        p = (1 + (np.abs(delta - d_hat) >= abs(d_hat) - 1e-12).sum()) / (len(delta) + 1) if len(delta) else np.nan
-        out[k] = Difference(point_a[k], point_b[k], d_hat, low, high, float(min(1.0, p)))
-    return out, unit
+        low, high, p = interval_p_value(delta, d_hat, jack[k] if jack else None, cfg.confidence)
+        out[k] = Difference(point_a[k], point_b[k], d_hat, low, high, p, int((~np.isfinite(delta)).sum()), len(delta))
+    return out, Resampling(unit, n_units, strata is not None)
 
 
 def holm(pvalues: list[float]) -> list[float]:

@@ -200,13 +200,14 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
 
 
 def _report_options(n_resamples: int, method: str, unit: str, seed: int, level: str, aggregate: str,
-                    metrics: str | None = None):
+                    metrics: str | None = None, stratify: str = "auto"):
     from probebench.bootstrap import BootstrapConfig
     from probebench.metrics import STUDY_METRICS
     from probebench.report import ReportOptions
 
     chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else STUDY_METRICS
-    return ReportOptions(BootstrapConfig(n_resamples=n_resamples, method=method, unit=unit, seed=seed),
+    return ReportOptions(BootstrapConfig(n_resamples=n_resamples, method=method, unit=unit, seed=seed,
+                                         stratify=stratify),
                          level=level, aggregate=aggregate, metrics=chosen)
 
 
@@ -217,6 +218,8 @@ UnitOpt = typer.Option("auto", "--unit", help="Resample 'group' (patients, lesio
 LevelOpt = typer.Option("sample", "--level", help="'sample', or 'patient': one prediction per group.")
 AggOpt = typer.Option("mean", "--aggregate", help="Patient level: 'mean' probability or majority 'vote'.")
 BootSeedOpt = typer.Option(0, "--seed", help="Bootstrap seed.")
+StratifyOpt = typer.Option("auto", "--stratify", help="Resample within each class: 'class', 'none', or 'auto' "
+                           "(when a class has fewer than 5 units in the test set).")
 
 
 @app.command()
@@ -227,7 +230,7 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
            metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated columns [default: "
                                                  "accuracy,precision,recall,f1]; csv always has every metric."),
            n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
-           aggregate: str = AggOpt, seed: int = BootSeedOpt,
+           aggregate: str = AggOpt, seed: int = BootSeedOpt, stratify: str = StratifyOpt,
            compare_metric: str = typer.Option("accuracy", "--compare-metric", help="Metric of the comparisons."),
            all_runs: bool = typer.Option(False, "--all", help="Every run, not only the latest per cell."),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write tables.md, tables.tex, "
@@ -237,7 +240,7 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
 
     if fmt not in FORMATS:
         raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
-    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics)
+    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics, stratify)
     rows = collect_rows(runs_dir, datasets=dataset, opts=opts, latest_only=not all_runs)
     if not rows:
         raise ProbebenchError(f"no runs found under {runs_dir}; run `probebench fit` first")
@@ -246,7 +249,7 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     if out_dir is not None:
         from probebench.publish import write_report
 
-        write_report(runs_dir, out_dir, opts=opts, rows=rows, comps=comps)
+        write_report(runs_dir, out_dir, opts=opts, rows=rows, comps=comps, compare_metric=compare_metric)
         out.print(f"report files written to {out_dir}/ (tables.md, tables.tex, results.csv, figures/, report.html)")
 
 
@@ -255,7 +258,7 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
 def compare(run_a: Path = typer.Argument(..., help="First run directory."),
             run_b: Path = typer.Argument(..., help="Second run directory (same test set)."),
             n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
-            aggregate: str = AggOpt, seed: int = BootSeedOpt):
+            aggregate: str = AggOpt, seed: int = BootSeedOpt, stratify: str = StratifyOpt):
     """A − B for every metric on the same bootstrap replicates, with intervals and two-sided p-values."""
     from probebench.report import compare_runs, render_compare
     from probebench.runs import read_run
@@ -263,7 +266,7 @@ def compare(run_a: Path = typer.Argument(..., help="First run directory."),
     for p in (run_a, run_b):
         if not (p / "predictions.csv").is_file():
             raise ProbebenchError(f"{p} is not a run directory (no predictions.csv)")
-    opts = _report_options(n_resamples, method, unit, seed, level, aggregate)
+    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, stratify=stratify)
     a, b = read_run(run_a), read_run(run_b)
     diffs, used = compare_runs(a, b, opts)
     sys.stdout.write(render_compare(a, b, diffs, used, opts))

@@ -310,7 +310,12 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
               "n": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
               "counts": manifest.counts(),
               "versions": versions()}
+    if not np.isfinite(proba).all():
+        raise ProbebenchError(f"fine-tuned {model} on {manifest.dataset} gives non-finite probabilities: training "
+                              "diverged; lower --lr or use --precision fp32; no run was written")
+    best_row = next((r for r in state.history if r.get("epoch") == state.best_epoch), {})
     metrics = {"test": point_metrics(y_test, proba.argmax(1), n_classes, proba), "best_epoch": state.best_epoch,
+               "val_accuracy": best_row.get("val_accuracy"),
                "best_" + select_metric: state.best_metric, "epochs_run": state.epoch,
                "train_seconds": round(time.perf_counter() - start, 3),
                "peak_memory_gib": (round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda"

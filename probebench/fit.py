@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -121,15 +122,28 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
                 task, advance=1, info=f"val acc {r['val_accuracy']:.3f}"))
         seconds = time.perf_counter() - start
         proba = estimator.predict_proba(x_te)
+        val_proba = estimator.predict_proba(x_va)
+        if not (np.isfinite(proba).all() and np.isfinite(val_proba).all()):
+            raise ProbebenchError(f"the {estimator.name} head on {model} × {attrs['dataset']} (seed {s}) gives "
+                                  "non-finite probabilities: training diverged; lower --lr, or --standardize the "
+                                  "features; no run was written")
         config = {**base, "head": estimator.name, "head_label": estimator.describe(), "head_params": estimator.params(),
                   "selection": estimator.selection_, "seed": s,
-                  "seed_group": group if len(seed_list) > 1 else None, "seed_position": position}
+                  "seed_group": group if len(seed_list) > 1 else None, "seed_position": position,
+                  "seeds_asked": seed_list if len(seed_list) > 1 else None}
         history = estimator.history_
         metrics = {"test": point_metrics(y_te, proba.argmax(1), n_classes, proba), "best_epoch": estimator.best_epoch_,
-                   "fit_seconds": round(seconds, 3)}
+                   "fit_seconds": round(seconds, 3),
+                   "val_accuracy": float((val_proba.argmax(1) == y_va).mean()) if len(y_va) else None}
         if history and "val_accuracy" in history[0]:
             metrics["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
         run = write_run(runs_dir, config, sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_te,
                         proba=proba, history=history, metrics=metrics)
         first = first or run
+        if progress:
+            t = metrics["test"]
+            sys.stderr.write(f"{model} × {attrs['dataset']} {estimator.describe()} (seed {s}): test accuracy "
+                             f"{100 * t['accuracy']:.2f}, F1 {100 * t['f1']:.2f}, AUROC {100 * t['auroc_macro']:.2f} "
+                             f"(validation accuracy {100 * (metrics['val_accuracy'] or float('nan')):.2f}); "
+                             f"intervals: probebench report\n")
     return first

@@ -5,7 +5,8 @@ confusion matrices come from one matrix product of weights with one-hot (true, p
 and every confusion-based metric is computed from that (R, K, K) tensor; AUROC comes from
 weighted ranks. Every value equals scikit-learn's on the resampled data, including its handling of
 classes that are absent from a resample (``zero_division=0``; macro averages over the classes
-present; undefined AUROC or kappa is NaN where scikit-learn raises or returns NaN).
+present; quadratic kappa over all K classes, as ``labels=range(K)``; undefined AUROC or kappa is NaN
+where scikit-learn raises or returns NaN).
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
         out[f"{name}_class"] = per
     has_true = support > 0  # balanced accuracy: mean recall over classes present in y_true
     out["balanced_accuracy"] = (recall * has_true).sum(axis=1) / has_true.sum(axis=1)
-    # quadratic kappa: scikit-learn weights by position among the labels present in the resample
-    pos = np.cumsum(present, axis=1) - 1
-    w = (pos[:, :, None] - pos[:, None, :]) ** 2 * (present[:, :, None] & present[:, None, :])
+    # quadratic kappa over all K classes (scikit-learn's labels=range(K)): an ordinal grade keeps its distance to
+    # the others when a middle grade is absent from the resample
+    k = cm.shape[1]
+    w = ((np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2)[None, :, :]
     expected = support[:, :, None] * predicted[:, None, :] / total[:, None, None]
     observed_w, expected_w = (w * cm).sum(axis=(1, 2)), (w * expected).sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):

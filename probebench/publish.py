@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +20,17 @@ from probebench.cache import open_group, store_exists
 from probebench.errors import ProbebenchError
 from probebench.metrics import LABELS, STUDY_METRICS
 from probebench.registry import path_name
-from probebench.report import ReportOptions, ReportRow, collect_rows, comparisons, evaluate_run, footnotes, render
+from probebench.report import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, _body, _cell, _comparison_lines,
+                               collect_rows, comparisons, evaluate_run, footnotes, render)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
-                 "±": r"$\pm$", "−": "--", "×": r"$\times$"}
+                 "±": r"$\pm$", "−": "--", "×": r"$\times$", "‡": r"$^\ddagger$", "§": r"\S{}", "Δ": r"$\Delta$",
+                 "α": r"$\alpha$", "<": r"$<$", ">": r"$>$"}
 
 
 def latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-
-
-def _pct(v) -> str:
-    return f"{100 * v.value:.2f} [{100 * v.low:.2f}, {100 * v.high:.2f}]" if np.isfinite(v.value) else "n/a"
 
 
 def distribution(rows: list[ReportRow]) -> dict[str, dict]:
@@ -46,8 +43,10 @@ def distribution(rows: list[ReportRow]) -> dict[str, dict]:
     return out
 
 
-def latex_tables(rows: list[ReportRow], opts: ReportOptions) -> str:
-    """booktabs tables; the best value per dataset and metric in bold; the CI method in the caption."""
+def latex_tables(rows: list[ReportRow], opts: ReportOptions, comps: list | None = None,
+                 compare_metric: str = "accuracy") -> str:
+    """booktabs tables; the best value per dataset and metric in bold; the CI method and every footnote (marks,
+    seeds, skipped images) in the caption; the paired comparisons as a second table."""
     metrics = opts.metrics
     best = {}
     for d in {r.dataset for r in rows}:
@@ -59,8 +58,7 @@ def latex_tables(rows: list[ReportRow], opts: ReportOptions) -> str:
     caption = (f"Test-set metrics in %: value [{b.confidence:.0%} {'BCa' if b.method == 'bca' else 'percentile'} "
                f"bootstrap interval, {b.n_resamples} replicates, resampling unit: {', '.join(units)}]. "
                "Precision, recall and F1 are weighted averages. Best value per dataset in bold.")
-    if any(r.random_weights for r in rows):
-        caption += " † random weights: not a pretrained result."
+    caption += " " + " ".join(footnotes(rows, opts)[1:])
     lines = [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{latex_escape(caption)}}}",
              r"\label{tab:probebench-results}", r"\begin{tabular}{llll" + "c" * len(metrics) + "}", r"\toprule",
              " & ".join(["Dataset", "Model", "Freeze", "Head"] + [latex_escape(LABELS[m]) for m in metrics]) + r" \\",
@@ -72,11 +70,18 @@ def latex_tables(rows: list[ReportRow], opts: ReportOptions) -> str:
         previous = r.dataset
         cells = []
         for m in metrics:
-            text = latex_escape(_pct(r.values[m]))
+            text = latex_escape(_cell(r.values[m], r.seeds, m, r.few_units))
             cells.append(f"\\textbf{{{text}}}" if r.values[m].value == best[(r.dataset, m)] else text)
-        lines.append(" & ".join([latex_escape(r.dataset), latex_escape(r.model_label), r.freeze,
-                                 latex_escape(r.head_label)] + cells) + r" \\")
+        lines.append(" & ".join([latex_escape(x) for x in _body([r], opts, False)[0][:4]] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    comp_lines = _comparison_lines(comps or [], compare_metric)
+    if comp_lines:
+        header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
+        lines += [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{latex_escape(COMPARE_NOTE)}}}",
+                  r"\label{tab:probebench-comparisons}", r"\begin{tabular}{llllll}", r"\toprule",
+                  " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
+        lines += [" & ".join(latex_escape(x) for x in row) + r" \\" for row in comp_lines]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     dist = distribution(rows)
     if dist:
         lines += [r"\begin{table}[t]", r"\centering", r"\small",
@@ -121,26 +126,32 @@ def _pyplot():
 
 
 def forest_plot(rows: list[ReportRow], dataset: str, metric: str = "accuracy"):
-    """Each model's metric with its interval; frozen and unfrozen side by side."""
+    """Each model × head with its interval (one row each, labelled with the head); frozen and unfrozen side by
+    side; † on random-weight rows; the legend outside the data."""
     plt = _pyplot()
     mine = [r for r in rows if r.dataset == dataset]
-    models = sorted({r.model for r in mine}, key=lambda m: [r.model for r in mine].index(m))
-    fig, ax = plt.subplots(figsize=(5.0, 0.45 * len(models) + 1.0))
-    styles = {"Y": ("#1f77b4", "o", -0.15, "frozen"), "N": ("#d62728", "s", 0.15, "unfrozen")}
-    for freeze, (color, marker, offset, label) in styles.items():
-        pts = [(models.index(r.model) + offset, r.values[metric]) for r in mine if r.freeze == freeze]
+    labels: list[str] = []
+    for r in mine:
+        label = f"{r.model_label} · {r.head_label}" if r.freeze == "Y" else f"{r.model_label} · fine-tuned"
+        if label not in labels:
+            labels.append(label)
+    fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(labels) + 1.2))
+    styles = {"Y": ("#1f77b4", "o", "frozen"), "N": ("#d62728", "s", "unfrozen")}
+    for freeze, (color, marker, name) in styles.items():
+        pts = [(labels.index(f"{r.model_label} · {r.head_label}" if freeze == "Y" else f"{r.model_label} · fine-tuned"),
+                r.values[metric]) for r in mine if r.freeze == freeze]
         if not pts:
             continue
         ys = [p[0] for p in pts]
         vals = np.array([[p[1].value, p[1].low, p[1].high] for p in pts]) * 100
         ax.errorbar(vals[:, 0], ys, xerr=[vals[:, 0] - vals[:, 1], vals[:, 2] - vals[:, 0]], fmt=marker,
-                    color=color, capsize=3, label=label, markersize=5)
-    ax.set_yticks(range(len(models)))
-    ax.set_yticklabels([m + (" †" if any(r.random_weights for r in mine if r.model == m) else "") for m in models])
+                    color=color, capsize=3, label=name, markersize=5)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels)
     ax.invert_yaxis()
     ax.set_xlabel(f"{LABELS[metric]} (%) with 95% CI")
     ax.set_title(dataset)
-    ax.legend(frameon=False, loc="best")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
@@ -195,11 +206,13 @@ def _img(png: bytes, alt: str) -> str:
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border-bottom:1px solid #ccc;padding:4px 8px;
 text-align:left}th{border-bottom:2px solid #444}tr.random td{color:#c00}.note{color:#555;font-size:0.9em}
+.warn{color:#8a5300;background:#fff4e0;padding:6px 10px;border-left:4px solid #e0a040}
 img{max-width:100%;margin:0.5em}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:0.8em}"""
 
 
 def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: ReportOptions | None = None,
-                 rows: list[ReportRow] | None = None, comps: list | None = None) -> Path:
+                 rows: list[ReportRow] | None = None, comps: list | None = None,
+                 compare_metric: str = "accuracy") -> Path:
     """Write tables.md, tables.tex, results.csv, figures/ and report.html under ``out``; returns ``out``.
 
     ``rows`` / ``comps``: already evaluated rows and comparisons (``report --out`` passes its own, so
@@ -210,16 +223,20 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
     if opts is None:
         r = study.report if study is not None else {}
         opts = ReportOptions(BootstrapConfig(n_resamples=r.get("resamples", 1000), method=r.get("method", "percentile"),
-                                             unit=r.get("unit", "auto")), level=r.get("level", "sample"),
+                                             unit=r.get("unit", "auto"), stratify=r.get("stratify", "auto")),
+                             level=r.get("level", "sample"),
                              aggregate=r.get("aggregate", "mean"), metrics=tuple(r.get("metrics", STUDY_METRICS)))
-    rows = rows if rows is not None else collect_rows(runs_dir, opts=opts)
+    if rows is None:
+        from probebench.study import study_runs
+
+        rows = collect_rows(runs_dir, opts=opts, only=study_runs(study) if study is not None else None)
     if not rows:
         raise ProbebenchError(f"no runs under {runs_dir}; run `probebench fit` first")
-    comps = comps if comps is not None else comparisons(rows, opts)
-    md = ["# probebench results", "", render(rows, "md", opts, comps), "## Data distribution (Tables I/II)", "",
-          markdown_distribution(rows)]
+    comps = comps if comps is not None else comparisons(rows, opts, compare_metric)
+    md = ["# probebench results", "", render(rows, "md", opts, comps, compare_metric),
+          "## Data distribution (Tables I/II)", "", markdown_distribution(rows)]
     write_text(out / "tables.md", "\n".join(md))
-    write_text(out / "tables.tex", latex_tables(rows, opts))
+    write_text(out / "tables.tex", latex_tables(rows, opts, comps, compare_metric))
     patient_opts = ReportOptions(opts.bootstrap, level="patient", aggregate=opts.aggregate, metrics=opts.metrics)
     grouped = [r for r in rows if len(np.unique(r.run.groups)) < len(r.run.groups)]
     csv_text = render(rows, "csv", opts)
@@ -248,12 +265,12 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
 
     plt.close("all")
     header = ["Dataset", "Model", "Freeze", "Head"] + [LABELS[m] + " [CI]" for m in opts.metrics] + ["CI unit"]
-    body = [[r.dataset, r.model_label, r.freeze, r.head_label] + [_pct(r.values[m]) for m in opts.metrics] + [r.unit]
-            for r in rows]
+    body = [row + [r.unit] for row, r in zip(_body(rows, opts, False), rows)]
     red = {i for i, r in enumerate(rows) if r.random_weights}
-    comp_body = [[c.dataset, c.label] + ([f"{100 * c.diff.diff:+.2f} [{100 * c.diff.low:+.2f}, "
-                                          f"{100 * c.diff.high:+.2f}]", f"{c.diff.p:.4f}", f"{c.p_holm:.4f}"]
-                                         if c.diff else ["n/a", "", c.note]) for c in comps]
+    comp_header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
+    comp_body = _comparison_lines(comps, compare_metric)
+    comp_red = {i for i, c in enumerate(comps) if "†" in c.label}
+    warnings = [n for n in footnotes(rows, opts) if n[:1] in ("‡", "§")]
     cost_body = []
     for r in rows:
         cost = _cost(r)
@@ -266,27 +283,28 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
         dist_html.append(f"<h4>{html.escape(d)}</h4>" + _html_table(
             ["Split"] + info["classes"] + ["Total"],
             [[s] + info["counts"][s] + [sum(info["counts"][s])] for s in ("train", "val", "test")]))
-    provenance = {
-        "versions": sorted({json.dumps(r.run.config.get("versions", {}), sort_keys=True) for r in rows}),
-        "weights": sorted({f"{r.model}: {r.run.config['weights'].get('label')} sha256 {r.run.config['weights']['sha256']}"
-                           for r in rows}),
-        "runs": [{"run": str(r.run.path), "run_id": r.run.config.get("run_id"),
-                  "device": r.run.config.get("extract_device") or r.run.config.get("device")} for r in rows],
-        "study": study.source.read_text() if study is not None else None}
+    version_sets = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.run.config.get("versions", {}).items()))
+                           for r in rows})
+    provenance = ["versions:"] + [f"  {v}" for v in version_sets]
+    provenance += ["weights:"] + sorted({f"  {r.model}: {r.run.config['weights'].get('label')} sha256 "
+                                         f"{r.run.config['weights']['sha256']}" for r in rows})
+    provenance += ["runs:"] + [f"  {r.run.path} (device {r.run.config.get('extract_device') or r.run.config.get('device')})"
+                               for r in rows]
+    if study is not None:
+        provenance += [f"study file {study.source}:", study.source.read_text()]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>probebench report</title><style>{CSS}</style></head><body>
 <h1>probebench report</h1>
-<h2>Results (Tables III/IV)</h2>{_html_table(header, body, red)}
+<h2>Results (Tables III/IV)</h2>{''.join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings)}
+{_html_table(header, body, red)}
 <p class="note">{'<br>'.join(html.escape(n) for n in footnotes(rows, opts))}</p>
-<h2>Paired comparisons</h2>{_html_table(['Dataset', 'Comparison', f'Δ {LABELS["accuracy"]} [CI]', 'p', 'p (Holm)'],
-                                        comp_body)}
-<p class="note">Δ = first − second in points, from the same bootstrap replicates; two-sided bootstrap p-values,
-Holm-adjusted within each dataset.</p>
+<h2>Paired comparisons</h2>{_html_table(comp_header, comp_body, comp_red)}
+<p class="note">{html.escape(COMPARE_NOTE)}</p>
 <h2>Figures</h2>{''.join(sections)}
 <h2>Data distribution (Tables I/II)</h2>{''.join(dist_html)}
 <h2>Cost per cell</h2>{_html_table(['Dataset', 'Model', 'Freeze', 'Head', 'Extraction img/s', 'Training s',
                                     'Peak memory GiB', 'Device'], cost_body, red)}
-<h2>Provenance</h2><pre>{html.escape(json.dumps(provenance, indent=1))}</pre>
+<h2>Provenance</h2><pre>{html.escape(chr(10).join(provenance))}</pre>
 </body></html>
 """
     write_text(out / "report.html", page)

@@ -24,6 +24,10 @@ from probebench.runs import Run, find_runs, read_config, read_run
 
 FORMATS = ("table", "md", "csv")
 RANDOM_MARK = "†"
+UNDEFINED_MARK = "‡"  # more than UNDEFINED_LIMIT of the replicates were undefined
+FEW_MARK = "§"  # fewer than MIN_UNITS resampling units (patients, lesions, samples) in the test set
+UNDEFINED_LIMIT = 0.01
+MIN_UNITS = 10
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,22 @@ class ReportRow:
     head_label: str = ""
     seeds: dict | None = None  # repeats: {"seeds": [...], "mean": {metric: x}, "sd": {metric: x}}
     repeats: list | None = None  # the runs behind ``seeds``, first seed first
+    n_units: int = 0  # resampling units in the test set
+    stratified: bool = False  # resampled within each class
+    seeds_asked: list | None = None  # a multi-seed fit: the seeds it was asked for (some may be missing)
 
     @property
     def model_label(self) -> str:
         return self.model + (f" {RANDOM_MARK}" if self.random_weights else "")
+
+    @property
+    def few_units(self) -> bool:
+        return self.n_units < MIN_UNITS
+
+    @property
+    def missing_seeds(self) -> list:
+        done = set(self.seeds["seeds"]) if self.seeds else {self.run.config.get("seed")}
+        return [s for s in (self.seeds_asked or []) if s not in done]
 
 
 def _unit_label(run: Run, unit: str, level: str) -> str:
@@ -67,10 +83,17 @@ def _unit_label(run: Run, unit: str, level: str) -> str:
     return kind if (unit == "group" or level == "patient") else "sample"
 
 
+def validation_accuracy(run: Run) -> float | None:
+    """The validation accuracy of the run's chosen model, as recorded at fit time (None for older runs)."""
+    m = run.metrics
+    value = m.get("val_accuracy", m.get("best_val_accuracy"))
+    return float(value) if value is not None else None
+
+
 def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None) -> ReportRow:
     """Bootstrap one run; ``repeats`` (the same fit with other seeds, this one first) adds mean ± sd."""
     data = eval_data(run, opts.level, opts.aggregate)
-    values, unit = bootstrap(data, opts.bootstrap)
+    values, drawn = bootstrap(data, opts.bootstrap)
     c = run.config
     seeds = None
     if repeats and len(repeats) > 1:
@@ -81,16 +104,24 @@ def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None
                  "sd": {m: float(np.std([p[m] for p in points], ddof=1)) for m in points[0]}}
     return ReportRow(dataset=c["dataset"], model=c["model"], freeze="Y" if c["mode"] == "frozen" else "N",
                      head=c["head"], random_weights=c["weights"]["sha256"] == "random", n_test=len(data.y_true),
-                     values=values, unit=_unit_label(run, unit, opts.level), run=run, skipped=c.get("skipped", []),
-                     head_label=c.get("head_label", c["head"]), seeds=seeds, repeats=repeats)
+                     values=values, unit=_unit_label(run, drawn.unit, opts.level), run=run,
+                     skipped=c.get("skipped", []), head_label=c.get("head_label", c["head"]), seeds=seeds,
+                     repeats=repeats, n_units=drawn.n_units, stratified=drawn.stratified,
+                     seeds_asked=c.get("seeds_asked"))
 
 
 def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = None,
-                 opts: ReportOptions = ReportOptions(), latest_only: bool = True) -> list[ReportRow]:
-    """One row per run (the latest per dataset x model x mode x head unless ``latest_only`` is off)."""
+                 opts: ReportOptions = ReportOptions(), latest_only: bool = True,
+                 only: list[str | Path] | None = None) -> list[ReportRow]:
+    """One row per run (the latest per dataset x model x mode x head unless ``latest_only`` is off); ``only``
+    keeps just these runs and their sibling seeds (a study's report shows the study's runs, nothing else)."""
     configs = {p: read_config(p) for p in find_runs(runs_dir)}  # predictions later
     if datasets:
         configs = {p: c for p, c in configs.items() if c["dataset"] in datasets}
+    if only is not None:
+        wanted = {Path(x).resolve() for x in only}
+        groups = {c.get("seed_group") for p, c in configs.items() if p.resolve() in wanted} - {None}
+        configs = {p: c for p, c in configs.items() if p.resolve() in wanted or c.get("seed_group") in groups}
     by_group: dict[str, list[Path]] = {}
     for p, c in configs.items():
         if c.get("seed_group"):
@@ -126,13 +157,15 @@ def aligned(a: Run, b: Run) -> Run:
 
 
 def compare_runs(a: Run, b: Run, opts: ReportOptions = ReportOptions()) -> tuple[dict[str, Difference], str]:
-    """A − B for every metric on the same replicates, with intervals and two-sided p-values."""
+    """A − B for every metric on the same replicates, with intervals (``opts`` method) and the p-values that
+    invert them; the second value says how the replicates were drawn."""
     b = aligned(a, b)
     if a.classes != b.classes:
         raise ProbebenchError(f"runs {a.path} and {b.path} have different classes")
-    diffs, unit = paired_comparison(eval_data(a, opts.level, opts.aggregate), eval_data(b, opts.level, opts.aggregate),
-                                    opts.bootstrap)
-    return diffs, _unit_label(a, unit, opts.level)
+    diffs, drawn = paired_comparison(eval_data(a, opts.level, opts.aggregate),
+                                     eval_data(b, opts.level, opts.aggregate), opts.bootstrap)
+    label = f"{_unit_label(a, drawn.unit, opts.level)} ({drawn.n_units})"
+    return diffs, label + (", stratified by class" if drawn.stratified else "")
 
 
 @dataclass
@@ -145,11 +178,12 @@ class ComparisonRow:
 
 
 def _row_name(r: ReportRow) -> str:
-    return f"{r.model_label} ({'frozen' if r.freeze == 'Y' else 'unfrozen'}, {r.head})"
+    return f"{r.model_label} ({'frozen' if r.freeze == 'Y' else 'unfrozen'}, {r.head_label})"
 
 
 def comparisons(rows: list[ReportRow], opts: ReportOptions, metric: str = "accuracy") -> list[ComparisonRow]:
-    """Per dataset: frozen − unfrozen for each model, and every row − the best row; Holm within the dataset."""
+    """Per dataset: frozen − unfrozen for each model and each frozen head, and every row − the row with the best
+    validation accuracy (chosen on validation, never on test); Holm within the dataset."""
     out: list[ComparisonRow] = []
     for dataset in sorted({r.dataset for r in rows}):
         mine = [r for r in rows if r.dataset == dataset]
@@ -157,30 +191,44 @@ def comparisons(rows: list[ReportRow], opts: ReportOptions, metric: str = "accur
             continue
         pairs = []
         for model in sorted({r.model for r in mine}):
-            frozen = [r for r in mine if r.model == model and r.freeze == "Y"]
             unfrozen = [r for r in mine if r.model == model and r.freeze == "N"]
-            if frozen and unfrozen:
-                pairs.append((f"{model}: frozen − unfrozen", frozen[0], unfrozen[0]))
-        best = max(mine, key=lambda r: r.values[metric].value)
-        pairs += [(f"{_row_name(r)} − best {_row_name(best)}", r, best) for r in mine if r is not best]
+            for f in (r for r in mine if r.model == model and r.freeze == "Y"):
+                for u in unfrozen:
+                    mark = f" {RANDOM_MARK}" if f.random_weights or u.random_weights else ""
+                    pairs.append((f"{model}{mark}: frozen ({f.head_label}) − unfrozen ({u.head_label})", f, u))
         family: list[ComparisonRow] = []
+        scores = {id(r): validation_accuracy(r.run) for r in mine}
+        if all(v is not None for v in scores.values()):
+            best = max(mine, key=lambda r: scores[id(r)])  # first on ties, in table order
+            pairs += [(f"{_row_name(r)} − best on validation {_row_name(best)}", r, best) for r in mine
+                      if r is not best]
+        else:
+            missing = [_row_name(r) for r in mine if scores[id(r)] is None]
+            family.append(ComparisonRow(dataset, "each row − best on validation", None,
+                                        note=f"not computed: {', '.join(missing)} record no validation accuracy "
+                                             "(older runs), and a best chosen on the test set would bias the test"))
         for label, a, b in pairs:
             try:
                 diffs, _ = compare_runs(a.run, b.run, opts)
                 family.append(ComparisonRow(dataset, label, diffs[metric]))
             except ProbebenchError as exc:
                 family.append(ComparisonRow(dataset, label, None, note=str(exc).split(";")[0]))
-        tested = [c for c in family if c.diff is not None]
+        tested = [c for c in family if c.diff is not None and np.isfinite(c.diff.p)]
         for c, p in zip(tested, holm([c.diff.p for c in tested])):
             c.p_holm = p
         out += family
     return out
 
 
-def _cell(v: Interval, seeds: dict | None = None, metric: str = "") -> str:
+def _marks(v: Interval | Difference, few: bool) -> str:
+    share = v.undefined / v.replicates if v.replicates else 0.0
+    return (UNDEFINED_MARK if share > UNDEFINED_LIMIT else "") + (FEW_MARK if few else "")
+
+
+def _cell(v: Interval, seeds: dict | None = None, metric: str = "", few: bool = False) -> str:
     if not np.isfinite(v.value):
         return "n/a"
-    text = f"{100 * v.value:.2f} [{100 * v.low:.2f}, {100 * v.high:.2f}]"
+    text = f"{100 * v.value:.2f} [{100 * v.low:.2f}, {100 * v.high:.2f}]{_marks(v, few)}"
     if seeds:
         text += f"; seeds {100 * seeds['mean'][metric]:.2f} ± {100 * seeds['sd'][metric]:.2f}"
     return text
@@ -201,8 +249,9 @@ def _headers(rows: list[ReportRow], opts: ReportOptions) -> tuple[list[str], boo
 
 
 def _body(rows: list[ReportRow], opts: ReportOptions, per_row_unit: bool) -> list[list[str]]:
-    return [[r.dataset, r.model_label, r.freeze, r.head_label] + ([r.unit] if per_row_unit else [])
-            + [_cell(r.values[m], r.seeds, m) for m in opts.metrics] for r in rows]
+    return [[r.dataset, r.model_label, r.freeze, r.head_label + (" (incomplete seeds)" if r.missing_seeds else "")]
+            + ([r.unit] if per_row_unit else []) + [_cell(r.values[m], r.seeds, m, r.few_units) for m in opts.metrics]
+            for r in rows]
 
 
 def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
@@ -219,11 +268,40 @@ def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
                      "seed's bootstrap.")
     if any(r.random_weights for r in rows):
         notes.append(f"{RANDOM_MARK} random weights (--weights random): NOT a pretrained result.")
+    undefined = sorted({(r.dataset, r.model_label, r.head_label, m, r.values[m].undefined, r.values[m].replicates)
+                        for r in rows for m in opts.metrics if r.values[m].undefined_share > UNDEFINED_LIMIT})
+    if undefined:
+        notes.append(f"{UNDEFINED_MARK} the metric was undefined in more than {UNDEFINED_LIMIT:.0%} of the bootstrap "
+                     "replicates (a resample without some class), which are left out, so the interval describes "
+                     "only resamples that hold every class and is too narrow: "
+                     + "; ".join(f"{d}/{m} {h} {k}: {u} of {n}" for d, m, h, k, u, n in undefined)
+                     + ". `--stratify class` resamples within each class.")
+    few = sorted({(r.dataset, r.n_units, r.unit) for r in rows if r.few_units})
+    if few:
+        notes.append(f"{FEW_MARK} fewer than {MIN_UNITS} resampling units in the test set ("
+                     + "; ".join(f"{d}: {n} {u}s" for d, n, u in few) + "): a bootstrap interval from so few "
+                     "clusters cannot be trusted; read these rows as point values.")
+    stratified = sorted({r.dataset for r in rows if r.stratified})
+    if stratified:
+        notes.append("Resampled within each class (a class has fewer than 5 units in the test set, so a plain "
+                     f"bootstrap would often draw none of it): {', '.join(stratified)}.")
+    for r in rows:
+        if r.missing_seeds:
+            notes.append(f"{r.dataset}/{r.model_label} {r.head_label}: incomplete seeds: asked "
+                         f"{r.seeds_asked}, missing {r.missing_seeds} (the fit was interrupted; rerun it)")
     for r in rows:
         if r.skipped:
             names = ", ".join(s["sample_id"] for s in r.skipped[:5]) + (" …" if len(r.skipped) > 5 else "")
             notes.append(f"{r.dataset}/{r.model}: {len(r.skipped)} unreadable image(s) skipped: {names}")
     return notes
+
+
+def format_p(p: float, replicates: int) -> str:
+    """A p-value to 4 places; one below the bootstrap's resolution (no replicate on the other side of 0) as
+    ``< 1/R``."""
+    if not np.isfinite(p):
+        return "n/a"
+    return f"< {1 / replicates:.4g}" if p < 1 / max(replicates, 1) else f"{p:.4f}"
 
 
 def _comparison_lines(comps: list[ComparisonRow], metric: str) -> list[list[str]]:
@@ -233,9 +311,18 @@ def _comparison_lines(comps: list[ComparisonRow], metric: str) -> list[list[str]
             lines.append([c.dataset, c.label, "n/a", "", "", c.note])
         else:
             d = c.diff
+            note = c.note
+            if d.replicates and d.undefined / d.replicates > UNDEFINED_LIMIT:
+                note = f"{UNDEFINED_MARK} {d.undefined} of {d.replicates} replicates undefined"
             lines.append([c.dataset, c.label, f"{100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]",
-                          f"{d.p:.4f}", f"{c.p_holm:.4f}", ""])
+                          format_p(d.p, d.replicates), format_p(c.p_holm, d.replicates), note])
     return lines
+
+
+COMPARE_NOTE = ("Paired comparisons on the same bootstrap replicates: Δ = first − second in points, with the "
+                "interval method of the table; p is that interval inverted (the smallest α whose 1 − α interval "
+                "excludes 0), so the 95% interval excludes 0 exactly when p < 0.05. The best row is chosen by "
+                "validation accuracy, never on the test set. Holm adjusts across the comparisons of each dataset.")
 
 
 COMPARE_HEADER = ["Dataset", "Comparison", "Δ {metric} [CI]", "p", "p (Holm)", "note"]
@@ -267,8 +354,7 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
     notes = footnotes(rows, opts)
     comp_header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
     comp_lines = _comparison_lines(comps or [], compare_metric)
-    comp_note = ("Paired comparisons on the same bootstrap replicates: Δ = first − second in points, "
-                 "two-sided bootstrap p-value; Holm adjusts across the comparisons of each dataset.")
+    comp_note = COMPARE_NOTE
     if fmt == "md":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -305,9 +391,19 @@ def render_compare(a: Run, b: Run, diffs: dict[str, Difference], unit: str, opts
     lines = [f"A: {a.path}", f"B: {b.path}",
              f"{_method_text(opts)}; resampling unit: {unit}; level: {opts.level}", "",
              f"{'metric':<20} {'A':>8} {'B':>8} {'A − B [CI]':>28} {'p':>8}"]
+    undefined = []
     for m in ALL_METRICS:
         if m in diffs:
             d = diffs[m]
+            mark = UNDEFINED_MARK if d.replicates and d.undefined / d.replicates > UNDEFINED_LIMIT else ""
+            if mark:
+                undefined.append(f"{m}: {d.undefined} of {d.replicates}")
             lines.append(f"{m:<20} {100 * d.a:8.2f} {100 * d.b:8.2f} "
-                         f"{f'{100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]':>28} {d.p:8.4f}")
+                         f"{f'{100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]{mark}':>29} "
+                         f"{format_p(d.p, d.replicates):>8}")
+    lines += ["", "p inverts the interval shown: the interval excludes 0 exactly when p < "
+                  f"{1 - opts.bootstrap.confidence:.2g}."]
+    if undefined:
+        lines.append(f"{UNDEFINED_MARK} undefined replicates left out (a resample without some class): "
+                     + "; ".join(undefined) + "; try --stratify class.")
     return "\n".join(lines) + "\n"

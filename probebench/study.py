@@ -30,7 +30,7 @@ SECTIONS = {
                  "grad_checkpointing", "workers"},
     "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad", "draft",
                 "channels_last", "mean", "std"},
-    "report": {"resamples", "method", "unit", "level", "aggregate", "metrics"},
+    "report": {"resamples", "method", "unit", "stratify", "level", "aggregate", "metrics"},
 }
 
 
@@ -199,6 +199,11 @@ def _load_state(study: Study) -> dict:
     except (ValueError, OSError) as exc:  # only a record of finished cells: the runs themselves are checked
         sys.stderr.write(f"note: study state {p} is unreadable ({exc}); every cell is checked afresh\n")
         return {}
+
+
+def study_runs(study: Study) -> list[str]:
+    """The run folders of the study's finished cells, from its state file (its report shows these only)."""
+    return [r for cell in _load_state(study).values() if cell.get("status") == "done" for r in cell.get("runs", [])]
 
 
 def _save_state(study: Study, state: dict) -> None:

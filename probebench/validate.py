@@ -66,12 +66,12 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
 
 
 def _report_rules() -> dict:
-    from probebench.bootstrap import METHODS, UNITS
+    from probebench.bootstrap import METHODS, STRATIFY, UNITS
     from probebench.evaluate import AGGREGATIONS, LEVELS
     from probebench.metrics import ALL_METRICS
 
     return {"resamples": (lambda v: _int(v) and v >= 1, "an integer >= 1"), "method": _choice(METHODS),
-            "unit": _choice(UNITS), "level": _choice(LEVELS), "aggregate": _choice(AGGREGATIONS),
+            "unit": _choice(UNITS), "stratify": _choice(STRATIFY), "level": _choice(LEVELS), "aggregate": _choice(AGGREGATIONS),
             "metrics": (lambda v: isinstance(v, list) and v and all(m in ALL_METRICS for m in v),
                         "a non-empty list of metrics from " + ", ".join(ALL_METRICS))}
 

@@ -139,3 +139,22 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
     path.parent.mkdir(parents=True, exist_ok=True)
     dcmwrite(path, ds, enforce_file_format=True)
     return path
+
+
+def fake_run(runs_dir: Path, y_true, proba, *, dataset="d", model="m", mode="frozen", head="linear", groups=None,
+             val_accuracy: float | None = 0.5, random_weights=False, seed=0, **config_extra) -> Path:
+    """A run folder written by probebench's own writer from given predictions: report tests need no model."""
+    from probebench.runs import write_run
+
+    y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=float)
+    k = proba.shape[1]
+    ids = [f"s{i:03d}" for i in range(len(y_true))]
+    config = {"mode": mode, "path": "test", "dataset": dataset, "model": model, "head": head,
+              "classes": [f"c{i}" for i in range(k)], "group_kind": "patient", "seed": seed,
+              "weights": {"sha256": "random" if random_weights else "0" * 64,
+                          "label": "random weights" if random_weights else "test weights"},
+              "counts": {s: [10] * k for s in ("train", "val", "test")}, "versions": {"probebench": "test"},
+              **config_extra}
+    metrics = {"val_accuracy": val_accuracy} if val_accuracy is not None else {}
+    return write_run(runs_dir, config, sample_ids=ids, groups=groups if groups is not None else ids, y_true=y_true,
+                     proba=proba, history=[], metrics=metrics)

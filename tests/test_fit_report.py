@@ -74,7 +74,7 @@ def test_bootstrap_is_the_percentile_of_per_resample_metrics():
     data = EvalData(t, p, None, None, 3)
     cfg = BootstrapConfig(n_resamples=400, seed=7, block=64, unit="sample")
     result, unit = bootstrap(data, cfg)
-    assert unit == "sample"
+    assert unit.unit == "sample" and not unit.stratified
     # the engine's own draws, one resample at a time, through scikit-learn
     weights = np.concatenate(list(replicate_weights(np.arange(80), 80, cfg))).astype(int)
     assert weights.shape == (400, 80) and (weights.sum(axis=1) == 80).all()
@@ -135,6 +135,9 @@ def test_cli_end_to_end_and_errors(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["fit", *common, "--epochs", "2"])
     assert res.exit_code == 0, res.output
+    run = next((tmp_path / "runs" / "tiny" / "resnet50" / "frozen").iterdir())
+    acc = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
+    assert f"test accuracy {100 * acc:.2f}" in " ".join(res.output.split())  # fit says how it did
     res = runner.invoke(app, ["report", "--format", "md"])
     assert res.exit_code == 0 and "| tiny | resnet50 † | Y |" in res.output and "[CI by patient]" in res.output
     res = runner.invoke(app, ["report", "--format", "md", "--unit", "sample", "--method", "bca",

@@ -19,7 +19,7 @@ from probebench.metrics import ALL_METRICS, replicate_metrics
 
 def sklearn_metrics(t, p, proba, k):
     out = {"accuracy": skm.accuracy_score(t, p), "balanced_accuracy": skm.balanced_accuracy_score(t, p),
-           "kappa_quadratic": skm.cohen_kappa_score(t, p, weights="quadratic")}
+           "kappa_quadratic": skm.cohen_kappa_score(t, p, weights="quadratic", labels=list(range(k)))}
     for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
         out[name] = fn(t, p, average="weighted", zero_division=0)
         out[f"{name}_macro"] = fn(t, p, average="macro", zero_division=0)
@@ -101,7 +101,7 @@ def test_cluster_bootstrap_resamples_whole_groups():
     w = next(replicate_weights(codes, n_units, cfg))
     assert all(len(np.unique(w[:, groups == f"patient{i}"], axis=1).T) == 1 for i in range(5))
     cluster, unit = bootstrap(data, cfg)
-    assert unit == "group"  # the default when samples share groups
+    assert unit.unit == "group" and unit.n_units == 40  # the default when samples share groups
     naive = bootstrap(data, BootstrapConfig(n_resamples=4000, seed=0, unit="sample"))[0]["accuracy"]
     per_patient = bootstrap(EvalData(g_true, g_pred, None, None, 2), cfg)[0]["accuracy"]
     width = cluster["accuracy"].high - cluster["accuracy"].low
@@ -154,3 +154,109 @@ def test_paired_comparison():
 def test_holm_adjustment():
     assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
     assert holm([0.5, 0.5]) == pytest.approx([1.0, 1.0])
+
+
+def _excludes_zero(low, high):
+    return low > 0 or high < 0
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.9])
+def test_p_value_inverts_the_interval_for_every_shape_of_replicates(confidence):
+    """'interval excludes 0' <=> 'p < 1 - confidence' on 4,000 random replicate sets: skewed, heavy-tailed, with
+    ties at 0, far from and near 0, for the percentile and the BCa interval."""
+    from probebench.bootstrap import interval_p_value
+
+    rng = np.random.default_rng(11)
+    agree = 0
+    for i in range(2000):
+        r = int(rng.integers(20, 400))
+        shape = i % 4
+        if shape == 0:
+            v = rng.normal(rng.normal(0, 2), 1, r)
+        elif shape == 1:
+            v = rng.lognormal(0, 1, r) - rng.uniform(0, 4)  # strongly skewed
+        elif shape == 2:
+            v = rng.standard_t(2, r) + rng.normal(0, 1)  # heavy tails
+        else:
+            v = np.round(rng.normal(rng.normal(0, 0.05), 0.05, r), 1)  # many exact zeros
+        theta = float(np.median(v) + rng.normal(0, 0.3))
+        jack = rng.normal(0, 1, 30) ** 3
+        for j in (None, jack):
+            low, high, p = interval_p_value(v, theta, j, confidence)
+            assert _excludes_zero(low, high) == (p < 1 - confidence), (i, j is None, low, high, p)
+            agree += 1
+    assert agree == 4000
+
+
+def test_percentile_p_value_matches_the_normal_closed_form():
+    """For replicates ~ N(mu, 1), inverting the percentile interval gives p = 2 Phi(-|mu|)."""
+    from probebench.bootstrap import interval_p_value
+
+    rng = np.random.default_rng(12)
+    for mu in (0.0, 0.5, 1.0, 1.96, 2.5):
+        v = rng.normal(mu, 1, 200_000)
+        p = interval_p_value(v, mu, None, 0.95)[2]
+        assert p == pytest.approx(2 * stats.norm.cdf(-abs(mu)), abs=0.005)
+
+
+def test_paired_comparison_p_agrees_with_its_interval_on_skewed_data():
+    """The old p-value (centred replicate differences) contradicted the percentile interval on skewed data; now
+    every comparison agrees, for both methods."""
+    rng = np.random.default_rng(13)
+    for trial in range(40):
+        n = int(rng.integers(15, 60))
+        t = rng.integers(0, 2, n)
+        a = np.where(rng.random(n) < rng.uniform(0.6, 0.98), t, 1 - t)
+        b = np.where(rng.random(n) < rng.uniform(0.6, 0.98), t, 1 - t)
+        for method in ("percentile", "bca"):
+            cfg = BootstrapConfig(n_resamples=500, method=method, unit="sample", seed=trial)
+            d = paired_comparison(EvalData(t, a, None, None, 2), EvalData(t, b, None, None, 2), cfg)[0]
+            for m in ("accuracy", "f1", "kappa_quadratic"):
+                if np.isfinite(d[m].p):
+                    assert _excludes_zero(d[m].low, d[m].high) == (d[m].p < 0.05), (trial, method, m, d[m])
+
+
+def test_paired_bca_interval_agrees_with_scipy():
+    """`compare --method bca` is BCa: the interval of a difference of accuracies matches scipy's paired BCa."""
+    rng = np.random.default_rng(14)
+    t = rng.integers(0, 2, 250)
+    a = np.where(rng.random(250) < 0.92, t, 1 - t)
+    b = np.where(rng.random(250) < 0.80, t, 1 - t)
+    cfg = BootstrapConfig(n_resamples=20_000, method="bca", unit="sample", seed=3)
+    ours = paired_comparison(EvalData(t, a, None, None, 2), EvalData(t, b, None, None, 2), cfg)[0]["accuracy"]
+    perc = paired_comparison(EvalData(t, a, None, None, 2), EvalData(t, b, None, None, 2),
+                             BootstrapConfig(n_resamples=20_000, unit="sample", seed=3))[0]["accuracy"]
+    res = stats.bootstrap((t, a, b), lambda y, pa, pb, axis=-1: (pa == y).mean(axis=axis) - (pb == y).mean(axis=axis),
+                          paired=True, vectorized=True, n_resamples=20_000, method="BCa",
+                          random_state=np.random.default_rng(4))
+    assert ours.low == pytest.approx(res.confidence_interval.low, abs=0.006)
+    assert ours.high == pytest.approx(res.confidence_interval.high, abs=0.006)
+    assert (ours.low, ours.high) != (perc.low, perc.high)
+
+
+def test_undefined_replicates_are_counted_and_stratification_removes_them():
+    """AUROC is undefined on a resample that lacks a class: a small test set with 2 positives loses many
+    replicates; they are counted; resampling within each class keeps every class in every replicate."""
+    rng = np.random.default_rng(15)
+    t = np.r_[np.zeros(28, dtype=int), np.ones(2, dtype=int)]
+    proba = rng.dirichlet([1, 1], 30)
+    data = EvalData(t, proba.argmax(1), proba, None, 2)
+    plain = bootstrap(data, BootstrapConfig(n_resamples=2000, unit="sample", stratify="none"))[0]["auroc_macro"]
+    expected = 2000 * (28 / 30) ** 30  # P(no positive drawn) = (28/30)^30 ~ 12.6%
+    assert plain.replicates == 2000 and abs(plain.undefined - expected) < 4 * np.sqrt(expected)
+    strat, drawn = bootstrap(data, BootstrapConfig(n_resamples=2000, unit="sample", stratify="class"))
+    assert strat["auroc_macro"].undefined == 0 and drawn.stratified
+    auto = bootstrap(data, BootstrapConfig(n_resamples=2000, unit="sample"))[1]
+    assert auto.stratified  # 2 positives < 5: auto stratifies
+
+
+def test_stratified_draws_keep_each_class_size():
+    from probebench.bootstrap import resolve_strata
+
+    t = np.array([0] * 7 + [1] * 3 + [2] * 5)
+    data = EvalData(t, t, None, None, 3)
+    codes, n = unit_codes(data, "sample")
+    strata = resolve_strata(data, codes, n, "class")
+    for w in replicate_weights(codes, n, BootstrapConfig(n_resamples=300, seed=1), strata):
+        assert np.array_equal(np.stack([w[:, t == c].sum(axis=1) for c in range(3)], axis=1),
+                              np.tile([7, 3, 5], (len(w), 1)))

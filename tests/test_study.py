@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import fake_run
 
 from probebench.errors import ProbebenchError
 from probebench.study import load_study, plan, run_study
@@ -75,18 +77,22 @@ def test_unknown_keys_and_impossible_values_name_file_and_line(tmp_path):
 
 def test_study_end_to_end_rerun_is_a_noop_and_report_files_hold_every_cell(tmp_path):
     study = load_study(write(tmp_path / "small.toml", SMALL_STUDY))
+    stranger = fake_run(Path("runs"), [0, 1, 0, 1], np.eye(2)[[0, 1, 1, 1]], dataset="not_in_study")  # a fit's run
     assert [c.status for c in plan(study, only="model=resnet50")] == ["todo", "todo"]
     result = run_study(study, progress=False, echo=lambda t: None)
     assert [c.status for c in result.cells] == ["done"] * 4
     again = run_study(study, progress=False, echo=lambda t: None, write_report=False)
     assert [c.status for c in again.cells] == ["done"] * 4  # nothing ran: every cell skipped
     assert len(list(Path("runs").glob("demo_shapes/*/*/*/config.json"))) == 4
+    assert stranger.is_dir()
 
     report = Path("report")
     names = {p.name for p in report.iterdir()}
     assert {"tables.md", "tables.tex", "results.csv", "report.html", "figures"} <= names
     md, tex, csv_text, page = ((report / n).read_text() for n in ("tables.md", "tables.tex", "results.csv",
                                                                  "report.html"))
+    for text in (md, tex, csv_text, page):  # the study's report shows the study's runs only
+        assert "not_in_study" not in text and "not\\_in\\_study" not in text
     for model in ("resnet50", "dinov2_s"):
         for freeze in ("Y", "N"):
             assert f"| demo_shapes | {model} † | {freeze} |" in md

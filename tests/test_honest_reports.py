@@ -1,0 +1,124 @@
+"""Reports that cannot mislead: what each comparison compares, visible undefined replicates and too few clusters,
+the comparison metric named in every format, incomplete seed sets, and the same marks and numbers everywhere."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fake_run
+from typer.testing import CliRunner
+
+from probebench.bootstrap import BootstrapConfig
+from probebench.cli import app
+from probebench.publish import latex_escape, write_report
+from probebench.report import ReportOptions, _cell, collect_rows, comparisons, render
+
+OPTS = ReportOptions(BootstrapConfig(n_resamples=300, seed=0), metrics=("accuracy", "balanced_accuracy"))
+
+
+def predictions(y, correct: float, seed: int):
+    """Two-class probabilities that are right on about ``correct`` of the samples."""
+    rng = np.random.default_rng(seed)
+    right = rng.random(len(y)) < correct
+    pred = np.where(right, y, 1 - y)
+    p1 = np.where(pred == 1, 0.8, 0.2)
+    return np.stack([1 - p1, p1], axis=1)
+
+
+@pytest.fixture
+def study_like(tmp_path) -> Path:
+    """One dataset; resnet50 (random weights) frozen with two heads and unfrozen; vgg16 frozen linear, whose
+    test accuracy is the best although knn on resnet50 has the best validation accuracy."""
+    y = np.tile([0, 1], 30)
+    runs = tmp_path / "runs"
+    fake_run(runs, y, predictions(y, 0.70, 1), model="resnet50", head="linear", random_weights=True, val_accuracy=0.6)
+    fake_run(runs, y, predictions(y, 0.75, 2), model="resnet50", head="knn", random_weights=True, val_accuracy=0.9)
+    fake_run(runs, y, predictions(y, 0.80, 3), model="resnet50", mode="unfrozen", random_weights=True,
+             val_accuracy=0.7)
+    fake_run(runs, y, predictions(y, 0.95, 4), model="vgg16", head="linear", val_accuracy=0.8)
+    return runs
+
+
+def test_frozen_minus_unfrozen_per_head_and_best_chosen_on_validation(study_like):
+    rows = collect_rows(study_like, opts=OPTS)
+    labels = [c.label for c in comparisons(rows, OPTS)]
+    assert "resnet50 †: frozen (knn) − unfrozen (linear)" in labels
+    assert "resnet50 †: frozen (linear) − unfrozen (linear)" in labels
+    best = [lab for lab in labels if "best on validation" in lab]
+    assert len(best) == 3 and all(lab.endswith("best on validation resnet50 † (frozen, knn)") for lab in best)
+    test_best = max(rows, key=lambda r: r.values["accuracy"].value)
+    assert test_best.model == "vgg16"  # the test set would have picked another row
+
+
+def test_no_best_is_chosen_when_a_run_lacks_a_validation_score(tmp_path):
+    y = np.tile([0, 1], 20)
+    fake_run(tmp_path, y, predictions(y, 0.7, 1), model="a", val_accuracy=None)
+    fake_run(tmp_path, y, predictions(y, 0.9, 2), model="b")
+    comps = comparisons(collect_rows(tmp_path, opts=OPTS), OPTS)
+    assert len(comps) == 1 and comps[0].diff is None
+    assert "record no validation accuracy" in comps[0].note and "chosen on the test set" in comps[0].note
+
+
+def test_every_format_shows_the_same_labels_marks_and_numbers(study_like, tmp_path):
+    """Six test patients (§), a comparison metric other than accuracy, random weights (†): terminal, md, csv,
+    tex and html agree."""
+    rows = collect_rows(study_like, opts=OPTS)
+    comps = comparisons(rows, OPTS, "balanced_accuracy")
+    outputs = {fmt: render(rows, fmt, OPTS, comps, "balanced_accuracy") for fmt in ("table", "md")}
+    out = write_report(study_like, tmp_path / "rep", opts=OPTS, rows=rows, comps=comps,
+                       compare_metric="balanced_accuracy")
+    outputs["tex"] = (out / "tables.tex").read_text()
+    outputs["html"] = (out / "report.html").read_text()
+    outputs["md_file"] = (out / "tables.md").read_text()
+    for name, text in outputs.items():
+        flat = " ".join(text.split())
+        assert "Balanced acc." in flat and "Δ Accuracy" not in flat, name
+        for r in rows:
+            cell = _cell(r.values["accuracy"], r.seeds, "accuracy", r.few_units)
+            assert (latex_escape(cell) if name == "tex" else cell) in flat, (name, cell)
+        c = comps[0]
+        number = f"{100 * c.diff.diff:+.2f} [{100 * c.diff.low:+.2f}, {100 * c.diff.high:+.2f}]"
+        assert (latex_escape(number) if name == "tex" else number) in flat, (name, number)
+        assert ("$^\\dagger$" if name == "tex" else "†") in flat, name
+    assert "double" not in outputs["html"] and '{"probebench"' not in outputs["html"]  # provenance as plain text
+    assert "probebench test" in outputs["html"]
+
+
+def test_too_few_clusters_and_undefined_replicates_are_marked(tmp_path):
+    """Six patients: the § mark and its footnote; a rare class with the plain bootstrap: AUROC undefined in many
+    replicates, the ‡ mark and the count."""
+    y = np.r_[np.zeros(6, int), np.ones(6, int)]
+    groups = np.repeat([f"p{i}" for i in range(6)], 2)
+    fake_run(tmp_path / "few", y, predictions(y, 0.8, 1), groups=groups)
+    opts = ReportOptions(BootstrapConfig(n_resamples=400, stratify="none"), metrics=("accuracy", "auroc_macro"))
+    md = render(collect_rows(tmp_path / "few", opts=opts), "md", opts)
+    assert re.search(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]§", md)
+    assert "fewer than 10 resampling units in the test set (d: 6 patients)" in md
+    y = np.r_[np.zeros(38, int), np.ones(2, int)]
+    fake_run(tmp_path / "rare", y, predictions(y, 0.8, 2))
+    rows = collect_rows(tmp_path / "rare", opts=opts)
+    und = rows[0].values["auroc_macro"]
+    assert und.undefined > 0.05 * und.replicates
+    md = render(rows, "md", opts)
+    assert "‡" in md and f"auroc_macro: {und.undefined} of 400" in md and "--stratify class" in md
+    auto = collect_rows(tmp_path / "rare", opts=ReportOptions(BootstrapConfig(n_resamples=400),
+                                                               metrics=("accuracy", "auroc_macro")))
+    assert auto[0].stratified and auto[0].values["auroc_macro"].undefined == 0
+    assert "Resampled within each class" in render(auto, "md", opts)
+
+
+def test_an_interrupted_multi_seed_fit_is_marked_incomplete(tmp_path):
+    y = np.tile([0, 1], 20)
+    fake_run(tmp_path, y, predictions(y, 0.8, 1), seed_group="g1", seed_position=0, seeds_asked=[1, 2, 3], seed=1)
+    md = render(collect_rows(tmp_path, opts=OPTS), "md", OPTS)
+    assert "(incomplete seeds)" in md and "asked [1, 2, 3], missing [2, 3]" in md
+
+
+def test_compare_cli_with_bca_says_p_inverts_the_interval(study_like):
+    a, b = sorted(p for p in study_like.glob("d/*/frozen/*") if p.is_dir())[:2]
+    res = CliRunner().invoke(app, ["compare", str(a), str(b), "--method", "bca", "--resamples", "400"])
+    assert res.exit_code == 0, res.output
+    assert "95% BCa bootstrap" in res.output and "p inverts the interval shown" in res.output
