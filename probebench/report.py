@@ -2,9 +2,11 @@
 
 Each metric is shown as ``value [low, high]`` in percent: the value on the whole test set and a
 seeded bootstrap interval (percentile or BCa) whose resampling unit is stated in the header:
-groups (patients, lesions) by default when they exist, samples with ``--unit sample``. A section per
-dataset compares frozen with unfrozen runs and every model with the best one, on the same
-replicates, with Holm-adjusted p-values. Runs made with random weights are flagged everywhere.
+groups (patients, lesions) by default when they exist, samples with ``--unit sample``. Cells are
+marked when many replicates were undefined (‡) or the test set has too few clusters (§). A section
+per dataset compares frozen with unfrozen runs per head and every row with the row best on
+validation, on the same replicates, with p-values that invert the interval shown and Holm's
+adjustment. Runs made with random weights are flagged everywhere (†).
 """
 
 from __future__ import annotations
