@@ -337,19 +337,22 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
         out = io.StringIO()
         w = csv.writer(out)
         w.writerow(["dataset", "model", "freeze", "head", "random_weights", "level", "n", "metric", "statistic",
-                    "value", "low", "high", "sd", "ci_method", "confidence", "n_resamples", "seed", "unit", "run"])
+                    "value", "low", "high", "sd", "ci_method", "confidence", "n_resamples", "seed", "unit",
+                    "n_units", "stratified", "undefined_replicates", "marks", "run"])
         b = opts.bootstrap
         for r in rows:
             for m in ALL_METRICS:
                 v = r.values.get(m)
                 if v is not None:
                     w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
-                                "test value + bootstrap CI", f"{v.value:.6f}", f"{v.low:.6f}", f"{v.high:.6f}", "",
-                                b.method, b.confidence, b.n_resamples, b.seed, r.unit, r.run.path])
+                                "test value + bootstrap CI", f"{v.value:.10g}", f"{v.low:.10g}", f"{v.high:.10g}", "",
+                                b.method, b.confidence, b.n_resamples, b.seed, r.unit, r.n_units, r.stratified,
+                                v.undefined, (RANDOM_MARK if r.random_weights else "") + _marks(v, r.few_units),
+                                r.run.path])
                 if r.seeds and m in r.seeds["mean"]:
                     w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
                                 f"mean over seeds {r.seeds['seeds']}", f"{r.seeds['mean'][m]:.6f}", "", "",
-                                f"{r.seeds['sd'][m]:.6f}", "", "", "", "", "", r.run.path])
+                                f"{r.seeds['sd'][m]:.6f}", "", "", "", "", "", "", "", "", "", r.run.path])
         return out.getvalue()
     header, per_row = _headers(rows, opts)
     body = _body(rows, opts, per_row)

@@ -113,7 +113,7 @@ def test_complete_run_is_not_redone_without_force_and_report_shows_both_modes(ti
     rows = collect_rows(tmp_path / "runs")
     assert [(r.model, r.freeze) for r in rows] == [("dinov2_s", "Y"), ("dinov2_s", "N")]
     md = render(rows, "md", ReportOptions(), comparisons(rows, ReportOptions()))
-    assert "| tiny | dinov2_s † | N | linear |" in md and "dinov2_s: frozen − unfrozen" in md
+    assert "| tiny | dinov2_s † | N | linear |" in md and "dinov2_s †: frozen (linear) − unfrozen (linear)" in md
 
 
 def test_gradient_accumulation_matches_full_batches(tiny, tmp_path):

@@ -78,8 +78,9 @@ def test_bootstrap_is_the_percentile_of_per_resample_metrics():
     # the engine's own draws, one resample at a time, through scikit-learn
     weights = np.concatenate(list(replicate_weights(np.arange(80), 80, cfg))).astype(int)
     assert weights.shape == (400, 80) and (weights.sum(axis=1) == 80).all()
+    resampled = [sk_metrics(t[np.repeat(np.arange(80), w)], p[np.repeat(np.arange(80), w)]) for w in weights]
     for m in ("accuracy", "precision", "recall", "f1"):
-        values = [sk_metrics(t[np.repeat(np.arange(80), w)], p[np.repeat(np.arange(80), w)])[m] for w in weights]
+        values = [r[m] for r in resampled]
         iv = result[m]
         assert (iv.low, iv.high) == pytest.approx((np.quantile(values, 0.025), np.quantile(values, 0.975)), abs=1e-12)
         assert iv.value == pytest.approx(sk_metrics(t, p)[m])

@@ -3,6 +3,8 @@ the comparison metric named in every format, incomplete seed sets, and the same 
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from pathlib import Path
 
@@ -83,6 +85,14 @@ def test_every_format_shows_the_same_labels_marks_and_numbers(study_like, tmp_pa
         number = f"{100 * c.diff.diff:+.2f} [{100 * c.diff.low:+.2f}, {100 * c.diff.high:+.2f}]"
         assert (latex_escape(number) if name == "tex" else number) in flat, (name, number)
         assert ("$^\\dagger$" if name == "tex" else "†") in flat, name
+    table = list(csv.DictReader(io.StringIO(render(rows, "csv", OPTS))))
+    for r in rows:
+        (line,) = [x for x in table if x["model"] == r.model and x["freeze"] == r.freeze
+                   and x["head"] == r.head_label and x["metric"] == "accuracy"]
+        v = r.values["accuracy"]
+        assert [float(line[k]) for k in ("value", "low", "high")] == pytest.approx([v.value, v.low, v.high],
+                                                                                   abs=1e-9)
+        assert line["marks"] == ("†" if r.random_weights else "") + "" and line["undefined_replicates"] == "0"
     assert "double" not in outputs["html"] and '{"probebench"' not in outputs["html"]  # provenance as plain text
     assert "probebench test" in outputs["html"]
 
@@ -97,6 +107,7 @@ def test_too_few_clusters_and_undefined_replicates_are_marked(tmp_path):
     md = render(collect_rows(tmp_path / "few", opts=opts), "md", opts)
     assert re.search(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]§", md)
     assert "fewer than 10 resampling units in the test set (d: 6 patients)" in md
+    assert ",6,False,0,§," in render(collect_rows(tmp_path / "few", opts=opts), "csv", opts)  # n_units, marks
     y = np.r_[np.zeros(38, int), np.ones(2, int)]
     fake_run(tmp_path / "rare", y, predictions(y, 0.8, 2))
     rows = collect_rows(tmp_path / "rare", opts=opts)
