@@ -39,11 +39,14 @@ class FeatureRequest:
     channels_last: bool = False
 
     def key_material(self) -> dict:
-        return {"feature_version": FEATURE_VERSION, "model": self.model, "tap": self.tap,
-                "weights_sha256": self.weights["sha256"], "weights_seed": self.weights.get("seed"),
-                "preprocessing": self.preprocessing, "precision": self.precision,
-                "channels_last": self.channels_last, "store_dtype": self.store_dtype,
-                "manifest_hash": self.manifest_hash}
+        material = {"feature_version": FEATURE_VERSION, "model": self.model, "tap": self.tap,
+                    "weights_sha256": self.weights["sha256"], "weights_seed": self.weights.get("seed"),
+                    "preprocessing": self.preprocessing, "precision": self.precision,
+                    "channels_last": self.channels_last, "store_dtype": self.store_dtype,
+                    "manifest_hash": self.manifest_hash}
+        if self.weights.get("head_sha256"):  # a tap's pretrained layer (imagenet_logits): its checksum too
+            material["head_sha256"] = self.weights["head_sha256"]
+        return material
 
     @property
     def key(self) -> str:

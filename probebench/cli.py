@@ -78,6 +78,8 @@ CacheOpt = typer.Option("cache", "--cache-dir", help="Feature cache root: a fold
 WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hub cache, then download) or "
                                                     "'random[:SEED]' (untrained; flagged everywhere).")
 TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`); default per model.")
+HeadWeightsOpt = typer.Option(None, "--head-weights", help="With --tap imagenet_logits (DINOv2): Meta's linear "
+                              "layer file dinov2_vit*14_linear4_head.pth [default: the hub cache, then download].")
 ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px [default 256].")
 CropOpt = typer.Option(None, "--crop", help="Centre crop in px [default 224].")
 MeanOpt = typer.Option(None, "--mean", help="Normalisation mean, 3 comma-separated numbers (or 1 for all channels), "
@@ -96,6 +98,7 @@ SeedOpt = typer.Option(0, "--seed", help="Seed for shuffling and head initialisa
 @friendly
 def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
             cache_dir: str = CacheOpt, weights: str = WeightsOpt, tap: Optional[str] = TapOpt,
+            head_weights: Optional[str] = HeadWeightsOpt,
             resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
             std: Optional[str] = StdOpt, precision: str = PrecisionOpt,
             channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
@@ -113,7 +116,7 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
     t0 = time.perf_counter()
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap, resize=resize,
                crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), precision=precision,
-               channels_last=channels_last, draft=draft, store_dtype=store_dtype,
+               channels_last=channels_last, draft=draft, store_dtype=store_dtype, head_weights=head_weights,
                device=device, batch_size=batch_size, chunk_size=chunk_size, workers=workers, force=force,
                skip_bad=skip_bad)
     out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
@@ -123,11 +126,13 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
 @friendly
 def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
         cache_dir: str = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-        weights: str = WeightsOpt, tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt,
+        weights: str = WeightsOpt, tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
+        resize: Optional[int] = ResizeOpt,
         crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
         precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
         channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
-        head: str = typer.Option("linear", help="linear (the study's), mlp, logreg or knn."),
+        head: str = typer.Option("linear", help="linear (the study's layer for the CNNs), mlp, study_mlp (the "
+                                 "study's DINOv2 head, 256 hidden, on --tap imagenet_logits), logreg or knn."),
         grid: bool = typer.Option(False, "--grid", help="linear/mlp: train heads over lr x weight decay "
                                                         "(5 x 4) at once and keep the best on validation."),
         epochs: int = typer.Option(100, help="Training epochs (best validation epoch kept)."),
@@ -150,7 +155,8 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
     seed_list = parse_ints(seeds, "seeds")
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
                resize=resize, crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"),
-               precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft, head=head,
+               precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft,
+               head_weights=head_weights, head=head,
                grid=grid,
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
@@ -162,7 +168,8 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
 @friendly
 def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
              runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"), weights: str = WeightsOpt,
-             tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
+             tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
+             resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
              mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
              epochs: int = typer.Option(100, help="Training epochs."),
              lr: float = typer.Option(1e-4, help="Learning rate."),
@@ -190,7 +197,8 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
     from probebench.finetune import finetune as run
 
     path = run(model, dataset, data_root=data_root, runs_dir=runs_dir, weights=weights, tap=tap, resize=resize,
-               crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), epochs=epochs, lr=lr,
+               crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), head_weights=head_weights,
+               epochs=epochs, lr=lr,
                batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
                accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
@@ -292,7 +300,8 @@ def export(model: str = ModelOpt, dataset: str = DatasetOpt,
            out_file: Path = typer.Option(..., "--out", help="File to write (.h5, .npz or .pt)."),
            fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt [default: from --out]."),
            data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt, weights: str = WeightsOpt,
-           tap: Optional[str] = TapOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
+           tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
+           resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
            mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
            precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
            channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt):
@@ -302,7 +311,8 @@ def export(model: str = ModelOpt, dataset: str = DatasetOpt,
     path = export_features(model, dataset, out_file, fmt=fmt, data_root=data_root, cache_dir=cache_dir,
                            weights=weights, tap=tap, resize=resize, crop=crop, mean=parse_floats(mean, "mean"),
                            std=parse_floats(std, "std"), precision=precision,
-                           store_dtype=store_dtype, channels_last=channels_last, draft=draft)
+                           store_dtype=store_dtype, channels_last=channels_last, draft=draft,
+                           head_weights=head_weights)
     out.print(f"features exported to {path}")
 
 

@@ -25,7 +25,8 @@ from probebench.datasets import Manifest, load_manifest
 from probebench.errors import ProbebenchError
 from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.registry import (ModelConfig, Preprocessing, checkpoint_info, create_model, get_config,
-                                 hf_preprocessing, random_seed, random_weights_info, with_normalization)
+                                 hf_preprocessing, random_seed, random_weights_info, tap_head_info,
+                                 with_normalization)
 from probebench.progress import make_progress
 from probebench.validate import check_options
 
@@ -40,6 +41,12 @@ class FeatureJob:
     config: ModelConfig
     request: fcache.FeatureRequest
     weights_arg: str  # what to pass to create_model: "random" or a checkpoint path
+    head_weights: str | None = None  # the tap's pretrained layer (imagenet_logits), a checkpoint path
+
+    def create_model(self):
+        """The model this job's features come from (weights resolved once, here and in the key)."""
+        return create_model(self.request.model, self.weights_arg, tap=self.request.tap,
+                            img_size=self.config.preprocessing.crop, head_weights=self.head_weights)
 
     def cache_path(self, cache_dir: str | Path) -> Path | str:
         return self.request.path(cache_dir)
@@ -62,7 +69,8 @@ def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: 
 
 def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "auto", tap: str | None = None,
                 resize: int | None = None, crop: int | None = None, mean=None, std=None, precision: str = "fp32",
-                store_dtype: str = "float32", channels_last: bool | None = None, draft: bool = False) -> FeatureJob:
+                store_dtype: str = "float32", channels_last: bool | None = None, draft: bool = False,
+                head_weights: str | None = None) -> FeatureJob:
     """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
     from probebench import weights as wts
 
@@ -82,11 +90,15 @@ def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "aut
     else:
         path = wts.resolve_weights(config, weights)
         winfo, weights_arg = checkpoint_info(config, path), str(path)
+    head_path = None
+    if tap in config.tap_heads and seed is None:  # the tap's pretrained layer is part of what the features are
+        head_path = str(wts.resolve_tap_head(config, tap, head_weights))
+        winfo = {**winfo, **tap_head_info(head_path)}
     pre = model_preprocessing(config, path, resize, crop, mean, std, draft)
     request = fcache.FeatureRequest(
         dataset=manifest.dataset, model=model, tap=tap, weights=winfo, preprocessing=pre.as_dict(),
         precision=precision, store_dtype=store_dtype, manifest_hash=manifest.hash(), channels_last=channels_last)
-    return FeatureJob(manifest, replace(config, preprocessing=pre), request, weights_arg)
+    return FeatureJob(manifest, replace(config, preprocessing=pre), request, weights_arg, head_path)
 
 
 def auto_device(device: str = "auto") -> torch.device:
@@ -160,7 +172,7 @@ def default_batch_size(device: torch.device) -> int:
 def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache", weights: str = "auto",
             tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
             precision: str = "fp32", channels_last: bool | None = None, draft: bool = False,
-            store_dtype: str = "float32",
+            store_dtype: str = "float32", head_weights: str | None = None,
             device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
             force: bool = False, skip_bad: bool = False, progress: bool = True,
             on_chunk: Callable[[int], None] | None = None) -> Path | str:
@@ -174,7 +186,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     check_options(batch_size=batch_size, workers=workers, chunk_size=chunk_size, skip_bad=skip_bad)
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
                       mean=mean, std=std, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
-                      draft=draft)
+                      draft=draft, head_weights=head_weights)
     path = job.cache_path(cache_dir)
     rank, world = distributed.setup()
     dev = auto_device(distributed.rank_device(device))
@@ -198,7 +210,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
             for c in damaged:
                 root["chunk_done"][c] = 0
             root.attrs.update({"complete": False, "repaired_chunks": damaged})
-    net = create_model(model, job.weights_arg, tap=job.request.tap, img_size=job.config.preprocessing.crop).to(dev)
+    net = job.create_model().to(dev)
     if job.request.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if root is None and rank == 0:

@@ -32,7 +32,7 @@ from probebench.heads import softmax_proba
 from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.metrics import point_metrics
 from probebench.progress import make_progress
-from probebench.registry import FeatureExtractor, create_model, path_name
+from probebench.registry import FeatureExtractor, path_name
 from probebench.runs import check_writable, config_hash, write_run
 from probebench.training import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
 from probebench.validate import check_options
@@ -134,7 +134,7 @@ def _resume_from(path: Path, numbers: dict, resume: bool | str) -> dict | None:
 
 def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs", weights: str = "auto",
              tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
-             epochs: int = 100,
+             head_weights: str | None = None, epochs: int = 100,
              lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, optimizer: str = "adam",
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
@@ -152,7 +152,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
     check_writable(runs_dir)
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      mean=mean, std=std)
+                      mean=mean, std=std, head_weights=head_weights)
     rank, world = distributed.setup()
     main = rank == 0
     dev = auto_device(distributed.rank_device(device))
@@ -165,7 +165,8 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         "tap": req.tap, "weights_sha256": req.weights["sha256"], "preprocessing": req.preprocessing,
         "manifest_hash": req.manifest_hash, "epochs": epochs, "lr": lr, "batch_size": batch_size,
         "weight_decay": weight_decay, "optimizer": optimizer, "select_metric": select_metric,
-        "patience": patience, "accumulate": accumulate, "precision": prec, "seed": seed}
+        "patience": patience, "accumulate": accumulate, "precision": prec, "seed": seed,
+        **({"head_sha256": req.weights["head_sha256"]} if req.weights.get("head_sha256") else {})}
     base = Path(runs_dir) / path_name(manifest.dataset) / path_name(model) / mode
     digest = config_hash(numbers)
     done = sorted(p.parent for p in base.glob(f"*-{digest}/config.json"))
@@ -182,7 +183,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     distributed.barrier()
 
     n_classes = len(manifest.classes)
-    extractor = create_model(model, job.weights_arg, tap=req.tap, img_size=job.config.preprocessing.crop)
+    extractor = job.create_model()
     if grad_checkpointing and hasattr(extractor.backbone, "grad_checkpointing"):
         extractor.backbone.grad_checkpointing = True
     net = Classifier(extractor, n_classes, seed, freeze_backbone).to(dev)

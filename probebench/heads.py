@@ -101,6 +101,20 @@ class MLPHead(LinearHead):
         return nn.Sequential(nn.Linear(dim, self.hidden), nn.ReLU(), nn.Linear(self.hidden, n_classes))
 
 
+class StudyMLPHead(MLPHead):
+    """The study's DINOv2 head: Linear(D, 256) -> ReLU -> Linear(256, K) on the 1,000 ImageNet logits
+    (``--tap imagenet_logits``), trained like the linear head (Adam 1e-4, batch 32, 100 epochs, best validation
+    accuracy); usable on any tap. The width is the study's and ignores ``--hidden``."""
+
+    name = "study_mlp"
+
+    def __init__(self, hidden: int = 256, **kwargs):
+        super().__init__(hidden=256, **kwargs)
+
+    def describe(self) -> str:
+        return "study mlp 256"
+
+
 class LogRegHead:
     """Multinomial logistic regression (scikit-learn, L-BFGS); C from a log grid chosen on validation."""
 
@@ -334,7 +348,7 @@ class GridHead:
         return softmax_proba(self.model_(torch.as_tensor(x, dtype=torch.float32))[0])
 
 
-HEADS = {"linear": LinearHead, "mlp": MLPHead, "logreg": LogRegHead, "knn": KNNHead}
+HEADS = {"linear": LinearHead, "mlp": MLPHead, "study_mlp": StudyMLPHead, "logreg": LogRegHead, "knn": KNNHead}
 
 
 def make_head(name: str, *, grid: bool = False, **options):

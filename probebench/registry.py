@@ -127,6 +127,7 @@ class ModelConfig:
     weights_label: str  # what the weights are, for reports
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     hash_prefix: str | None = None  # torchvision puts the sha256 prefix in the file name
+    tap_heads: dict = field(default_factory=dict)  # tap -> (official file, url) of a pretrained layer on another tap
 
     def feature_dim(self, tap: str | None = None) -> int:
         return self.taps[tap or self.default_tap]
@@ -140,13 +141,20 @@ _DINO_PRE = Preprocessing(interpolation="bicubic")
 def _dinov2(name: str, size: str, dim: int, depth: int, heads: int, ffn: str = "mlp") -> ModelConfig:
     arch = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": 14, "mlp_ratio": 4.0, "ffn": ffn,
             "init_values": 1.0}
+    head = f"dinov2_vit{size}14_linear4_head.pth"  # Meta's ImageNet linear layer of the ``_lc`` hub models
     return ModelConfig(
-        name=name, family="dinov2", arch=arch,
-        taps={"cls": dim, "cls_patchmean": 2 * dim, "cls4_patchmean": 5 * dim},
-        default_tap="cls",
+        name=name, family="dinov2", arch=arch, taps=dinov2_taps(dim), default_tap="cls",
         weight_file=f"dinov2_vit{size}14_pretrain.pth",
         url=f"{_FB}dinov2_vit{size}14/dinov2_vit{size}14_pretrain.pth",
-        weights_label="LVD-142M", preprocessing=_DINO_PRE)
+        weights_label="LVD-142M", preprocessing=_DINO_PRE,
+        tap_heads={LC_TAP: (head, f"{_FB}dinov2_vit{size}14/{head}")})
+
+
+LC_TAP = "imagenet_logits"  # the study's DINOv2 features: the 1,000 ImageNet logits of torch.hub's ``*_lc`` models
+
+
+def dinov2_taps(dim: int) -> dict:
+    return {"cls": dim, "cls_patchmean": 2 * dim, "cls4_patchmean": 5 * dim, LC_TAP: 1000}
 
 
 REGISTRY: dict[str, ModelConfig] = {
@@ -244,15 +252,20 @@ def _hf_hub_timm_cfg(repo: str) -> dict:
 
 
 class FeatureExtractor(nn.Module):
-    """A backbone plus a feature tap: ``forward(images) -> (B, D)``; records where its weights came from."""
+    """A backbone plus a feature tap: ``forward(images) -> (B, D)``; records where its weights came from.
+    ``tap_head``: a pretrained layer on another tap (DINOv2's ImageNet linear layer for ``imagenet_logits``)."""
 
-    def __init__(self, config: ModelConfig, backbone: nn.Module, tap: str, weights: dict):
+    def __init__(self, config: ModelConfig, backbone: nn.Module, tap: str, weights: dict,
+                 tap_head: nn.Module | None = None):
         super().__init__()
         self.config, self.backbone, self.tap, self.weights = config, backbone, tap, weights
+        self.tap_head = tap_head
         self.feature_dim = (config.feature_dim(tap) if config.family != "timm"
                             else getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.tap_head is not None:  # Meta's _LinearClassifierWrapper(layers=4): logits of cls4_patchmean
+            return self.tap_head(self.backbone.features(images, "cls4_patchmean"))
         if self.config.family == "dinov2":
             return self.backbone.features(images, self.tap)
         if self.config.family == "timm":  # timm's pre-logits features: the input of the classifier
@@ -310,7 +323,8 @@ def random_seed(weights: str) -> int | None:
 
 
 def create_model(name: str, weights: str = "auto", *, tap: str | None = None, img_size: int | None = None,
-                 arch_overrides: dict | None = None, allow_download: bool | None = None) -> FeatureExtractor:
+                 arch_overrides: dict | None = None, allow_download: bool | None = None,
+                 head_weights: str | None = None) -> FeatureExtractor:
     """Build registry model ``name`` with weights from a file, the hub cache, a download, or ``"random"``.
 
     ``weights``: ``"auto"`` (hub cache, then download), ``"random"`` / ``"random:SEED"`` (seeded
@@ -325,8 +339,7 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
     if arch_overrides:
         config = replace(config, arch={**config.arch, **arch_overrides})
         if config.family == "dinov2":
-            d = config.arch["embed_dim"]
-            config = replace(config, taps={"cls": d, "cls_patchmean": 2 * d, "cls4_patchmean": 5 * d})
+            config = replace(config, taps=dinov2_taps(config.arch["embed_dim"]))
     tap = tap or config.default_tap
     if tap not in config.taps:
         raise ProbebenchError(f"model {name!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
@@ -348,7 +361,23 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
         wts.load_into(backbone, config, state, path)
         info = checkpoint_info(config, path)
     backbone.eval()
-    return FeatureExtractor(config, backbone, tap, info).eval()
+    tap_head = None
+    if tap in config.tap_heads:
+        in_dim = config.taps["cls4_patchmean"]
+        with _seeded(seed or 0):
+            tap_head = nn.Linear(in_dim, config.taps[tap])
+        if seed is None:
+            path = wts.resolve_tap_head(config, tap, head_weights, allow_download=allow_download)
+            state = wts.load_checkpoint(path)
+            wts.load_plain(tap_head, state, path)
+            info = {**info, **tap_head_info(path)}
+    return FeatureExtractor(config, backbone, tap, info, tap_head).eval()
+
+
+def tap_head_info(path) -> dict:
+    from probebench.weights import sha256_file
+
+    return {"head_source": str(path), "head_sha256": sha256_file(path)}
 
 
 def random_weights_info(seed: int) -> dict:

@@ -76,7 +76,7 @@ STUDY_TYPES = {  # [study] key -> (test, what is allowed)
                "a non-empty list of model names, e.g. [\"resnet50\"]"),
     "modes": (lambda v: isinstance(v, list) and v and set(v) <= set(MODES), f"a non-empty list from {list(MODES)}"),
     "heads": (lambda v: isinstance(v, list) and v and all(problem("head", h) is None for h in v),
-              "a non-empty list of heads (linear, mlp, logreg, knn)"),
+              "a non-empty list of heads (linear, mlp, study_mlp, logreg, knn)"),
     "data_root": (lambda v: isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)),
                   "a folder, or a list of folders searched in order"),
     "cache_dir": (lambda v: isinstance(v, str) and v, "a folder"),

@@ -12,7 +12,7 @@ from probebench.errors import ProbebenchError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SELECT_METRICS = ("val_accuracy", "val_loss")
-HEADS = ("linear", "mlp", "logreg", "knn")
+HEADS = ("linear", "mlp", "study_mlp", "logreg", "knn")
 EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
 FINETUNE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STORE_DTYPES = ("float32", "float16")

@@ -60,6 +60,47 @@ def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: 
         f"or pass --weights PATH, or --weights random for an untrained (random) backbone.")
 
 
+def resolve_tap_head(config: ModelConfig, tap: str, head_weights: str | None = None,
+                     allow_download: bool | None = None) -> Path:
+    """The checkpoint of a tap's pretrained layer (DINOv2's ``*_linear4_head.pth``): ``head_weights`` if given,
+    else the hub cache under its official name, else a download; found like the backbone's."""
+    file, url = config.tap_heads[tap]
+    if head_weights:
+        path = Path(head_weights).expanduser()
+        if not path.is_file():
+            raise ProbebenchError(f"--head-weights file not found: {path}")
+        return path
+    cached = hub_checkpoint_dir() / file
+    if cached.is_file():
+        return cached
+    allow = downloads_allowed() if allow_download is None else allow_download
+    if allow and _reachable(url):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(cached), progress=True)
+            return cached
+        except Exception as exc:
+            cached.unlink(missing_ok=True)
+            reason = f"the download from {url} failed ({exc})"
+    else:
+        reason = "no network to download it" if allow else "downloads are off (PROBEBENCH_OFFLINE=1)"
+    raise ProbebenchError(f"no {tap} layer for {config.name}: {reason}.\nPut Meta's file {file} into "
+                          f"{cached.parent}/ (from {url}), or pass --head-weights PATH (or --weights random).")
+
+
+def load_plain(module: nn.Module, state: dict, path: str | Path) -> None:
+    """Load a plain state dict strictly (a Linear layer's ``weight`` and ``bias``), naming what does not fit."""
+    own = module.state_dict()
+    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        want = {k: tuple(v.shape) for k, v in own.items()}
+        raise ProbebenchError(f"{path} does not fit: it holds {got}, expected {want}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ProbebenchError(f"{path} holds non-finite values (NaN or inf) in {', '.join(bad)}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 

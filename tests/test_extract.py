@@ -174,3 +174,22 @@ def test_torchrun_two_ranks_fill_one_store_like_one_process(tiny, tmp_path):
     assert attrs["complete"] and attrs["world_size"] == 2 and attrs["complete_chunks"] == list(range(5))
     a, b = read_features(two).features, read_features(single).features
     assert np.abs(a - b).max() < 1e-4 * np.abs(b).max()  # equal up to float rounding (1 vs 2 threads per process)
+
+
+def test_the_imagenet_logits_layer_is_part_of_the_cache_key(tiny, tmp_path):
+    """Two different linear4 heads on the same backbone are two different features."""
+    import torch
+
+    from probebench.extract import resolve_job
+
+    spec, root = tiny
+    torch.save({"w": torch.zeros(1)}, tmp_path / "backbone.pth")  # only hashed here, never loaded
+    keys = []
+    for i in range(2):
+        torch.save({"weight": torch.full((1000, 1920), float(i)), "bias": torch.zeros(1000)}, tmp_path / f"h{i}.pth")
+        job = resolve_job("dinov2_s", str(spec), data_root=root, weights=str(tmp_path / "backbone.pth"),
+                          tap="imagenet_logits", head_weights=str(tmp_path / f"h{i}.pth"))
+        keys.append(job.request.key)
+        assert job.request.key_material()["head_sha256"] == job.request.weights["head_sha256"]
+    cls = resolve_job("dinov2_s", str(spec), data_root=root, weights=str(tmp_path / "backbone.pth"))
+    assert keys[0] != keys[1] and cls.request.key not in keys and "head_sha256" not in cls.request.key_material()

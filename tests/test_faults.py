@@ -324,7 +324,7 @@ OPTION_CASES = {
     "lr_negative": ([*FIT, "--lr", "-0.1"], r"--lr must be a finite number > 0"),
     "optimizer_typo": ([*FIT, "--optimizer", "adamm"], r"--optimizer must be one of adam, adamw, sgd, not 'adamm'"),
     "select_metric_typo": ([*FIT, "--select-metric", "val_f1"], r"--select-metric must be one of val_accuracy"),
-    "head_unknown": ([*FIT, "--head", "svm"], r"--head must be one of linear, mlp, logreg, knn, not 'svm'"),
+    "head_unknown": ([*FIT, "--head", "svm"], r"--head must be one of linear, mlp, study_mlp, logreg, knn, not 'svm'"),
     "patience_zero": ([*FIT, "--patience", "0"], r"--patience must be an integer >= 1"),
     "weight_decay_negative": ([*FIT, "--weight-decay", "-1"], r"--weight-decay must be a finite number >= 0"),
     "mean_two_numbers": ([*FIT, "--mean", "0.5,0.5"], r"--mean needs 1 or 3 numbers, got 2"),

@@ -112,3 +112,16 @@ def test_seeds_are_reported_as_spread_beside_the_first_seeds_interval(tiny, tmp_
     assert rows[0].run.config["seed"] == 1
     md = render(rows, "md", ReportOptions())
     assert "; seeds " in md and "not a confidence interval" in md and "first seed's bootstrap" in md
+
+
+def test_study_mlp_is_the_studys_head_whatever_hidden_says():
+    """The study's head on DINOv2's ImageNet logits: Linear(1000, 256) -> ReLU -> Linear(256, K)."""
+    from torch import nn
+
+    from probebench.heads import make_head
+
+    head = make_head("study_mlp", hidden=64, seed=0)
+    net = head.build(1000, 3)
+    assert [type(m) for m in net] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert (net[0].in_features, net[0].out_features, net[2].out_features) == (1000, 256, 3)
+    assert head.name == "study_mlp" and head.params()["hidden"] == 256

@@ -136,3 +136,37 @@ def test_naive_pos_embed_resize_would_fail_parity(dinov2_reference):
     naive = torch.nn.functional.interpolate(grid, size=(16, 16), mode="bicubic", antialias=True)
     naive = naive.permute(0, 2, 3, 1).reshape(1, -1, pe.shape[-1])
     assert (ours[:, 1:] - naive).abs().max() > 1e-3
+
+
+def test_imagenet_logits_tap_is_metas_linear4_classifier(dinov2_reference, tmp_path, monkeypatch):
+    """The study's DINOv2 features (torch.hub ``dinov2_vit*14_lc``): Meta's _LinearClassifierWrapper(layers=4)
+    is Linear(5 x dim, 1000) on CLS of the last 4 blocks ‖ mean patch token. On the reference trunk its input
+    is ``linear_n4``; a head saved in Meta's format (weight, bias) must give head(linear_n4)."""
+    ref = dinov2_reference
+    gen = torch.Generator().manual_seed(0)
+    head = {"weight": torch.randn(1000, 480, generator=gen) * 0.05, "bias": torch.randn(1000, generator=gen)}
+    torch.save(head, tmp_path / "dinov2_vits14_linear4_head.pth")
+    path = tmp_path / "trunk.pth"
+    torch.save(ref["state_dict_official_format"], path)
+    arch = {k: ref["arch"][k] for k in ("embed_dim", "depth", "num_heads")}
+    model = create_model("dinov2_s", str(path), tap="imagenet_logits", img_size=224, arch_overrides=arch,
+                         head_weights=str(tmp_path / "dinov2_vits14_linear4_head.pth"))
+    assert model.feature_dim == 1000 and model.weights["head_sha256"]
+    with torch.inference_mode():
+        ours = model(ref["input"].float())
+    expected = ref["linear_n4"].float() @ head["weight"].T + head["bias"]
+    assert ours.shape == (2, 1000) and (ours - expected).abs().max().item() < 1e-4
+    # found in the hub cache under its official name, like the backbone
+    hub = tmp_path / "torch_home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (tmp_path / "dinov2_vits14_linear4_head.pth").rename(hub / "dinov2_vits14_linear4_head.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    again = create_model("dinov2_s", str(path), tap="imagenet_logits", img_size=224, arch_overrides=arch)
+    with torch.inference_mode():
+        assert torch.equal(again(ref["input"].float()), ours)
+    with pytest.raises(ProbebenchError, match=r"(?s)no imagenet_logits layer for dinov2_s: downloads are off.*"
+                                              r"dinov2_vits14_linear4_head.pth"):
+        (hub / "dinov2_vits14_linear4_head.pth").unlink()
+        create_model("dinov2_s", str(path), tap="imagenet_logits", img_size=224, arch_overrides=arch)
+    random_lc = create_model("dinov2_s", "random:3", tap="imagenet_logits", img_size=28, arch_overrides=arch)
+    assert random_lc(torch.zeros(1, 3, 28, 28)).shape == (1, 1000)
