@@ -92,6 +92,15 @@ ChannelsLastOpt = typer.Option(None, "--channels-last/--no-channels-last", help=
 DraftOpt = typer.Option(False, "--draft", help="Decode JPEGs at a reduced scale near the resize target (much "
                         "faster for large photographs); part of the cache key.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for shuffling and head initialisation.")
+StudyBnOpt = typer.Option(False, "--study-bn-epoch1", help="The study's frozen training: the backbone in train "
+                          "mode until the first validation (BatchNorm statistics re-estimated, dropout on in epoch "
+                          "1). finetune --freeze-backbone only: it changes the features, so no cache holds them.")
+StudyVggOpt = typer.Option(False, "--study-vgg-features-only", help="The study's frozen VGG16: only vgg16.features "
+                           "frozen, fc6/fc7 trained. finetune --freeze-backbone only.")
+
+
+def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
+    return tuple(q for q, on in (("bn_epoch1", bn_epoch1), ("vgg_features_only", vgg_features_only)) if on)
 
 
 @app.command()
@@ -147,12 +156,21 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
         optimizer: str = typer.Option("adam", help="linear/mlp: adam, adamw or sgd."),
         patience: Optional[int] = typer.Option(None, help="linear/mlp: stop after N epochs without improvement."),
         seed: int = SeedOpt,
-        seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3.")):
+        seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3."),
+        study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt):
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.fit import fit as run
     from probebench.validate import parse_ints
 
     seed_list = parse_ints(seeds, "seeds")
+    if study_bn_epoch1 or study_vgg_features_only:
+        from probebench.finetune import STUDY_QUIRKS
+
+        quirks = _quirks(study_bn_epoch1, study_vgg_features_only)
+        raise ProbebenchError("fit trains on cached features, which are fixed; the study's quirk "
+                              + "; ".join(f"--study-{q.replace('_', '-')}: {STUDY_QUIRKS[q]}" for q in quirks)
+                              + " — changes what the backbone computes or trains, so no cache can hold it. Use "
+                              "`probebench finetune --freeze-backbone` with the same flag.")
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
                resize=resize, crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"),
                precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft,
@@ -191,6 +209,7 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
              device: str = typer.Option("auto", help="auto (cuda > mps > cpu) or a torch device."),
              workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: CPUs - 1, max 8]."),
              seed: int = SeedOpt,
+             study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
              resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch."),
              force: bool = typer.Option(False, "--force", help="Run again even if an identical run is complete.")):
     """Fine-tune end to end (all weights; the study's unfrozen path) and write a run directory."""
@@ -202,7 +221,8 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
                batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
                accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
-               workers=workers, seed=seed, resume=resume, force=force)
+               workers=workers, seed=seed, resume=resume, force=force,
+               study_quirks=_quirks(study_bn_epoch1, study_vgg_features_only))
     if path is not None:  # under torchrun only rank 0 writes
         out.print(f"run written to {path}")
 

@@ -41,12 +41,30 @@ REPLACED_LAYER = {"vgg16": "classifier.6", "resnet50": "fc", "densenet121": "cla
 BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"
 
 
-class Classifier(nn.Module):
-    """Backbone + new final layer. Frozen: the backbone stays in eval mode without gradients."""
+STUDY_QUIRKS = {
+    "bn_epoch1": "the frozen backbone runs in train mode until the first validation (the study's loop calls "
+                 "model.eval() there and never model.train() again), so BatchNorm statistics are re-estimated on "
+                 "the training images and dropout is active during epoch 1",
+    "vgg_features_only": "frozen VGG16 freezes only vgg16.features, as the study's choose_model does: fc6 and fc7 "
+                         "are trained too",
+}
 
-    def __init__(self, extractor: FeatureExtractor, n_classes: int, seed: int, freeze_backbone: bool):
+
+class Classifier(nn.Module):
+    """Backbone + new final layer. Frozen: the backbone stays in eval mode without gradients, unless one of the
+    study's ``quirks`` is asked for (see ``STUDY_QUIRKS``)."""
+
+    def __init__(self, extractor: FeatureExtractor, n_classes: int, seed: int, freeze_backbone: bool,
+                 quirks: tuple[str, ...] = ()):
         super().__init__()
         self.extractor = extractor
+        self.quirks = tuple(quirks)
+        self._validated = False  # bn_epoch1: the first eval() ends train mode for good
+        if "vgg_features_only" in self.quirks:
+            if extractor.config.arch.get("builder") != "vgg16" or not freeze_backbone:
+                raise ProbebenchError("--study-vgg-features-only applies to frozen VGG16 only "
+                                      "(finetune --model vgg16 --freeze-backbone)")
+            freeze_backbone = False  # torchvision's own forward, with vgg16.features frozen below
         self.freeze_backbone = freeze_backbone
         layer = seeded_init(lambda: nn.Linear(extractor.feature_dim, n_classes), seed)  # as LinearHead's
         family = extractor.config.family
@@ -60,6 +78,9 @@ class Classifier(nn.Module):
         if freeze_backbone:
             for name, p in extractor.named_parameters():
                 p.requires_grad_(self.head_name is not None and name.startswith(f"backbone.{self.head_name}."))
+        if "vgg_features_only" in self.quirks:
+            for p in extractor.backbone.features.parameters():
+                p.requires_grad_(False)
 
     def head_layer(self) -> nn.Module:
         return self.extractor.backbone.get_submodule(self.head_name) if self.head_name else self.head
@@ -75,12 +96,18 @@ class Classifier(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.freeze_backbone:
+        if not mode:
+            self._validated = True
+        if self.freeze_backbone and not ("bn_epoch1" in self.quirks and mode and not self._validated):
             self.extractor.eval()
+        if "bn_epoch1" in self.quirks and self._validated:  # the study never calls model.train() again
+            super().train(False)
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.head_layer().parameters()) if self.freeze_backbone else list(self.parameters())
+        if self.freeze_backbone:
+            return list(self.head_layer().parameters())
+        return [p for p in self.parameters() if p.requires_grad]
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
@@ -139,7 +166,8 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
              workers: int | None = None, seed: int = 0, resume: bool | str = False, force: bool = False,
-             progress: bool = True, on_epoch=None, existing: str = "error") -> Path | None:
+             progress: bool = True, on_epoch=None, existing: str = "error",
+             study_quirks: tuple[str, ...] = ()) -> Path | None:
     """Train ``model`` end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run.
 
     An identical complete run is an error unless ``force`` (run again) or ``existing="reuse"`` (return it).
@@ -148,6 +176,11 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
                   select_metric=select_metric, patience=patience, accumulate=accumulate,
                   finetune_precision=precision, workers=workers, seed=seed, device=device,
                   grad_checkpointing=grad_checkpointing)
+    unknown = set(study_quirks) - set(STUDY_QUIRKS)
+    if unknown:
+        raise ProbebenchError(f"unknown study quirks {sorted(unknown)}; known: {', '.join(STUDY_QUIRKS)}")
+    if study_quirks and not freeze_backbone:
+        raise ProbebenchError("the study's quirks concern its frozen setting: add --freeze-backbone")
     if batch_size % accumulate:
         raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
     check_writable(runs_dir)
@@ -166,7 +199,8 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         "manifest_hash": req.manifest_hash, "epochs": epochs, "lr": lr, "batch_size": batch_size,
         "weight_decay": weight_decay, "optimizer": optimizer, "select_metric": select_metric,
         "patience": patience, "accumulate": accumulate, "precision": prec, "seed": seed,
-        **({"head_sha256": req.weights["head_sha256"]} if req.weights.get("head_sha256") else {})}
+        **({"head_sha256": req.weights["head_sha256"]} if req.weights.get("head_sha256") else {}),
+        **({"study_quirks": sorted(study_quirks)} if study_quirks else {})}
     base = Path(runs_dir) / path_name(manifest.dataset) / path_name(model) / mode
     digest = config_hash(numbers)
     done = sorted(p.parent for p in base.glob(f"*-{digest}/config.json"))
@@ -186,7 +220,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     extractor = job.create_model()
     if grad_checkpointing and hasattr(extractor.backbone, "grad_checkpointing"):
         extractor.backbone.grad_checkpointing = True
-    net = Classifier(extractor, n_classes, seed, freeze_backbone).to(dev)
+    net = Classifier(extractor, n_classes, seed, freeze_backbone, tuple(study_quirks)).to(dev)
     if dev.type == "cuda" and extractor.config.family == "torchvision":
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net.trainable_parameters(), optimizer, lr, weight_decay)
@@ -197,6 +231,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         opt.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = LoopState(**checkpoint["loop"])
+        net._validated = state.epoch >= 1  # bn_epoch1: train mode ended at the first validation
         torch.set_rng_state(checkpoint["rng"]["torch"])
     trained = nn.parallel.DistributedDataParallel(net) if world > 1 else net
 

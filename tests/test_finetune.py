@@ -151,3 +151,55 @@ def test_torchrun_two_processes_on_gloo_match_one_process(tiny, tmp_path):
     double = read_run(runs[0])
     assert double.config["world_size"] == 2
     assert np.abs(double.proba - single.proba).max() < 1e-5
+
+
+def test_study_bn_epoch1_trains_batchnorm_statistics_in_epoch_one_only():
+    """The study's loop: model.train() once, model.eval() at the first validation, never train() again."""
+    net = Classifier(create_model("resnet50", "random", img_size=32), 2, seed=0, freeze_backbone=True,
+                     quirks=("bn_epoch1",))
+    bn = net.extractor.backbone.bn1
+    before = bn.running_mean.clone()
+    weights = net.extractor.backbone.conv1.weight.clone()
+    net.train()
+    assert net.extractor.training and bn.training  # epoch 1: train mode despite the frozen backbone
+    net(torch.randn(4, 3, 32, 32) * 3 + 1)
+    assert not torch.equal(bn.running_mean, before)  # statistics re-estimated on the training images
+    assert torch.equal(net.extractor.backbone.conv1.weight, weights)  # weights still frozen
+    net.eval()
+    net.train()  # epoch 2
+    assert not net.extractor.training and not bn.training
+    plain = Classifier(create_model("resnet50", "random", img_size=32), 2, seed=0, freeze_backbone=True)
+    plain.train()
+    assert not plain.extractor.training  # probebench's frozen path: eval mode always
+
+
+def test_study_vgg_features_only_trains_fc6_fc7():
+    net = Classifier(create_model("vgg16", "random", img_size=32), 2, seed=0, freeze_backbone=True,
+                     quirks=("vgg_features_only",))
+    trainable = {n.removeprefix("extractor.backbone.") for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {f"classifier.{i}.{w}" for i in (0, 3, 6) for w in ("weight", "bias")}
+    assert {id(p) for p in net.trainable_parameters()} == {id(p) for p in net.parameters() if p.requires_grad}
+    with pytest.raises(ProbebenchError, match="frozen VGG16 only"):
+        Classifier(create_model("resnet50", "random", img_size=32), 2, seed=0, freeze_backbone=True,
+                   quirks=("vgg_features_only",))
+
+
+def test_study_quirk_runs_end_to_end_and_the_cache_path_refuses_it(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from probebench.cli import app
+
+    spec, root = tiny
+    common = dict(data_root=root, epochs=2, lr=1e-3, batch_size=8, freeze_backbone=True, **SMALL)
+    plain = read_run(finetune("resnet50", str(spec), runs_dir=tmp_path / "a", **common))
+    quirky = read_run(finetune("resnet50", str(spec), runs_dir=tmp_path / "b", study_quirks=("bn_epoch1",),
+                               **common))
+    assert quirky.config["study_quirks"] == ["bn_epoch1"] and quirky.config["mode"] == "frozen"
+    assert not np.allclose(plain.proba, quirky.proba)  # re-estimated BatchNorm statistics change the features
+    res = CliRunner().invoke(app, ["fit", "--model", "resnet50", "--dataset", str(spec), "--data-root", str(root),
+                                   "--weights", "random", "--study-bn-epoch1"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "no cache can hold it" in text and "finetune --freeze-backbone" in text
+    with pytest.raises(ProbebenchError, match="add --freeze-backbone"):
+        finetune("resnet50", str(spec), runs_dir=tmp_path / "c", study_quirks=("bn_epoch1",),
+                 **{**common, "freeze_backbone": False})
