@@ -125,3 +125,38 @@ def test_study_mlp_is_the_studys_head_whatever_hidden_says():
     assert [type(m) for m in net] == [nn.Linear, nn.ReLU, nn.Linear]
     assert (net[0].in_features, net[0].out_features, net[2].out_features) == (1000, 256, 3)
     assert head.name == "study_mlp" and head.params()["hidden"] == 256
+
+
+def test_training_reshuffles_every_epoch_and_validates_on_all_samples(monkeypatch):
+    """Each epoch's batches are a fresh permutation of the training set (seeded by seed and epoch), and the
+    head really uses them: freezing the first epoch's order changes the result. Validation accuracy is the share
+    of all validation samples, not a mean of per-batch accuracies."""
+    import torch
+
+    from probebench import training
+    from probebench.heads import make_head
+
+    orders = [np.concatenate(training.epoch_batches(50, 8, seed=3, epoch=e)) for e in (1, 2, 3)]
+    assert all(sorted(o.tolist()) == list(range(50)) for o in orders)
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    assert np.array_equal(orders[0], np.concatenate(training.epoch_batches(50, 8, seed=3, epoch=1)))
+    assert np.array_equal(orders[0], np.random.default_rng([3, 1]).permutation(50))  # the documented rule
+
+    rng = np.random.default_rng(0)
+    x, xv = rng.normal(size=(50, 6)).astype(np.float32), rng.normal(size=(9, 6)).astype(np.float32)
+    y, yv = (x[:, 0] > 0).astype(int), (xv[:, 0] > 0).astype(int)  # learnable: the loss keeps falling
+
+    def fit():
+        head = make_head("linear", epochs=4, lr=1e-2, batch_size=8, seed=3, select="val_loss")
+        head.fit(x, y, xv, yv, 2)
+        assert head.best_epoch_ == 4
+        return head
+    normal = fit().predict_proba(xv)
+    real = training.epoch_batches
+    monkeypatch.setattr(training, "epoch_batches", lambda n, b, seed, epoch: real(n, b, seed, 1))
+    frozen_order = fit().predict_proba(xv)
+    assert not np.allclose(normal, frozen_order)
+
+    logits = torch.tensor([[2.0, 0.0]] * 7 + [[0.0, 2.0]] * 2)
+    labels = torch.tensor([0] * 6 + [1] * 3)  # 8 of 9 right; per-batch means (batch 8) would give (7/8 + 1) / 2
+    assert training.val_metrics(logits, labels)["val_accuracy"] == pytest.approx(8 / 9)
