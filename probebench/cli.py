@@ -78,6 +78,9 @@ CacheOpt = typer.Option("cache", "--cache-dir", help="Feature cache root: a fold
 WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hub cache, then download) or "
                                                     "'random[:SEED]' (untrained; flagged everywhere).")
 TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`); default per model.")
+InterpOpt = typer.Option(None, "--interpolation", help="Resize interpolation, bilinear or bicubic [default: the "
+                         "model's: bicubic for DINOv2, bilinear for the CNNs; the study used bilinear for all]; "
+                         "part of the cache key.")
 HeadWeightsOpt = typer.Option(None, "--head-weights", help="With --tap imagenet_logits (DINOv2): Meta's linear "
                               "layer file dinov2_vit*14_linear4_head.pth [default: the hub cache, then download].")
 ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px [default 256].")
@@ -107,7 +110,7 @@ def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
 @friendly
 def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
             cache_dir: str = CacheOpt, weights: str = WeightsOpt, tap: Optional[str] = TapOpt,
-            head_weights: Optional[str] = HeadWeightsOpt,
+            head_weights: Optional[str] = HeadWeightsOpt, interpolation: Optional[str] = InterpOpt,
             resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
             std: Optional[str] = StdOpt, precision: str = PrecisionOpt,
             channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
@@ -126,7 +129,7 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap, resize=resize,
                crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), precision=precision,
                channels_last=channels_last, draft=draft, store_dtype=store_dtype, head_weights=head_weights,
-               device=device, batch_size=batch_size, chunk_size=chunk_size, workers=workers, force=force,
+               interpolation=interpolation, device=device, batch_size=batch_size, chunk_size=chunk_size, workers=workers, force=force,
                skip_bad=skip_bad)
     out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
 
@@ -136,7 +139,7 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
 def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
         cache_dir: str = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
         weights: str = WeightsOpt, tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
-        resize: Optional[int] = ResizeOpt,
+        interpolation: Optional[str] = InterpOpt, resize: Optional[int] = ResizeOpt,
         crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
         precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
         channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
@@ -174,7 +177,7 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
                resize=resize, crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"),
                precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft,
-               head_weights=head_weights, head=head,
+               head_weights=head_weights, interpolation=interpolation, head=head,
                grid=grid,
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
@@ -187,6 +190,9 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
 def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
              runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"), weights: str = WeightsOpt,
              tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
+             interpolation: Optional[str] = InterpOpt,
+             head: str = typer.Option("linear", help="The new layer: linear, or study_mlp (256 hidden; the study's "
+                                      "DINOv2 head, with --tap imagenet_logits)."),
              resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
              mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
              epochs: int = typer.Option(100, help="Training epochs."),
@@ -217,7 +223,7 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
 
     path = run(model, dataset, data_root=data_root, runs_dir=runs_dir, weights=weights, tap=tap, resize=resize,
                crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), head_weights=head_weights,
-               epochs=epochs, lr=lr,
+               interpolation=interpolation, head=head, epochs=epochs, lr=lr,
                batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
                accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
@@ -321,7 +327,7 @@ def export(model: str = ModelOpt, dataset: str = DatasetOpt,
            fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt [default: from --out]."),
            data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt, weights: str = WeightsOpt,
            tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
-           resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
+           interpolation: Optional[str] = InterpOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
            mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
            precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
            channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt):
@@ -332,7 +338,7 @@ def export(model: str = ModelOpt, dataset: str = DatasetOpt,
                            weights=weights, tap=tap, resize=resize, crop=crop, mean=parse_floats(mean, "mean"),
                            std=parse_floats(std, "std"), precision=precision,
                            store_dtype=store_dtype, channels_last=channels_last, draft=draft,
-                           head_weights=head_weights)
+                           head_weights=head_weights, interpolation=interpolation)
     out.print(f"features exported to {path}")
 
 
@@ -417,7 +423,7 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
            weights: str = typer.Option("auto", "--weights", help="With --model: a checkpoint or a Hugging Face "
                                        "snapshot folder, whose preprocessor_config.json is then used."),
            resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
-           std: Optional[str] = StdOpt):
+           std: Optional[str] = StdOpt, interpolation: Optional[str] = InterpOpt):
     """The model registry: feature taps, dimensions, weights, where they are looked for, and preprocessing."""
     from probebench.registry import REGISTRY
     from probebench.weights import hub_checkpoint_dir
@@ -432,7 +438,8 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
             path = Path(weights)
             if not path.exists():
                 raise ProbebenchError(f"weights not found: {path}")
-        pre = model_preprocessing(config, path, resize, crop, parse_floats(mean, "mean"), parse_floats(std, "std"))
+        pre = model_preprocessing(config, path, resize, crop, parse_floats(mean, "mean"), parse_floats(std, "std"),
+                                  interpolation=interpolation)
         out.print(f"{model}: {escape(pre.describe())}", highlight=False)
         return
     hub = hub_checkpoint_dir()

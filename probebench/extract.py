@@ -53,7 +53,8 @@ class FeatureJob:
 
 
 def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: int | None = None,
-                        crop: int | None = None, mean=None, std=None, draft: bool = False) -> Preprocessing:
+                        crop: int | None = None, mean=None, std=None, draft: bool = False,
+                        interpolation: str | None = None) -> Preprocessing:
     """The preprocessing a model gets: its registry entry, a Hugging Face snapshot's
     ``preprocessor_config.json`` when the weights are one, then the user's resize/crop and mean/std."""
     pre: Preprocessing = config.preprocessing
@@ -64,18 +65,21 @@ def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: 
         pre = replace(pre, resize=resize or max(pre.resize, crop), crop=crop)
     if pre.crop > pre.resize:
         raise ProbebenchError(f"crop {pre.crop} is larger than resize {pre.resize}")
+    check_options(interpolation=interpolation)
+    if interpolation:  # e.g. the study's one bilinear resize for every model
+        pre = replace(pre, interpolation=interpolation, source=f"{pre.source} + --interpolation")
     return replace(with_normalization(pre, mean, std), draft=draft)
 
 
 def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "auto", tap: str | None = None,
                 resize: int | None = None, crop: int | None = None, mean=None, std=None, precision: str = "fp32",
                 store_dtype: str = "float32", channels_last: bool | None = None, draft: bool = False,
-                head_weights: str | None = None) -> FeatureJob:
+                head_weights: str | None = None, interpolation: str | None = None) -> FeatureJob:
     """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
     from probebench import weights as wts
 
     check_options(resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, tap=tap,
-                  weights=weights)
+                  weights=weights, interpolation=interpolation)
     config = get_config(model)
     tap = tap or config.default_tap
     if tap not in config.taps:
@@ -94,7 +98,7 @@ def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "aut
     if tap in config.tap_heads and seed is None:  # the tap's pretrained layer is part of what the features are
         head_path = str(wts.resolve_tap_head(config, tap, head_weights))
         winfo = {**winfo, **tap_head_info(head_path)}
-    pre = model_preprocessing(config, path, resize, crop, mean, std, draft)
+    pre = model_preprocessing(config, path, resize, crop, mean, std, draft, interpolation)
     request = fcache.FeatureRequest(
         dataset=manifest.dataset, model=model, tap=tap, weights=winfo, preprocessing=pre.as_dict(),
         precision=precision, store_dtype=store_dtype, manifest_hash=manifest.hash(), channels_last=channels_last)
@@ -172,7 +176,7 @@ def default_batch_size(device: torch.device) -> int:
 def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache", weights: str = "auto",
             tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
             precision: str = "fp32", channels_last: bool | None = None, draft: bool = False,
-            store_dtype: str = "float32", head_weights: str | None = None,
+            store_dtype: str = "float32", head_weights: str | None = None, interpolation: str | None = None,
             device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
             force: bool = False, skip_bad: bool = False, progress: bool = True,
             on_chunk: Callable[[int], None] | None = None) -> Path | str:
@@ -186,7 +190,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     check_options(batch_size=batch_size, workers=workers, chunk_size=chunk_size, skip_bad=skip_bad)
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
                       mean=mean, std=std, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
-                      draft=draft, head_weights=head_weights)
+                      draft=draft, head_weights=head_weights, interpolation=interpolation)
     path = job.cache_path(cache_dir)
     rank, world = distributed.setup()
     dev = auto_device(distributed.rank_device(device))

@@ -55,7 +55,7 @@ class Classifier(nn.Module):
     study's ``quirks`` is asked for (see ``STUDY_QUIRKS``)."""
 
     def __init__(self, extractor: FeatureExtractor, n_classes: int, seed: int, freeze_backbone: bool,
-                 quirks: tuple[str, ...] = ()):
+                 quirks: tuple[str, ...] = (), head: str = "linear"):
         super().__init__()
         self.extractor = extractor
         self.quirks = tuple(quirks)
@@ -66,9 +66,16 @@ class Classifier(nn.Module):
                                       "(finetune --model vgg16 --freeze-backbone)")
             freeze_backbone = False  # torchvision's own forward, with vgg16.features frozen below
         self.freeze_backbone = freeze_backbone
-        layer = seeded_init(lambda: nn.Linear(extractor.feature_dim, n_classes), seed)  # as LinearHead's
         family = extractor.config.family
         self.head_name = REPLACED_LAYER.get(extractor.config.arch.get("builder")) if family == "torchvision" else None
+        if head == "study_mlp":  # the study's DINOv2 head: 256 hidden units on the ImageNet logits
+            if self.head_name:
+                raise ProbebenchError("--head study_mlp is the study's DINOv2 head; for the CNNs the study replaced "
+                                      f"{self.head_name} by one linear layer (--head linear)")
+            layer = seeded_init(lambda: nn.Sequential(nn.Linear(extractor.feature_dim, 256), nn.ReLU(),
+                                                      nn.Linear(256, n_classes)), seed)  # as StudyMLPHead's
+        else:
+            layer = seeded_init(lambda: nn.Linear(extractor.feature_dim, n_classes), seed)  # as LinearHead's
         if self.head_name:
             parent_name, _, child = self.head_name.rpartition(".")
             parent = extractor.backbone.get_submodule(parent_name) if parent_name else extractor.backbone
@@ -161,7 +168,8 @@ def _resume_from(path: Path, numbers: dict, resume: bool | str) -> dict | None:
 
 def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs", weights: str = "auto",
              tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
-             head_weights: str | None = None, epochs: int = 100,
+             head_weights: str | None = None, interpolation: str | None = None, head: str = "linear",
+             epochs: int = 100,
              lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, optimizer: str = "adam",
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
@@ -172,7 +180,8 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
 
     An identical complete run is an error unless ``force`` (run again) or ``existing="reuse"`` (return it).
     """
-    check_options(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
+    check_options(finetune_head=head, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                  optimizer=optimizer,
                   select_metric=select_metric, patience=patience, accumulate=accumulate,
                   finetune_precision=precision, workers=workers, seed=seed, device=device,
                   grad_checkpointing=grad_checkpointing)
@@ -185,7 +194,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
     check_writable(runs_dir)
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      mean=mean, std=std, head_weights=head_weights)
+                      mean=mean, std=std, head_weights=head_weights, interpolation=interpolation)
     rank, world = distributed.setup()
     main = rank == 0
     dev = auto_device(distributed.rank_device(device))
@@ -194,7 +203,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     check_trainable(manifest.dataset, manifest.classes, manifest.counts())
     mode = "frozen" if freeze_backbone else "unfrozen"
     numbers = {  # everything that changes the numbers: a resume must match it exactly
-        "mode": mode, "path": "end-to-end", "dataset": manifest.dataset, "model": model, "head": "linear",
+        "mode": mode, "path": "end-to-end", "dataset": manifest.dataset, "model": model, "head": head,
         "tap": req.tap, "weights_sha256": req.weights["sha256"], "preprocessing": req.preprocessing,
         "manifest_hash": req.manifest_hash, "epochs": epochs, "lr": lr, "batch_size": batch_size,
         "weight_decay": weight_decay, "optimizer": optimizer, "select_metric": select_metric,
@@ -220,7 +229,7 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     extractor = job.create_model()
     if grad_checkpointing and hasattr(extractor.backbone, "grad_checkpointing"):
         extractor.backbone.grad_checkpointing = True
-    net = Classifier(extractor, n_classes, seed, freeze_backbone, tuple(study_quirks)).to(dev)
+    net = Classifier(extractor, n_classes, seed, freeze_backbone, tuple(study_quirks), head).to(dev)
     if dev.type == "cuda" and extractor.config.family == "torchvision":
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net.trainable_parameters(), optimizer, lr, weight_decay)

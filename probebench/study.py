@@ -29,7 +29,8 @@ SECTIONS = {
     "unfrozen": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "accumulate", "precision",
                  "grad_checkpointing", "workers"},
     "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad", "draft",
-                "channels_last", "mean", "std"},
+                "channels_last", "mean", "std", "interpolation"},
+    "models": set(),  # [models.<name>]: per-model settings (MODEL_KEYS)
     "report": {"resamples", "method", "unit", "stratify", "level", "aggregate", "metrics"},
 }
 
@@ -56,6 +57,10 @@ class Study:
     unfrozen: dict = field(default_factory=dict)
     extract: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    per_model: dict = field(default_factory=dict)  # model -> {tap, heads, head_weights, unfrozen_head}
+
+    def heads_for(self, model: str) -> list[str]:
+        return list(self.per_model.get(model, {}).get("heads", self.heads))
 
     def path(self, value: str | None) -> Path | None:
         """Paths in a study file are relative to the directory the command runs in."""
@@ -84,6 +89,13 @@ STUDY_TYPES = {  # [study] key -> (test, what is allowed)
     "report_dir": (lambda v: isinstance(v, str) and v, "a folder"),
     "synthetic": (lambda v: isinstance(v, bool), "true or false"),
 }
+MODEL_KEYS = {  # [models.<name>] key -> (test, what is allowed)
+    "tap": (lambda v: problem("tap", v) is None, "a tap name (see `probebench models`)"),
+    "heads": (lambda v: isinstance(v, list) and v and all(problem("head", h) is None for h in v),
+              "a non-empty list of heads"),
+    "head_weights": (lambda v: isinstance(v, str) and v, "a checkpoint path"),
+    "unfrozen_head": (lambda v: problem("finetune_head", v) is None, "linear or study_mlp"),
+}
 SECTION_RULES = {"study": ("seeds", "grid", "weights"), "extract": tuple(SECTIONS["extract"] - {"mean", "std"}),
                  "training": tuple(SECTIONS["training"]), "report": tuple(SECTIONS["report"]),
                  "unfrozen": tuple(SECTIONS["unfrozen"] - {"precision"})}
@@ -106,6 +118,8 @@ def load_study(path: str | Path) -> Study:
         if not isinstance(content, dict):
             fail(None, section, f"{section} must be a [{section}] table; allowed sections: "
                                 f"{', '.join(sorted(SECTIONS))}")
+        if section == "models":
+            continue  # checked below, once the models are known
         for key in content:
             if key not in SECTIONS[section]:
                 fail(section, key, f"unknown key {key!r} in [{section}]; allowed: {', '.join(sorted(SECTIONS[section]))}")
@@ -142,6 +156,17 @@ def load_study(path: str | Path) -> Study:
     for d in s["datasets"]:
         if not d.endswith(".toml"):  # a spec name, looked up among the specs: one plain name
             component(d, "dataset", f"{path}, line {line_of(text, 'study', 'datasets')}: ")
+    per_model = raw.get("models", {})
+    for model, settings in per_model.items():
+        where = f"models.{model}"
+        if model not in s["models"]:
+            fail(where, None, f"[models.{model}]: {model!r} is not in [study] models {s['models']}")
+        if not isinstance(settings, dict) or set(settings) - set(MODEL_KEYS):
+            fail(where, None, f"[models.{model}] takes the keys {', '.join(MODEL_KEYS)}")
+        for key, value in settings.items():
+            test, allowed = MODEL_KEYS[key]
+            if not test(value):
+                fail(where, key, f"[models.{model}] {key} must be {allowed}, not {value!r}")
     name = s.get("name", path.stem)
     component(name, "study name", f"{path}, line {line_of(text, 'study', 'name')}: ")
     return Study(name=name, source=path, datasets=list(s["datasets"]), models=list(s["models"]),
@@ -150,7 +175,8 @@ def load_study(path: str | Path) -> Study:
                  weights=s.get("weights", "auto"), data_root=s.get("data_root"), cache_dir=s.get("cache_dir", "cache"),
                  runs_dir=s.get("runs_dir", "runs"), report_dir=s.get("report_dir", "report"),
                  synthetic=bool(s.get("synthetic", False)), training=raw.get("training", {}),
-                 unfrozen=raw.get("unfrozen", {}), extract=raw.get("extract", {}), report=raw.get("report", {}))
+                 unfrozen=raw.get("unfrozen", {}), extract=raw.get("extract", {}), report=raw.get("report", {}),
+                 per_model=per_model)
 
 
 @dataclass
@@ -210,10 +236,11 @@ def _save_state(study: Study, state: dict) -> None:
     write_json(_state_path(study), state)
 
 
-def _extract_options(study: Study) -> dict:
-    e = study.extract
+def _extract_options(study: Study, model: str) -> dict:
+    """What defines a model's cached features in this study: [extract], then [models.<model>] tap/head_weights."""
+    e = {**study.extract, **{k: v for k, v in study.per_model.get(model, {}).items() if k in ("tap", "head_weights")}}
     return {k: e[k] for k in ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft",
-                              "channels_last") if k in e}
+                              "channels_last", "interpolation", "head_weights") if k in e}
 
 
 def plan(study: Study, only: str | None = None) -> list[Cell]:
@@ -226,7 +253,8 @@ def plan(study: Study, only: str | None = None) -> list[Cell]:
     for d in study.datasets:
         for m in study.models:
             for mode in study.modes:
-                for h in (study.heads if mode == "frozen" else ["linear"]):
+                for h in (study.heads_for(m) if mode == "frozen" else
+                          [study.per_model.get(m, {}).get("unfrozen_head", "linear")]):
                     cells.append(Cell(d, m, mode, h))
     cells = _select(cells, only)
     state = _load_state(study)
@@ -235,7 +263,7 @@ def plan(study: Study, only: str | None = None) -> list[Cell]:
         if (c.dataset, c.model) not in jobs:
             try:
                 jobs[(c.dataset, c.model)] = resolve_job(c.model, c.dataset, data_root=study.data_roots(),
-                                                         weights=study.weights, **_extract_options(study))
+                                                         weights=study.weights, **_extract_options(study, c.model))
             except Exception as exc:  # any failure blocks this dataset x model only; the plan goes on
                 jobs[(c.dataset, c.model)] = exc
         job = jobs[(c.dataset, c.model)]
@@ -251,7 +279,9 @@ def plan(study: Study, only: str | None = None) -> list[Cell]:
         c.cached = c.mode == "frozen" and store_exists(store) and _complete(store)
         c.hash = hashlib.sha256(json.dumps({
             "cell": c.key, "request": job.request.key_material(), "settings": settings, "grid": study.grid,
-            "seeds": study.seeds, "extract": study.extract}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            "seeds": study.seeds, "extract": study.extract,
+            **({"model_settings": study.per_model[c.model]} if c.model in study.per_model else {})},
+            sort_keys=True, default=str).encode()).hexdigest()[:16]
         previous = state.get(c.key, {})
         if (previous.get("hash") == c.hash and previous.get("status") == "done"
                 and all(Path(r).is_dir() for r in previous.get("runs", []))):
@@ -335,7 +365,7 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                     extract(c.model, c.dataset, data_root=data_root, cache_dir=study.cache_dir, weights=study.weights,
                             progress=progress, batch_size=study.extract.get("batch_size"),
                             workers=study.extract.get("workers"), skip_bad=study.extract.get("skip_bad", False),
-                            **_extract_options(study))
+                            **_extract_options(study, c.model))
                     runs = fit(c.model, c.dataset, data_root=data_root, cache_dir=study.cache_dir,
                                runs_dir=study.runs_dir, weights=study.weights, head=c.head, grid=study.grid,
                                epochs=t.get("epochs", 100), lr=t.get("lr", 1e-4), batch_size=t.get("batch_size", 32),
@@ -343,7 +373,7 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                                select_metric=t.get("select_metric", "val_accuracy"),
                                optimizer=t.get("optimizer", "adam"), patience=t.get("patience"),
                                seeds=study.seeds if len(study.seeds) > 1 else None, seed=study.seeds[0],
-                               progress=progress, **_extract_options(study))
+                               progress=progress, **_extract_options(study, c.model))
                     runs = [str(runs)]
                 else:
                     u = {**t, **study.unfrozen}
@@ -356,9 +386,9 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             select_metric=u.get("select_metric", "val_accuracy"), patience=u.get("patience"),
                             accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
-                            seed=s, progress=progress, existing="reuse", resume="auto",
-                            **{k: study.extract[k] for k in ("resize", "crop", "tap", "mean", "std")
-                               if k in study.extract})))
+                            seed=s, progress=progress, existing="reuse", resume="auto", head=c.head,
+                            **{k: v for k, v in _extract_options(study, c.model).items()
+                               if k in ("resize", "crop", "tap", "mean", "std", "interpolation", "head_weights")})))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
                 state[c.key] = {"hash": c.hash, "status": "done", "runs": runs}
             except KeyboardInterrupt:

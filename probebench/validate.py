@@ -61,6 +61,8 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
     "channels_last": (lambda v: isinstance(v, bool), "true or false"),
     "grad_checkpointing": (lambda v: isinstance(v, bool), "true or false"),
     "grid": (lambda v: isinstance(v, bool), "true or false"),
+    "interpolation": _choice(("bilinear", "bicubic")),
+    "finetune_head": _choice(("linear", "study_mlp")),
     "standardize": (lambda v: isinstance(v, bool), "true or false"),
 }
 
@@ -77,7 +79,7 @@ def _report_rules() -> dict:
 
 
 RULES.update(_report_rules())
-OPTIONAL = {"workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight", "tap", "batch_size",
+OPTIONAL = {"interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight", "tap", "batch_size",
             "channels_last"}
 
 

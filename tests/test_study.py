@@ -146,3 +146,45 @@ def test_cli_run_dry_run_and_exit_code(tmp_path):
     broken = write(tmp_path / "broken.toml", SMALL_STUDY.replace('weights = "random"', 'weights = "auto"'))
     res = runner.invoke(app, ["run", str(broken), "--only", "model=resnet50,mode=frozen"])
     assert res.exit_code == 1 and "blocked" in res.output
+
+
+def test_paper_faithful_plans_the_studys_dinov2_setup():
+    study = load_study(REPO / "configs" / "paper-faithful.toml")
+    cells = plan(study)
+    assert len(cells) == 6 * 6 * 2
+    dino = {(c.model, c.mode, c.head) for c in cells if c.model.startswith("dinov2") and c.dataset == "t1"}
+    assert dino == {(m, mode, "study_mlp") for m in ("dinov2_s", "dinov2_b", "dinov2_l")
+                    for mode in ("frozen", "unfrozen")}
+    assert {c.head for c in cells if c.model == "vgg16"} == {"linear"}
+    from probebench.study import _extract_options
+
+    assert _extract_options(study, "dinov2_b")["tap"] == "imagenet_logits"
+    assert _extract_options(study, "resnet50")["interpolation"] == "bilinear" and "tap" not in \
+        _extract_options(study, "resnet50")
+
+
+def test_faithful_and_recommended_grids_run_on_synthetic_data_and_report_side_by_side(tmp_path):
+    """Random weights, tiny images: the faithful DINOv2 cells (ImageNet-logit tap + the study's MLP, frozen and
+    fine-tuned, bilinear) and the recommended ones run end to end into one runs folder; `report` shows both."""
+    from typer.testing import CliRunner
+
+    from probebench.cli import app
+
+    recommended = SMALL_STUDY.replace('models = ["resnet50", "dinov2_s"]', 'models = ["dinov2_s"]')
+    faithful = (recommended.replace('name = "small"', 'name = "faithful"')
+                .replace('report_dir = "report"', 'report_dir = "report-faithful"')
+                .replace("[training]", '[models.dinov2_s]\ntap = "imagenet_logits"\nheads = ["study_mlp"]\n'
+                                       'unfrozen_head = "study_mlp"\n\n[training]')
+                .replace("[extract]", '[extract]\ninterpolation = "bilinear"'))
+    for text, name in ((recommended, "rec.toml"), (faithful, "faith.toml")):
+        result = run_study(load_study(write(tmp_path / name, text)), progress=False, echo=lambda t: None)
+        assert [c.status for c in result.cells] == ["done", "done"], [c.detail for c in result.cells]
+    page = (Path("report-faithful") / "tables.md").read_text()
+    assert "study mlp 256" in page and "| linear |" not in page  # the faithful report: its own runs only
+    res = CliRunner().invoke(app, ["report", "--format", "md", "--resamples", "200"])
+    assert res.exit_code == 0, res.output
+    rows = [ln for ln in res.output.splitlines() if re.match(r"\| demo_shapes \| dinov2_s † \| [YN] \|", ln)]
+    heads = sorted(r.split(" | ")[3] for r in rows)
+    assert heads == ["linear", "linear", "study mlp 256", "study_mlp"], rows  # both protocols, frozen and not
+    configs = [p.read_text() for p in Path("runs").glob("demo_shapes/dinov2_s/*/*/config.json")]
+    assert sum('"imagenet_logits"' in c and '"bilinear"' in c for c in configs) == 2
