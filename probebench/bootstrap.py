@@ -239,6 +239,8 @@ class Interval:
     high: float
     undefined: int = 0  # replicates where the metric is undefined (a resample without a class), left out
     replicates: int = 0
+    replicate_mean: float = float("nan")  # the study's summary: the mean of the replicates ...
+    replicate_mean_half_width: float = float("nan")  # ... and 1.96 sd / sqrt(R), the half-width of its CI
 
     @property
     def undefined_share(self) -> float:
@@ -266,7 +268,10 @@ def bootstrap(data: EvalData, cfg: BootstrapConfig = BootstrapConfig()) -> tuple
     for k, v in reps.items():
         low, high = (bca_interval(v, point[k], jack[k], cfg.confidence) if jack is not None
                      else percentile_interval(v, cfg.confidence))
-        out[k] = Interval(point[k], low, high, int((~np.isfinite(v)).sum()), len(v))
+        finite = v[np.isfinite(v)]
+        mean = float(finite.mean()) if len(finite) else float("nan")
+        half = float(1.96 * finite.std(ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else float("nan")
+        out[k] = Interval(point[k], low, high, int((~np.isfinite(v)).sum()), len(v), mean, half)
     return out, Resampling(unit, n_units, strata is not None)
 
 

@@ -81,6 +81,8 @@ TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`)
 InterpOpt = typer.Option(None, "--interpolation", help="Resize interpolation, bilinear or bicubic [default: the "
                          "model's: bicubic for DINOv2, bilinear for the CNNs; the study used bilinear for all]; "
                          "part of the cache key.")
+ValUnitOpt = typer.Option("group", "--val-unit", help="Carve validation from training 'group's (patients, "
+                          "lesions) or 'sample's (images, as the study's code did; validation turns optimistic).")
 HeadWeightsOpt = typer.Option(None, "--head-weights", help="With --tap imagenet_logits (DINOv2): Meta's linear "
                               "layer file dinov2_vit*14_linear4_head.pth [default: the hub cache, then download].")
 ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px [default 256].")
@@ -111,7 +113,7 @@ def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
 def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
             cache_dir: str = CacheOpt, weights: str = WeightsOpt, tap: Optional[str] = TapOpt,
             head_weights: Optional[str] = HeadWeightsOpt, interpolation: Optional[str] = InterpOpt,
-            resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
+            val_unit: str = ValUnitOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
             std: Optional[str] = StdOpt, precision: str = PrecisionOpt,
             channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
             store_dtype: str = StoreOpt, device: str = typer.Option("auto", help="auto (cuda > mps > cpu), or a "
@@ -129,7 +131,7 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap, resize=resize,
                crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), precision=precision,
                channels_last=channels_last, draft=draft, store_dtype=store_dtype, head_weights=head_weights,
-               interpolation=interpolation, device=device, batch_size=batch_size, chunk_size=chunk_size, workers=workers, force=force,
+               interpolation=interpolation, val_unit=val_unit, device=device, batch_size=batch_size, chunk_size=chunk_size, workers=workers, force=force,
                skip_bad=skip_bad)
     out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
 
@@ -139,7 +141,7 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
 def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
         cache_dir: str = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
         weights: str = WeightsOpt, tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
-        interpolation: Optional[str] = InterpOpt, resize: Optional[int] = ResizeOpt,
+        interpolation: Optional[str] = InterpOpt, val_unit: str = ValUnitOpt, resize: Optional[int] = ResizeOpt,
         crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
         precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
         channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
@@ -177,7 +179,7 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
                resize=resize, crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"),
                precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft,
-               head_weights=head_weights, interpolation=interpolation, head=head,
+               head_weights=head_weights, interpolation=interpolation, val_unit=val_unit, head=head,
                grid=grid,
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
@@ -190,7 +192,7 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
 def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
              runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"), weights: str = WeightsOpt,
              tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
-             interpolation: Optional[str] = InterpOpt,
+             interpolation: Optional[str] = InterpOpt, val_unit: str = ValUnitOpt,
              head: str = typer.Option("linear", help="The new layer: linear, or study_mlp (256 hidden; the study's "
                                       "DINOv2 head, with --tap imagenet_logits)."),
              resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
@@ -223,7 +225,7 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
 
     path = run(model, dataset, data_root=data_root, runs_dir=runs_dir, weights=weights, tap=tap, resize=resize,
                crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), head_weights=head_weights,
-               interpolation=interpolation, head=head, epochs=epochs, lr=lr,
+               interpolation=interpolation, val_unit=val_unit, head=head, epochs=epochs, lr=lr,
                batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
                accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
@@ -234,7 +236,7 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
 
 
 def _report_options(n_resamples: int, method: str, unit: str, seed: int, level: str, aggregate: str,
-                    metrics: str | None = None, stratify: str = "auto"):
+                    metrics: str | None = None, stratify: str = "auto", study_ci: bool = False):
     from probebench.bootstrap import BootstrapConfig
     from probebench.metrics import STUDY_METRICS
     from probebench.report import ReportOptions
@@ -242,7 +244,7 @@ def _report_options(n_resamples: int, method: str, unit: str, seed: int, level: 
     chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else STUDY_METRICS
     return ReportOptions(BootstrapConfig(n_resamples=n_resamples, method=method, unit=unit, seed=seed,
                                          stratify=stratify),
-                         level=level, aggregate=aggregate, metrics=chosen)
+                         level=level, aggregate=aggregate, metrics=chosen, study_ci=study_ci)
 
 
 ResamplesOpt = typer.Option(1000, "--resamples", help="Bootstrap replicates (>= 1000 advised).")
@@ -267,6 +269,9 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
            aggregate: str = AggOpt, seed: int = BootSeedOpt, stratify: str = StratifyOpt,
            compare_metric: str = typer.Option("accuracy", "--compare-metric", help="Metric of the comparisons."),
            all_runs: bool = typer.Option(False, "--all", help="Every run, not only the latest per cell."),
+           study_ci: bool = typer.Option(False, "--study-ci", help="Add the study's summary beside each interval: "
+                                         "the mean of the replicates with the CI of that mean (labelled; for "
+                                         "comparison with published numbers, not a measure of uncertainty)."),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write tables.md, tables.tex, "
                                                   "results.csv, figures/ and report.html into this folder.")):
     """Tables laid out like the study's Tables III/IV, with bootstrap intervals and paired comparisons."""
@@ -274,7 +279,7 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
 
     if fmt not in FORMATS:
         raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
-    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics, stratify)
+    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics, stratify, study_ci)
     rows = collect_rows(runs_dir, datasets=dataset, opts=opts, latest_only=not all_runs)
     if not rows:
         raise ProbebenchError(f"no runs found under {runs_dir}; run `probebench fit` first")
@@ -327,7 +332,8 @@ def export(model: str = ModelOpt, dataset: str = DatasetOpt,
            fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt [default: from --out]."),
            data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt, weights: str = WeightsOpt,
            tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
-           interpolation: Optional[str] = InterpOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
+           interpolation: Optional[str] = InterpOpt, val_unit: str = ValUnitOpt,
+           resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
            mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
            precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
            channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt):
@@ -338,7 +344,7 @@ def export(model: str = ModelOpt, dataset: str = DatasetOpt,
                            weights=weights, tap=tap, resize=resize, crop=crop, mean=parse_floats(mean, "mean"),
                            std=parse_floats(std, "std"), precision=precision,
                            store_dtype=store_dtype, channels_last=channels_last, draft=draft,
-                           head_weights=head_weights, interpolation=interpolation)
+                           head_weights=head_weights, interpolation=interpolation, val_unit=val_unit)
     out.print(f"features exported to {path}")
 
 

@@ -321,8 +321,15 @@ def say_notes(manifest: "Manifest") -> None:
 
 # ---------------------------------------------------------------- resolving
 
-def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quiet: bool = False) -> Manifest:
+VAL_UNITS = ("group", "sample")
+
+
+def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quiet: bool = False,
+                  val_unit: str = "group") -> Manifest:
     """Resolve a dataset (name, spec path or spec) under the data roots into its manifest, splits made.
+
+    ``val_unit="sample"`` carves validation from training images rather than groups, as the study's code did
+    (a patient may then sit in train and validation: validation turns optimistic); test stays group-disjoint.
 
     ``data_root_dir``: one folder or a list (the first that holds the dataset wins). Notes (an optional
     release file that is absent, ids repeated across shipped splits) go to stderr once unless ``quiet``.
@@ -367,11 +374,21 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
                          else content_digests([r[1] for r in rows]), dtype=str),
         junk=sorted(junk), group_kind=spec.group, source=source, pixels=spec.pixels, data_root=base,
         group_scope=spec.group_scope, shipped_overlap=overlap, notes=notes, overlap_note=overlap_note)
-    _assign_splits(manifest, spec)
+    if val_unit not in VAL_UNITS:
+        raise ProbebenchError(f"val_unit {val_unit!r} is not one of {', '.join(VAL_UNITS)}")
+    _assign_splits(manifest, spec, val_unit)
     manifest.splits = manifest.splits.astype(str)
     for origin in sorted(set(shipped.tolist())):  # the splits probebench carves never share a group
         inside = shipped == origin
-        check_disjoint(manifest.groups[inside], manifest.splits[inside], where=f"dataset {spec.name!r}: ")
+        splits = manifest.splits[inside]
+        if val_unit == "sample":  # by request only train and validation may share groups; test never
+            splits = np.where(splits == "val", "train", splits)
+        check_disjoint(manifest.groups[inside], splits, where=f"dataset {spec.name!r}: ")
+    if val_unit == "sample":
+        manifest.notes.append("validation carved by image, not by " + spec.group + " (val_unit = sample, as the "
+                              "study's code): the same " + spec.group + " may be in train and validation, so "
+                              "validation scores are optimistic; test stays disjoint")
+        manifest.source = {**manifest.source, "val_unit": "sample"}
     for s in ("train", "val", "test"):
         if not (manifest.splits == s).any():
             raise ProbebenchError(f"dataset {spec.name!r}: the {s} split is empty ({_split_hint(spec, s)}; "
@@ -695,7 +712,7 @@ def _hdf5_rows(spec: DatasetSpec, root: Path) -> tuple[list[tuple], dict]:
     return rows, source
 
 
-def _assign_splits(m: Manifest, spec: DatasetSpec) -> None:
+def _assign_splits(m: Manifest, spec: DatasetSpec, val_unit: str = "group") -> None:
     """Carve test from the unsplit pool (``test_fraction`` / ``test_count``) and val from train groups."""
     seed = int(spec.split.get("seed", 0))
     pool = m.splits == ""
@@ -715,14 +732,17 @@ def _assign_splits(m: Manifest, spec: DatasetSpec) -> None:
     if not (m.splits == "val").any():
         idx = np.flatnonzero(m.splits == "train")
         held = _holdout(m, spec, idx, "val_fraction", fraction=float(spec.split.get("val_fraction", 0.2)),
-                        seed=seed + 1)
+                        seed=seed + 1, by_sample=val_unit == "sample")
         m.splits[idx[held]] = "val"
 
 
-def _holdout(m: Manifest, spec: DatasetSpec, idx: np.ndarray, key: str, **kwargs) -> np.ndarray:
-    """``stratified_group_holdout`` whose errors name the dataset, the spec key and the counts."""
+def _holdout(m: Manifest, spec: DatasetSpec, idx: np.ndarray, key: str, by_sample: bool = False,
+             **kwargs) -> np.ndarray:
+    """``stratified_group_holdout`` whose errors name the dataset, the spec key and the counts; ``by_sample``
+    treats every sample as its own group."""
     try:
-        return stratified_group_holdout(m.labels[idx], m.groups[idx], **kwargs)
+        groups = m.sample_ids[idx] if by_sample else m.groups[idx]
+        return stratified_group_holdout(m.labels[idx], groups, **kwargs)
     except ProbebenchError as exc:
         per_class = np.bincount(m.labels[idx], minlength=len(m.classes)).tolist()
         raise ProbebenchError(

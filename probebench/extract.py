@@ -74,19 +74,20 @@ def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: 
 def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "auto", tap: str | None = None,
                 resize: int | None = None, crop: int | None = None, mean=None, std=None, precision: str = "fp32",
                 store_dtype: str = "float32", channels_last: bool | None = None, draft: bool = False,
-                head_weights: str | None = None, interpolation: str | None = None) -> FeatureJob:
+                head_weights: str | None = None, interpolation: str | None = None,
+                val_unit: str = "group") -> FeatureJob:
     """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
     from probebench import weights as wts
 
     check_options(resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, tap=tap,
-                  weights=weights, interpolation=interpolation)
+                  weights=weights, interpolation=interpolation, val_unit=val_unit)
     config = get_config(model)
     tap = tap or config.default_tap
     if tap not in config.taps:
         raise ProbebenchError(f"model {model!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
     if channels_last is None:  # it helps the CNNs, on CPUs too; part of the key either way
         channels_last = config.family == "torchvision"
-    manifest = load_manifest(dataset, data_root)
+    manifest = load_manifest(dataset, data_root, val_unit=val_unit)
     seed = random_seed(weights)
     if seed is not None:
         path = None
@@ -177,7 +178,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
             tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
             precision: str = "fp32", channels_last: bool | None = None, draft: bool = False,
             store_dtype: str = "float32", head_weights: str | None = None, interpolation: str | None = None,
-            device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
+            val_unit: str = "group", device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
             force: bool = False, skip_bad: bool = False, progress: bool = True,
             on_chunk: Callable[[int], None] | None = None) -> Path | str:
     """Fill the cache for ``model`` x ``dataset``; returns the store location. Resumes unless ``force``.
@@ -190,7 +191,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     check_options(batch_size=batch_size, workers=workers, chunk_size=chunk_size, skip_bad=skip_bad)
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
                       mean=mean, std=std, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
-                      draft=draft, head_weights=head_weights, interpolation=interpolation)
+                      draft=draft, head_weights=head_weights, interpolation=interpolation, val_unit=val_unit)
     path = job.cache_path(cache_dir)
     rank, world = distributed.setup()
     dev = auto_device(distributed.rank_device(device))

@@ -168,7 +168,8 @@ def _resume_from(path: Path, numbers: dict, resume: bool | str) -> dict | None:
 
 def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs", weights: str = "auto",
              tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
-             head_weights: str | None = None, interpolation: str | None = None, head: str = "linear",
+             head_weights: str | None = None, interpolation: str | None = None, val_unit: str = "group",
+             head: str = "linear",
              epochs: int = 100,
              lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, optimizer: str = "adam",
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
@@ -194,7 +195,8 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
         raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
     check_writable(runs_dir)
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      mean=mean, std=std, head_weights=head_weights, interpolation=interpolation)
+                      mean=mean, std=std, head_weights=head_weights, interpolation=interpolation,
+                      val_unit=val_unit)
     rank, world = distributed.setup()
     main = rank == 0
     dev = auto_device(distributed.rank_device(device))

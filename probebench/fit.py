@@ -30,11 +30,11 @@ def complete_cache(model: str, dataset: str, *, data_root=None, cache_dir: str |
                    weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
                    mean=None, std=None, precision: str = "fp32", store_dtype: str = "float32",
                    channels_last: bool | None = None, draft: bool = False, head_weights: str | None = None,
-                   interpolation: str | None = None) -> Path:
+                   interpolation: str | None = None, val_unit: str = "group") -> Path:
     """The complete store that ``extract`` made with these options, or an error that prints that command."""
     job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
                       mean=mean, std=std, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
-                      draft=draft, head_weights=head_weights, interpolation=interpolation)
+                      draft=draft, head_weights=head_weights, interpolation=interpolation, val_unit=val_unit)
     path = job.cache_path(cache_dir)
     root = fcache.open_store(path, job.request)
     if root is None or not root.attrs.get("complete"):
@@ -47,7 +47,8 @@ def complete_cache(model: str, dataset: str, *, data_root=None, cache_dir: str |
             "store_dtype": None if store_dtype == "float32" else store_dtype,
             "channels_last": "" if channels_last is True else None,
             "no_channels_last": "" if channels_last is False else None, "draft": "" if draft else None,
-            "head_weights": head_weights, "interpolation": interpolation})
+            "head_weights": head_weights, "interpolation": interpolation,
+            "val_unit": None if val_unit == "group" else val_unit})
         raise ProbebenchError(f"the feature cache {path} {state}; run first:\n  {cmd}")
     return path
 
@@ -71,7 +72,7 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
         weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
         mean=None, std=None, precision: str = "fp32", store_dtype: str = "float32",
         channels_last: bool | None = None, draft: bool = False, head_weights: str | None = None,
-        interpolation: str | None = None, head: str = "linear", grid: bool = False,
+        interpolation: str | None = None, val_unit: str = "group", head: str = "linear", grid: bool = False,
         epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
         normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
         select_metric: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, seed: int = 0,
@@ -89,7 +90,7 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
     path = complete_cache(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap,
                           resize=resize, crop=crop, mean=mean, std=std, precision=precision,
                           store_dtype=store_dtype, channels_last=channels_last, draft=draft, head_weights=head_weights,
-                          interpolation=interpolation)
+                          interpolation=interpolation, val_unit=val_unit)
     feats = fcache.read_features(path)
     test = feats.split == "test"
     x_tr, x_va, x_te = prepare_features(feats.features[feats.split == "train"], feats.features[feats.split == "val"],

@@ -21,7 +21,8 @@ from probebench.errors import ProbebenchError
 from probebench.metrics import LABELS, STUDY_METRICS
 from probebench.registry import path_name
 from probebench.report import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, _body, _cell, _comparison_lines,
-                               collect_rows, comparisons, evaluate_run, footnotes, render)
+                               _study_cell, collect_rows, comparisons, evaluate_run, footnotes, metric_headers,
+                               render)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
@@ -60,8 +61,10 @@ def latex_tables(rows: list[ReportRow], opts: ReportOptions, comps: list | None 
                "Precision, recall and F1 are weighted averages. Best value per dataset in bold.")
     caption += " " + " ".join(footnotes(rows, opts)[1:])
     lines = [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{latex_escape(caption)}}}",
-             r"\label{tab:probebench-results}", r"\begin{tabular}{llll" + "c" * len(metrics) + "}", r"\toprule",
-             " & ".join(["Dataset", "Model", "Freeze", "Head"] + [latex_escape(LABELS[m]) for m in metrics]) + r" \\",
+             r"\label{tab:probebench-results}", r"\begin{tabular}{llll" + "c" * len(metric_headers(opts)) + "}",
+             r"\toprule",
+             " & ".join(["Dataset", "Model", "Freeze", "Head"] + [latex_escape(h) for h in metric_headers(opts)])
+             + r" \\",
              r"\midrule"]
     previous = None
     for r in rows:
@@ -72,6 +75,8 @@ def latex_tables(rows: list[ReportRow], opts: ReportOptions, comps: list | None 
         for m in metrics:
             text = latex_escape(_cell(r.values[m], r.seeds, m, r.few_units))
             cells.append(f"\\textbf{{{text}}}" if r.values[m].value == best[(r.dataset, m)] else text)
+            if opts.study_ci:
+                cells.append(latex_escape(_study_cell(r.values[m])))
         lines.append(" & ".join([latex_escape(x) for x in _body([r], opts, False)[0][:4]] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     comp_lines = _comparison_lines(comps or [], compare_metric)
@@ -225,7 +230,8 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
         opts = ReportOptions(BootstrapConfig(n_resamples=r.get("resamples", 1000), method=r.get("method", "percentile"),
                                              unit=r.get("unit", "auto"), stratify=r.get("stratify", "auto")),
                              level=r.get("level", "sample"),
-                             aggregate=r.get("aggregate", "mean"), metrics=tuple(r.get("metrics", STUDY_METRICS)))
+                             aggregate=r.get("aggregate", "mean"), metrics=tuple(r.get("metrics", STUDY_METRICS)),
+                             study_ci=r.get("study_ci", False))
     if rows is None:
         from probebench.study import study_runs
 
@@ -237,7 +243,8 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
           "## Data distribution (Tables I/II)", "", markdown_distribution(rows)]
     write_text(out / "tables.md", "\n".join(md))
     write_text(out / "tables.tex", latex_tables(rows, opts, comps, compare_metric))
-    patient_opts = ReportOptions(opts.bootstrap, level="patient", aggregate=opts.aggregate, metrics=opts.metrics)
+    patient_opts = ReportOptions(opts.bootstrap, level="patient", aggregate=opts.aggregate, metrics=opts.metrics,
+                                 study_ci=opts.study_ci)
     grouped = [r for r in rows if len(np.unique(r.run.groups)) < len(r.run.groups)]
     csv_text = render(rows, "csv", opts)
     if grouped:
@@ -264,7 +271,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
     import matplotlib.pyplot as plt
 
     plt.close("all")
-    header = ["Dataset", "Model", "Freeze", "Head"] + [LABELS[m] + " [CI]" for m in opts.metrics] + ["CI unit"]
+    header = ["Dataset", "Model", "Freeze", "Head"] + metric_headers(opts, " [CI]") + ["CI unit"]
     body = [row + [r.unit] for row, r in zip(_body(rows, opts, False), rows)]
     red = {i for i, r in enumerate(rows) if r.random_weights}
     comp_header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]

@@ -40,6 +40,7 @@ class ReportOptions:
     level: str = "sample"  # or "patient": one prediction per group
     aggregate: str = "mean"  # patient level: mean probability or majority vote
     metrics: tuple[str, ...] = STUDY_METRICS
+    study_ci: bool = False  # add the study's summary (replicate mean [CI of that mean]) beside each interval
 
     def __post_init__(self):
         unknown = [m for m in self.metrics if m not in ALL_METRICS]
@@ -242,18 +243,46 @@ def _method_text(opts: ReportOptions) -> str:
     return f"{b.confidence:.0%} {name} bootstrap, {b.n_resamples} replicates, seed {b.seed}"
 
 
+STUDY_CI_LABEL = "study-style: replicate mean [CI of the mean]"
+
+
+def _study_cell(v: Interval) -> str:
+    if not np.isfinite(v.replicate_mean):
+        return "n/a"
+    lo, hi = v.replicate_mean - v.replicate_mean_half_width, v.replicate_mean + v.replicate_mean_half_width
+    return f"{100 * v.replicate_mean:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+
+
+def metric_headers(opts: ReportOptions, suffix: str = "") -> list[str]:
+    """The metric columns: each metric's interval, and with ``study_ci`` the study's summary beside it."""
+    out = []
+    for m in opts.metrics:
+        out.append(LABELS[m] + suffix)
+        if opts.study_ci:
+            out.append(f"{LABELS[m]}, {STUDY_CI_LABEL}")
+    return out
+
+
+def metric_cells(r: ReportRow, opts: ReportOptions) -> list[str]:
+    out = []
+    for m in opts.metrics:
+        out.append(_cell(r.values[m], r.seeds, m, r.few_units))
+        if opts.study_ci:
+            out.append(_study_cell(r.values[m]))
+    return out
+
+
 def _headers(rows: list[ReportRow], opts: ReportOptions) -> tuple[list[str], bool]:
     units = {r.unit for r in rows}
     per_row = len(units) > 1
     suffix = "" if per_row else f" [CI by {units.pop()}]"
     head = ["Dataset", "Model", "Freeze", "Head"] + (["CI unit"] if per_row else [])
-    return head + [LABELS[m] + suffix for m in opts.metrics], per_row
+    return head + metric_headers(opts, suffix), per_row
 
 
 def _body(rows: list[ReportRow], opts: ReportOptions, per_row_unit: bool) -> list[list[str]]:
     return [[r.dataset, r.model_label, r.freeze, r.head_label + (" (incomplete seeds)" if r.missing_seeds else "")]
-            + ([r.unit] if per_row_unit else []) + [_cell(r.values[m], r.seeds, m, r.few_units) for m in opts.metrics]
-            for r in rows]
+            + ([r.unit] if per_row_unit else []) + metric_cells(r, opts) for r in rows]
 
 
 def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
@@ -270,6 +299,11 @@ def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
                      "seed's bootstrap.")
     if any(r.random_weights for r in rows):
         notes.append(f"{RANDOM_MARK} random weights (--weights random): NOT a pretrained result.")
+    if opts.study_ci:
+        notes.append(f"'{STUDY_CI_LABEL}': the study's summary, for comparison with published numbers only: the "
+                     f"mean of the {opts.bootstrap.n_resamples} bootstrap replicates and the 95% interval of that "
+                     "mean (± 1.96 sd/√R). Its width shrinks toward zero as R grows and says nothing about how "
+                     "uncertain the metric is on this test set; the interval beside it does.")
     undefined = sorted({(r.dataset, r.model_label, r.head_label, m, r.values[m].undefined, r.values[m].replicates)
                         for r in rows for m in opts.metrics if r.values[m].undefined_share > UNDEFINED_LIMIT})
     if undefined:
@@ -348,6 +382,13 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
                                 "test value + bootstrap CI", f"{v.value:.10g}", f"{v.low:.10g}", f"{v.high:.10g}", "",
                                 b.method, b.confidence, b.n_resamples, b.seed, r.unit, r.n_units, r.stratified,
                                 v.undefined, (RANDOM_MARK if r.random_weights else "") + _marks(v, r.few_units),
+                                r.run.path])
+                if opts.study_ci and v is not None:
+                    w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
+                                "study-style: replicate mean + CI of the mean", f"{v.replicate_mean:.10g}",
+                                f"{v.replicate_mean - v.replicate_mean_half_width:.10g}",
+                                f"{v.replicate_mean + v.replicate_mean_half_width:.10g}", "", "normal CI of the mean",
+                                b.confidence, b.n_resamples, b.seed, r.unit, r.n_units, r.stratified, v.undefined, "",
                                 r.run.path])
                 if r.seeds and m in r.seeds["mean"]:
                     w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,

@@ -24,14 +24,14 @@ from probebench.validate import component, line_of, problem, read_toml
 MODES = ("frozen", "unfrozen")
 SECTIONS = {
     "study": {"name", "datasets", "models", "modes", "heads", "grid", "seeds", "weights", "data_root", "cache_dir",
-              "runs_dir", "report_dir", "synthetic"},
+              "runs_dir", "report_dir", "synthetic", "val_unit"},
     "training": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "select_metric", "patience"},
     "unfrozen": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "accumulate", "precision",
                  "grad_checkpointing", "workers"},
     "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad", "draft",
                 "channels_last", "mean", "std", "interpolation"},
     "models": set(),  # [models.<name>]: per-model settings (MODEL_KEYS)
-    "report": {"resamples", "method", "unit", "stratify", "level", "aggregate", "metrics"},
+    "report": {"resamples", "method", "unit", "stratify", "level", "aggregate", "metrics", "study_ci"},
 }
 
 
@@ -58,6 +58,7 @@ class Study:
     extract: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     per_model: dict = field(default_factory=dict)  # model -> {tap, heads, head_weights, unfrozen_head}
+    val_unit: str = "group"  # "sample": validation carved by image, as the study's code
 
     def heads_for(self, model: str) -> list[str]:
         return list(self.per_model.get(model, {}).get("heads", self.heads))
@@ -96,7 +97,7 @@ MODEL_KEYS = {  # [models.<name>] key -> (test, what is allowed)
     "head_weights": (lambda v: isinstance(v, str) and v, "a checkpoint path"),
     "unfrozen_head": (lambda v: problem("finetune_head", v) is None, "linear or study_mlp"),
 }
-SECTION_RULES = {"study": ("seeds", "grid", "weights"), "extract": tuple(SECTIONS["extract"] - {"mean", "std"}),
+SECTION_RULES = {"study": ("seeds", "grid", "weights", "val_unit"), "extract": tuple(SECTIONS["extract"] - {"mean", "std"}),
                  "training": tuple(SECTIONS["training"]), "report": tuple(SECTIONS["report"]),
                  "unfrozen": tuple(SECTIONS["unfrozen"] - {"precision"})}
 
@@ -176,7 +177,7 @@ def load_study(path: str | Path) -> Study:
                  runs_dir=s.get("runs_dir", "runs"), report_dir=s.get("report_dir", "report"),
                  synthetic=bool(s.get("synthetic", False)), training=raw.get("training", {}),
                  unfrozen=raw.get("unfrozen", {}), extract=raw.get("extract", {}), report=raw.get("report", {}),
-                 per_model=per_model)
+                 per_model=per_model, val_unit=s.get("val_unit", "group"))
 
 
 @dataclass
@@ -239,8 +240,9 @@ def _save_state(study: Study, state: dict) -> None:
 def _extract_options(study: Study, model: str) -> dict:
     """What defines a model's cached features in this study: [extract], then [models.<model>] tap/head_weights."""
     e = {**study.extract, **{k: v for k, v in study.per_model.get(model, {}).items() if k in ("tap", "head_weights")}}
-    return {k: e[k] for k in ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft",
-                              "channels_last", "interpolation", "head_weights") if k in e}
+    out = {k: e[k] for k in ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft",
+                             "channels_last", "interpolation", "head_weights") if k in e}
+    return {**out, **({"val_unit": study.val_unit} if study.val_unit != "group" else {})}
 
 
 def plan(study: Study, only: str | None = None) -> list[Cell]:
@@ -388,7 +390,8 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
                             seed=s, progress=progress, existing="reuse", resume="auto", head=c.head,
                             **{k: v for k, v in _extract_options(study, c.model).items()
-                               if k in ("resize", "crop", "tap", "mean", "std", "interpolation", "head_weights")})))
+                               if k in ("resize", "crop", "tap", "mean", "std", "interpolation", "head_weights",
+                                        "val_unit")})))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
                 state[c.key] = {"hash": c.hash, "status": "done", "runs": runs}
             except KeyboardInterrupt:

@@ -62,8 +62,10 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
     "grad_checkpointing": (lambda v: isinstance(v, bool), "true or false"),
     "grid": (lambda v: isinstance(v, bool), "true or false"),
     "interpolation": _choice(("bilinear", "bicubic")),
+    "val_unit": _choice(("group", "sample")),
     "finetune_head": _choice(("linear", "study_mlp")),
     "standardize": (lambda v: isinstance(v, bool), "true or false"),
+    "study_ci": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

@@ -234,3 +234,22 @@ def test_grayscale_fast_path_gives_the_same_tensor_as_rgb(tmp_path):
         gray = load_image(path)
         assert gray.mode == "L"
         assert torch.equal(tf(gray), tf(gray.convert("RGB")))
+
+
+def test_val_unit_sample_carves_validation_by_image_and_keeps_test_disjoint(tiny):
+    """The study's code split validation from training images at random: patients then straddle train and
+    validation (validation optimistic). As an option only; test stays patient-disjoint, and it is said."""
+    from probebench.datasets import load_manifest
+
+    spec, root = tiny
+    by_group = load_manifest(str(spec), root)
+    by_image = load_manifest(str(spec), root, val_unit="sample")
+    assert by_image.hash() != by_group.hash()
+    assert np.array_equal(by_image.splits == "test", by_group.splits == "test")  # test carved the same way
+    shared = set(by_image.groups[by_image.splits == "train"]) & set(by_image.groups[by_image.splits == "val"])
+    assert shared  # 2 images per patient, validation drawn per image: some patients straddle
+    assert not set(by_image.groups[by_image.splits == "test"]) & set(by_image.groups[by_image.splits != "test"])
+    assert not set(by_group.groups[by_group.splits == "train"]) & set(by_group.groups[by_group.splits == "val"])
+    assert any("val_unit = sample" in n for n in by_image.notes)
+    with pytest.raises(ProbebenchError, match="val_unit 'patient' is not one of group, sample"):
+        load_manifest(str(spec), root, val_unit="patient")

@@ -193,3 +193,28 @@ def test_the_imagenet_logits_layer_is_part_of_the_cache_key(tiny, tmp_path):
         assert job.request.key_material()["head_sha256"] == job.request.weights["head_sha256"]
     cls = resolve_job("dinov2_s", str(spec), data_root=root, weights=str(tmp_path / "backbone.pth"))
     assert keys[0] != keys[1] and cls.request.key not in keys and "head_sha256" not in cls.request.key_material()
+
+
+def test_interpolation_is_an_option_and_part_of_the_key(tiny):
+    """The study resized every model bilinearly; DINOv2's default is bicubic. --interpolation bilinear gives a
+    DINOv2 transform equal to torchvision's own bilinear pipeline, and another cache key."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from probebench.errors import ProbebenchError
+    from probebench.extract import resolve_job
+    from probebench.images import make_transform
+
+    spec, root = tiny
+    default = resolve_job("dinov2_s", str(spec), data_root=root, weights="random")
+    bilinear = resolve_job("dinov2_s", str(spec), data_root=root, weights="random", interpolation="bilinear")
+    assert default.config.preprocessing.interpolation == "bicubic"
+    assert bilinear.config.preprocessing.interpolation == "bilinear" and bilinear.request.key != default.request.key
+    pre = bilinear.config.preprocessing
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    reference = T.Compose([T.Resize(pre.resize, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(pre.crop),
+                           T.ToTensor(), T.Normalize(pre.mean, pre.std)])(img)
+    assert torch.allclose(make_transform(pre)(img), reference, atol=1e-5)
+    with pytest.raises(ProbebenchError, match="--interpolation must be one of bilinear, bicubic, not 'nearest'"):
+        resolve_job("dinov2_s", str(spec), data_root=root, weights="random", interpolation="nearest")

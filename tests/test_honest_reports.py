@@ -133,3 +133,32 @@ def test_compare_cli_with_bca_says_p_inverts_the_interval(study_like):
     res = CliRunner().invoke(app, ["compare", str(a), str(b), "--method", "bca", "--resamples", "400"])
     assert res.exit_code == 0, res.output
     assert "95% BCa bootstrap" in res.output and "p inverts the interval shown" in res.output
+
+
+def test_study_style_ci_is_the_ci_of_the_replicate_mean_and_shrinks_with_replicates(tmp_path):
+    """The study's summary, as an extra labelled column: the replicate mean ± 1.96 sd/√R. For accuracy the
+    replicate sd is sqrt(p(1-p)/n) (closed form), so the column is ~√R times narrower than the interval."""
+    from probebench.bootstrap import bootstrap
+    from probebench.evaluate import eval_data
+    from probebench.runs import read_run
+
+    y = np.tile([0, 1], 200)
+    run = read_run(fake_run(tmp_path, y, predictions(y, 0.8, 5)))
+    p = (run.y_pred == run.y_true).mean()
+    sd = np.sqrt(p * (1 - p) / len(y))
+    widths = {}
+    for r in (1000, 4000):
+        v = bootstrap(eval_data(run, "sample", "mean"), BootstrapConfig(n_resamples=r, unit="sample"))[0]["accuracy"]
+        assert v.replicate_mean == pytest.approx(p, abs=4 * sd / np.sqrt(r))
+        assert v.replicate_mean_half_width == pytest.approx(1.96 * sd / np.sqrt(r), rel=0.1)
+        assert (v.high - v.low) == pytest.approx(2 * 1.96 * sd, rel=0.1)  # the honest interval does not shrink
+        widths[r] = v.replicate_mean_half_width
+    assert widths[4000] / widths[1000] == pytest.approx(0.5, rel=0.1)
+    opts = ReportOptions(BootstrapConfig(n_resamples=1000, unit="sample"), metrics=("accuracy",), study_ci=True)
+    rows = collect_rows(tmp_path, opts=opts)
+    md = render(rows, "md", opts)
+    assert "Accuracy, study-style: replicate mean [CI of the mean]" in md and "says nothing about how" in md
+    out = write_report(tmp_path, tmp_path / "rep", opts=opts, rows=rows)
+    for name in ("tables.md", "report.html", "results.csv"):
+        assert "study-style" in (out / name).read_text(), name
+    assert "study-style: replicate mean [CI of the mean]" in (out / "tables.tex").read_text()

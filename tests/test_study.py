@@ -175,12 +175,15 @@ def test_faithful_and_recommended_grids_run_on_synthetic_data_and_report_side_by
                 .replace('report_dir = "report"', 'report_dir = "report-faithful"')
                 .replace("[training]", '[models.dinov2_s]\ntap = "imagenet_logits"\nheads = ["study_mlp"]\n'
                                        'unfrozen_head = "study_mlp"\n\n[training]')
-                .replace("[extract]", '[extract]\ninterpolation = "bilinear"'))
+                .replace("[extract]", '[extract]\ninterpolation = "bilinear"')
+                .replace('report_dir = "report-faithful"', 'report_dir = "report-faithful"\nval_unit = "sample"')
+                .replace("[report]", "[report]\nstudy_ci = true"))
     for text, name in ((recommended, "rec.toml"), (faithful, "faith.toml")):
         result = run_study(load_study(write(tmp_path / name, text)), progress=False, echo=lambda t: None)
         assert [c.status for c in result.cells] == ["done", "done"], [c.detail for c in result.cells]
     page = (Path("report-faithful") / "tables.md").read_text()
     assert "study mlp 256" in page and "| linear |" not in page  # the faithful report: its own runs only
+    assert "study-style: replicate mean [CI of the mean]" in page
     res = CliRunner().invoke(app, ["report", "--format", "md", "--resamples", "200"])
     assert res.exit_code == 0, res.output
     rows = [ln for ln in res.output.splitlines() if re.match(r"\| demo_shapes \| dinov2_s † \| [YN] \|", ln)]
