@@ -220,7 +220,7 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
              study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
              resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch."),
              force: bool = typer.Option(False, "--force", help="Run again even if an identical run is complete.")):
-    """Fine-tune end to end (all weights; the study's unfrozen path) and write a run directory."""
+    """Fine-tune end to end (all weights trained: the study's unfrozen setting) and write a run directory."""
     from probebench.finetune import finetune as run
 
     path = run(model, dataset, data_root=data_root, runs_dir=runs_dir, weights=weights, tap=tap, resize=resize,
