@@ -30,7 +30,7 @@ from probebench.filehash import content_digests
 from probebench.images import is_junk
 from probebench.pixels import PixelRules
 from probebench.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
-from probebench.validate import component, line_of, outside, read_toml
+from probebench.validate import VAL_UNITS, component, line_of, outside, read_toml
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
@@ -320,9 +320,6 @@ def say_notes(manifest: "Manifest") -> None:
 
 
 # ---------------------------------------------------------------- resolving
-
-VAL_UNITS = ("group", "sample")
-
 
 def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quiet: bool = False,
                   val_unit: str = "group") -> Manifest:

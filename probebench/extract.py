@@ -178,7 +178,8 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
             tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
             precision: str = "fp32", channels_last: bool | None = None, draft: bool = False,
             store_dtype: str = "float32", head_weights: str | None = None, interpolation: str | None = None,
-            val_unit: str = "group", device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
+            val_unit: str = "group", device: str = "auto", batch_size: int | None = None, chunk_size: int = 256,
+            workers: int | None = None,
             force: bool = False, skip_bad: bool = False, progress: bool = True,
             on_chunk: Callable[[int], None] | None = None) -> Path | str:
     """Fill the cache for ``model`` x ``dataset``; returns the store location. Resumes unless ``force``.

@@ -408,8 +408,12 @@ def publish_generation(out: Path, staging: Path, modalities: list[str]) -> Path:
         if entry.is_symlink() and os.readlink(entry).startswith(f"{GENERATIONS}/current/") and not entry.exists():
             entry.unlink()
     for old in gens.iterdir():  # earlier and interrupted preparations
-        if old.name not in (final.name, "current"):
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        if old.name in (final.name, "current"):
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     return final
 
 

@@ -214,7 +214,7 @@ def timm_config(name: str) -> ModelConfig:
             raise ProbebenchError(f"unknown timm model {base!r}" + (f"; did you mean: {', '.join(close)}?" if close
                                                                    else "; see timm.list_models()"))
         if "." in arch:
-            tags = [t for t in timm.list_pretrained(f"{base}.*")]
+            tags = list(timm.list_pretrained(f"{base}.*"))
             if arch not in tags:
                 raise ProbebenchError(f"timm model {base!r} has no pretrained tag {arch.split('.', 1)[1]!r}; tags: "
                                       + (", ".join(t.split(".", 1)[1] for t in tags) or "none (use timm:" + base + ")"))

@@ -16,6 +16,9 @@ HEADS = ("linear", "mlp", "study_mlp", "logreg", "knn")
 EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
 FINETUNE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STORE_DTYPES = ("float32", "float16")
+VAL_UNITS = ("group", "sample")
+INTERPOLATIONS = ("bilinear", "bicubic")
+FINETUNE_HEADS = ("linear", "study_mlp")
 
 
 def _int(v) -> bool:
@@ -61,9 +64,9 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
     "channels_last": (lambda v: isinstance(v, bool), "true or false"),
     "grad_checkpointing": (lambda v: isinstance(v, bool), "true or false"),
     "grid": (lambda v: isinstance(v, bool), "true or false"),
-    "interpolation": _choice(("bilinear", "bicubic")),
-    "val_unit": _choice(("group", "sample")),
-    "finetune_head": _choice(("linear", "study_mlp")),
+    "interpolation": _choice(INTERPOLATIONS),
+    "val_unit": _choice(VAL_UNITS),
+    "finetune_head": _choice(FINETUNE_HEADS),
     "standardize": (lambda v: isinstance(v, bool), "true or false"),
     "study_ci": (lambda v: isinstance(v, bool), "true or false"),
 }
@@ -74,8 +77,9 @@ def _report_rules() -> dict:
     from probebench.evaluate import AGGREGATIONS, LEVELS
     from probebench.metrics import ALL_METRICS
 
-    return {"resamples": (lambda v: _int(v) and v >= 1, "an integer >= 1"), "method": _choice(METHODS),
-            "unit": _choice(UNITS), "stratify": _choice(STRATIFY), "level": _choice(LEVELS), "aggregate": _choice(AGGREGATIONS),
+    return {"resamples": (lambda v: _int(v) and v >= 2, "an integer >= 2"), "method": _choice(METHODS),
+            "unit": _choice(UNITS), "stratify": _choice(STRATIFY), "level": _choice(LEVELS),
+            "aggregate": _choice(AGGREGATIONS),
             "metrics": (lambda v: isinstance(v, list) and v and all(m in ALL_METRICS for m in v),
                         "a non-empty list of metrics from " + ", ".join(ALL_METRICS))}
 

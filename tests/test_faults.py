@@ -626,3 +626,18 @@ def test_non_finite_features_stop_extraction_and_are_never_stored(w, monkeypatch
 
     (store,) = (w / "cache" / "tiny" / "resnet50").glob("*.zarr")
     assert not zarr.open_group(str(store), mode="r")["chunk_done"][:].any()
+
+
+def test_the_option_rules_name_what_the_code_accepts():
+    """validate.py keeps light copies of the allowed values (the CLI must not import torch to check an option);
+    they must equal the code's own tables."""
+    from probebench import heads, training, validate
+    from probebench.extract import PRECISIONS
+
+    assert set(validate.HEADS) == set(heads.HEADS)
+    assert set(validate.SELECT_METRICS) == set(training.SELECT_METRICS)
+    assert set(validate.EXTRACT_PRECISIONS) == set(PRECISIONS)
+    for name in validate.OPTIMIZERS:
+        training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], name)
+    with pytest.raises(ValueError):
+        training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], "adamm")
