@@ -20,9 +20,9 @@ from probebench.cache import open_group, store_exists
 from probebench.errors import ProbebenchError
 from probebench.metrics import LABELS, STUDY_METRICS
 from probebench.registry import path_name
-from probebench.report import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, _body, _cell, _comparison_lines,
-                               _study_cell, collect_rows, comparisons, evaluate_run, footnotes, metric_headers,
-                               render)
+from probebench.report import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
+                               collect_rows, comparison_lines, comparisons, evaluate_run, footnotes, metric_headers,
+                               render, study_cell)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
@@ -73,13 +73,13 @@ def latex_tables(rows: list[ReportRow], opts: ReportOptions, comps: list | None 
         previous = r.dataset
         cells = []
         for m in metrics:
-            text = latex_escape(_cell(r.values[m], r.seeds, m, r.few_units))
+            text = latex_escape(cell_text(r.values[m], r.seeds, m, r.few_units))
             cells.append(f"\\textbf{{{text}}}" if r.values[m].value == best[(r.dataset, m)] else text)
             if opts.study_ci:
-                cells.append(latex_escape(_study_cell(r.values[m])))
-        lines.append(" & ".join([latex_escape(x) for x in _body([r], opts, False)[0][:4]] + cells) + r" \\")
+                cells.append(latex_escape(study_cell(r.values[m])))
+        lines.append(" & ".join([latex_escape(x) for x in body_rows([r], opts, False)[0][:4]] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    comp_lines = _comparison_lines(comps or [], compare_metric)
+    comp_lines = comparison_lines(comps or [], compare_metric)
     if comp_lines:
         header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
         lines += [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{latex_escape(COMPARE_NOTE)}}}",
@@ -272,10 +272,10 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
 
     plt.close("all")
     header = ["Dataset", "Model", "Freeze", "Head"] + metric_headers(opts, " [CI]") + ["CI unit"]
-    body = [row + [r.unit] for row, r in zip(_body(rows, opts, False), rows)]
+    body = [row + [r.unit] for row, r in zip(body_rows(rows, opts, False), rows)]
     red = {i for i, r in enumerate(rows) if r.random_weights}
     comp_header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
-    comp_body = _comparison_lines(comps, compare_metric)
+    comp_body = comparison_lines(comps, compare_metric)
     comp_red = {i for i, c in enumerate(comps) if "†" in c.label}
     warnings = [n for n in footnotes(rows, opts) if n[:1] in ("‡", "§")]
     cost_body = []

@@ -228,7 +228,7 @@ def _marks(v: Interval | Difference, few: bool) -> str:
     return (UNDEFINED_MARK if share > UNDEFINED_LIMIT else "") + (FEW_MARK if few else "")
 
 
-def _cell(v: Interval, seeds: dict | None = None, metric: str = "", few: bool = False) -> str:
+def cell_text(v: Interval, seeds: dict | None = None, metric: str = "", few: bool = False) -> str:
     if not np.isfinite(v.value):
         return "n/a"
     text = f"{100 * v.value:.2f} [{100 * v.low:.2f}, {100 * v.high:.2f}]{_marks(v, few)}"
@@ -246,7 +246,7 @@ def _method_text(opts: ReportOptions) -> str:
 STUDY_CI_LABEL = "study-style: replicate mean [CI of the mean]"
 
 
-def _study_cell(v: Interval) -> str:
+def study_cell(v: Interval) -> str:
     if not np.isfinite(v.replicate_mean):
         return "n/a"
     lo, hi = v.replicate_mean - v.replicate_mean_half_width, v.replicate_mean + v.replicate_mean_half_width
@@ -266,9 +266,9 @@ def metric_headers(opts: ReportOptions, suffix: str = "") -> list[str]:
 def metric_cells(r: ReportRow, opts: ReportOptions) -> list[str]:
     out = []
     for m in opts.metrics:
-        out.append(_cell(r.values[m], r.seeds, m, r.few_units))
+        out.append(cell_text(r.values[m], r.seeds, m, r.few_units))
         if opts.study_ci:
-            out.append(_study_cell(r.values[m]))
+            out.append(study_cell(r.values[m]))
     return out
 
 
@@ -280,7 +280,7 @@ def _headers(rows: list[ReportRow], opts: ReportOptions) -> tuple[list[str], boo
     return head + metric_headers(opts, suffix), per_row
 
 
-def _body(rows: list[ReportRow], opts: ReportOptions, per_row_unit: bool) -> list[list[str]]:
+def body_rows(rows: list[ReportRow], opts: ReportOptions, per_row_unit: bool) -> list[list[str]]:
     return [[r.dataset, r.model_label, r.freeze, r.head_label + (" (incomplete seeds)" if r.missing_seeds else "")]
             + ([r.unit] if per_row_unit else []) + metric_cells(r, opts) for r in rows]
 
@@ -340,7 +340,7 @@ def format_p(p: float, replicates: int) -> str:
     return f"< {1 / replicates:.4g}" if p < 1 / max(replicates, 1) else f"{p:.4f}"
 
 
-def _comparison_lines(comps: list[ComparisonRow], metric: str) -> list[list[str]]:
+def comparison_lines(comps: list[ComparisonRow], metric: str) -> list[list[str]]:
     lines = []
     for c in comps:
         if c.diff is None:
@@ -396,10 +396,10 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
                                 f"{r.seeds['sd'][m]:.6f}", "", "", "", "", "", "", "", "", "", r.run.path])
         return out.getvalue()
     header, per_row = _headers(rows, opts)
-    body = _body(rows, opts, per_row)
+    body = body_rows(rows, opts, per_row)
     notes = footnotes(rows, opts)
     comp_header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
-    comp_lines = _comparison_lines(comps or [], compare_metric)
+    comp_lines = comparison_lines(comps or [], compare_metric)
     comp_note = COMPARE_NOTE
     if fmt == "md":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from probebench.bootstrap import BootstrapConfig
 from probebench.cli import app
 from probebench.publish import latex_escape, write_report
-from probebench.report import ReportOptions, _cell, collect_rows, comparisons, render
+from probebench.report import ReportOptions, cell_text, collect_rows, comparisons, render
 
 OPTS = ReportOptions(BootstrapConfig(n_resamples=300, seed=0), metrics=("accuracy", "balanced_accuracy"))
 
@@ -79,7 +79,7 @@ def test_every_format_shows_the_same_labels_marks_and_numbers(study_like, tmp_pa
         flat = " ".join(text.split())
         assert "Balanced acc." in flat and "Δ Accuracy" not in flat, name
         for r in rows:
-            cell = _cell(r.values["accuracy"], r.seeds, "accuracy", r.few_units)
+            cell = cell_text(r.values["accuracy"], r.seeds, "accuracy", r.few_units)
             assert (latex_escape(cell) if name == "tex" else cell) in flat, (name, cell)
         c = comps[0]
         number = f"{100 * c.diff.diff:+.2f} [{100 * c.diff.low:+.2f}, {100 * c.diff.high:+.2f}]"
