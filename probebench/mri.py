@@ -224,13 +224,21 @@ def process_volume(image_path: Path, mask_path: Path, settings: MriSettings
     if not keep:
         raise SkipVolume(f"{mask_path.name}: no axial slice has more than {settings.min_roi_pixels} mask pixels "
                          f"after resampling (largest: {int(roi.max())})")
-    lo, hi = np.percentile(data, settings.percentiles)
-    if hi <= lo:
+    scaled, intensity = scale_volume(data, settings.percentiles)
+    if scaled is None:
         raise SkipVolume(f"{image_path.name}: constant intensity, nothing to scale")
-    scaled = np.clip((data - lo) / (hi - lo), 0, 1)
-    intensity = {"low": float(lo), "high": float(hi), "percentiles": list(settings.percentiles),
-                 "clipped_low": float((data < lo).mean()), "clipped_high": float((data > hi).mean())}
-    return np.rint(scaled * 255).astype(np.uint8), mask, keep, notes, intensity
+    return scaled, mask, keep, notes, intensity
+
+
+def scale_volume(data: np.ndarray, percentiles=(0.5, 99.5)) -> tuple[np.ndarray | None, dict]:
+    """Per-volume intensity scaling to 8 bits: the percentiles map to 0 and 255, values beyond are clipped (and
+    the clipped shares recorded); None for a constant volume."""
+    lo, hi = np.percentile(data, percentiles)
+    info = {"low": float(lo), "high": float(hi), "percentiles": list(percentiles),
+            "clipped_low": float((data < lo).mean()), "clipped_high": float((data > hi).mean())}
+    if hi <= lo:
+        return None, info
+    return np.rint(np.clip((data - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8), info
 
 
 def display_slice(volume: np.ndarray, k: int) -> np.ndarray:

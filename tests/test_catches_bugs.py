@@ -1,0 +1,174 @@
+"""Tests aimed at bugs that once passed the whole suite: each expectation is computed independently of the code
+under test (literal constants, hand-worked sequences, a hand-computed volume, the store read directly)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_image, write_spec
+from PIL import Image
+
+from probebench.training import LoopState, train_loop
+
+
+def test_patience_stops_at_the_exact_epoch():
+    """Validation accuracy 0.5, 0.6, 0.6, 0.55, 0.58, 0.59, 0.7 with patience 3: epoch 2 is best (a tie is no
+    improvement), epochs 3, 4, 5 are stale, so training stops after epoch 5; epoch 6 never runs."""
+    scores = iter([0.5, 0.6, 0.6, 0.55, 0.58, 0.59, 0.7])
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    batches = lambda epoch: [(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))]  # noqa: E731
+    state = train_loop(model, opt, batches, lambda m: {"val_loss": 0.0, "val_accuracy": next(scores)}, epochs=7,
+                       seed=0, patience=3, state=LoopState())
+    assert state.epoch == 5 and state.best_epoch == 2 and [r["epoch"] for r in state.history] == [1, 2, 3, 4, 5]
+    scores = iter([0.5, 0.6, 0.6, 0.55, 0.58, 0.59, 0.7])
+    state = train_loop(model, opt, batches, lambda m: {"val_loss": 0.0, "val_accuracy": next(scores)}, epochs=7,
+                       seed=0, state=LoopState())
+    assert state.epoch == 7 and state.best_epoch == 7  # without patience every epoch runs
+
+
+def test_the_best_epoch_is_chosen_on_validation_not_training():
+    """Training accuracy rises every epoch while validation peaks at epoch 2: the kept weights are epoch 2's."""
+    val = iter([0.4, 0.9, 0.5, 0.3])
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.eye(2), torch.tensor([0, 1])
+    snapshots = []
+
+    def validate(m):
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"val_loss": 0.0, "val_accuracy": next(val)}
+
+    state = train_loop(model, opt, lambda e: [(x, y)], validate, epochs=4, seed=0, state=LoopState())
+    assert state.best_epoch == 2
+    assert all(torch.equal(state.best_state[k], snapshots[1][k]) for k in snapshots[1])
+    assert [r["train_accuracy"] for r in state.history] == sorted(r["train_accuracy"] for r in state.history)
+
+
+def test_labels_follow_the_specs_class_order_not_the_alphabet(tmp_path):
+    from probebench.datasets import load_manifest
+
+    root = tmp_path / "data"
+    for i in range(6):
+        write_image(root / "zoo" / "zebra" / f"p{i}_0.png", seed=i)
+        write_image(root / "zoo" / "ant" / f"q{i}_0.png", seed=10 + i)
+    spec = write_spec(tmp_path / "zoo.toml", 'kind = "folder"\nroot = "zoo"\nclasses = ["zebra", "ant"]\n'
+                                              "[split]\ntest_fraction = 0.3\n")
+    m = load_manifest(str(spec), root)
+    assert {p.split("/")[-2]: int(lab) for p, lab in zip(m.paths, m.labels)} == {"zebra": 0, "ant": 1}
+
+
+def test_default_preprocessing_equals_a_literal_torchvision_pipeline():
+    """Resize 256 (bilinear), centre-crop 224, ImageNet mean and std written out here, not taken from the code."""
+    from torchvision import transforms as T
+
+    from probebench.images import make_transform
+    from probebench.registry import get_config
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 260, 3), dtype=np.uint8))
+    reference = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224),
+                           T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])(img)
+    ours = make_transform(get_config("resnet50").preprocessing)(img)
+    assert ours.shape == (3, 224, 224) and torch.allclose(ours, reference, atol=1e-5)
+    dino = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+                      T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])(img)
+    assert torch.allclose(make_transform(get_config("dinov2_s").preprocessing)(img), dino, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["label", "group", "split_seed", "pixels"])
+def test_the_manifest_hash_covers_labels_groups_splits_and_pixel_rules(tiny, tmp_path, change):
+    from probebench.datasets import load_manifest
+
+    from conftest import TINY_SPEC
+
+    spec, root = tiny
+    before = load_manifest(str(spec), root).hash()
+    text = {"label": TINY_SPEC.replace('classes = ["a", "b"]', 'classes = ["b", "a"]'),
+            "group": TINY_SPEC.replace("'^(?P<group>p\\d+)_'", "'^(?P<group>p\\d+_\\d)'"),
+            "split_seed": TINY_SPEC.replace("seed = 0", "seed = 1"),
+            "pixels": TINY_SPEC + '[pixels]\nintensity = "percentile"\n'}[change]
+    assert text != TINY_SPEC
+    other = write_spec(tmp_path / "other.toml", text)
+    assert load_manifest(str(other), root).hash() != before
+
+
+def test_precision_is_part_of_the_cache_key(tiny):
+    from probebench.extract import resolve_job
+
+    spec, root = tiny
+    keys = {p: resolve_job("resnet50", str(spec), data_root=root, weights="random", precision=p).request.key
+            for p in ("fp32", "bf16", "fp16")}
+    assert len(set(keys.values())) == 3
+
+
+def test_export_writes_groups_where_groups_belong(tiny, tmp_path):
+    """Every array of every format against the store read directly with zarr."""
+    import h5py
+    import zarr
+
+    from probebench.export import export_features
+    from probebench.extract import extract
+
+    spec, root = tiny
+    opts = dict(data_root=root, cache_dir=tmp_path / "c", weights="random", resize=40, crop=32)
+    store = extract("resnet50", str(spec), workers=0, progress=False, **opts)
+    z = zarr.open_group(str(store), mode="r")
+    want_groups = [str(g) for g in z["groups"][:]]
+    want_ids = [str(s) for s in z["sample_ids"][:]]
+    assert want_groups != want_ids
+    out = export_features("resnet50", str(spec), tmp_path / "f.h5", **opts)
+    with h5py.File(out, "r") as fh:
+        assert [g.decode() for g in fh["groups"][()]] == want_groups
+        assert [s.decode() for s in fh["sample_ids"][()]] == want_ids
+    with np.load(export_features("resnet50", str(spec), tmp_path / "f.npz", **opts)) as npz:
+        assert npz["groups"].tolist() == want_groups and npz["sample_ids"].tolist() == want_ids
+    pt = torch.load(export_features("resnet50", str(spec), tmp_path / "f.pt", **opts), weights_only=True)
+    assert pt["groups"] == want_groups and pt["sample_ids"] == want_ids
+
+
+def test_prepare_mri_scales_each_volume_by_its_percentiles(tmp_path):
+    """A volume with one extreme voxel: percentile scaling (0.5-99.5) maps the bulk to the full 0-255 range; min-max
+    scaling would crush it near 0. Expected values computed here with numpy from the volume itself."""
+    from probebench.mri import scale_volume
+
+    rng = np.random.default_rng(0)
+    vol = rng.uniform(100, 200, (20, 20, 4)).astype(np.float32)
+    vol[0, 0, 0] = 10_000.0  # a hot voxel
+    lo, hi = np.percentile(vol, [0.5, 99.5])
+    expected = np.clip((vol[:, :, 2] - lo) / (hi - lo), 0, 1) * 255
+    scaled, info = scale_volume(vol)
+    assert np.abs(scaled[:, :, 2].astype(float) - expected).max() <= 1.0
+    assert scaled[:, :, 2].max() >= 250  # the bulk spans the range: not min-max
+    assert info["low"] == pytest.approx(lo) and info["high"] == pytest.approx(hi)
+    assert scale_volume(np.full((4, 4, 2), 7.0))[0] is None
+
+
+def test_fine_tuned_predictions_use_batchnorm_in_eval_mode(tiny, tmp_path):
+    """The test probabilities a fine-tune writes are the eval-mode forward of its best weights (BatchNorm with
+    running statistics); a train-mode forward (batch statistics) gives other numbers, so the check can fail."""
+    import copy
+
+    from probebench.extract import resolve_job
+    from probebench.finetune import Classifier, finetune
+    from probebench.images import load_image, make_transform
+    from probebench.registry import create_model
+    from probebench.runs import read_run
+
+    spec, root = tiny
+    best = {}
+    run = read_run(finetune("resnet50", str(spec), data_root=root, runs_dir=tmp_path / "runs", weights="random",
+                            resize=40, crop=32, epochs=2, lr=1e-2, batch_size=8, workers=0, progress=False,
+                            on_epoch=lambda s, row: best.update(state=copy.deepcopy(s.best_state))))
+    job = resolve_job("resnet50", str(spec), data_root=root, weights="random", resize=40, crop=32)
+    m = job.manifest
+    transform = make_transform(job.config.preprocessing)
+    index = {sid: i for i, sid in enumerate(m.sample_ids)}
+    x = torch.stack([transform(load_image(m.paths[index[s]], None, m.pixels)) for s in run.sample_ids])
+    net = Classifier(create_model("resnet50", "random", img_size=32), 2, seed=0, freeze_backbone=False)
+    net.load_state_dict(best["state"])
+    with torch.no_grad():
+        eval_proba = torch.softmax(net.eval()(x), 1).numpy()
+        train_proba = torch.softmax(net.train()(x), 1).numpy()
+    assert np.abs(eval_proba - run.proba).max() < 1e-4
+    assert np.abs(train_proba - run.proba).max() > 1e-3
