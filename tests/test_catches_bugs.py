@@ -172,3 +172,22 @@ def test_fine_tuned_predictions_use_batchnorm_in_eval_mode(tiny, tmp_path):
         train_proba = torch.softmax(net.train()(x), 1).numpy()
     assert np.abs(eval_proba - run.proba).max() < 1e-4
     assert np.abs(train_proba - run.proba).max() > 1e-3
+
+
+def test_the_manifest_hash_changes_when_only_one_label_changes(tmp_path):
+    """Same files, same classes, same groups and splits: one row of the table relabelled."""
+    from probebench.datasets import load_manifest
+
+    root = tmp_path / "data" / "tab"
+    rows = []
+    for i in range(12):
+        write_image(root / f"img{i}.png", seed=i)
+        split = "train" if i < 6 else "val" if i < 9 else "test"  # shipped: nothing is carved, so only the label moves
+        rows.append(f"img{i}.png,{'ab'[i % 2]},{split}\n")
+    spec = write_spec(tmp_path / "tab.toml", 'kind = "csv"\nroot = "tab"\nclasses = ["a", "b"]\n[csv]\n'
+                                              'file = "t.csv"\n')
+    (root / "t.csv").write_text("path,label,split\n" + "".join(rows))
+    before = load_manifest(str(spec), tmp_path / "data").hash()
+    rows[0] = rows[0].replace(",a,", ",b,")
+    (root / "t.csv").write_text("path,label,split\n" + "".join(rows))
+    assert load_manifest(str(spec), tmp_path / "data").hash() != before
