@@ -113,7 +113,8 @@ def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
 def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
             cache_dir: str = CacheOpt, weights: str = WeightsOpt, tap: Optional[str] = TapOpt,
             head_weights: Optional[str] = HeadWeightsOpt, interpolation: Optional[str] = InterpOpt,
-            val_unit: str = ValUnitOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
+            val_unit: str = ValUnitOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
+            mean: Optional[str] = MeanOpt,
             std: Optional[str] = StdOpt, precision: str = PrecisionOpt,
             channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
             store_dtype: str = StoreOpt, device: str = typer.Option("auto", help="auto (cuda > mps > cpu), or a "
@@ -131,7 +132,8 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
     path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap, resize=resize,
                crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), precision=precision,
                channels_last=channels_last, draft=draft, store_dtype=store_dtype, head_weights=head_weights,
-               interpolation=interpolation, val_unit=val_unit, device=device, batch_size=batch_size, chunk_size=chunk_size, workers=workers, force=force,
+               interpolation=interpolation, val_unit=val_unit, device=device, batch_size=batch_size,
+               chunk_size=chunk_size, workers=workers, force=force,
                skip_bad=skip_bad)
     out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
 

@@ -135,16 +135,14 @@ def forest_plot(rows: list[ReportRow], dataset: str, metric: str = "accuracy"):
     side; † on random-weight rows; the legend outside the data."""
     plt = _pyplot()
     mine = [r for r in rows if r.dataset == dataset]
-    labels: list[str] = []
-    for r in mine:
-        label = f"{r.model_label} · {r.head_label}" if r.freeze == "Y" else f"{r.model_label} · fine-tuned"
-        if label not in labels:
-            labels.append(label)
+    def row_label(r: ReportRow) -> str:
+        return f"{r.model_label} · {r.head_label}" if r.freeze == "Y" else f"{r.model_label} · fine-tuned"
+
+    labels = list(dict.fromkeys(row_label(r) for r in mine))
     fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(labels) + 1.2))
     styles = {"Y": ("#1f77b4", "o", "frozen"), "N": ("#d62728", "s", "unfrozen")}
     for freeze, (color, marker, name) in styles.items():
-        pts = [(labels.index(f"{r.model_label} · {r.head_label}" if freeze == "Y" else f"{r.model_label} · fine-tuned"),
-                r.values[metric]) for r in mine if r.freeze == freeze]
+        pts = [(labels.index(row_label(r)), r.values[metric]) for r in mine if r.freeze == freeze]
         if not pts:
             continue
         ys = [p[0] for p in pts]
@@ -295,8 +293,8 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
     provenance = ["versions:"] + [f"  {v}" for v in version_sets]
     provenance += ["weights:"] + sorted({f"  {r.model}: {r.run.config['weights'].get('label')} sha256 "
                                          f"{r.run.config['weights']['sha256']}" for r in rows})
-    provenance += ["runs:"] + [f"  {r.run.path} (device {r.run.config.get('extract_device') or r.run.config.get('device')})"
-                               for r in rows]
+    provenance += ["runs:"] + [f"  {r.run.path} (device "
+                               f"{r.run.config.get('extract_device') or r.run.config.get('device')})" for r in rows]
     if study is not None:
         provenance += [f"study file {study.source}:", study.source.read_text()]
     page = f"""<!DOCTYPE html>

@@ -97,7 +97,8 @@ MODEL_KEYS = {  # [models.<name>] key -> (test, what is allowed)
     "head_weights": (lambda v: isinstance(v, str) and v, "a checkpoint path"),
     "unfrozen_head": (lambda v: problem("finetune_head", v) is None, "linear or study_mlp"),
 }
-SECTION_RULES = {"study": ("seeds", "grid", "weights", "val_unit"), "extract": tuple(SECTIONS["extract"] - {"mean", "std"}),
+SECTION_RULES = {"study": ("seeds", "grid", "weights", "val_unit"),
+                 "extract": tuple(SECTIONS["extract"] - {"mean", "std"}),
                  "training": tuple(SECTIONS["training"]), "report": tuple(SECTIONS["report"]),
                  "unfrozen": tuple(SECTIONS["unfrozen"] - {"precision"})}
 
@@ -123,7 +124,8 @@ def load_study(path: str | Path) -> Study:
             continue  # checked below, once the models are known
         for key in content:
             if key not in SECTIONS[section]:
-                fail(section, key, f"unknown key {key!r} in [{section}]; allowed: {', '.join(sorted(SECTIONS[section]))}")
+                fail(section, key, f"unknown key {key!r} in [{section}]; allowed: "
+                                   f"{', '.join(sorted(SECTIONS[section]))}")
     s = raw.get("study", {})
     for key in ("datasets", "models"):
         if key not in s:

@@ -85,8 +85,8 @@ def _report_rules() -> dict:
 
 
 RULES.update(_report_rules())
-OPTIONAL = {"interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight", "tap", "batch_size",
-            "channels_last"}
+OPTIONAL = {"interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight",
+            "tap", "batch_size", "channels_last"}
 
 
 def flag(key: str) -> str:
