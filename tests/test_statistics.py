@@ -260,3 +260,22 @@ def test_stratified_draws_keep_each_class_size():
     for w in replicate_weights(codes, n, BootstrapConfig(n_resamples=300, seed=1), strata):
         assert np.array_equal(np.stack([w[:, t == c].sum(axis=1) for c in range(3)], axis=1),
                               np.tile([7, 3, 5], (len(w), 1)))
+
+
+def test_percentile_index_and_bca_terms_on_hand_made_replicates():
+    """Exact values a Monte-Carlo comparison with scipy cannot resolve: the quantile positions of 0..99 and the
+    BCa acceleration of a hand-made jackknife (an off-by-one rank or a flipped sign fails here)."""
+    from statistics import NormalDist
+
+    from probebench.bootstrap import _bca_terms, bca_interval, percentile_interval
+
+    values = np.arange(100.0)
+    assert percentile_interval(values, 0.90) == pytest.approx((4.95, 94.05))  # positions 99 * 0.05 and 99 * 0.95
+    jack = np.array([1.0, 2.0, 3.0, 10.0])  # d = mean - jack = (3, 2, 1, -6)
+    z0, a = _bca_terms(np.arange(10.0), 4.5, jack)
+    assert z0 == pytest.approx(0.0) and a == pytest.approx(-180 / (6 * 50 ** 1.5))
+    n = NormalDist()
+    lo_level = n.cdf(n.inv_cdf(0.025) / (1 - a * n.inv_cdf(0.025)))
+    hi_level = n.cdf(n.inv_cdf(0.975) / (1 - a * n.inv_cdf(0.975)))
+    low, high = bca_interval(values, 49.5, jack, 0.95)
+    assert (low, high) == pytest.approx((99 * lo_level, 99 * hi_level))
