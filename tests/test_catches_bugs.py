@@ -191,3 +191,17 @@ def test_the_manifest_hash_changes_when_only_one_label_changes(tmp_path):
     rows[0] = rows[0].replace(",a,", ",b,")
     (root / "t.csv").write_text("path,label,split\n" + "".join(rows))
     assert load_manifest(str(spec), tmp_path / "data").hash() != before
+
+
+@pytest.mark.parametrize("change", [
+    {"weights": "random:1"}, {"tap": "cls_patchmean"}, {"resize": 300}, {"crop": 196}, {"mean": 0.5}, {"std": 0.5},
+    {"interpolation": "bilinear"}, {"precision": "bf16"}, {"store_dtype": "float16"}, {"channels_last": True},
+    {"draft": True}, {"val_unit": "sample"}])
+def test_every_input_of_the_cache_key_changes_it(tiny, change):
+    """One field at a time against the same baseline (DINOv2-S, random weights): the key must move."""
+    from probebench.extract import resolve_job
+
+    spec, root = tiny
+    base = resolve_job("dinov2_s", str(spec), data_root=root, weights="random")
+    other = resolve_job("dinov2_s", str(spec), data_root=root, **{"weights": "random", **change})
+    assert other.request.key != base.request.key, change
