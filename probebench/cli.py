@@ -300,7 +300,7 @@ def compare(run_a: Path = typer.Argument(..., help="First run directory."),
             run_b: Path = typer.Argument(..., help="Second run directory (same test set)."),
             n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
             aggregate: str = AggOpt, seed: int = BootSeedOpt, stratify: str = StratifyOpt):
-    """A − B for every metric on the same bootstrap replicates, with intervals and two-sided p-values."""
+    """A − B for every metric on the same bootstrap replicates: intervals, and p-values that invert them."""
     from probebench.report import compare_runs, render_compare
     from probebench.runs import read_run
 
