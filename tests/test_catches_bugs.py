@@ -205,3 +205,28 @@ def test_every_input_of_the_cache_key_changes_it(tiny, change):
     base = resolve_job("dinov2_s", str(spec), data_root=root, weights="random")
     other = resolve_job("dinov2_s", str(spec), data_root=root, **{"weights": "random", **change})
     assert other.request.key != base.request.key, change
+
+
+def test_resnet50_features_equal_torchvisions_own_model_and_pipeline(tiny, tmp_path):
+    """The expectation is built without probebench: torchvision's resnet50 with the same weight file, every layer
+    but ``fc``, on images prepared by a torchvision pipeline with literal constants."""
+    import torchvision
+    from torchvision import transforms as T
+
+    from probebench.cache import read_features
+    from probebench.extract import extract
+
+    spec, root = tiny
+    torch.manual_seed(5)
+    reference = torchvision.models.resnet50(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet50-weights.pth")
+    feats = read_features(extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c",
+                                  weights=str(tmp_path / "resnet50-weights.pth"), resize=40, crop=32, batch_size=4,
+                                  workers=0, progress=False))
+    pipeline = T.Compose([T.Resize(40, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(32), T.ToTensor(),
+                          T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    x = torch.stack([pipeline(Image.open(root / "tiny" / sid).convert("RGB")) for sid in feats.sample_ids[:6]])
+    trunk = torch.nn.Sequential(*list(reference.children())[:-1]).eval()
+    with torch.no_grad():
+        expected = trunk(x).flatten(1).numpy()
+    assert np.abs(feats.features[:6] - expected).max() < 1e-4
