@@ -117,6 +117,12 @@ def auto_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def shard_chunks(done: np.ndarray, rank: int, world: int) -> list[int]:
+    """The missing chunks this rank computes: every ``world``-th one, so the ranks' shares are disjoint and
+    together cover every missing chunk (a resumed run shares out only what is still missing)."""
+    return [int(c) for c in np.flatnonzero(~np.asarray(done, dtype=bool))][rank::world]
+
+
 def _chunk_batches(pending: list[int], chunk: int, n: int, batch: int) -> list[list[int]]:
     """Batches of sample indices that never cross a chunk boundary (so resumed work is identical)."""
     out = []
@@ -235,7 +241,7 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
         root = fcache.open_store(path, job.request, mode="a")
     chunk_size, n_chunks, n = root.attrs["chunk_size"], root.attrs["n_chunks"], len(job.manifest)
     done = np.asarray(root["chunk_done"][:], dtype=bool)
-    pending = [int(c) for c in np.flatnonzero(~done)][rank::world]  # chunk-aligned, disjoint shards
+    pending = shard_chunks(done, rank, world)
     batches = _chunk_batches(pending, chunk_size, n, batch_size)
     n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
     pre = job.config.preprocessing

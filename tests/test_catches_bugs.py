@@ -230,3 +230,15 @@ def test_resnet50_features_equal_torchvisions_own_model_and_pipeline(tiny, tmp_p
     with torch.no_grad():
         expected = trunk(x).flatten(1).numpy()
     assert np.abs(feats.features[:6] - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_torchrun_shares_are_disjoint_and_cover_the_missing_chunks(world):
+    """Each rank extracts its own share: no chunk twice (N times the work), none forgotten, done ones skipped."""
+    from probebench.extract import shard_chunks
+
+    done = np.array([True, False, False, True, False, False, False, True, False, False, False])
+    shares = [shard_chunks(done, rank, world) for rank in range(world)]
+    flat = [c for share in shares for c in share]
+    assert sorted(flat) == [1, 2, 4, 5, 6, 8, 9, 10] and len(flat) == len(set(flat))
+    assert max(len(s) for s in shares) - min(len(s) for s in shares) <= 1  # balanced
