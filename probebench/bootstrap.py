@@ -226,8 +226,9 @@ def interval_p_value(values: np.ndarray, theta_hat: float, jack: np.ndarray | No
         low, high = percentile_interval(values, confidence)
         p = 2 * min(hi0, 1 - lo0)
     else:
-        low, high = bca_interval(values, theta_hat, jack, confidence)
         z0, a = _bca_terms(values, theta_hat, jack[np.isfinite(jack)])
+        alpha = (1 - confidence) / 2
+        low, high = (float(np.quantile(values, _bca_level(level, z0, a))) for level in (alpha, 1 - alpha))
         p = 2 * min(_bca_nominal(hi0, z0, a), 1 - _bca_nominal(lo0, z0, a))
     return low, high, float(min(1.0, max(0.0, p)))
 

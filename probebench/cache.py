@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,7 +253,8 @@ def _comparable(key_material: dict) -> dict:
 
 def donor_stores(path: Path | str, request: FeatureRequest, pixels: dict) -> list[tuple[Path, zarr.Group]]:
     """Complete stores beside ``path`` made with the same model, weights and options for an earlier version of
-    the same dataset (newest first): their features can be copied for every image whose bytes are unchanged."""
+    the same dataset (newest first): their features can be copied for every image whose bytes are unchanged.
+    A neighbour that cannot be opened is no donor (nothing is copied from it), and that is said."""
     if is_url(path):
         return []
     mine, found = _comparable(request.key_material()), []
@@ -264,8 +266,9 @@ def donor_stores(path: Path | str, request: FeatureRequest, pixels: dict) -> lis
             if (attrs.get("complete") and _comparable(attrs.get("key_material", {})) == mine
                     and attrs.get("pixels") == pixels and not missing_arrays(group) and "digests" in group):
                 found.append((other, group))
-        except Exception:  # an unreadable neighbour is simply not a donor
-            continue
+        except Exception as exc:  # correctness is kept (its chunks are computed), but the user hears of it
+            sys.stderr.write(f"note: {other} cannot be read ({type(exc).__name__}: {exc}); nothing is copied from "
+                             "it (`probebench verify` checks the cache)\n")
     return found
 
 
@@ -290,7 +293,9 @@ def reuse_chunks(root: zarr.Group, donor: zarr.Group, digests: np.ndarray) -> li
             continue
         try:
             block = np.asarray(donor["features"][start:start + hi - lo])
-        except Exception:
+        except Exception as exc:  # a damaged donor chunk: computed afresh instead, and said
+            sys.stderr.write(f"note: chunk {c} of the earlier store cannot be read ({type(exc).__name__}); it is "
+                             "computed afresh (`probebench verify` checks the cache)\n")
             continue
         reasons = d_skipped[start:start + hi - lo]
         if not np.isfinite(block[reasons == ""]).all():

@@ -97,8 +97,9 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
                                         feats.features[test], normalize=normalize, standardize=standardize)
     y_tr, y_va, y_te = (feats.labels[feats.split == s] for s in ("train", "val", "test"))
     n_classes = len(feats.attrs["classes"])
-    check_trainable(feats.attrs["dataset"], feats.attrs["classes"], {
-        s: np.bincount(feats.labels[feats.split == s], minlength=n_classes).tolist() for s in ("train", "val", "test")})
+    counts = {s: np.bincount(feats.labels[feats.split == s], minlength=n_classes).tolist()
+              for s in ("train", "val", "test")}
+    check_trainable(feats.attrs["dataset"], feats.attrs["classes"], counts)
     seed_list = list(seeds) if seeds else [seed]
     options = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                    class_weight=class_weight, select=select_metric, optimizer=optimizer, patience=patience)
@@ -112,8 +113,7 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
         "group_kind": attrs.get("group_kind", "group"), "features": {"normalize": normalize, "standardize": standardize},
         "versions": fcache.versions(), "data_root": [str(r) for r in data_roots(data_root)],
         "n": {s: int((feats.split == s).sum()) for s in ("train", "val", "test")},
-        "counts": {s: np.bincount(feats.labels[feats.split == s], minlength=len(attrs["classes"])).tolist()
-                   for s in ("train", "val", "test")}}
+        "counts": counts}
     group = config_hash({**base, "head": head, "grid": grid, "options": options, "seeds": seed_list})
     first = None
     for position, s in enumerate(seed_list):

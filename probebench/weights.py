@@ -40,24 +40,31 @@ def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: 
         return path
     if config.family == "timm":
         return resolve_timm_weights(config, downloads_allowed() if allow_download is None else allow_download)
-    cached = hub_checkpoint_dir() / config.weight_file
+    return _hub_file(config.weight_file, config.url, config.hash_prefix, allow_download,
+                     f"no weights for {config.name}",
+                     "or pass --weights PATH, or --weights random for an untrained (random) backbone.")
+
+
+def _hub_file(file: str, url: str, hash_prefix: str | None, allow_download: bool | None, missing: str,
+              alternatives: str) -> Path:
+    """An official file in the torch hub cache, downloaded there when allowed; otherwise an error that says where
+    to put it (``missing`` starts the message, ``alternatives`` ends it)."""
+    cached = hub_checkpoint_dir() / file
     if cached.is_file():
         return cached
     allow = downloads_allowed() if allow_download is None else allow_download
-    if allow and _reachable(config.url):
+    if allow and _reachable(url):
         cached.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.hub.download_url_to_file(config.url, str(cached), hash_prefix=config.hash_prefix, progress=True)
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=hash_prefix, progress=True)
             return cached
-        except Exception as exc:  # network failures, hash mismatch
+        except Exception as exc:  # network failures, hash mismatch: said in the error below
             cached.unlink(missing_ok=True)
-            reason = f"the download from {config.url} failed ({exc})"
+            reason = f"the download from {url} failed ({exc})"
     else:
         reason = "no network to download it" if allow else "downloads are off (PROBEBENCH_OFFLINE=1)"
-    raise ProbebenchError(
-        f"no weights for {config.name}: {reason}.\n"
-        f"Put the official file {config.weight_file} into {cached.parent}/ (from {config.url}),\n"
-        f"or pass --weights PATH, or --weights random for an untrained (random) backbone.")
+    raise ProbebenchError(f"{missing}: {reason}.\nPut the official file {file} into {cached.parent}/ (from {url}),\n"
+                          f"{alternatives}")
 
 
 def resolve_tap_head(config: ModelConfig, tap: str, head_weights: str | None = None,
@@ -70,22 +77,17 @@ def resolve_tap_head(config: ModelConfig, tap: str, head_weights: str | None = N
         if not path.is_file():
             raise ProbebenchError(f"--head-weights file not found: {path}")
         return path
-    cached = hub_checkpoint_dir() / file
-    if cached.is_file():
-        return cached
-    allow = downloads_allowed() if allow_download is None else allow_download
-    if allow and _reachable(url):
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, str(cached), progress=True)
-            return cached
-        except Exception as exc:
-            cached.unlink(missing_ok=True)
-            reason = f"the download from {url} failed ({exc})"
-    else:
-        reason = "no network to download it" if allow else "downloads are off (PROBEBENCH_OFFLINE=1)"
-    raise ProbebenchError(f"no {tap} layer for {config.name}: {reason}.\nPut Meta's file {file} into "
-                          f"{cached.parent}/ (from {url}), or pass --head-weights PATH (or --weights random).")
+    return _hub_file(file, url, None, allow_download, f"no {tap} layer for {config.name}",
+                     "or pass --head-weights PATH (or --weights random).")
+
+
+def refuse_non_finite(state: dict, path: str | Path) -> None:
+    """A NaN or infinite weight (a damaged or diverged checkpoint) would turn every feature into NaN."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ProbebenchError(f"weights file {path} holds non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+                              f"{', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}; it is damaged or from a diverged "
+                              "training run: download it again or give another --weights")
 
 
 def load_plain(module: nn.Module, state: dict, path: str | Path) -> None:
@@ -95,9 +97,7 @@ def load_plain(module: nn.Module, state: dict, path: str | Path) -> None:
         got = {k: tuple(v.shape) for k, v in state.items()}
         want = {k: tuple(v.shape) for k, v in own.items()}
         raise ProbebenchError(f"{path} does not fit: it holds {got}, expected {want}")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ProbebenchError(f"{path} holds non-finite values (NaN or inf) in {', '.join(bad)}")
+    refuse_non_finite(state, path)
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
@@ -229,11 +229,7 @@ def convert_densenet_legacy(state: dict) -> dict:
 def load_into(model: nn.Module, config: ModelConfig, state: dict, path: str | Path) -> None:
     """Load an official state dict strictly; on mismatch name the keys, so a wrong file is obvious; a NaN or
     infinite weight (a damaged or diverged checkpoint) is refused: it would turn every feature into NaN."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ProbebenchError(f"weights file {path} holds non-finite values (NaN or inf) in {len(bad)} tensor(s): "
-                              f"{', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}; it is damaged or from a diverged "
-                              "training run: download it again or give another --weights")
+    refuse_non_finite(state, path)
     if config.family == "torchvision" and config.arch["builder"].startswith("densenet"):
         state = convert_densenet_legacy(state)
     if config.family == "dinov2":

@@ -22,6 +22,7 @@ def grouped_labels(draw):
     n_groups = draw(st.integers(2, 25))
     k = draw(st.integers(2, 4))
     group_class = draw(st.lists(st.integers(0, k - 1), min_size=n_groups, max_size=n_groups))
+    group_class[1] = group_class[0]  # at least one class has two groups, so stratification is exercised
     sizes = draw(st.lists(st.integers(1, 4), min_size=n_groups, max_size=n_groups))
     groups = np.array([f"g{i}" for i, s in enumerate(sizes) for _ in range(s)])
     labels = np.array([group_class[i] for i, s in enumerate(sizes) for _ in range(s)])
@@ -38,6 +39,7 @@ def test_holdout_keeps_groups_whole_takes_each_class_and_is_seeded(data, fractio
     per_class = {}
     for g, c in group_labels(labels, groups).items():
         per_class.setdefault(c, []).append(bool(held[groups == g][0]))
+    assert any(len(flags) >= 2 for flags in per_class.values())
     for c, flags in per_class.items():
         if len(flags) >= 2:  # stratified: every class with two groups gives at least one, never all
             assert 1 <= sum(flags) < len(flags) and abs(sum(flags) - fraction * len(flags)) <= 1
