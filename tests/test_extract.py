@@ -151,29 +151,67 @@ def test_draft_decoding_is_a_recorded_option_with_nearly_equal_features(tmp_path
     assert cosine.min() > 0.98 and not np.array_equal(a, b)
 
 
-def test_torchrun_two_ranks_fill_one_store_like_one_process(tiny, tmp_path):
+def _torchrun_extract(spec, root, cache_dir):
     import os
     import socket
     import subprocess
     import sys
 
-    spec, root = tiny
-    single = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "one", **OPTS)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    res = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(port), "-m", "probebench", "extract", "--model", "resnet50", "--dataset", str(spec),
-         "--data-root", str(root), "--cache-dir", str(tmp_path / "two"), "--weights", "random", "--resize", "40",
+         "--data-root", str(root), "--cache-dir", str(cache_dir), "--weights", "random", "--resize", "40",
          "--crop", "32", "--batch-size", "4", "--chunk-size", "8", "--workers", "0"],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_two_ranks_fill_one_store_like_one_process(tiny, tmp_path):
+    spec, root = tiny
+    single = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "one", **OPTS)
+    res = _torchrun_extract(spec, root, tmp_path / "two")
     assert res.returncode == 0, res.stderr[-3000:]
     two = tmp_path / "two" / single.relative_to(tmp_path / "one")
     attrs = dict(zarr.open_group(str(two), mode="r").attrs)
     assert attrs["complete"] and attrs["world_size"] == 2 and attrs["complete_chunks"] == list(range(5))
     a, b = read_features(two).features, read_features(single).features
     assert np.abs(a - b).max() < 1e-4 * np.abs(b).max()  # equal up to float rounding (1 vs 2 threads per process)
+
+
+def test_torchrun_resumes_an_interrupted_extraction_computing_only_the_missing_chunks(tiny, tmp_path):
+    """Two chunks done by an interrupted run; two ranks then compute the other three and leave those two alone."""
+    spec, root = tiny
+    single = read_features(extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "one", **OPTS))
+
+    def interrupt_after_two(chunk):
+        seen.append(chunk)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "two", on_chunk=interrupt_after_two,
+                **OPTS)
+    path = next((tmp_path / "two").rglob("*.zarr"))
+    store = zarr.open_group(str(path), mode="r+")
+    assert not store.attrs["complete"] and sorted(np.flatnonzero(store["chunk_done"][:])) == sorted(seen)
+    sentinel = 7.0  # a finite mark: a rank that recomputed a done chunk would overwrite it
+    for c in seen:
+        store["features"][c * 8:(c + 1) * 8] = np.full((8, 2048), sentinel, np.float32)
+    res = _torchrun_extract(spec, root, tmp_path / "two")
+    assert res.returncode == 0, res.stderr[-3000:]
+    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    assert attrs["complete"] and attrs["world_size"] == 2 and attrs["complete_chunks"] == list(range(5))
+    feats = zarr.open_group(str(path), mode="r")["features"][:]
+    for c in range(5):
+        rows = slice(c * 8, (c + 1) * 8)
+        if c in seen:
+            assert (feats[rows] == sentinel).all(), f"chunk {c} was done before the resume but was recomputed"
+        else:
+            b = single.features[rows]
+            assert np.abs(feats[rows] - b).max() < 1e-4 * np.abs(b).max(), f"chunk {c} differs from one process"
 
 
 def test_the_imagenet_logits_layer_is_part_of_the_cache_key(tiny, tmp_path):
