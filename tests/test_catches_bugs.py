@@ -242,3 +242,78 @@ def test_torchrun_shares_are_disjoint_and_cover_the_missing_chunks(world):
     flat = [c for share in shares for c in share]
     assert sorted(flat) == [1, 2, 4, 5, 6, 8, 9, 10] and len(flat) == len(set(flat))
     assert max(len(s) for s in shares) - min(len(s) for s in shares) <= 1  # balanced
+
+
+def test_frozen_fit_and_frozen_finetune_both_equal_a_hand_written_loop(tiny, tmp_path):
+    """The fast path (extract + fit) and the slow path (finetune --freeze-backbone) share batch order, head
+    initialisation and the training loop, so comparing them with each other cannot catch a bug in those. Here
+    both are compared with a loop written out below from the documented rules only: torchvision's resnet50 on a
+    literal pipeline, nn.Linear built right after torch.manual_seed(seed), Adam, epoch e's batches cut from
+    numpy's permutation seeded by [seed, e], validation accuracy over all validation images, the first best
+    epoch kept."""
+    import torchvision
+    import zarr
+    from torchvision import transforms as T
+
+    from probebench.extract import extract
+    from probebench.finetune import finetune
+    from probebench.fit import fit
+    from probebench.runs import read_run
+
+    spec, root = tiny
+    seed, epochs, lr, batch = 3, 6, 1e-2, 8
+    torch.manual_seed(11)
+    reference = torchvision.models.resnet50(weights=None)
+    weights = tmp_path / "resnet50-weights.pth"
+    torch.save(reference.state_dict(), weights)
+    opts = dict(weights=str(weights), resize=40, crop=32)
+    store = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", batch_size=4, workers=0,
+                    progress=False, **opts)
+    common = dict(epochs=epochs, lr=lr, batch_size=batch, seed=seed)
+    fast = read_run(fit("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", runs_dir=tmp_path / "a",
+                        progress=False, **opts, **common))
+    slow = read_run(finetune("resnet50", str(spec), data_root=root, runs_dir=tmp_path / "b", freeze_backbone=True,
+                             workers=0, progress=False, **opts, **common))
+
+    # the inputs: which file is in which split, in manifest order (read from the store, not recomputed)
+    group = zarr.open_group(str(store), mode="r")
+    ids = [str(s) for s in group["sample_ids"][:]]
+    names = {code: name for name, code in group.attrs["split_codes"].items()}
+    split = np.asarray([names[int(c)] for c in group["split"][:]])
+    labels = np.asarray(group["labels"][:], dtype=np.int64)
+    pipeline = T.Compose([T.Resize(40, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(32), T.ToTensor(),
+                          T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    trunk = torch.nn.Sequential(*list(reference.children())[:-1]).eval()
+    with torch.no_grad():
+        feats = trunk(torch.stack([pipeline(Image.open(root / "tiny" / s).convert("RGB")) for s in ids])).flatten(1)
+    xt, yt = feats[split == "train"], torch.as_tensor(labels[split == "train"])
+    xv, yv = feats[split == "val"], torch.as_tensor(labels[split == "val"])
+    xs = feats[split == "test"]
+
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(2048, 2)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    best, best_state, best_epoch = -1.0, None, 0
+    for epoch in range(1, epochs + 1):
+        order = np.random.default_rng([seed, epoch]).permutation(len(xt))
+        for i in range(0, len(order), batch):
+            idx = torch.as_tensor(order[i:i + batch])
+            loss = torch.nn.functional.cross_entropy(head(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            acc = (head(xv).argmax(1) == yv).double().mean().item()
+        if acc > best:
+            best, best_epoch = acc, epoch
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    with torch.no_grad():
+        expected = torch.softmax(head(xs), 1).numpy()
+
+    test_ids = [s for s, sp in zip(ids, split) if sp == "test"]
+    for run in (fast, slow):
+        assert list(run.sample_ids) == test_ids
+        assert run.metrics["best_epoch"] == best_epoch
+        assert np.abs(run.proba - expected).max() < 1e-4
+    assert np.abs(expected - 0.5).max() > 0.01  # the head learned something, so a wrong order would show
