@@ -1,0 +1,109 @@
+"""Mutation testing of the core modules with mutmut: plant one small bug at a time, count what the tests catch.
+
+    python benchmarks/mutation.py                          # every core module (hours on 2 cores)
+    python benchmarks/mutation.py --modules metrics,bootstrap
+    python benchmarks/mutation.py --report-only            # summarise what earlier runs stored in mutants/
+
+mutmut (a dev dependency) copies the package to ``mutants/``, runs the suite once to learn which tests
+reach which function, then runs only those tests against each mutant. Results are kept in
+``mutants/``, so an interrupted run continues where it stopped. The score is killed / (killed +
+survived + timeout-free others), per module; the survivors are printed with their diffs
+(``--diffs``) so each can be killed by a new test or explained as equivalent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CORE = ("datasets", "splits", "images", "cache", "extract", "training", "heads", "metrics", "bootstrap", "report",
+        "mri")
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
+          36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
+          -11: "crashed", -9: "crashed", None: "not checked"}
+
+
+def mutmut() -> list[str]:
+    exe = Path(sys.executable).parent / "mutmut"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mutmut"]
+
+
+def run(modules: list[str], children: int) -> float:
+    """Run mutmut on the mutants of ``modules``; returns the wall time in seconds."""
+    start = time.perf_counter()
+    patterns = [f"probebench.{m}.*" for m in modules]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one core per mutant worker
+    subprocess.run([*mutmut(), "run", "--max-children", str(children), *patterns], cwd=REPO, env=env, check=False)
+    return time.perf_counter() - start
+
+
+def statuses(module: str) -> dict[str, str]:
+    """Mutant name -> status, from mutmut's record for ``module`` (empty when it was never run)."""
+    meta = REPO / "mutants" / "probebench" / f"{module}.py.meta"
+    if not meta.exists():
+        return {}
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+
+
+def score(counts: Counter) -> float | None:
+    """Killed share of the mutants that were checked (timeouts count as killed: the bug was noticed)."""
+    caught = counts["killed"] + counts["timeout"]
+    checked = caught + counts["survived"] + counts["no tests"] + counts["suspicious"] + counts["crashed"]
+    return caught / checked if checked else None
+
+
+def summary(modules: list[str], diffs: bool) -> str:
+    """A Markdown table per module and the list of survivors."""
+    lines = ["| module | mutants | killed | timeout | survived | no tests | not checked | score |",
+             "|---|---|---|---|---|---|---|---|"]
+    total: Counter = Counter()
+    survivors: list[str] = []
+    for m in modules:
+        st = statuses(m)
+        counts = Counter(st.values())
+        total.update(counts)
+        s = score(counts)
+        lines.append(f"| {m} | {len(st)} | {counts['killed']} | {counts['timeout']} | {counts['survived']} | "
+                     f"{counts['no tests']} | {counts['not checked']} | "
+                     f"{'not run' if s is None else f'{100 * s:.1f}%'} |")
+        survivors += [n for n, v in sorted(st.items()) if v in ("survived", "no tests", "suspicious")]
+    s = score(total)
+    lines.append(f"| **all** | {sum(total.values())} | {total['killed']} | {total['timeout']} | {total['survived']} | "
+                 f"{total['no tests']} | {total['not checked']} | {'not run' if s is None else f'{100 * s:.1f}%'} |")
+    lines += ["", f"Survivors ({len(survivors)}):", ""]
+    for name in survivors:
+        if diffs:
+            diff = subprocess.run([*mutmut(), "show", name], cwd=REPO, capture_output=True, text=True).stdout
+            lines += [f"```diff\n{diff.strip()}\n```"]
+        else:
+            lines.append(f"- `{name}`")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--modules", default=",".join(CORE), help="comma-separated probebench modules")
+    ap.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument("--report-only", action="store_true", help="only summarise stored results")
+    ap.add_argument("--diffs", action="store_true", help="print each survivor's diff")
+    args = ap.parse_args()
+    modules = [m.strip() for m in args.modules.split(",") if m.strip()]
+    unknown = [m for m in modules if not (REPO / "probebench" / f"{m}.py").exists()]
+    if unknown:
+        ap.error(f"no module probebench/{unknown[0]}.py; core modules: {', '.join(CORE)}")
+    if not args.report_only:
+        seconds = run(modules, args.max_children)
+        print(f"\nmutmut ran {seconds / 60:.1f} min on {', '.join(modules)}\n")
+    print(summary(modules, args.diffs))
+
+
+if __name__ == "__main__":
+    main()
