@@ -44,12 +44,19 @@ def _open_memo() -> sqlite3.Connection | None:
 
 
 def content_digests(paths: list[str]) -> list[str]:
-    """sha256 of each file, read only when (size, mtime_ns, inode) differ from the memo's record."""
+    """sha256 of each file, read only when (size, mtime_ns, inode) differ from the memo's record.
+
+    Weights files go through here too, so a multi-gigabyte checkpoint is read once, not by every command."""
     con = _open_memo()
     known: dict[str, tuple] = {}
     if con is not None:
         try:
-            known = {r[0]: r[1:] for r in con.execute("SELECT path, size, mtime_ns, inode, sha256 FROM digests")}
+            if len(paths) == 1:  # one weights file: look up its row only, not the whole dataset memo
+                rows = con.execute("SELECT path, size, mtime_ns, inode, sha256 FROM digests WHERE path = ?",
+                                   (os.path.abspath(paths[0]),))
+            else:
+                rows = con.execute("SELECT path, size, mtime_ns, inode, sha256 FROM digests")
+            known = {r[0]: r[1:] for r in rows}
         except sqlite3.Error:
             known = {}
     out, fresh = [], []

@@ -6,7 +6,6 @@ Checkpoints are accepted exactly as torchvision and Meta publish them and always
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from probebench.errors import ProbebenchError
+from probebench.filehash import content_digests
 from probebench.registry import ModelConfig
 
 
@@ -149,25 +149,15 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=32)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sha256_file(path: str | Path) -> str:
-    """Full sha256 of a weights file (memoised per path, size and mtime); of a snapshot folder, over its
-    ``config.json`` and weight files."""
+    """Full sha256 of a weights file (memoised on disk by path, size, mtime and inode, see ``filehash``); of a
+    snapshot folder, over its ``config.json`` and weight files."""
     path = Path(path)
     if path.is_dir():
         parts = [f"{p.name}:{sha256_file(p)}" for p in sorted(path.iterdir())
                  if p.name == "config.json" or p.suffix in (".safetensors", ".bin")]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-    st = path.stat()
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    return content_digests([str(path.resolve())])[0]
 
 
 def safe_load(path: str | Path, what: str, remedy: str):

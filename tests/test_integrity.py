@@ -94,6 +94,26 @@ def test_unchanged_files_are_not_read_twice(tiny, monkeypatch):
     assert [p.rsplit("/", 1)[-1] for p in reads] == ["p000_0.png"]  # only the changed file is read again
 
 
+def test_a_weights_file_is_hashed_once_across_commands(tmp_path, monkeypatch):
+    """The checksum is memoised on disk (a new process finds it), and a changed file is read again."""
+    import hashlib
+
+    from probebench import filehash
+    from probebench.weights import sha256_file
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"\x00" * 1000 + b"first")
+    reads = []
+    real = filehash.digest_file
+    monkeypatch.setattr(filehash, "digest_file", lambda p: reads.append(p) or real(p))
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest() and len(reads) == 1
+    assert filehash.memo_path().exists()  # on disk, so the next command's process finds it too
+    (tmp_path / "new.pth").write_bytes(b"\x00" * 1000 + b"other")  # same size, a new file (a new download)
+    (tmp_path / "new.pth").replace(path)
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest() and len(reads) == 2
+
+
 def test_a_replaced_image_recomputes_only_its_chunk_and_equals_a_fresh_extraction(tiny, tmp_path):
     """The changed image gets a new cache key (content hash); the new store copies every chunk whose images are
     unchanged from the old one and computes only the chunk holding the replacement, bit for bit as a fresh
