@@ -88,7 +88,8 @@ def throughput(model: str = "resnet50", images: int = 96, image_size: int = 1024
     """Measure (a), (b), (c) and the feature agreement of the faster options; returns the numbers."""
     import zarr
 
-    from probebench.extract import auto_device, default_batch_size, extract, resolve_job
+    from probebench.extract import auto_device, default_batch_size, extract
+    from probebench.features import FeatureSpec, resolve_job
     from probebench.images import make_transform
     from probebench.registry import create_model
 
@@ -97,16 +98,15 @@ def throughput(model: str = "resnet50", images: int = 96, image_size: int = 1024
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         spec = make_jpegs(tmp / "data", images, image_size, grayscale)
-        common = dict(data_root=tmp / "data", weights="random", tap=None, resize=None, crop=None)
-        job = resolve_job(model, str(spec), channels_last=channels_last, draft=draft, **common)
+        features = FeatureSpec(model, weights="random", precision=precision, channels_last=channels_last, draft=draft)
+        common = dict(data_root=tmp / "data", batch_size=batch, device=device, workers=workers, progress=False)
+        job = resolve_job(features, str(spec), data_root=tmp / "data")
         cl = job.request.channels_last
         net = create_model(model, "random").to(dev).eval()
         if cl:
             net = net.to(memory_format=torch.channels_last)
         a = forward_only(net, images, batch, job.config.preprocessing.crop, dev, precision, cl)
-        store = extract(model, str(spec), cache_dir=tmp / "cache", batch_size=batch, precision=precision,
-                        device=device, workers=workers, channels_last=channels_last, draft=draft, progress=False,
-                        **{k: v for k, v in common.items() if k != "tap"})
+        store = extract(features, str(spec), cache_dir=tmp / "cache", **common)
         b = images / zarr.open_group(str(store), mode="r").attrs["extract_seconds"]
         c = study_way(create_model(model, "random").to(dev).eval(), job.manifest.paths[:study_images],
                       make_transform(job.config.preprocessing), dev)
@@ -117,9 +117,8 @@ def throughput(model: str = "resnet50", images: int = 96, image_size: int = 1024
                "b_over_a": round(b / a, 3), "b_over_c": round(b / c, 2), "torch": torch.__version__,
                "threads": torch.get_num_threads()}
         if compare:
-            reference = read_store(extract(model, str(spec), cache_dir=tmp / "ref", batch_size=batch, precision="fp32",
-                                           device=device, workers=workers, channels_last=False, draft=False,
-                                           progress=False, **{k: v for k, v in common.items() if k != "tap"}))
+            plain = features.replace(precision="fp32", channels_last=False, draft=False)
+            reference = read_store(extract(plain, str(spec), cache_dir=tmp / "ref", **common))
             out["cosine_to_fp32_full_decode"] = round(_cosine(read_store(store), reference), 6)
     return out
 

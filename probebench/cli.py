@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 import time
@@ -108,17 +109,51 @@ def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
     return tuple(q for q, on in (("bn_epoch1", bn_epoch1), ("vgg_features_only", vgg_features_only)) if on)
 
 
+# FeatureSpec field -> (type, option): one group of options shared by every command that names a feature
+FEATURE_OPTIONS = {
+    "model": (str, ModelOpt), "weights": (str, WeightsOpt), "tap": (Optional[str], TapOpt),
+    "head_weights": (Optional[str], HeadWeightsOpt), "resize": (Optional[int], ResizeOpt),
+    "crop": (Optional[int], CropOpt), "mean": (Optional[str], MeanOpt), "std": (Optional[str], StdOpt),
+    "interpolation": (Optional[str], InterpOpt), "draft": (bool, DraftOpt), "precision": (str, PrecisionOpt),
+    "store_dtype": (str, StoreOpt), "channels_last": (Optional[bool], ChannelsLastOpt),
+    "val_unit": (str, ValUnitOpt),
+}
+CACHE_ONLY_OPTIONS = ("draft", "precision", "store_dtype", "channels_last")  # not fine-tuning's
+
+
+def feature_options(exclude: tuple[str, ...] = ()):
+    """Give a command the feature options; it receives them as one validated ``FeatureSpec``, ``features``."""
+    names = [n for n in FEATURE_OPTIONS if n not in exclude]
+
+    def decorate(fn):
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(fn).parameters.values() if p.name != "features"]
+        added = {n: inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=FEATURE_OPTIONS[n][1],
+                                      annotation=FEATURE_OPTIONS[n][0]) for n in names}
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            from probebench.features import FeatureSpec
+
+            values = {n: kwargs.pop(n) for n in names}
+            for n in ("mean", "std"):
+                values[n] = parse_floats(values.get(n), n)
+            return fn(features=FeatureSpec(**values), **kwargs)
+
+        # --model first, then the command's own options, then the rest of the feature options
+        wrapper.__signature__ = inspect.Signature([added.pop("model"), *own, *added.values()])
+        wrapper.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != "features"},
+                                   **{n: FEATURE_OPTIONS[n][0] for n in names}}
+        return wrapper
+    return decorate
+
+
 @app.command()
 @friendly
-def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
-            cache_dir: str = CacheOpt, weights: str = WeightsOpt, tap: Optional[str] = TapOpt,
-            head_weights: Optional[str] = HeadWeightsOpt, interpolation: Optional[str] = InterpOpt,
-            val_unit: str = ValUnitOpt, resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
-            mean: Optional[str] = MeanOpt,
-            std: Optional[str] = StdOpt, precision: str = PrecisionOpt,
-            channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
-            store_dtype: str = StoreOpt, device: str = typer.Option("auto", help="auto (cuda > mps > cpu), or a "
-                                                                              "torch device such as cuda:1."),
+@feature_options()
+def extract(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
+            cache_dir: str = CacheOpt,
+            device: str = typer.Option("auto", help="auto (cuda > mps > cpu), or a torch device such as cuda:1."),
             batch_size: Optional[int] = typer.Option(None, help="Images per forward pass [default: 8 on CPU, "
                                                                 "64 on GPU]."),
             workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: CPUs - 1, max 8]."),
@@ -129,24 +164,16 @@ def extract(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optiona
     from probebench.extract import extract as run
 
     t0 = time.perf_counter()
-    path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap, resize=resize,
-               crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), precision=precision,
-               channels_last=channels_last, draft=draft, store_dtype=store_dtype, head_weights=head_weights,
-               interpolation=interpolation, val_unit=val_unit, device=device, batch_size=batch_size,
-               chunk_size=chunk_size, workers=workers, force=force,
-               skip_bad=skip_bad)
+    path = run(features, dataset, data_root=data_root, cache_dir=cache_dir, device=device, batch_size=batch_size,
+               chunk_size=chunk_size, workers=workers, force=force, skip_bad=skip_bad)
     out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
 
 
 @app.command()
 @friendly
-def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
+@feature_options()
+def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
         cache_dir: str = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-        weights: str = WeightsOpt, tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
-        interpolation: Optional[str] = InterpOpt, val_unit: str = ValUnitOpt, resize: Optional[int] = ResizeOpt,
-        crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
-        precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
-        channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt,
         head: str = typer.Option("linear", help="linear (the study's layer for the CNNs), mlp, study_mlp (the "
                                  "study's DINOv2 head, 256 hidden, on --tap imagenet_logits), logreg or knn."),
         grid: bool = typer.Option(False, "--grid", help="linear/mlp: train heads over lr x weight decay "
@@ -178,11 +205,7 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
                               + "; ".join(f"--study-{q.replace('_', '-')}: {STUDY_QUIRKS[q]}" for q in quirks)
                               + " — changes what the backbone computes or trains, so no cache can hold it. Use "
                               "`probebench finetune --freeze-backbone` with the same flag.")
-    path = run(model, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, weights=weights, tap=tap,
-               resize=resize, crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"),
-               precision=precision, store_dtype=store_dtype, channels_last=channels_last, draft=draft,
-               head_weights=head_weights, interpolation=interpolation, val_unit=val_unit, head=head,
-               grid=grid,
+    path = run(features, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, head=head, grid=grid,
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
                select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seed_list)
@@ -191,14 +214,11 @@ def fit(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[li
 
 @app.command()
 @friendly
-def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
-             runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"), weights: str = WeightsOpt,
-             tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
-             interpolation: Optional[str] = InterpOpt, val_unit: str = ValUnitOpt,
+@feature_options(exclude=CACHE_ONLY_OPTIONS)
+def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
+             runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
              head: str = typer.Option("linear", help="The new layer: linear, or study_mlp (256 hidden; the study's "
                                       "DINOv2 head, with --tap imagenet_logits)."),
-             resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
-             mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
              epochs: int = typer.Option(100, help="Training epochs."),
              lr: float = typer.Option(1e-4, help="Learning rate."),
              batch_size: int = typer.Option(32, help="Effective batch size (per optimiser step)."),
@@ -225,9 +245,7 @@ def finetune(model: str = ModelOpt, dataset: str = DatasetOpt, data_root: Option
     """Fine-tune end to end (all weights trained: the study's unfrozen setting) and write a run directory."""
     from probebench.finetune import finetune as run
 
-    path = run(model, dataset, data_root=data_root, runs_dir=runs_dir, weights=weights, tap=tap, resize=resize,
-               crop=crop, mean=parse_floats(mean, "mean"), std=parse_floats(std, "std"), head_weights=head_weights,
-               interpolation=interpolation, val_unit=val_unit, head=head, epochs=epochs, lr=lr,
+    path = run(features, dataset, data_root=data_root, runs_dir=runs_dir, head=head, epochs=epochs, lr=lr,
                batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
                accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
@@ -329,24 +347,15 @@ def demo(out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where 
 
 @app.command()
 @friendly
-def export(model: str = ModelOpt, dataset: str = DatasetOpt,
+@feature_options()
+def export(features, dataset: str = DatasetOpt,
            out_file: Path = typer.Option(..., "--out", help="File to write (.h5, .npz or .pt)."),
            fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt [default: from --out]."),
-           data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt, weights: str = WeightsOpt,
-           tap: Optional[str] = TapOpt, head_weights: Optional[str] = HeadWeightsOpt,
-           interpolation: Optional[str] = InterpOpt, val_unit: str = ValUnitOpt,
-           resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt,
-           mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
-           precision: str = PrecisionOpt, store_dtype: str = StoreOpt,
-           channels_last: Optional[bool] = ChannelsLastOpt, draft: bool = DraftOpt):
+           data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt):
     """Write cached features with labels, ids, groups and splits to HDF5, NumPy or PyTorch."""
     from probebench.export import export_features
 
-    path = export_features(model, dataset, out_file, fmt=fmt, data_root=data_root, cache_dir=cache_dir,
-                           weights=weights, tap=tap, resize=resize, crop=crop, mean=parse_floats(mean, "mean"),
-                           std=parse_floats(std, "std"), precision=precision,
-                           store_dtype=store_dtype, channels_last=channels_last, draft=draft,
-                           head_weights=head_weights, interpolation=interpolation, val_unit=val_unit)
+    path = export_features(features, dataset, out_file, fmt=fmt, data_root=data_root, cache_dir=cache_dir)
     out.print(f"features exported to {path}")
 
 
@@ -437,7 +446,7 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
     from probebench.weights import hub_checkpoint_dir
 
     if model is not None:
-        from probebench.extract import model_preprocessing
+        from probebench.features import model_preprocessing
         from probebench.registry import get_config, random_seed
 
         config = get_config(model)

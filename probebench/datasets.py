@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probebench.errors import ProbebenchError
+from probebench.errors import NotOnThisMachine, ProbebenchError
 from probebench.filehash import content_digests
 from probebench.images import is_junk
 from probebench.pixels import PixelRules
@@ -335,7 +335,7 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
     base = find_dataset_root(spec, data_root_dir)
     if base is None:
         tried = ", ".join(str(r / spec.root) for r in data_roots(data_root_dir))
-        raise ProbebenchError(f"data for dataset {spec.name!r} not found: no folder {spec.root!r} in any data root "
+        raise NotOnThisMachine(f"data for dataset {spec.name!r} not found: no folder {spec.root!r} in any data root "
                               f"(tried {tried}; roots from {roots_origin(data_root_dir)}; set --data-root, which may "
                               f"be given more than once, or $PROBEBENCH_DATA; spec {spec.source})")
     root = base / spec.root

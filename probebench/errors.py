@@ -10,6 +10,10 @@ class ProbebenchError(Exception):
     """Bad input, missing weights or data, or a stale/incomplete cache: the message says what to do."""
 
 
+class NotOnThisMachine(ProbebenchError):
+    """A dataset's images or a weights file are not here; work that needs only the feature cache goes on."""
+
+
 _OS_HINTS = {
     errno.EACCES: "no permission; check the folder's owner and mode, or choose another folder",
     errno.EPERM: "not permitted; check the folder's owner and mode, or choose another folder",

@@ -15,13 +15,14 @@ import numpy as np
 from probebench.atomic import atomic_path
 from probebench.cache import read_features
 from probebench.errors import ProbebenchError
-from probebench.fit import complete_cache
+from probebench.features import FeatureSpec, locate_store
 
 FORMATS = {".h5": "h5", ".hdf5": "h5", ".npz": "npz", ".pt": "pt"}
 
 
-def export_features(model: str, dataset: str, out: str | Path, *, fmt: str | None = None, **cache_options) -> Path:
-    """Write the cache of ``model`` x ``dataset`` (same options as ``fit``) to ``out``; returns ``out``."""
+def export_features(features: FeatureSpec | str, dataset: str, out: str | Path, *, fmt: str | None = None,
+                    data_root=None, cache_dir: str | Path = "cache", **options) -> Path:
+    """Write the cache of a feature spec x ``dataset`` (found as ``fit`` finds it) to ``out``; returns ``out``."""
     out = Path(out)
     implied = FORMATS.get(out.suffix.lower())
     fmt = fmt or implied
@@ -30,7 +31,8 @@ def export_features(model: str, dataset: str, out: str | Path, *, fmt: str | Non
     if implied is not None and implied != fmt:
         raise ProbebenchError(f"--out {out} names a .{implied} file but --format is {fmt}: the file would not be what "
                               f"its name says; name it {out.with_suffix('.' + fmt)} or drop --format")
-    feats = read_features(complete_cache(model, dataset, **cache_options))
+    feats = read_features(locate_store(FeatureSpec.of(features, **options), dataset, data_root=data_root,
+                                       cache_dir=cache_dir))
     meta = {k: feats.attrs[k] for k in ("dataset", "model", "tap", "weights", "preprocessing", "precision",
                                         "store_dtype", "manifest_hash", "key", "classes", "versions")}
     meta.update({k: feats.attrs[k] for k in ("pixels", "group_scope", "shipped_overlap") if k in feats.attrs})

@@ -12,7 +12,6 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,89 +20,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from probebench import cache as fcache
-from probebench.datasets import Manifest, load_manifest
 from probebench.errors import ProbebenchError
+from probebench.features import FeatureSpec, resolve_job
 from probebench.images import ImageDataset, bad_image_error, make_transform
-from probebench.registry import (ModelConfig, Preprocessing, checkpoint_info, create_model, get_config,
-                                 hf_preprocessing, random_seed, random_weights_info, tap_head_info,
-                                 with_normalization)
 from probebench.progress import make_progress
 from probebench.validate import check_options
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class FeatureJob:
-    """A resolved extract/fit request: the manifest, the model entry and the cache key inputs."""
-
-    manifest: Manifest
-    config: ModelConfig
-    request: fcache.FeatureRequest
-    weights_arg: str  # what to pass to create_model: "random" or a checkpoint path
-    head_weights: str | None = None  # the tap's pretrained layer (imagenet_logits), a checkpoint path
-
-    def create_model(self):
-        """The model this job's features come from (weights resolved once, here and in the key)."""
-        return create_model(self.request.model, self.weights_arg, tap=self.request.tap,
-                            img_size=self.config.preprocessing.crop, head_weights=self.head_weights)
-
-    def cache_path(self, cache_dir: str | Path) -> Path | str:
-        return self.request.path(cache_dir)
-
-
-def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: int | None = None,
-                        crop: int | None = None, mean=None, std=None, draft: bool = False,
-                        interpolation: str | None = None) -> Preprocessing:
-    """The preprocessing a model gets: its registry entry, a Hugging Face snapshot's
-    ``preprocessor_config.json`` when the weights are one, then the user's resize/crop and mean/std."""
-    pre: Preprocessing = config.preprocessing
-    if weights_path is not None and Path(weights_path).is_dir():
-        pre = hf_preprocessing(weights_path, pre)
-    if resize or crop:
-        crop = crop or pre.crop
-        pre = replace(pre, resize=resize or max(pre.resize, crop), crop=crop)
-    if pre.crop > pre.resize:
-        raise ProbebenchError(f"crop {pre.crop} is larger than resize {pre.resize}")
-    check_options(interpolation=interpolation)
-    if interpolation:  # e.g. the study's one bilinear resize for every model
-        pre = replace(pre, interpolation=interpolation, source=f"{pre.source} + --interpolation")
-    return replace(with_normalization(pre, mean, std), draft=draft)
-
-
-def resolve_job(model: str, dataset: str, *, data_root=None, weights: str = "auto", tap: str | None = None,
-                resize: int | None = None, crop: int | None = None, mean=None, std=None, precision: str = "fp32",
-                store_dtype: str = "float32", channels_last: bool | None = None, draft: bool = False,
-                head_weights: str | None = None, interpolation: str | None = None,
-                val_unit: str = "group") -> FeatureJob:
-    """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
-    from probebench import weights as wts
-
-    check_options(resize=resize, crop=crop, precision=precision, store_dtype=store_dtype, tap=tap,
-                  weights=weights, interpolation=interpolation, val_unit=val_unit)
-    config = get_config(model)
-    tap = tap or config.default_tap
-    if tap not in config.taps:
-        raise ProbebenchError(f"model {model!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
-    if channels_last is None:  # it helps the CNNs, on CPUs too; part of the key either way
-        channels_last = config.family == "torchvision"
-    manifest = load_manifest(dataset, data_root, val_unit=val_unit)
-    seed = random_seed(weights)
-    if seed is not None:
-        path = None
-        winfo, weights_arg = random_weights_info(seed), weights
-    else:
-        path = wts.resolve_weights(config, weights)
-        winfo, weights_arg = checkpoint_info(config, path), str(path)
-    head_path = None
-    if tap in config.tap_heads and seed is None:  # the tap's pretrained layer is part of what the features are
-        head_path = str(wts.resolve_tap_head(config, tap, head_weights))
-        winfo = {**winfo, **tap_head_info(head_path)}
-    pre = model_preprocessing(config, path, resize, crop, mean, std, draft, interpolation)
-    request = fcache.FeatureRequest(
-        dataset=manifest.dataset, model=model, tap=tap, weights=winfo, preprocessing=pre.as_dict(),
-        precision=precision, store_dtype=store_dtype, manifest_hash=manifest.hash(), channels_last=channels_last)
-    return FeatureJob(manifest, replace(config, preprocessing=pre), request, weights_arg, head_path)
 
 
 def auto_device(device: str = "auto") -> torch.device:
@@ -180,15 +103,12 @@ def default_batch_size(device: torch.device) -> int:
     return 8 if device.type == "cpu" else 64
 
 
-def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache", weights: str = "auto",
-            tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
-            precision: str = "fp32", channels_last: bool | None = None, draft: bool = False,
-            store_dtype: str = "float32", head_weights: str | None = None, interpolation: str | None = None,
-            val_unit: str = "group", device: str = "auto", batch_size: int | None = None, chunk_size: int = 256,
-            workers: int | None = None,
+def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
+            device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
             force: bool = False, skip_bad: bool = False, progress: bool = True,
-            on_chunk: Callable[[int], None] | None = None) -> Path | str:
-    """Fill the cache for ``model`` x ``dataset``; returns the store location. Resumes unless ``force``.
+            on_chunk: Callable[[int], None] | None = None, **options) -> Path | str:
+    """Fill the cache for a feature spec (or a model name plus the spec's options) x ``dataset``; returns the
+    store location. Resumes unless ``force``.
 
     Under torchrun each rank fills a disjoint share of the missing chunks of the same store; rank 0
     creates the store and writes the final metadata after a barrier.
@@ -196,9 +116,9 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     from probebench import distributed
 
     check_options(batch_size=batch_size, workers=workers, chunk_size=chunk_size, skip_bad=skip_bad)
-    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      mean=mean, std=std, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
-                      draft=draft, head_weights=head_weights, interpolation=interpolation, val_unit=val_unit)
+    spec = FeatureSpec.of(features, **options)
+    job = resolve_job(spec, dataset, data_root=data_root)
+    model, precision = spec.model, spec.precision
     path = job.cache_path(cache_dir)
     rank, world = distributed.setup()
     dev = auto_device(distributed.rank_device(device))
@@ -228,7 +148,8 @@ def extract(model: str, dataset: str, *, data_root=None, cache_dir: str | Path =
     if root is None and rank == 0:
         dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
         root = fcache.create_store(path, job.request, job.manifest, net.feature_dim, chunk_size,
-                                   {"device": dev_name, "batch_size": batch_size, "world_size": world})
+                                   {"device": dev_name, "batch_size": batch_size, "world_size": world,
+                                    "val_unit": spec.val_unit})
         for where, donor in fcache.donor_stores(path, job.request, job.manifest.pixels.as_dict()):
             copied = fcache.reuse_chunks(root, donor, job.manifest.digests)
             if copied:  # the dataset changed: only the chunks holding new or changed images are computed

@@ -27,7 +27,8 @@ from probebench.atomic import atomic_path
 from probebench.cache import versions
 from probebench.datasets import check_trainable
 from probebench.errors import ProbebenchError
-from probebench.extract import auto_device, resolve_job
+from probebench.extract import auto_device
+from probebench.features import FeatureSpec, resolve_job
 from probebench.heads import softmax_proba
 from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.metrics import point_metrics
@@ -36,6 +37,8 @@ from probebench.registry import FeatureExtractor, path_name
 from probebench.runs import check_writable, config_hash, write_run
 from probebench.training import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
 from probebench.validate import check_options
+
+CACHE_ONLY = ("precision", "store_dtype", "channels_last", "draft")  # FeatureSpec fields that only a cache uses
 
 REPLACED_LAYER = {"vgg16": "classifier.6", "resnet50": "fc", "densenet121": "classifier"}
 BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"
@@ -166,18 +169,19 @@ def _resume_from(path: Path, numbers: dict, resume: bool | str) -> dict | None:
     return checkpoint
 
 
-def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs", weights: str = "auto",
-             tap: str | None = None, resize: int | None = None, crop: int | None = None, mean=None, std=None,
-             head_weights: str | None = None, interpolation: str | None = None, val_unit: str = "group",
-             head: str = "linear",
-             epochs: int = 100,
+def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs",
+             head: str = "linear", epochs: int = 100,
              lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, optimizer: str = "adam",
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
              workers: int | None = None, seed: int = 0, resume: bool | str = False, force: bool = False,
              progress: bool = True, on_epoch=None, existing: str = "error",
-             study_quirks: tuple[str, ...] = ()) -> Path | None:
-    """Train ``model`` end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run.
+             study_quirks: tuple[str, ...] = (), **options) -> Path | None:
+    """Train a model end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run.
+
+    ``features`` (a spec, or a model name plus the spec's options) says what the model sees: weights, tap,
+    preprocessing, validation carving. ``precision`` here is the training's own (``auto`` picks per device);
+    the options that exist for the cache only (store dtype, forward precision, channels-last, draft) are refused.
 
     An identical complete run is an error unless ``force`` (run again) or ``existing="reuse"`` (return it).
     """
@@ -194,9 +198,13 @@ def finetune(model: str, dataset: str, *, data_root=None, runs_dir: str | Path =
     if batch_size % accumulate:
         raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
     check_writable(runs_dir)
-    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      mean=mean, std=std, head_weights=head_weights, interpolation=interpolation,
-                      val_unit=val_unit)
+    spec = FeatureSpec.of(features, **options)
+    cache_only = [f"--{k.replace('_', '-')}" for k in CACHE_ONLY if getattr(spec, k) != getattr(FeatureSpec, k)]
+    if cache_only:
+        raise ProbebenchError(f"{', '.join(cache_only)} describe(s) the feature cache, not fine-tuning (its "
+                              "precision is --precision, a runtime choice)")
+    model = spec.model
+    job = resolve_job(spec, dataset, data_root=data_root)
     rank, world = distributed.setup()
     main = rank == 0
     dev = auto_device(distributed.rank_device(device))

@@ -11,7 +11,7 @@ import numpy as np
 from probebench import cache as fcache
 from probebench.datasets import check_trainable, data_roots
 from probebench.errors import ProbebenchError
-from probebench.extract import resolve_job
+from probebench.features import FeatureSpec, locate_store
 from probebench.heads import make_head
 from probebench.metrics import point_metrics
 from probebench.progress import make_progress
@@ -19,38 +19,6 @@ from probebench.runs import check_writable, config_hash, write_run
 from probebench.validate import check_options
 
 NORMALIZE = (None, "l2")
-
-
-def _extract_command(model: str, dataset: str, opts: dict) -> str:
-    flags = " ".join(f"--{k.replace('_', '-')} {v}".strip() for k, v in opts.items() if v not in (None, "auto"))
-    return f"probebench extract --model {model} --dataset {dataset} {flags}".strip()
-
-
-def complete_cache(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
-                   weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
-                   mean=None, std=None, precision: str = "fp32", store_dtype: str = "float32",
-                   channels_last: bool | None = None, draft: bool = False, head_weights: str | None = None,
-                   interpolation: str | None = None, val_unit: str = "group") -> Path:
-    """The complete store that ``extract`` made with these options, or an error that prints that command."""
-    job = resolve_job(model, dataset, data_root=data_root, weights=weights, tap=tap, resize=resize, crop=crop,
-                      mean=mean, std=std, precision=precision, store_dtype=store_dtype, channels_last=channels_last,
-                      draft=draft, head_weights=head_weights, interpolation=interpolation, val_unit=val_unit)
-    path = job.cache_path(cache_dir)
-    root = fcache.open_store(path, job.request)
-    if root is None or not root.attrs.get("complete"):
-        state = "is incomplete" if root is not None else "does not exist"
-        roots = data_roots(data_root) if data_root else []
-        cmd = _extract_command(model, str(dataset), {
-            "data_root": " --data-root ".join(str(r) for r in roots) or None, "cache_dir": cache_dir, "weights": weights, "tap": tap, "resize": resize,
-            "crop": crop, "mean": ",".join(map(str, mean)) if mean else None,
-            "std": ",".join(map(str, std)) if std else None, "precision": None if precision == "fp32" else precision,
-            "store_dtype": None if store_dtype == "float32" else store_dtype,
-            "channels_last": "" if channels_last is True else None,
-            "no_channels_last": "" if channels_last is False else None, "draft": "" if draft else None,
-            "head_weights": head_weights, "interpolation": interpolation,
-            "val_unit": None if val_unit == "group" else val_unit})
-        raise ProbebenchError(f"the feature cache {path} {state}; run first:\n  {cmd}")
-    return path
 
 
 def prepare_features(train: np.ndarray, *others: np.ndarray, normalize: str | None = None,
@@ -68,16 +36,14 @@ def prepare_features(train: np.ndarray, *others: np.ndarray, normalize: str | No
     return [a.astype(np.float32) for a in arrays]
 
 
-def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
-        weights: str = "auto", tap: str | None = None, resize: int | None = None, crop: int | None = None,
-        mean=None, std=None, precision: str = "fp32", store_dtype: str = "float32",
-        channels_last: bool | None = None, draft: bool = False, head_weights: str | None = None,
-        interpolation: str | None = None, val_unit: str = "group", head: str = "linear", grid: bool = False,
+def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
+        runs_dir: str | Path = "runs", head: str = "linear", grid: bool = False,
         epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
         normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
         select_metric: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, seed: int = 0,
-        seeds: list[int] | None = None, progress: bool = True) -> Path:
-    """Fit a head on the cache that ``extract`` made with the same options; returns the (first) run folder.
+        seeds: list[int] | None = None, progress: bool = True, **options) -> Path:
+    """Fit a head on the cache that ``extract`` made with the same feature spec (or a model name plus the spec's
+    options); returns the (first) run folder. Needs only the cache: see ``features.locate_store``.
 
     ``seeds`` repeats the fit once per seed; the runs share a ``seed_group`` so that ``report`` can show
     their spread next to the first seed's bootstrap interval.
@@ -87,10 +53,9 @@ def fit(model: str, dataset: str, *, data_root=None, cache_dir: str | Path = "ca
                   select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seeds,
                   grid=grid)
     check_writable(runs_dir)
-    path = complete_cache(model, dataset, data_root=data_root, cache_dir=cache_dir, weights=weights, tap=tap,
-                          resize=resize, crop=crop, mean=mean, std=std, precision=precision,
-                          store_dtype=store_dtype, channels_last=channels_last, draft=draft, head_weights=head_weights,
-                          interpolation=interpolation, val_unit=val_unit)
+    spec = FeatureSpec.of(features, **options)
+    model = spec.model
+    path = locate_store(spec, dataset, data_root=data_root, cache_dir=cache_dir)
     feats = fcache.read_features(path)
     test = feats.split == "test"
     x_tr, x_va, x_te = prepare_features(feats.features[feats.split == "train"], feats.features[feats.split == "val"],

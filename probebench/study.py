@@ -239,17 +239,27 @@ def _save_state(study: Study, state: dict) -> None:
     write_json(_state_path(study), state)
 
 
-def _extract_options(study: Study, model: str) -> dict:
+def feature_spec(study: Study, model: str):
     """What defines a model's cached features in this study: [extract], then [models.<model>] tap/head_weights."""
+    from probebench.features import FeatureSpec
+
     e = {**study.extract, **{k: v for k, v in study.per_model.get(model, {}).items() if k in ("tap", "head_weights")}}
-    out = {k: e[k] for k in ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft",
-                             "channels_last", "interpolation", "head_weights") if k in e}
-    return {**out, **({"val_unit": study.val_unit} if study.val_unit != "group" else {})}
+    options = {k: e[k] for k in ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft",
+                                 "channels_last", "interpolation", "head_weights") if k in e}
+    return FeatureSpec(model, weights=study.weights, val_unit=study.val_unit, **options)
+
+
+def model_inputs(features):
+    """What a fine-tuned model sees of a study's feature spec: the cache-only options are dropped."""
+    from probebench.finetune import CACHE_ONLY
+    from probebench.features import FeatureSpec
+
+    return features.replace(**{k: getattr(FeatureSpec, k) for k in CACHE_ONLY})
 
 
 def plan(study: Study, only: str | None = None) -> list[Cell]:
     """The cells of the study with their status: done (same config hash), todo, or blocked (and why)."""
-    from probebench.extract import resolve_job
+    from probebench.features import resolve_job
 
     if study.synthetic:
         _ensure_synthetic(study)
@@ -266,8 +276,8 @@ def plan(study: Study, only: str | None = None) -> list[Cell]:
     for c in cells:
         if (c.dataset, c.model) not in jobs:
             try:
-                jobs[(c.dataset, c.model)] = resolve_job(c.model, c.dataset, data_root=study.data_roots(),
-                                                         weights=study.weights, **_extract_options(study, c.model))
+                jobs[(c.dataset, c.model)] = resolve_job(feature_spec(study, c.model), c.dataset,
+                                                         data_root=study.data_roots())
             except Exception as exc:  # any failure blocks this dataset x model only; the plan goes on
                 jobs[(c.dataset, c.model)] = exc
         job = jobs[(c.dataset, c.model)]
@@ -366,34 +376,31 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
             start = time.perf_counter()
             try:
                 if c.mode == "frozen":
-                    extract(c.model, c.dataset, data_root=data_root, cache_dir=study.cache_dir, weights=study.weights,
+                    features = feature_spec(study, c.model)
+                    extract(features, c.dataset, data_root=data_root, cache_dir=study.cache_dir,
                             progress=progress, batch_size=study.extract.get("batch_size"),
-                            workers=study.extract.get("workers"), skip_bad=study.extract.get("skip_bad", False),
-                            **_extract_options(study, c.model))
-                    runs = fit(c.model, c.dataset, data_root=data_root, cache_dir=study.cache_dir,
-                               runs_dir=study.runs_dir, weights=study.weights, head=c.head, grid=study.grid,
+                            workers=study.extract.get("workers"), skip_bad=study.extract.get("skip_bad", False))
+                    runs = fit(features, c.dataset, data_root=data_root, cache_dir=study.cache_dir,
+                               runs_dir=study.runs_dir, head=c.head, grid=study.grid,
                                epochs=t.get("epochs", 100), lr=t.get("lr", 1e-4), batch_size=t.get("batch_size", 32),
                                weight_decay=t.get("weight_decay", 0.0),
                                select_metric=t.get("select_metric", "val_accuracy"),
                                optimizer=t.get("optimizer", "adam"), patience=t.get("patience"),
                                seeds=study.seeds if len(study.seeds) > 1 else None, seed=study.seeds[0],
-                               progress=progress, **_extract_options(study, c.model))
+                               progress=progress)
                     runs = [str(runs)]
                 else:
                     u = {**t, **study.unfrozen}
                     runs = []
                     for s in study.seeds:
                         runs.append(str(finetune(
-                            c.model, c.dataset, data_root=data_root, runs_dir=study.runs_dir, weights=study.weights,
+                            model_inputs(feature_spec(study, c.model)), c.dataset, data_root=data_root, runs_dir=study.runs_dir,
                             epochs=u.get("epochs", 100), lr=u.get("lr", 1e-4), batch_size=u.get("batch_size", 32),
                             weight_decay=u.get("weight_decay", 0.0), optimizer=u.get("optimizer", "adam"),
                             select_metric=u.get("select_metric", "val_accuracy"), patience=u.get("patience"),
                             accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
-                            seed=s, progress=progress, existing="reuse", resume="auto", head=c.head,
-                            **{k: v for k, v in _extract_options(study, c.model).items()
-                               if k in ("resize", "crop", "tap", "mean", "std", "interpolation", "head_weights",
-                                        "val_unit")})))
+                            seed=s, progress=progress, existing="reuse", resume="auto", head=c.head)))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
                 state[c.key] = {"hash": c.hash, "status": "done", "runs": runs}
             except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from probebench.errors import ProbebenchError
+from probebench.errors import NotOnThisMachine, ProbebenchError
 from probebench.filehash import content_digests
 from probebench.registry import ModelConfig
 
@@ -36,7 +36,7 @@ def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: 
     if weights not in ("auto", "pretrained", "", None):
         path = Path(weights).expanduser()
         if not (path.is_file() or (path.is_dir() and (path / "config.json").is_file())):
-            raise ProbebenchError(f"weights file not found: {path}")
+            raise NotOnThisMachine(f"weights file not found: {path}")
         return path
     if config.family == "timm":
         return resolve_timm_weights(config, downloads_allowed() if allow_download is None else allow_download)
@@ -63,7 +63,7 @@ def _hub_file(file: str, url: str, hash_prefix: str | None, allow_download: bool
             reason = f"the download from {url} failed ({exc})"
     else:
         reason = "no network to download it" if allow else "downloads are off (PROBEBENCH_OFFLINE=1)"
-    raise ProbebenchError(f"{missing}: {reason}.\nPut the official file {file} into {cached.parent}/ (from {url}),\n"
+    raise NotOnThisMachine(f"{missing}: {reason}.\nPut the official file {file} into {cached.parent}/ (from {url}),\n"
                           f"{alternatives}")
 
 
@@ -75,7 +75,7 @@ def resolve_tap_head(config: ModelConfig, tap: str, head_weights: str | None = N
     if head_weights:
         path = Path(head_weights).expanduser()
         if not path.is_file():
-            raise ProbebenchError(f"--head-weights file not found: {path}")
+            raise NotOnThisMachine(f"--head-weights file not found: {path}")
         return path
     return _hub_file(file, url, None, allow_download, f"no {tap} layer for {config.name}",
                      "or pass --head-weights PATH (or --weights random).")
@@ -135,7 +135,7 @@ def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
             raise ProbebenchError(f"no weights for {config.name}: the download failed ({exc})") from exc
     where = f"the Hugging Face cache (repo {hub_id})" if hub_id else ""
     where += (" or " if where and cached else "") + (f"{cached}" if cached else "")
-    raise ProbebenchError(f"no weights for {config.name}: not found in {where or 'any local cache'}"
+    raise NotOnThisMachine(f"no weights for {config.name}: not found in {where or 'any local cache'}"
                           f"{'' if allow_download else ' and downloads are off (PROBEBENCH_OFFLINE=1)'}; "
                           "download it once with network, or pass --weights FILE (or --weights random)")
 

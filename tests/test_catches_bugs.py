@@ -94,7 +94,7 @@ def test_the_manifest_hash_covers_labels_groups_splits_and_pixel_rules(tiny, tmp
 
 
 def test_precision_is_part_of_the_cache_key(tiny):
-    from probebench.extract import resolve_job
+    from probebench.features import resolve_job
 
     spec, root = tiny
     keys = {p: resolve_job("resnet50", str(spec), data_root=root, weights="random", precision=p).request.key
@@ -149,7 +149,7 @@ def test_fine_tuned_predictions_use_batchnorm_in_eval_mode(tiny, tmp_path):
     running statistics); a train-mode forward (batch statistics) gives other numbers, so the check can fail."""
     import copy
 
-    from probebench.extract import resolve_job
+    from probebench.features import resolve_job
     from probebench.finetune import Classifier, finetune
     from probebench.images import load_image, make_transform
     from probebench.registry import create_model
@@ -199,7 +199,7 @@ def test_the_manifest_hash_changes_when_only_one_label_changes(tmp_path):
     {"draft": True}, {"val_unit": "sample"}])
 def test_every_input_of_the_cache_key_changes_it(tiny, change):
     """One field at a time against the same baseline (DINOv2-S, random weights): the key must move."""
-    from probebench.extract import resolve_job
+    from probebench.features import resolve_job
 
     spec, root = tiny
     base = resolve_job("dinov2_s", str(spec), data_root=root, weights="random")

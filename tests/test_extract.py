@@ -218,7 +218,7 @@ def test_the_imagenet_logits_layer_is_part_of_the_cache_key(tiny, tmp_path):
     """Two different linear4 heads on the same backbone are two different features."""
     import torch
 
-    from probebench.extract import resolve_job
+    from probebench.features import resolve_job
 
     spec, root = tiny
     torch.save({"w": torch.zeros(1)}, tmp_path / "backbone.pth")  # only hashed here, never loaded
@@ -241,7 +241,7 @@ def test_interpolation_is_an_option_and_part_of_the_key(tiny):
     from torchvision import transforms as T
 
     from probebench.errors import ProbebenchError
-    from probebench.extract import resolve_job
+    from probebench.features import resolve_job
     from probebench.images import make_transform
 
     spec, root = tiny

@@ -291,16 +291,16 @@ def test_binary_study_file(w):
 def test_planner_records_any_failure_and_goes_on(w, monkeypatch):
     """A cell whose dataset fails to resolve with an unexpected error is blocked with its message; the others
     are planned (the planner used to stop at the first error that was not probebench's own)."""
-    import probebench.extract
+    import probebench.features
 
-    real = probebench.extract.resolve_job
+    real = probebench.features.resolve_job
 
     def flaky(model, dataset, **kw):
         if dataset == "broken.toml":
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
         return real(model, dataset, **kw)
 
-    monkeypatch.setattr(probebench.extract, "resolve_job", flaky)
+    monkeypatch.setattr(probebench.features, "resolve_job", flaky)
     shutil.copy(w / "tiny.toml", w / "broken.toml")
     (w / "s.toml").write_text(STUDY.replace('["tiny.toml"]', '["tiny.toml", "broken.toml"]'))
     status, text = cli("run", "s.toml", "--dry-run")
@@ -607,7 +607,7 @@ def test_a_weights_file_with_nan_is_refused(w):
 def test_non_finite_features_stop_extraction_and_are_never_stored(w, monkeypatch):
     """A model that overflows (fp16) or is broken must not fill a store with NaN that fit would refuse and
     extract would recompute forever."""
-    import probebench.extract as ex
+    import probebench.features as ex
 
     real = ex.create_model
 

@@ -20,7 +20,8 @@ from probebench.cache import read_features
 from probebench.cli import app
 from probebench.datasets import load_manifest
 from probebench.errors import ProbebenchError
-from probebench.extract import extract, resolve_job
+from probebench.extract import extract
+from probebench.features import resolve_job
 from probebench.fit import fit
 from probebench.images import load_image
 from probebench.pixels import PixelRules, read_dicom

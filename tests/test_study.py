@@ -156,11 +156,10 @@ def test_paper_faithful_plans_the_studys_dinov2_setup():
     assert dino == {(m, mode, "study_mlp") for m in ("dinov2_s", "dinov2_b", "dinov2_l")
                     for mode in ("frozen", "unfrozen")}
     assert {c.head for c in cells if c.model == "vgg16"} == {"linear"}
-    from probebench.study import _extract_options
+    from probebench.study import feature_spec
 
-    assert _extract_options(study, "dinov2_b")["tap"] == "imagenet_logits"
-    assert _extract_options(study, "resnet50")["interpolation"] == "bilinear" and "tap" not in \
-        _extract_options(study, "resnet50")
+    assert feature_spec(study, "dinov2_b").tap == "imagenet_logits"
+    assert feature_spec(study, "resnet50").interpolation == "bilinear" and feature_spec(study, "resnet50").tap is None
 
 
 def test_faithful_and_recommended_grids_run_on_synthetic_data_and_report_side_by_side(tmp_path):
