@@ -144,6 +144,7 @@ def test_prepare_mri_scales_each_volume_by_its_percentiles(tmp_path):
     assert scale_volume(np.full((4, 4, 2), 7.0))[0] is None
 
 
+@pytest.mark.slow
 def test_fine_tuned_predictions_use_batchnorm_in_eval_mode(tiny, tmp_path):
     """The test probabilities a fine-tune writes are the eval-mode forward of its best weights (BatchNorm with
     running statistics); a train-mode forward (batch statistics) gives other numbers, so the check can fail."""

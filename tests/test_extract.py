@@ -168,6 +168,7 @@ def _torchrun_extract(spec, root, cache_dir):
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_fill_one_store_like_one_process(tiny, tmp_path):
     spec, root = tiny
     single = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "one", **OPTS)
@@ -180,6 +181,7 @@ def test_torchrun_two_ranks_fill_one_store_like_one_process(tiny, tmp_path):
     assert np.abs(a - b).max() < 1e-4 * np.abs(b).max()  # equal up to float rounding (1 vs 2 threads per process)
 
 
+@pytest.mark.slow
 def test_torchrun_resumes_an_interrupted_extraction_computing_only_the_missing_chunks(tiny, tmp_path):
     """Two chunks done by an interrupted run; two ranks then compute the other three and leave those two alone."""
     spec, root = tiny

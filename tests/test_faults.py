@@ -542,6 +542,7 @@ def test_verify_removes_leftovers_of_interrupted_writes(w):
     assert cli("report")[0] == 0  # the good run is untouched
 
 
+@pytest.mark.slow
 def test_run_resumes_an_interrupted_fine_tune(w, capsys):
     """A crash mid fine-tune leaves _inprogress/last.pt; `run` continues after the last finished epoch."""
     from probebench.finetune import finetune

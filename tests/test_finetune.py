@@ -40,6 +40,7 @@ def test_new_layer_replaces_exactly_the_studys(name, layer, dim):
     assert trainable == [k for k in names if k.endswith((f"{layer}.weight", f"{layer}.bias"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,crop", [("resnet50", 32), ("dinov2_s", 28)])
 def test_frozen_end_to_end_equals_extract_plus_fit(tiny, tmp_path, model, crop):
     spec, root = tiny
@@ -58,6 +59,7 @@ def test_frozen_end_to_end_equals_extract_plus_fit(tiny, tmp_path, model, crop):
     assert 0.01 < np.abs(fast.proba - 0.5).max()  # the head did learn something
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tiny, tmp_path):
     spec, root = tiny
     common = dict(data_root=root, epochs=3, lr=1e-3, batch_size=8, **SMALL)
@@ -100,6 +102,7 @@ def test_resume_with_other_settings_lists_differences(tiny, tmp_path):
         finetune("resnet50", str(spec), data_root=root, runs_dir=tmp_path / "empty", epochs=2, resume=True, **SMALL)
 
 
+@pytest.mark.slow
 def test_complete_run_is_not_redone_without_force_and_report_shows_both_modes(tiny, tmp_path):
     spec, root = tiny
     kw = dict(data_root=root, runs_dir=tmp_path / "runs", epochs=2, batch_size=8, **SMALL)
@@ -116,6 +119,7 @@ def test_complete_run_is_not_redone_without_force_and_report_shows_both_modes(ti
     assert "| tiny | dinov2_s † | N | linear |" in md and "dinov2_s †: frozen (linear) − unfrozen (linear)" in md
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_full_batches(tiny, tmp_path):
     spec, root = tiny
     kw = dict(data_root=root, epochs=2, lr=1e-3, batch_size=8, **{**SMALL, "crop": 28})
@@ -125,6 +129,7 @@ def test_gradient_accumulation_matches_full_batches(tiny, tmp_path):
     assert np.abs(one.proba - two.proba).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_gloo_match_one_process(tiny, tmp_path):
     """DDP: each rank trains on a shard of every global batch; the result equals a single process."""
     import os
@@ -184,6 +189,7 @@ def test_study_vgg_features_only_trains_fc6_fc7():
                    quirks=("vgg_features_only",))
 
 
+@pytest.mark.slow
 def test_study_quirk_runs_end_to_end_and_the_cache_path_refuses_it(tiny, tmp_path):
     from typer.testing import CliRunner
 

@@ -165,6 +165,7 @@ def test_cli_end_to_end_and_errors(tiny, tmp_path):
     assert res.exit_code == 0 and "chest_xray" in res.output
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_flags_random_weights(tmp_path):
     from probebench.demo import run_demo
 

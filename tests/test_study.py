@@ -75,6 +75,7 @@ def test_unknown_keys_and_impossible_values_name_file_and_line(tmp_path):
         load_study(bad)
 
 
+@pytest.mark.slow
 def test_study_end_to_end_rerun_is_a_noop_and_report_files_hold_every_cell(tmp_path):
     study = load_study(write(tmp_path / "small.toml", SMALL_STUDY))
     stranger = fake_run(Path("runs"), [0, 1, 0, 1], np.eye(2)[[0, 1, 1, 1]], dataset="not_in_study")  # a fit's run
@@ -162,6 +163,7 @@ def test_paper_faithful_plans_the_studys_dinov2_setup():
     assert feature_spec(study, "resnet50").interpolation == "bilinear" and feature_spec(study, "resnet50").tap is None
 
 
+@pytest.mark.slow
 def test_faithful_and_recommended_grids_run_on_synthetic_data_and_report_side_by_side(tmp_path):
     """Random weights, tiny images: the faithful DINOv2 cells (ImageNet-logit tap + the study's MLP, frozen and
     fine-tuned, bilinear) and the recommended ones run end to end into one runs folder; `report` shows both."""
