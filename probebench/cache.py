@@ -56,7 +56,7 @@ class FeatureRequest:
 
     def path(self, cache_dir: str | Path) -> Path | str:
         """``<cache-dir>/<dataset>/<model>/<key>.zarr``; a string when the cache root is a URL (fsspec)."""
-        from probebench.registry import path_name
+        from probebench.validate import path_name
 
         parts = [path_name(self.dataset), path_name(self.model), f"{self.key}.zarr"]
         if is_url(cache_dir):
@@ -98,12 +98,17 @@ def remove_store(location: Path | str) -> None:
 
 
 def versions() -> dict:
-    import timm
-    import torch
-    import torchvision
+    """Versions of what computes the numbers, from package metadata (nothing is imported to read them)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"probebench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "zarr": zarr.__version__, "python": platform.python_version()}
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"probebench": __version__, "torch": installed("torch"), "torchvision": installed("torchvision"),
+            "timm": installed("timm"), "zarr": installed("zarr"), "python": platform.python_version()}
 
 
 def create_store(path: Path | str, request: FeatureRequest, manifest, feature_dim: int, chunk_size: int,

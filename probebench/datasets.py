@@ -27,8 +27,7 @@ import numpy as np
 
 from probebench.errors import NotOnThisMachine, ProbebenchError
 from probebench.filehash import content_digests
-from probebench.images import is_junk
-from probebench.pixels import PixelRules
+from probebench.pixels import PixelRules, hdf5_uri, is_junk
 from probebench.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
 from probebench.validate import VAL_UNITS, component, line_of, outside, read_toml
 
@@ -650,7 +649,6 @@ def _hdf5_rows(spec: DatasetSpec, root: Path) -> tuple[list[tuple], dict]:
     """One HDF5 file: an image array (N x H x W [x C]), labels, optional ids, groups and splits."""
     import h5py
 
-    from probebench.images import hdf5_uri
     from probebench.weights import sha256_file
 
     h = spec.hdf5

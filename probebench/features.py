@@ -245,7 +245,7 @@ def _matches(spec: FeatureSpec, config: ModelConfig, rec: dict) -> bool:
 
 def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missing: Exception) -> Path:
     """The one complete store under ``cache_dir`` whose record matches ``spec``, found without data or weights."""
-    from probebench.registry import path_name
+    from probebench.validate import path_name
 
     config = get_config(spec.model)
     name = load_spec(dataset).name

@@ -33,7 +33,8 @@ from probebench.heads import softmax_proba
 from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.metrics import point_metrics
 from probebench.progress import make_progress
-from probebench.registry import FeatureExtractor, path_name
+from probebench.registry import FeatureExtractor
+from probebench.validate import path_name
 from probebench.runs import check_writable, config_hash, write_run
 from probebench.training import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
 from probebench.validate import check_options

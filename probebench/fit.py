@@ -74,6 +74,8 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
         "weights": attrs["weights"], "tap": attrs["tap"], "preprocessing": attrs["preprocessing"],
         "precision": attrs["precision"], "store_dtype": attrs["store_dtype"], "manifest_hash": attrs["manifest_hash"],
         "cache_key": attrs["key"], "cache_path": str(path), "extract_device": attrs.get("device"),
+        "extract_img_s": (round(attrs["n_samples"] / attrs["extract_seconds"], 2)
+                          if attrs.get("extract_seconds") else None),
         "skipped": attrs["skipped"], "junk_files": attrs.get("junk_files", 0),
         "group_kind": attrs.get("group_kind", "group"), "features": {"normalize": normalize, "standardize": standardize},
         "versions": fcache.versions(), "data_root": [str(r) for r in data_roots(data_root)],

@@ -11,26 +11,10 @@ import torch
 import torch.utils.data
 from PIL import Image
 
-from probebench.pixels import DICOM_SUFFIXES, PixelRules, check_finite, read_dicom, to_uint8
+from probebench.pixels import DICOM_SUFFIXES, HDF5_SEP, PixelRules, check_finite, read_dicom, to_uint8
 from probebench.registry import Preprocessing
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"} | DICOM_SUFFIXES
-JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
-
-
-def is_junk(path: Path) -> bool:
-    """Release clutter that is never an image: macOS/Windows metadata, spreadsheets, notes, hidden files."""
-    return (path.name.lower() in JUNK_NAMES or path.name.startswith("._") or path.name.startswith(".")
-            or "__MACOSX" in path.parts or path.suffix.lower() not in IMAGE_SUFFIXES)
-
-
-HDF5_SEP = "::"
 _H5_FILES: dict = {}  # (process id, path) -> open h5py.File: each DataLoader worker opens its own
-
-
-def hdf5_uri(path: Path, dataset: str, index: int, float_rule: str) -> str:
-    """How a manifest names image ``index`` of an HDF5 array: ``file.h5::dataset::index::rule``."""
-    return HDF5_SEP.join([str(path), dataset, str(index), float_rule])
 
 
 def _hdf5_image(uri: str, rules: PixelRules) -> Image.Image:

@@ -7,12 +7,31 @@ they travel in the manifest, so they are part of the manifest hash and hence of 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 INTENSITY_RULES = ("minmax", "percentile", "bits", "full16")
 PIXEL_KEYS = {"intensity", "percentiles", "bits", "dicom_window"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"} | DICOM_SUFFIXES
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+def is_junk(path: Path) -> bool:
+    """Release clutter that is never an image: macOS/Windows metadata, spreadsheets, notes, hidden files."""
+    return (path.name.lower() in JUNK_NAMES or path.name.startswith("._") or path.name.startswith(".")
+            or "__MACOSX" in path.parts or path.suffix.lower() not in IMAGE_SUFFIXES)
+
+
+HDF5_SEP = "::"
+
+
+def hdf5_uri(path: Path, dataset: str, index: int, float_rule: str) -> str:
+    """How a manifest names image ``index`` of an HDF5 array: ``file.h5::dataset::index::rule``."""
+    return HDF5_SEP.join([str(path), dataset, str(index), float_rule])
+
+
 DICOM_DECODERS_HINT = ("pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle "
                        "(or python-gdcm)")
 

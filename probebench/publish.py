@@ -16,10 +16,9 @@ import numpy as np
 
 from probebench.atomic import write_bytes, write_text
 from probebench.bootstrap import BootstrapConfig
-from probebench.cache import open_group, store_exists
 from probebench.errors import ProbebenchError
 from probebench.metrics import LABELS, STUDY_METRICS
-from probebench.registry import path_name
+from probebench.validate import path_name
 from probebench.report import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
                                collect_rows, comparison_lines, comparisons, evaluate_run, footnotes, metric_headers,
                                render, study_cell)
@@ -181,16 +180,10 @@ def confusion_figure(row: ReportRow):
 
 
 def _cost(row: ReportRow) -> dict:
-    """Extraction images/s (from the cache, when it still exists), training time, peak memory."""
+    """Extraction images/s, training time, peak memory: what the run recorded (reports read run folders only)."""
     c, m = row.run.config, row.run.metrics
-    out = {"extract_img_s": None, "train_seconds": m.get("fit_seconds", m.get("train_seconds")),
-           "peak_memory_gib": m.get("peak_memory_gib"), "device": c.get("extract_device") or c.get("device")}
-    store = c.get("cache_path")
-    if store and store_exists(store):
-        attrs = open_group(store, mode="r").attrs
-        if attrs.get("extract_seconds"):
-            out["extract_img_s"] = round(attrs["n_samples"] / attrs["extract_seconds"], 2)
-    return out
+    return {"extract_img_s": c.get("extract_img_s"), "train_seconds": m.get("fit_seconds", m.get("train_seconds")),
+            "peak_memory_gib": m.get("peak_memory_gib"), "device": c.get("extract_device") or c.get("device")}
 
 
 def _html_table(header: list[str], body: list[list[str]], red_rows: set[int] = frozenset()) -> str:

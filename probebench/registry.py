@@ -189,13 +189,6 @@ def get_config(name: str) -> ModelConfig:
             f"unknown model {name!r}; known models: {', '.join(REGISTRY)}, or timm:<name> for any timm model") from None
 
 
-def path_name(model: str) -> str:
-    """A model name as one unambiguous path component (``timm:a/b`` -> ``timm%3Aa%2Fb``)."""
-    from urllib.parse import quote
-
-    return quote(model, safe="")
-
-
 def timm_config(name: str) -> ModelConfig:
     """A registry entry for ``timm:<model>[.<tag>]`` or ``timm:hf-hub:<org>/<repo>``: timm's pretrained config
     gives the preprocessing, the pre-logits features are the tap."""

@@ -49,7 +49,7 @@ def write_run(runs_dir: str | Path, config: dict, *, sample_ids, groups, y_true,
     """Write a complete run and return its folder (named by time, head and a config hash)."""
     classes = config["classes"]
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{config['head']}-{run_suffix or config_hash(config)}"
-    from probebench.registry import path_name
+    from probebench.validate import path_name
 
     final = Path(runs_dir) / path_name(config["dataset"]) / path_name(config["model"]) / config["mode"] / run_id
     tmp = final.with_name(final.name + ".partial")

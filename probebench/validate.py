@@ -128,6 +128,13 @@ def parse_ints(text: str | None, what: str) -> list[int] | None:
 _COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
 
 
+def path_name(model: str) -> str:
+    """A model name as one unambiguous path component (``timm:a/b`` -> ``timm%3Aa%2Fb``)."""
+    from urllib.parse import quote
+
+    return quote(model, safe="")
+
+
 def component(name, what: str, where: str = "") -> str:
     """``name`` as a single, safe folder name: letters, digits and ``_ . + = -``, not starting with a dot, so it
     can never climb out of (``..``) or reach below (``a/b``) the folder it is written into."""
