@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -43,6 +44,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise ProbebenchError(f"cannot write {path}: {describe_error(exc)}; {kept}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def flush_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder``, so a rename that publishes it publishes complete files."""
+    for entry in sorted(Path(folder).rglob("*"), reverse=True):
+        if entry.is_file() and not entry.is_symlink():
+            with open(entry, "rb+") as fh:
+                os.fsync(fh.fileno())
+        elif entry.is_dir():
+            _fsync_dir(entry)
+    _fsync_dir(Path(folder))
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``path`` (``<name>.partial``); on success its files are flushed and it is
+    renamed onto ``path`` (replacing a folder there); on any error it is removed. Readers that skip
+    ``*.partial`` never see half a folder."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        flush_tree(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
 

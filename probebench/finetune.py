@@ -34,8 +34,7 @@ from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.metrics import point_metrics
 from probebench.progress import make_progress
 from probebench.registry import FeatureExtractor
-from probebench.validate import path_name
-from probebench.runs import check_writable, config_hash, write_run
+from probebench.runs import check_writable, config_hash, run_folder, write_run
 from probebench.training import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
 from probebench.validate import check_options
 
@@ -221,7 +220,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
         "patience": patience, "accumulate": accumulate, "precision": prec, "seed": seed,
         **({"head_sha256": req.weights["head_sha256"]} if req.weights.get("head_sha256") else {}),
         **({"study_quirks": sorted(study_quirks)} if study_quirks else {})}
-    base = Path(runs_dir) / path_name(manifest.dataset) / path_name(model) / mode
+    base = run_folder(runs_dir, manifest.dataset, model, mode)
     digest = config_hash(numbers)
     done = sorted(p.parent for p in base.glob(f"*-{digest}/config.json"))
     if done and not force:

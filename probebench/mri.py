@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probebench.atomic import flush_tree
 from probebench.datasets import load_spec
 from probebench.errors import ProbebenchError
 from probebench.splits import check_disjoint, stratified_group_holdout
@@ -397,6 +398,7 @@ def publish_generation(out: Path, staging: Path, modalities: list[str]) -> Path:
     the previous preparation or the new one, never modalities from two preparations or a missing folder."""
     gens = out / GENERATIONS
     final = staging.with_name(staging.name.removesuffix(".partial"))
+    flush_tree(staging)  # complete files on disk before the renames that publish them
     staging.rename(final)
     link = gens / f".current.{os.getpid()}.tmp"
     link.unlink(missing_ok=True)

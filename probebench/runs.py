@@ -9,15 +9,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-MODES = ("frozen", "unfrozen")
-
+from probebench.atomic import atomic_dir
 
 def check_writable(folder: str | Path) -> None:
     """Refuse before any work when ``folder`` cannot take new files, so a trained head is never lost."""
@@ -44,35 +42,34 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def run_folder(runs_dir: str | Path, dataset: str, model: str, mode: str) -> Path:
+    """``<runs>/<dataset>/<model>/<mode>``: where the runs of one cell live (this module owns the layout)."""
+    from probebench.validate import path_name
+
+    return Path(runs_dir) / path_name(dataset) / path_name(model) / mode
+
+
 def write_run(runs_dir: str | Path, config: dict, *, sample_ids, groups, y_true, proba: np.ndarray,
               history: list[dict], metrics: dict, run_suffix: str | None = None) -> Path:
     """Write a complete run and return its folder (named by time, head and a config hash)."""
     classes = config["classes"]
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{config['head']}-{run_suffix or config_hash(config)}"
-    from probebench.validate import path_name
-
-    final = Path(runs_dir) / path_name(config["dataset"]) / path_name(config["model"]) / config["mode"] / run_id
-    tmp = final.with_name(final.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps({**config, "run_id": run_id}, indent=2, default=str))
-    y_pred = proba.argmax(axis=1)
-    with (tmp / "predictions.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["sample_id", "group", "true", "pred"] + [f"prob_{c}" for c in classes])
-        for sid, g, t, p, pr in zip(sample_ids, groups, y_true, y_pred, proba):
-            w.writerow([sid, g, classes[int(t)], classes[int(p)]] + [f"{v:.8g}" for v in pr])
-    if history:
-        keys = list(dict.fromkeys(k for row in history for k in row))
-        with (tmp / "history.csv").open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            w.writerows(history)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    final = run_folder(runs_dir, config["dataset"], config["model"], config["mode"]) / run_id
+    with atomic_dir(final) as tmp:  # readers never see half a run
+        (tmp / "config.json").write_text(json.dumps({**config, "run_id": run_id}, indent=2, default=str))
+        y_pred = proba.argmax(axis=1)
+        with (tmp / "predictions.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["sample_id", "group", "true", "pred"] + [f"prob_{c}" for c in classes])
+            for sid, g, t, p, pr in zip(sample_ids, groups, y_true, y_pred, proba):
+                w.writerow([sid, g, classes[int(t)], classes[int(p)]] + [f"{v:.8g}" for v in pr])
+        if history:
+            keys = list(dict.fromkeys(k for row in history for k in row))
+            with (tmp / "history.csv").open("w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=keys)
+                w.writeheader()
+                w.writerows(history)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return final
 
 
