@@ -47,7 +47,9 @@ def make_jpegs(root: Path, n: int, size: int, grayscale: bool = True) -> Path:
 
 def forward_only(net, n: int, batch: int, crop: int, device: torch.device, precision: str,
                  channels_last: bool) -> float:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    from probebench.precision import autocast_dtype
+
+    dtype = autocast_dtype(precision)
     x = torch.randn(batch, 3, crop, crop, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

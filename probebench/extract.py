@@ -23,10 +23,10 @@ from probebench import cache as fcache
 from probebench.errors import ProbebenchError
 from probebench.features import FeatureSpec, resolve_job
 from probebench.images import ImageDataset, bad_image_error, make_transform
+from probebench.precision import autocast_dtype
 from probebench.progress import make_progress
 from probebench.validate import check_options
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def auto_device(device: str = "auto") -> torch.device:
@@ -173,7 +173,7 @@ def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_
     buffers: dict[int, np.ndarray] = {}
     reasons: dict[int, list[str]] = {}
     filled: dict[int, int] = {}
-    autocast = PRECISIONS[precision]
+    autocast = autocast_dtype(precision)
     start = time.perf_counter()
     writer = ChunkWriter(root, job.request.store_dtype)
     try:

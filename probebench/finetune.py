@@ -32,6 +32,8 @@ from probebench.features import FeatureSpec, resolve_job
 from probebench.heads import softmax_proba
 from probebench.images import ImageDataset, bad_image_error, make_transform
 from probebench.metrics import point_metrics
+from probebench.precision import autocast_dtype
+from probebench.precision import resolve as resolve_precision
 from probebench.progress import make_progress
 from probebench.registry import FeatureExtractor
 from probebench.runs import check_writable, config_hash, run_folder, write_run
@@ -120,14 +122,6 @@ class Classifier(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
 def _save_atomic(obj: dict, path: Path) -> None:
     """A kill or a full disk mid-write never leaves a corrupt checkpoint (see ``atomic``)."""
     with atomic_path(path) as tmp:
@@ -208,7 +202,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     rank, world = distributed.setup()
     main = rank == 0
     dev = auto_device(distributed.rank_device(device))
-    prec = _resolve_precision(precision, dev)
+    prec = resolve_precision(precision, dev)
     manifest, req = job.manifest, job.request
     check_trainable(manifest.dataset, manifest.classes, manifest.counts())
     mode = "frozen" if freeze_backbone else "unfrozen"
@@ -260,7 +254,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     images = ImageDataset(manifest.paths, make_transform(job.config.preprocessing), job.config.preprocessing.crop,
                           rules=manifest.pixels)
     n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+    autocast = autocast_dtype(prec)
 
     def loader(batches):
         return DataLoader(images, batch_sampler=batches, num_workers=n_workers, pin_memory=dev.type == "cuda")
@@ -276,7 +270,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
         return x, labels[idx].to(dev)
 
     def forward(x, module=net):
-        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
             return module(x).float()
 
     global_batch = [0]  # size of the global batch whose shard this rank is training on

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from probebench.errors import ProbebenchError
-from probebench.training import epoch_batches, seed_epoch, seeded_init, train_classifier
+from probebench.training import epoch_batches, improved, seeded_init, train_classifier, train_loop
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_WDS = (0.0, 1e-4, 1e-3, 1e-2)
@@ -300,44 +300,52 @@ class GridHead:
                           torch.tensor([c[1] for c in self.cells]))
         weight = (torch.as_tensor(balanced_weights(y, n_classes), dtype=torch.float32)
                   if self.class_weight == "balanced" else None)
-        sign = 1.0 if self.select == "val_accuracy" else -1.0
-        best = torch.full((n_heads,), -math.inf)
-        best_epoch = torch.zeros(n_heads, dtype=torch.long)
-        best_state = [None] * n_heads
-        history = []
-        for epoch in range(1, self.epochs + 1):
-            seed_epoch(self.seed, epoch)
+        best = np.full(n_heads, np.nan)  # per cell, by the one best-epoch rule (training.improved)
+        best_epoch = np.zeros(n_heads, dtype=int)
+        best_state: list = [None] * n_heads
+
+        def batches(epoch):
             for idx in epoch_batches(len(xt), self.batch_size, self.seed, epoch):
                 idx = torch.from_numpy(idx)
-                logits = model(xt[idx])  # (H, B, K)
-                loss = nn.functional.cross_entropy(logits.reshape(-1, n_classes), yt[idx].repeat(n_heads),
-                                                   weight=weight, reduction="none").view(n_heads, -1)
-                loss = (loss.sum(1) / (weight[yt[idx]].sum() if weight is not None else len(idx))).sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                yield xt[idx], yt[idx]
+
+        def step(m, xb, yb, optimizer):
+            logits = m(xb)  # (H, B, K)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, n_classes), yb.repeat(n_heads),
+                                               weight=weight, reduction="none").view(n_heads, -1)
+            loss = (loss.sum(1) / (weight[yb].sum() if weight is not None else len(yb))).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return loss.detach().double() * len(yb) / n_heads, (logits.detach().argmax(2) == yb).sum() // n_heads, len(yb)
+
+        def validate(m):
+            epoch = len(loop_history) + 1
             with torch.no_grad():
-                val_logits = model(xv)
-                val_acc = (val_logits.argmax(2) == yv).double().mean(1)
-                val_loss = torch.stack([nn.functional.cross_entropy(v, yv) for v in val_logits])
-            score = sign * (val_acc if self.select == "val_accuracy" else val_loss).float()
-            improved = score > best
-            for h in torch.nonzero(improved).flatten().tolist():
-                best_state[h] = model.head(h)
-            best = torch.where(improved, score, best)
-            best_epoch = torch.where(improved, torch.tensor(epoch), best_epoch)
-            row = {"epoch": epoch, "val_accuracy_best_cell": float(val_acc.max()),
-                   "val_accuracy_mean": float(val_acc.mean())}
-            history.append(row)
-            if on_epoch is not None:
-                on_epoch({**row, "val_accuracy": row["val_accuracy_best_cell"]})
-        chosen = int(torch.argmax(best))  # first cell on ties: lr-major order
+                val_logits = m(xv)
+                val_acc = (val_logits.argmax(2) == yv).double().mean(1).numpy()
+                val_loss = torch.stack([nn.functional.cross_entropy(v, yv) for v in val_logits]).numpy()
+            score = (val_acc if self.select == "val_accuracy" else val_loss).astype(np.float32).astype(float)
+            better = improved(self.select, score, best)
+            for h in np.flatnonzero(better):
+                best_state[h] = m.head(int(h))
+            best[better], best_epoch[better] = score[better], epoch
+            loop_history.append(epoch)
+            return {"val_accuracy": float(val_acc.max()), "val_loss": float(val_loss.min()),
+                    "val_accuracy_mean": float(val_acc.mean())}
+
+        loop_history: list = []
+        state = train_loop(model, opt, batches, validate, epochs=self.epochs, seed=self.seed, step=step,
+                           select=self.select, on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
+        history = state.history
+        sign = 1.0 if self.select == "val_accuracy" else -1.0
+        chosen = int(np.argmax(np.where(np.isnan(best), -np.inf, sign * best)))  # first on ties: lr-major order
         self.model_ = StackedHeads(self._single(x.shape[1], n_classes), 1)
         with torch.no_grad():
             for i, (w, b) in enumerate(zip(best_state[chosen]["w"], best_state[chosen]["b"])):
                 self.model_.weights[i][0].copy_(w)
                 self.model_.biases[i][0].copy_(b)
-        grid = [{"lr": lr, "weight_decay": wd, self.select: sign * float(best[h]), "best_epoch": int(best_epoch[h])}
+        grid = [{"lr": lr, "weight_decay": wd, self.select: float(best[h]), "best_epoch": int(best_epoch[h])}
                 for h, (lr, wd) in enumerate(self.cells)]
         self.selection_ = {"grid": grid, "chosen": grid[chosen]}
         self.history_, self.best_epoch_ = history, int(best_epoch[chosen])

@@ -63,10 +63,13 @@ class LoopState:
     stale_epochs: int = 0  # epochs since the last improvement (for --patience)
 
 
-def _better(select: str, new: float, old: float) -> bool:
-    if math.isnan(old):
-        return True
-    return new > old if SELECT_METRICS[select] is max else new < old
+def improved(select: str, new, old):
+    """The one best-epoch rule, for every head, the grid and fine-tuning: strictly better than the best so far
+    (so the first epoch that reaches the best value is kept), and anything beats no value yet (NaN). ``new`` and
+    ``old`` are numbers, or arrays with one value per stacked head."""
+    new, old = np.asarray(new, dtype=float), np.asarray(old, dtype=float)
+    better = new > old if SELECT_METRICS[select] is max else new < old
+    return better | np.isnan(old)
 
 
 def train_loop(model: nn.Module, optimizer, train_batches: Callable[[int], Iterable[tuple]],
@@ -101,7 +104,7 @@ def train_loop(model: nn.Module, optimizer, train_batches: Callable[[int], Itera
         row = {"epoch": epoch, "train_loss": total.item() / seen, "train_accuracy": correct.item() / seen,
                **validate(model), "train_seconds": round(train_seconds, 4),
                "train_samples_per_s": round(seen / train_seconds, 2)}
-        if _better(select, row[select], state.best_metric):
+        if bool(improved(select, row[select], state.best_metric)):
             state.best_metric, state.best_epoch = row[select], epoch
             state.best_state = copy.deepcopy(model.state_dict())
             state.stale_epochs = 0

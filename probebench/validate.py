@@ -13,8 +13,8 @@ from probebench.errors import ProbebenchError
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SELECT_METRICS = ("val_accuracy", "val_loss")
 HEADS = ("linear", "mlp", "study_mlp", "logreg", "knn")
-EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
-FINETUNE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes (precision.AUTOCAST)
+RUNTIME_PRECISIONS = ("auto", *PRECISIONS)  # where the device may choose: fine-tuning
 STORE_DTYPES = ("float32", "float16")
 VAL_UNITS = ("group", "sample")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -51,8 +51,8 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
     "optimizer": _choice(OPTIMIZERS),
     "select_metric": _choice(SELECT_METRICS),
     "head": _choice(HEADS),
-    "precision": _choice(EXTRACT_PRECISIONS),
-    "finetune_precision": _choice(FINETUNE_PRECISIONS),
+    "precision": _choice(PRECISIONS),
+    "finetune_precision": _choice(RUNTIME_PRECISIONS),
     "store_dtype": _choice(STORE_DTYPES),
     "normalize": _choice(("l2",)),
     "class_weight": _choice(("balanced",)),

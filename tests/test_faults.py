@@ -633,11 +633,11 @@ def test_the_option_rules_name_what_the_code_accepts():
     """validate.py keeps light copies of the allowed values (the CLI must not import torch to check an option);
     they must equal the code's own tables."""
     from probebench import heads, training, validate
-    from probebench.extract import PRECISIONS
+    from probebench.precision import AUTOCAST
 
     assert set(validate.HEADS) == set(heads.HEADS)
     assert set(validate.SELECT_METRICS) == set(training.SELECT_METRICS)
-    assert set(validate.EXTRACT_PRECISIONS) == set(PRECISIONS)
+    assert set(validate.PRECISIONS) == set(AUTOCAST)
     for name in validate.OPTIMIZERS:
         training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], name)
     with pytest.raises(ValueError):

@@ -160,3 +160,15 @@ def test_training_reshuffles_every_epoch_and_validates_on_all_samples(monkeypatc
     logits = torch.tensor([[2.0, 0.0]] * 7 + [[0.0, 2.0]] * 2)
     labels = torch.tensor([0] * 6 + [1] * 3)  # 8 of 9 right; per-batch means (batch 8) would give (7/8 + 1) / 2
     assert training.val_metrics(logits, labels)["val_accuracy"] == pytest.approx(8 / 9)
+
+
+def test_one_best_epoch_rule_for_single_heads_and_grids():
+    """Strictly better than the best so far (a tie keeps the earlier epoch); anything beats no value yet; the same
+    element by element for stacked grid heads, for accuracy (higher) and loss (lower)."""
+    from probebench.training import improved
+
+    assert improved("val_accuracy", 0.7, float("nan")) and improved("val_accuracy", 0.7, 0.6)
+    assert not improved("val_accuracy", 0.6, 0.6) and not improved("val_loss", 0.6, 0.6)
+    assert improved("val_loss", 0.5, 0.6) and not improved("val_loss", 0.7, 0.6)
+    got = improved("val_accuracy", np.array([0.5, 0.7, 0.7, 0.1]), np.array([0.6, 0.6, 0.7, np.nan]))
+    assert got.tolist() == [False, True, False, True]
