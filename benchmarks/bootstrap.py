@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
-from probebench.bootstrap import BootstrapConfig, EvalData, replicate_weights, replicates
+from probebench.stats.bootstrap import BootstrapConfig, EvalData, replicate_weights, replicates
 
 
 def sklearn_replicate(t, p, proba, k, auroc):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from probebench.finetune import finetune
+from probebench.train.finetune import finetune
 
 SPEC = """kind = "folder"
 root = "bench"

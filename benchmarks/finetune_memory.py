@@ -16,8 +16,8 @@ import json
 import torch
 from torch import nn
 
-from probebench.finetune import Classifier
-from probebench.registry import create_model
+from probebench.train.finetune import Classifier
+from probebench.models.registry import create_model
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from probebench.heads import LinearHead
+from probebench.train.heads import LinearHead
 
 
 def main() -> None:

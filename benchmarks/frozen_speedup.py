@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from probebench.bench import make_jpegs
-from probebench.extract import extract
-from probebench.finetune import finetune
-from probebench.fit import fit
+from probebench.features.extract import extract
+from probebench.train.finetune import finetune
+from probebench.train.fit import fit
 from probebench.runs import read_run
 
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from probebench.heads import GridHead, LinearHead, MLPHead
+from probebench.train.heads import GridHead, LinearHead, MLPHead
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["PROBEBENCH_HASH_CACHE"] = str(tmp / "digests.sqlite")
-        from probebench.datasets import load_manifest
+        from probebench.data.datasets import load_manifest
 
         for c in ("a", "b"):
             (tmp / "data" / "bench" / c).mkdir(parents=True)

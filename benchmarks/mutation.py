@@ -1,7 +1,7 @@
 """Mutation testing of the core modules with mutmut: plant one small bug at a time, count what the tests catch.
 
     python benchmarks/mutation.py                          # every core module (hours on 2 cores)
-    python benchmarks/mutation.py --modules metrics,bootstrap
+    python benchmarks/mutation.py --modules stats.metrics,stats.bootstrap
     python benchmarks/mutation.py --report-only            # summarise what earlier runs stored in mutants/
 
 mutmut (a dev dependency) copies the package to ``mutants/``, runs the suite once to learn which tests
@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CORE = ("datasets", "splits", "images", "cache", "extract", "training", "heads", "metrics", "bootstrap", "report",
-        "mri")
+CORE = ("data.datasets", "data.splits", "data.mri", "features.images", "features.cache", "features.extract",
+        "train.loop", "train.heads", "stats.metrics", "stats.bootstrap", "report.tables")
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
           36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
           -11: "crashed", -9: "crashed", None: "not checked"}
@@ -46,7 +46,7 @@ def run(modules: list[str], children: int) -> float:
 
 def statuses(module: str) -> dict[str, str]:
     """Mutant name -> status, from mutmut's record for ``module`` (empty when it was never run)."""
-    meta = REPO / "mutants" / "probebench" / f"{module}.py.meta"
+    meta = REPO / "mutants" / "probebench" / f"{module.replace('.', '/')}.py.meta"
     if not meta.exists():
         return {}
     codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -90,15 +90,17 @@ def summary(modules: list[str], diffs: bool) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--modules", default=",".join(CORE), help="comma-separated probebench modules")
+    ap.add_argument("--modules", default=",".join(CORE), help="comma-separated modules under probebench/, "
+                                                            "e.g. stats.metrics")
     ap.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel")
     ap.add_argument("--report-only", action="store_true", help="only summarise stored results")
     ap.add_argument("--diffs", action="store_true", help="print each survivor's diff")
     args = ap.parse_args()
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
-    unknown = [m for m in modules if not (REPO / "probebench" / f"{m}.py").exists()]
+    unknown = [m for m in modules if not any((REPO / base / "probebench" / f"{m.replace('.', '/')}.py").exists()
+                                             for base in (".", "mutants"))]
     if unknown:
-        ap.error(f"no module probebench/{unknown[0]}.py; core modules: {', '.join(CORE)}")
+        ap.error(f"no module probebench/{unknown[0].replace('.', '/')}.py; core modules: {', '.join(CORE)}")
     if not args.report_only:
         seconds = run(modules, args.max_children)
         print(f"\nmutmut ran {seconds / 60:.1f} min on {', '.join(modules)}\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from probebench.mri import prepare_mri
+from probebench.data.mri import prepare_mri
 
 
 def write_cohort(root: Path, patients: int, shape: tuple[int, int, int]) -> tuple[Path, Path]:

@@ -47,7 +47,7 @@ def make_jpegs(root: Path, n: int, size: int, grayscale: bool = True) -> Path:
 
 def forward_only(net, n: int, batch: int, crop: int, device: torch.device, precision: str,
                  channels_last: bool) -> float:
-    from probebench.precision import autocast_dtype
+    from probebench.features.precision import autocast_dtype
 
     dtype = autocast_dtype(precision)
     x = torch.randn(batch, 3, crop, crop, device=device)
@@ -68,7 +68,7 @@ def forward_only(net, n: int, batch: int, crop: int, device: torch.device, preci
 
 def study_way(net, paths: list[str], transform, device: torch.device) -> float:
     """The study's inference loop: batch size 1, PIL transforms, one forward per image."""
-    from probebench.images import load_rgb
+    from probebench.features.images import load_rgb
 
     start = time.perf_counter()
     with torch.inference_mode():
@@ -90,10 +90,10 @@ def throughput(model: str = "resnet50", images: int = 96, image_size: int = 1024
     """Measure (a), (b), (c) and the feature agreement of the faster options; returns the numbers."""
     import zarr
 
-    from probebench.extract import auto_device, default_batch_size, extract
-    from probebench.features import FeatureSpec, resolve_job
-    from probebench.images import make_transform
-    from probebench.registry import create_model
+    from probebench.features.extract import auto_device, default_batch_size, extract
+    from probebench.features.spec import FeatureSpec, resolve_job
+    from probebench.features.images import make_transform
+    from probebench.models.registry import create_model
 
     dev = auto_device(device)
     batch = batch_size or default_batch_size(dev)
@@ -126,7 +126,7 @@ def throughput(model: str = "resnet50", images: int = 96, image_size: int = 1024
 
 
 def read_store(store) -> np.ndarray:
-    from probebench.cache import read_features
+    from probebench.features.cache import read_features
 
     return read_features(store).features
 
@@ -137,7 +137,7 @@ def peak_rss(model: str, images: int, image_size: int = 64, crop: int = 56) -> f
 import resource, tempfile
 from pathlib import Path
 from probebench.bench import make_jpegs
-from probebench.extract import extract
+from probebench.features.extract import extract
 with tempfile.TemporaryDirectory() as tmp:
     spec = make_jpegs(Path(tmp) / "data", {images}, {image_size})
     extract({model!r}, str(spec), data_root=Path(tmp) / "data", cache_dir=Path(tmp) / "c", weights="random",

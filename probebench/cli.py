@@ -133,7 +133,7 @@ def feature_options(exclude: tuple[str, ...] = ()):
 
         @functools.wraps(fn)
         def wrapper(**kwargs):
-            from probebench.features import FeatureSpec
+            from probebench.features.spec import FeatureSpec
 
             values = {n: kwargs.pop(n) for n in names}
             for n in ("mean", "std"):
@@ -161,7 +161,7 @@ def extract(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]]
             force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
             skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and record them.")):
     """Fill the feature cache: one forward pass per image through the frozen backbone (resumable)."""
-    from probebench.extract import extract as run
+    from probebench.features.extract import extract as run
 
     t0 = time.perf_counter()
     path = run(features, dataset, data_root=data_root, cache_dir=cache_dir, device=device, batch_size=batch_size,
@@ -193,12 +193,12 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
         seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3."),
         study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt):
     """Train a head on cached features (frozen backbone) and write a run directory."""
-    from probebench.fit import fit as run
+    from probebench.train.fit import fit as run
     from probebench.validate import parse_ints
 
     seed_list = parse_ints(seeds, "seeds")
     if study_bn_epoch1 or study_vgg_features_only:
-        from probebench.finetune import STUDY_QUIRKS
+        from probebench.train.finetune import STUDY_QUIRKS
 
         quirks = _quirks(study_bn_epoch1, study_vgg_features_only)
         raise ProbebenchError("fit trains on cached features, which are fixed; the study's quirk "
@@ -243,7 +243,7 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
              resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch."),
              force: bool = typer.Option(False, "--force", help="Run again even if an identical run is complete.")):
     """Fine-tune end to end (all weights trained: the study's unfrozen setting) and write a run directory."""
-    from probebench.finetune import finetune as run
+    from probebench.train.finetune import finetune as run
 
     path = run(features, dataset, data_root=data_root, runs_dir=runs_dir, head=head, epochs=epochs, lr=lr,
                batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
@@ -257,9 +257,9 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
 
 def _report_options(n_resamples: int, method: str, unit: str, seed: int, level: str, aggregate: str,
                     metrics: str | None = None, stratify: str = "auto", study_ci: bool = False):
-    from probebench.bootstrap import BootstrapConfig
-    from probebench.metrics import STUDY_METRICS
-    from probebench.report import ReportOptions
+    from probebench.stats.bootstrap import BootstrapConfig
+    from probebench.stats.metrics import STUDY_METRICS
+    from probebench.report.tables import ReportOptions
 
     chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else STUDY_METRICS
     return ReportOptions(BootstrapConfig(n_resamples=n_resamples, method=method, unit=unit, seed=seed,
@@ -295,7 +295,7 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write tables.md, tables.tex, "
                                                   "results.csv, figures/ and report.html into this folder.")):
     """Tables laid out like the study's Tables III/IV, with bootstrap intervals and paired comparisons."""
-    from probebench.report import FORMATS, collect_rows, comparisons, render
+    from probebench.report.tables import FORMATS, collect_rows, comparisons, render
 
     if fmt not in FORMATS:
         raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -306,7 +306,7 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     comps = comparisons(rows, opts, compare_metric) if fmt != "csv" else None
     sys.stdout.write(render(rows, fmt, opts, comps, compare_metric))
     if out_dir is not None:
-        from probebench.publish import write_report
+        from probebench.report.publish import write_report
 
         write_report(runs_dir, out_dir, opts=opts, rows=rows, comps=comps, compare_metric=compare_metric)
         out.print(f"report files written to {out_dir}/ (tables.md, tables.tex, results.csv, figures/, report.html)")
@@ -319,7 +319,7 @@ def compare(run_a: Path = typer.Argument(..., help="First run directory."),
             n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
             aggregate: str = AggOpt, seed: int = BootSeedOpt, stratify: str = StratifyOpt):
     """A − B for every metric on the same bootstrap replicates: intervals, and p-values that invert them."""
-    from probebench.report import compare_runs, render_compare
+    from probebench.report.tables import compare_runs, render_compare
     from probebench.runs import read_run
 
     for p in (run_a, run_b):
@@ -353,7 +353,7 @@ def export(features, dataset: str = DatasetOpt,
            fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt [default: from --out]."),
            data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt):
     """Write cached features with labels, ids, groups and splits to HDF5, NumPy or PyTorch."""
-    from probebench.export import export_features
+    from probebench.features.export import export_features
 
     path = export_features(features, dataset, out_file, fmt=fmt, data_root=data_root, cache_dir=cache_dir)
     out.print(f"features exported to {path}")
@@ -420,9 +420,9 @@ def prepare_mri(cohort: Path = typer.Option(..., "--cohort", help="Folder with o
                                             "of skipping and reporting it."),
                 data_root: Optional[list[Path]] = DataRootOpt):
     """NIfTI cohort + grades -> slice datasets t1 / t2 / flair with patient-level splits."""
-    from probebench.datasets import data_root as resolve_root
-    from probebench.mri import prepare_mri as run
-    from probebench.mri import render_summary
+    from probebench.data.datasets import data_root as resolve_root
+    from probebench.data.mri import prepare_mri as run
+    from probebench.data.mri import render_summary
 
     target = out_dir or resolve_root(data_root)
     summary = run(cohort, labels, target, modalities=[m.strip() for m in modalities.split(",") if m.strip()],
@@ -442,12 +442,12 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
            resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
            std: Optional[str] = StdOpt, interpolation: Optional[str] = InterpOpt):
     """The model registry: feature taps, dimensions, weights, where they are looked for, and preprocessing."""
-    from probebench.registry import REGISTRY
-    from probebench.weights import hub_checkpoint_dir
+    from probebench.models.registry import REGISTRY
+    from probebench.models.weights import hub_checkpoint_dir
 
     if model is not None:
-        from probebench.features import model_preprocessing
-        from probebench.registry import get_config, random_seed
+        from probebench.features.spec import model_preprocessing
+        from probebench.models.registry import get_config, random_seed
 
         config = get_config(model)
         path = None
@@ -501,7 +501,7 @@ def datasets(data_root: Optional[list[Path]] = DataRootOpt,
              check: bool = typer.Option(False, "--check", help="Resolve present datasets: split counts, the data "
                                         "root each was found in, ids shared across shipped splits, notes.")):
     """Dataset specs that are registered, and whether their data is present under the data roots."""
-    from probebench.datasets import data_roots, find_dataset_root, list_specs, load_manifest, load_spec
+    from probebench.data.datasets import data_roots, find_dataset_root, list_specs, load_manifest, load_spec
 
     roots = data_roots(data_root)
     table = Table(title=f"datasets (data roots: {', '.join(str(r) for r in roots)})")

@@ -59,9 +59,9 @@ def run_demo(out: str | Path = "demo-output", models: tuple[str, ...] = ("resnet
              epochs: int = 100, resize: int | None = None, crop: int | None = None, progress: bool = True,
              fmt: str = "table") -> str:
     """Generate data, extract and fit each model with random weights, and return the rendered report."""
-    from probebench.extract import extract
-    from probebench.fit import fit
-    from probebench.report import ReportOptions, collect_rows, comparisons, render
+    from probebench.features.extract import extract
+    from probebench.train.fit import fit
+    from probebench.report.tables import ReportOptions, collect_rows, comparisons, render
 
     out = Path(out)
     make_demo_dataset(out / "data")

@@ -10,7 +10,7 @@ import csv
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,53 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+@dataclass
+class RunRecord:
+    """What every run's ``config.json`` holds, the same fields whether ``fit`` or ``finetune`` wrote it.
+
+    Written flat (``details`` merged in), so the file stays plain JSON any tool reads; ``from_config``
+    reads older runs too (``extract_device`` became ``device``).
+    """
+
+    mode: str  # "frozen" or "unfrozen"
+    path: str  # "cache" (extract + fit) or "end-to-end" (finetune)
+    dataset: str
+    model: str
+    classes: list
+    head: str
+    seed: int
+    weights: dict  # sha256 (or "random"), label, source; seed for random weights; head_sha256 for a tap's layer
+    tap: str
+    preprocessing: dict
+    manifest_hash: str
+    n: dict  # samples per split
+    counts: dict  # samples per split and class
+    head_label: str = ""
+    head_params: dict = field(default_factory=dict)
+    group_kind: str = "group"
+    device: str | None = None  # where the numbers were computed: the extraction (cache) or training device
+    extract_img_s: float | None = None  # extraction throughput of the store (cache path)
+    skipped: list = field(default_factory=list)
+    junk_files: int = 0
+    versions: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # what one path alone has: cache key, grid selection, seed group...
+
+    def as_config(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "details"}
+        return {**self.details, **out}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "RunRecord":
+        names = {f.name for f in fields(cls)} - {"details"}
+        known = {k: config[k] for k in names if k in config}
+        if "device" not in known and config.get("extract_device"):  # runs written before the record was shared
+            known["device"] = config["extract_device"]
+        for key, default in (("seed", None), ("tap", None), ("preprocessing", {}), ("manifest_hash", None),
+                             ("n", {}), ("counts", {})):
+            known.setdefault(key, default)
+        return cls(**known, details={k: v for k, v in config.items() if k not in names and k != "run_id"})
+
+
 def run_folder(runs_dir: str | Path, dataset: str, model: str, mode: str) -> Path:
     """``<runs>/<dataset>/<model>/<mode>``: where the runs of one cell live (this module owns the layout)."""
     from probebench.validate import path_name
@@ -49,9 +96,10 @@ def run_folder(runs_dir: str | Path, dataset: str, model: str, mode: str) -> Pat
     return Path(runs_dir) / path_name(dataset) / path_name(model) / mode
 
 
-def write_run(runs_dir: str | Path, config: dict, *, sample_ids, groups, y_true, proba: np.ndarray,
+def write_run(runs_dir: str | Path, record: RunRecord | dict, *, sample_ids, groups, y_true, proba: np.ndarray,
               history: list[dict], metrics: dict, run_suffix: str | None = None) -> Path:
     """Write a complete run and return its folder (named by time, head and a config hash)."""
+    config = record.as_config() if isinstance(record, RunRecord) else record
     classes = config["classes"]
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{config['head']}-{run_suffix or config_hash(config)}"
     final = run_folder(runs_dir, config["dataset"], config["model"], config["mode"]) / run_id
@@ -89,6 +137,10 @@ class Run:
     @property
     def classes(self) -> list[str]:
         return self.config["classes"]
+
+    @property
+    def record(self) -> RunRecord:
+        return RunRecord.from_config(self.config)
 
 
 DAMAGED_HINT = "`probebench verify --repair` moves damaged runs aside (into _damaged/)"

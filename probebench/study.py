@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probebench.atomic import write_json
-from probebench.cache import open_group, store_exists
+from probebench.features.cache import open_group, store_exists
 from probebench.errors import ProbebenchError, describe_error
 from probebench.validate import component, line_of, problem, read_toml
 
@@ -106,7 +106,7 @@ SECTION_RULES = {"study": ("seeds", "grid", "weights", "val_unit"),
 def load_study(path: str | Path) -> Study:
     """Parse a study TOML; unknown keys, wrong types and impossible values name the file, the line and what is
     allowed, so that nothing is extracted before every cell's settings are known to be usable."""
-    from probebench.registry import REGISTRY, Preprocessing, with_normalization
+    from probebench.models.registry import REGISTRY, Preprocessing, with_normalization
 
     path = Path(path)
     raw, text = read_toml(path, "study file")
@@ -241,7 +241,7 @@ def _save_state(study: Study, state: dict) -> None:
 
 def feature_spec(study: Study, model: str):
     """What defines a model's cached features in this study: [extract], then [models.<model>] tap/head_weights."""
-    from probebench.features import FeatureSpec
+    from probebench.features.spec import FeatureSpec
 
     e = {**study.extract, **{k: v for k, v in study.per_model.get(model, {}).items() if k in ("tap", "head_weights")}}
     options = {k: e[k] for k in ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft",
@@ -251,15 +251,15 @@ def feature_spec(study: Study, model: str):
 
 def model_inputs(features):
     """What a fine-tuned model sees of a study's feature spec: the cache-only options are dropped."""
-    from probebench.finetune import CACHE_ONLY
-    from probebench.features import FeatureSpec
+    from probebench.train.finetune import CACHE_ONLY
+    from probebench.features.spec import FeatureSpec
 
     return features.replace(**{k: getattr(FeatureSpec, k) for k in CACHE_ONLY})
 
 
 def plan(study: Study, only: str | None = None) -> list[Cell]:
     """The cells of the study with their status: done (same config hash), todo, or blocked (and why)."""
-    from probebench.features import resolve_job
+    from probebench.features.spec import resolve_job
 
     if study.synthetic:
         _ensure_synthetic(study)
@@ -351,9 +351,9 @@ class StudyResult:
 def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, progress: bool = True,
               write_report: bool = True, echo=print) -> StudyResult:
     """Run every cell that is not done; record failures and go on; then write the report."""
-    from probebench.extract import extract
-    from probebench.finetune import finetune
-    from probebench.fit import fit
+    from probebench.features.extract import extract
+    from probebench.train.finetune import finetune
+    from probebench.train.fit import fit
     from probebench.progress import make_progress
 
     cells = plan(study, only)
@@ -414,7 +414,8 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
             bar.update(overall, advance=1)
     result = StudyResult(cells)
     if write_report and any(c.status == "done" for c in cells):
-        from probebench.publish import write_report as publish
+        from probebench.report.publish import write_report as publish
 
-        result.report_dir = publish(study.runs_dir, study.report_dir, study=study)
+        result.report_dir = publish(study.runs_dir, study.report_dir, settings=study.report, only=study_runs(study),
+                                    study_file=study.source)
     return result

@@ -72,19 +72,20 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
 }
 
 
-def _report_rules() -> dict:
-    from probebench.bootstrap import METHODS, STRATIFY, UNITS
-    from probebench.evaluate import AGGREGATIONS, LEVELS
-    from probebench.metrics import ALL_METRICS
-
-    return {"resamples": (lambda v: _int(v) and v >= 2, "an integer >= 2"), "method": _choice(METHODS),
-            "unit": _choice(UNITS), "stratify": _choice(STRATIFY), "level": _choice(LEVELS),
-            "aggregate": _choice(AGGREGATIONS),
-            "metrics": (lambda v: isinstance(v, list) and v and all(m in ALL_METRICS for m in v),
-                        "a non-empty list of metrics from " + ", ".join(ALL_METRICS))}
-
-
-RULES.update(_report_rules())
+# light copies of the statistics' vocabularies (a test checks they equal stats.bootstrap / evaluate / metrics)
+CI_METHODS = ("percentile", "bca")
+RESAMPLING_UNITS = ("auto", "group", "sample")
+STRATIFY_MODES = ("auto", "class", "none")
+LEVELS = ("sample", "patient")
+AGGREGATIONS = ("mean", "vote")
+METRICS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro", "f1_macro",
+           "balanced_accuracy", "kappa_quadratic", "auroc_macro", "auroc_weighted")
+RULES.update({
+    "resamples": (lambda v: _int(v) and v >= 2, "an integer >= 2"), "method": _choice(CI_METHODS),
+    "unit": _choice(RESAMPLING_UNITS), "stratify": _choice(STRATIFY_MODES), "level": _choice(LEVELS),
+    "aggregate": _choice(AGGREGATIONS),
+    "metrics": (lambda v: isinstance(v, list) and v and all(m in METRICS for m in v),
+                "a non-empty list of metrics from " + ", ".join(METRICS))})
 OPTIONAL = {"interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight",
             "tap", "batch_size", "channels_last"}
 

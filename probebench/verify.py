@@ -44,7 +44,7 @@ def find_stores(cache_dir: str | Path) -> list[Path]:
 def check_store(path: Path, repair: bool) -> Finding:
     """A store's metadata, arrays and chunks; with ``repair`` the damaged chunks of a complete store are marked
     for recomputation by the next ``extract``."""
-    from probebench import cache as fcache
+    from probebench.features import cache as fcache
 
     if not (path / "zarr.json").is_file():
         return Finding("store", str(path), "damaged", "zarr.json (its metadata) is missing: rebuild with "

@@ -19,7 +19,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.delenv("PROBEBENCH_DATA", raising=False)
     monkeypatch.setenv("PROBEBENCH_HASH_CACHE", str(tmp_path / "file-digests.sqlite"))
     monkeypatch.chdir(tmp_path)
-    from probebench import datasets
+    from probebench.data import datasets
 
     datasets._SAID.clear()  # notes are said once per process; each test starts afresh
 

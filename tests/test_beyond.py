@@ -11,16 +11,16 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from probebench.cache import read_features
-from probebench.datasets import load_manifest
-from probebench.dinov2 import hf_to_meta, meta_to_hf
+from probebench.features.cache import read_features
+from probebench.data.datasets import load_manifest
+from probebench.models.dinov2 import hf_to_meta, meta_to_hf
 from probebench.errors import ProbebenchError
-from probebench.export import export_features
-from probebench.extract import extract
-from probebench.fit import fit
-from probebench.images import make_transform, preprocess
-from probebench.registry import create_model, get_config
-from probebench.report import collect_rows
+from probebench.features.export import export_features
+from probebench.features.extract import extract
+from probebench.train.fit import fit
+from probebench.features.images import make_transform, preprocess
+from probebench.models.registry import create_model, get_config
+from probebench.report.tables import collect_rows
 
 from conftest import DATA, write_spec
 

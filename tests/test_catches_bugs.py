@@ -9,7 +9,7 @@ import torch
 from conftest import write_image, write_spec
 from PIL import Image
 
-from probebench.training import LoopState, train_loop
+from probebench.train.loop import LoopState, train_loop
 
 
 def test_patience_stops_at_the_exact_epoch():
@@ -47,7 +47,7 @@ def test_the_best_epoch_is_chosen_on_validation_not_training():
 
 
 def test_labels_follow_the_specs_class_order_not_the_alphabet(tmp_path):
-    from probebench.datasets import load_manifest
+    from probebench.data.datasets import load_manifest
 
     root = tmp_path / "data"
     for i in range(6):
@@ -63,8 +63,8 @@ def test_default_preprocessing_equals_a_literal_torchvision_pipeline():
     """Resize 256 (bilinear), centre-crop 224, ImageNet mean and std written out here, not taken from the code."""
     from torchvision import transforms as T
 
-    from probebench.images import make_transform
-    from probebench.registry import get_config
+    from probebench.features.images import make_transform
+    from probebench.models.registry import get_config
 
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 260, 3), dtype=np.uint8))
     reference = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224),
@@ -78,7 +78,7 @@ def test_default_preprocessing_equals_a_literal_torchvision_pipeline():
 
 @pytest.mark.parametrize("change", ["label", "group", "split_seed", "pixels"])
 def test_the_manifest_hash_covers_labels_groups_splits_and_pixel_rules(tiny, tmp_path, change):
-    from probebench.datasets import load_manifest
+    from probebench.data.datasets import load_manifest
 
     from conftest import TINY_SPEC
 
@@ -94,7 +94,7 @@ def test_the_manifest_hash_covers_labels_groups_splits_and_pixel_rules(tiny, tmp
 
 
 def test_precision_is_part_of_the_cache_key(tiny):
-    from probebench.features import resolve_job
+    from probebench.features.spec import resolve_job
 
     spec, root = tiny
     keys = {p: resolve_job("resnet50", str(spec), data_root=root, weights="random", precision=p).request.key
@@ -107,8 +107,8 @@ def test_export_writes_groups_where_groups_belong(tiny, tmp_path):
     import h5py
     import zarr
 
-    from probebench.export import export_features
-    from probebench.extract import extract
+    from probebench.features.export import export_features
+    from probebench.features.extract import extract
 
     spec, root = tiny
     opts = dict(data_root=root, cache_dir=tmp_path / "c", weights="random", resize=40, crop=32)
@@ -130,7 +130,7 @@ def test_export_writes_groups_where_groups_belong(tiny, tmp_path):
 def test_prepare_mri_scales_each_volume_by_its_percentiles(tmp_path):
     """A volume with one extreme voxel: percentile scaling (0.5-99.5) maps the bulk to the full 0-255 range; min-max
     scaling would crush it near 0. Expected values computed here with numpy from the volume itself."""
-    from probebench.mri import scale_volume
+    from probebench.data.mri import scale_volume
 
     rng = np.random.default_rng(0)
     vol = rng.uniform(100, 200, (20, 20, 4)).astype(np.float32)
@@ -150,10 +150,10 @@ def test_fine_tuned_predictions_use_batchnorm_in_eval_mode(tiny, tmp_path):
     running statistics); a train-mode forward (batch statistics) gives other numbers, so the check can fail."""
     import copy
 
-    from probebench.features import resolve_job
-    from probebench.finetune import Classifier, finetune
-    from probebench.images import load_image, make_transform
-    from probebench.registry import create_model
+    from probebench.features.spec import resolve_job
+    from probebench.train.finetune import Classifier, finetune
+    from probebench.features.images import load_image, make_transform
+    from probebench.models.registry import create_model
     from probebench.runs import read_run
 
     spec, root = tiny
@@ -177,7 +177,7 @@ def test_fine_tuned_predictions_use_batchnorm_in_eval_mode(tiny, tmp_path):
 
 def test_the_manifest_hash_changes_when_only_one_label_changes(tmp_path):
     """Same files, same classes, same groups and splits: one row of the table relabelled."""
-    from probebench.datasets import load_manifest
+    from probebench.data.datasets import load_manifest
 
     root = tmp_path / "data" / "tab"
     rows = []
@@ -200,7 +200,7 @@ def test_the_manifest_hash_changes_when_only_one_label_changes(tmp_path):
     {"draft": True}, {"val_unit": "sample"}])
 def test_every_input_of_the_cache_key_changes_it(tiny, change):
     """One field at a time against the same baseline (DINOv2-S, random weights): the key must move."""
-    from probebench.features import resolve_job
+    from probebench.features.spec import resolve_job
 
     spec, root = tiny
     base = resolve_job("dinov2_s", str(spec), data_root=root, weights="random")
@@ -214,8 +214,8 @@ def test_resnet50_features_equal_torchvisions_own_model_and_pipeline(tiny, tmp_p
     import torchvision
     from torchvision import transforms as T
 
-    from probebench.cache import read_features
-    from probebench.extract import extract
+    from probebench.features.cache import read_features
+    from probebench.features.extract import extract
 
     spec, root = tiny
     torch.manual_seed(5)
@@ -236,7 +236,7 @@ def test_resnet50_features_equal_torchvisions_own_model_and_pipeline(tiny, tmp_p
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_torchrun_shares_are_disjoint_and_cover_the_missing_chunks(world):
     """Each rank extracts its own share: no chunk twice (N times the work), none forgotten, done ones skipped."""
-    from probebench.extract import shard_chunks
+    from probebench.features.extract import shard_chunks
 
     done = np.array([True, False, False, True, False, False, False, True, False, False, False])
     shares = [shard_chunks(done, rank, world) for rank in range(world)]
@@ -256,9 +256,9 @@ def test_frozen_fit_and_frozen_finetune_both_equal_a_hand_written_loop(tiny, tmp
     import zarr
     from torchvision import transforms as T
 
-    from probebench.extract import extract
-    from probebench.finetune import finetune
-    from probebench.fit import fit
+    from probebench.features.extract import extract
+    from probebench.train.finetune import finetune
+    from probebench.train.fit import fit
     from probebench.runs import read_run
 
     spec, root = tiny

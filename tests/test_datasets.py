@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from probebench.datasets import list_specs, load_manifest
+from probebench.data.datasets import list_specs, load_manifest
 from probebench.errors import ProbebenchError
-from probebench.images import load_rgb
-from probebench.splits import check_disjoint, stratified_group_holdout
+from probebench.features.images import load_rgb
+from probebench.data.splits import check_disjoint, stratified_group_holdout
 
 from conftest import TINY_SPEC, make_chest_xray, write_image, write_spec
 
@@ -223,8 +223,8 @@ def test_image_modes_become_rgb(tmp_path, mode, ext):
 
 
 def test_grayscale_fast_path_gives_the_same_tensor_as_rgb(tmp_path):
-    from probebench.images import load_image, make_transform
-    from probebench.registry import Preprocessing
+    from probebench.features.images import load_image, make_transform
+    from probebench.models.registry import Preprocessing
 
     rng = np.random.default_rng(1)
     path = tmp_path / "x.jpg"
@@ -239,7 +239,7 @@ def test_grayscale_fast_path_gives_the_same_tensor_as_rgb(tmp_path):
 def test_val_unit_sample_carves_validation_by_image_and_keeps_test_disjoint(tiny):
     """The study's code split validation from training images at random: patients then straddle train and
     validation (validation optimistic). As an option only; test stays patient-disjoint, and it is said."""
-    from probebench.datasets import load_manifest
+    from probebench.data.datasets import load_manifest
 
     spec, root = tiny
     by_group = load_manifest(str(spec), root)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import zarr
 
-from probebench.cache import read_features
+from probebench.features.cache import read_features
 from probebench.errors import ProbebenchError
-from probebench.extract import extract
+from probebench.features.extract import extract
 
 from conftest import write_image
 
@@ -34,8 +34,8 @@ def test_extract_writes_a_complete_store(tiny, tmp_path):
 
 
 def test_features_equal_a_direct_forward_pass(tiny, tmp_path):
-    from probebench.images import make_transform, preprocess
-    from probebench.registry import Preprocessing, create_model
+    from probebench.features.images import make_transform, preprocess
+    from probebench.models.registry import Preprocessing, create_model
 
     spec, root = tiny
     feats = read_features(extract("dinov2_s", str(spec), data_root=root, cache_dir=tmp_path / "c",
@@ -122,7 +122,7 @@ def test_fsspec_url_cache_root(tiny, tmp_path):
     assert isinstance(store, str) and store.startswith("file://") and store.endswith(".zarr")
     local = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "local", **OPTS)
     assert np.array_equal(read_features(store).features, read_features(local).features)
-    from probebench.fit import fit
+    from probebench.train.fit import fit
 
     run = fit("resnet50", str(spec), data_root=root, cache_dir=url, runs_dir=tmp_path / "runs", epochs=2,
               weights="random", resize=40, crop=32, progress=False)
@@ -220,7 +220,7 @@ def test_the_imagenet_logits_layer_is_part_of_the_cache_key(tiny, tmp_path):
     """Two different linear4 heads on the same backbone are two different features."""
     import torch
 
-    from probebench.features import resolve_job
+    from probebench.features.spec import resolve_job
 
     spec, root = tiny
     torch.save({"w": torch.zeros(1)}, tmp_path / "backbone.pth")  # only hashed here, never loaded
@@ -243,8 +243,8 @@ def test_interpolation_is_an_option_and_part_of_the_key(tiny):
     from torchvision import transforms as T
 
     from probebench.errors import ProbebenchError
-    from probebench.features import resolve_job
-    from probebench.images import make_transform
+    from probebench.features.spec import resolve_job
+    from probebench.features.images import make_transform
 
     spec, root = tiny
     default = resolve_job("dinov2_s", str(spec), data_root=root, weights="random")

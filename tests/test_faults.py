@@ -203,7 +203,7 @@ def test_symlink_outside_allowed_when_the_spec_says_so(w):
     spec = spec_variant(w, "allowed.toml", 'group = "patient"', 'group = "patient"\nallow_outside_root = true')
     status, text = cli("datasets", "--data-root", "data")
     assert status == 0
-    from probebench.datasets import load_manifest
+    from probebench.data.datasets import load_manifest
 
     m = load_manifest(spec, w / "data")
     assert str(link) in m.paths
@@ -213,7 +213,7 @@ def test_a_dataset_folder_that_is_a_link_is_fine(w):
     """Linking a dataset folder into the data root from another disk is common and stays allowed."""
     shutil.move(w / "data" / "tiny", w / "disk2")
     (w / "data" / "tiny").symlink_to(w / "disk2")
-    from probebench.datasets import load_manifest
+    from probebench.data.datasets import load_manifest
 
     assert len(load_manifest("tiny.toml", "data")) == 40
 
@@ -291,16 +291,16 @@ def test_binary_study_file(w):
 def test_planner_records_any_failure_and_goes_on(w, monkeypatch):
     """A cell whose dataset fails to resolve with an unexpected error is blocked with its message; the others
     are planned (the planner used to stop at the first error that was not probebench's own)."""
-    import probebench.features
+    import probebench.features.spec
 
-    real = probebench.features.resolve_job
+    real = probebench.features.spec.resolve_job
 
     def flaky(model, dataset, **kw):
         if dataset == "broken.toml":
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
         return real(model, dataset, **kw)
 
-    monkeypatch.setattr(probebench.features, "resolve_job", flaky)
+    monkeypatch.setattr(probebench.features.spec, "resolve_job", flaky)
     shutil.copy(w / "tiny.toml", w / "broken.toml")
     (w / "s.toml").write_text(STUDY.replace('["tiny.toml"]', '["tiny.toml", "broken.toml"]'))
     status, text = cli("run", "s.toml", "--dry-run")
@@ -545,7 +545,7 @@ def test_verify_removes_leftovers_of_interrupted_writes(w):
 @pytest.mark.slow
 def test_run_resumes_an_interrupted_fine_tune(w, capsys):
     """A crash mid fine-tune leaves _inprogress/last.pt; `run` continues after the last finished epoch."""
-    from probebench.finetune import finetune
+    from probebench.train.finetune import finetune
     from probebench.study import load_study, run_study
 
     (w / "s.toml").write_text(STUDY.replace('modes = ["frozen"]', 'modes = ["unfrozen"]')
@@ -570,7 +570,7 @@ def test_prepare_mri_killed_at_the_switch_leaves_the_previous_preparation(tmp_pa
     previous preparation (same split seed), none missing."""
     from test_mri import make_cohort
 
-    from probebench import mri
+    from probebench.data import mri
 
     cohort, labels = make_cohort(tmp_path, n_per_grade=3, modalities=("t1", "t2"))
     out = tmp_path / "data"
@@ -608,7 +608,7 @@ def test_a_weights_file_with_nan_is_refused(w):
 def test_non_finite_features_stop_extraction_and_are_never_stored(w, monkeypatch):
     """A model that overflows (fp16) or is broken must not fill a store with NaN that fit would refuse and
     extract would recompute forever."""
-    import probebench.features as ex
+    import probebench.features.spec as ex
 
     real = ex.create_model
 
@@ -632,12 +632,19 @@ def test_non_finite_features_stop_extraction_and_are_never_stored(w, monkeypatch
 def test_the_option_rules_name_what_the_code_accepts():
     """validate.py keeps light copies of the allowed values (the CLI must not import torch to check an option);
     they must equal the code's own tables."""
-    from probebench import heads, training, validate
-    from probebench.precision import AUTOCAST
+    from probebench import validate
+    from probebench.train import heads
+    from probebench.train import loop as training
+    from probebench.features.precision import AUTOCAST
 
     assert set(validate.HEADS) == set(heads.HEADS)
     assert set(validate.SELECT_METRICS) == set(training.SELECT_METRICS)
     assert set(validate.PRECISIONS) == set(AUTOCAST)
+    from probebench.stats import bootstrap, evaluate, metrics
+
+    assert validate.CI_METHODS == bootstrap.METHODS and validate.RESAMPLING_UNITS == bootstrap.UNITS
+    assert validate.STRATIFY_MODES == bootstrap.STRATIFY and validate.METRICS == metrics.ALL_METRICS
+    assert validate.LEVELS == evaluate.LEVELS and validate.AGGREGATIONS == evaluate.AGGREGATIONS
     for name in validate.OPTIMIZERS:
         training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], name)
     with pytest.raises(ValueError):

@@ -10,9 +10,9 @@ import torch
 import torchvision
 
 from probebench.errors import ProbebenchError
-from probebench.extract import extract
-from probebench.features import FeatureSpec, locate_store
-from probebench.fit import fit
+from probebench.features.extract import extract
+from probebench.features.spec import FeatureSpec, locate_store
+from probebench.train.fit import fit
 from probebench.runs import read_run
 
 SMALL = dict(resize=40, crop=32)

@@ -8,11 +8,11 @@ import torch
 import torchvision
 
 from probebench.errors import ProbebenchError
-from probebench.extract import extract
-from probebench.finetune import Classifier, finetune
-from probebench.fit import fit
-from probebench.registry import create_model
-from probebench.report import ReportOptions, collect_rows, comparisons, render
+from probebench.features.extract import extract
+from probebench.train.finetune import Classifier, finetune
+from probebench.train.fit import fit
+from probebench.models.registry import create_model
+from probebench.report.tables import ReportOptions, collect_rows, comparisons, render
 from probebench.runs import read_run
 
 SMALL = dict(weights="random", resize=40, crop=32, workers=0, progress=False)
@@ -209,3 +209,27 @@ def test_study_quirk_runs_end_to_end_and_the_cache_path_refuses_it(tiny, tmp_pat
     with pytest.raises(ProbebenchError, match="add --freeze-backbone"):
         finetune("resnet50", str(spec), runs_dir=tmp_path / "c", study_quirks=("bn_epoch1",),
                  **{**common, "freeze_backbone": False})
+
+
+def test_fit_and_finetune_write_the_same_run_record(tiny, tmp_path):
+    """One record for both paths: every RunRecord field is in both config.json files with the same type, and a
+    run written before the record was shared (``extract_device``) still reads."""
+    from dataclasses import fields
+
+    from probebench.runs import RunRecord
+
+    spec, root = tiny
+    opts = {**SMALL, "crop": 28}
+    extract("dinov2_s", str(spec), data_root=root, cache_dir=tmp_path / "c", batch_size=8, **opts)
+    cache_opts = {k: v for k, v in opts.items() if k not in ("workers", "progress")}
+    a = read_run(fit("dinov2_s", str(spec), data_root=root, cache_dir=tmp_path / "c", runs_dir=tmp_path / "r",
+                     epochs=1, progress=False, **cache_opts))
+    b = read_run(finetune("dinov2_s", str(spec), data_root=root, runs_dir=tmp_path / "r", epochs=1, **opts))
+    names = [f.name for f in fields(RunRecord) if f.name != "details"]
+    for name in names:
+        assert name in a.config and name in b.config, name
+        assert type(a.config[name]) is type(b.config[name]) or None in (a.config[name], b.config[name]), name
+    assert (a.record.path, b.record.path) == ("cache", "end-to-end") and a.record.device == b.record.device == "cpu"
+    assert a.record.details["cache_key"] and b.record.details["lr"] == 1e-4
+    old = {k: v for k, v in a.config.items() if k != "device"} | {"extract_device": "NVIDIA H200"}
+    assert RunRecord.from_config(old).device == "NVIDIA H200"

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from probebench.cli import app
 from probebench.errors import ProbebenchError
-from probebench.extract import extract
-from probebench.fit import fit
-from probebench.heads import LinearHead
-from probebench.bootstrap import BootstrapConfig, EvalData, bootstrap, replicate_weights
-from probebench.report import ReportOptions, collect_rows, comparisons, render
+from probebench.features.extract import extract
+from probebench.train.fit import fit
+from probebench.train.heads import LinearHead
+from probebench.stats.bootstrap import BootstrapConfig, EvalData, bootstrap, replicate_weights
+from probebench.report.tables import ReportOptions, collect_rows, comparisons, render
 from probebench.runs import read_run
 
 OPTS = dict(weights="random", resize=40, crop=32)

@@ -8,10 +8,10 @@ import zarr
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.class_weight import compute_class_weight
 
-from probebench.extract import extract
-from probebench.fit import fit, prepare_features
-from probebench.heads import GridHead, KNNHead, LinearHead, LogRegHead, MLPHead, balanced_weights, knn_proba
-from probebench.report import ReportOptions, collect_rows, render
+from probebench.features.extract import extract
+from probebench.train.fit import fit, prepare_features
+from probebench.train.heads import GridHead, KNNHead, LinearHead, LogRegHead, MLPHead, balanced_weights, knn_proba
+from probebench.report.tables import ReportOptions, collect_rows, render
 from probebench.runs import read_run
 
 
@@ -118,7 +118,7 @@ def test_study_mlp_is_the_studys_head_whatever_hidden_says():
     """The study's head on DINOv2's ImageNet logits: Linear(1000, 256) -> ReLU -> Linear(256, K)."""
     from torch import nn
 
-    from probebench.heads import make_head
+    from probebench.train.heads import make_head
 
     head = make_head("study_mlp", hidden=64, seed=0)
     net = head.build(1000, 3)
@@ -133,8 +133,8 @@ def test_training_reshuffles_every_epoch_and_validates_on_all_samples(monkeypatc
     of all validation samples, not a mean of per-batch accuracies."""
     import torch
 
-    from probebench import training
-    from probebench.heads import make_head
+    from probebench.train import loop as training
+    from probebench.train.heads import make_head
 
     orders = [np.concatenate(training.epoch_batches(50, 8, seed=3, epoch=e)) for e in (1, 2, 3)]
     assert all(sorted(o.tolist()) == list(range(50)) for o in orders)
@@ -165,7 +165,7 @@ def test_training_reshuffles_every_epoch_and_validates_on_all_samples(monkeypatc
 def test_one_best_epoch_rule_for_single_heads_and_grids():
     """Strictly better than the best so far (a tie keeps the earlier epoch); anything beats no value yet; the same
     element by element for stacked grid heads, for accuracy (higher) and loss (lower)."""
-    from probebench.training import improved
+    from probebench.train.loop import improved
 
     assert improved("val_accuracy", 0.7, float("nan")) and improved("val_accuracy", 0.7, 0.6)
     assert not improved("val_accuracy", 0.6, 0.6) and not improved("val_loss", 0.6, 0.6)

@@ -13,10 +13,10 @@ import pytest
 from conftest import fake_run
 from typer.testing import CliRunner
 
-from probebench.bootstrap import BootstrapConfig
+from probebench.stats.bootstrap import BootstrapConfig
 from probebench.cli import app
-from probebench.publish import latex_escape, write_report
-from probebench.report import ReportOptions, cell_text, collect_rows, comparisons, render
+from probebench.report.publish import latex_escape, write_report
+from probebench.report.tables import ReportOptions, cell_text, collect_rows, comparisons, render
 
 OPTS = ReportOptions(BootstrapConfig(n_resamples=300, seed=0), metrics=("accuracy", "balanced_accuracy"))
 
@@ -138,8 +138,8 @@ def test_compare_cli_with_bca_says_p_inverts_the_interval(study_like):
 def test_study_style_ci_is_the_ci_of_the_replicate_mean_and_shrinks_with_replicates(tmp_path):
     """The study's summary, as an extra labelled column: the replicate mean ± 1.96 sd/√R. For accuracy the
     replicate sd is sqrt(p(1-p)/n) (closed form), so the column is ~√R times narrower than the interval."""
-    from probebench.bootstrap import bootstrap
-    from probebench.evaluate import eval_data
+    from probebench.stats.bootstrap import bootstrap
+    from probebench.stats.evaluate import eval_data
     from probebench.runs import read_run
 
     y = np.tile([0, 1], 200)

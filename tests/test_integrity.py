@@ -7,10 +7,10 @@ import pytest
 import zarr
 from conftest import write_image
 
-from probebench.cache import read_features
+from probebench.features.cache import read_features
 from probebench.errors import ProbebenchError
-from probebench.extract import extract
-from probebench.fit import fit
+from probebench.features.extract import extract
+from probebench.train.fit import fit
 from probebench.runs import read_run
 
 OPTS = dict(weights="random", resize=40, crop=32, batch_size=4, chunk_size=8, workers=0, progress=False)
@@ -61,7 +61,7 @@ def test_an_image_replaced_by_one_of_the_same_size_changes_the_key(tiny, tmp_pat
     """Uncompressed images of equal dimensions always have equal sizes: only the bytes tell them apart."""
     from PIL import Image
 
-    from probebench.datasets import load_manifest
+    from probebench.data.datasets import load_manifest
 
     spec, root = tiny
     folder = root / "tiny" / "b"
@@ -80,8 +80,8 @@ def test_an_image_replaced_by_one_of_the_same_size_changes_the_key(tiny, tmp_pat
 
 
 def test_unchanged_files_are_not_read_twice(tiny, monkeypatch):
-    from probebench import filehash
-    from probebench.datasets import load_manifest
+    from probebench.data import filehash
+    from probebench.data.datasets import load_manifest
 
     spec, root = tiny
     first = load_manifest(str(spec), root).hash()
@@ -98,8 +98,8 @@ def test_a_weights_file_is_hashed_once_across_commands(tmp_path, monkeypatch):
     """The checksum is memoised on disk (a new process finds it), and a changed file is read again."""
     import hashlib
 
-    from probebench import filehash
-    from probebench.weights import sha256_file
+    from probebench.data import filehash
+    from probebench.models.weights import sha256_file
 
     path = tmp_path / "w.pth"
     path.write_bytes(b"\x00" * 1000 + b"first")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -38,8 +40,75 @@ def test_report_on_a_runs_folder_imports_no_torch_and_no_cache(tmp_path):
 
 
 def test_the_data_layer_imports_no_torch():
-    code = ("import sys, probebench.datasets, probebench.splits, probebench.pixels, probebench.metrics, "
-            "probebench.bootstrap, probebench.runs\nprint(sorted(m for m in ('torch', 'timm', 'torchvision') "
+    code = ("import sys, probebench.data.datasets, probebench.data.splits, probebench.data.pixels, probebench.stats.metrics, "
+            "probebench.stats.bootstrap, probebench.runs\nprint(sorted(m for m in ('torch', 'timm', 'torchvision') "
             "if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+PACKAGE = Path(__file__).resolve().parent.parent / "probebench"
+UTILITIES = {"errors", "validate", "atomic", "progress", "distributed", "runs"}  # shared by every stage
+ALLOWED = {  # stage -> stages it may import (besides the utilities); a later stage never below an earlier one
+    "models": {"models", "data"}, "data": {"data"}, "features": {"features", "data", "models"},
+    "train": {"train", "features", "data", "models", "stats"}, "stats": {"stats"}, "report": {"report", "stats"},
+}
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> probebench modules it imports anywhere (functions included), leaving out TYPE_CHECKING blocks."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                for b in node.body for n in ast.walk(b)}
+        deps = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("probebench"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(full if (PACKAGE.parent / (full.replace(".", "/") + ".py")).exists() else node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("probebench")}
+        graph[name] = deps - {name, "probebench"}
+    return graph
+
+
+def test_no_import_cycles_and_no_stage_imports_a_later_one():
+    graph = _imports()
+    assert len(graph) > 30
+    for module, deps in graph.items():
+        parts = module.split(".")
+        if len(parts) != 3:  # top-level modules: cli, study, bench, ... may use every stage
+            continue
+        stage = parts[1]
+        for dep in deps:
+            dparts = dep.split(".")
+            if len(dparts) == 2:
+                assert dparts[1] in UTILITIES, f"{module} imports the top-level {dep}"
+            else:
+                assert dparts[1] in ALLOWED[stage], f"{module} ({stage}) imports {dep} ({dparts[1]})"
+
+    def visit(node, path):
+        assert node not in path, "import cycle: " + " -> ".join([*path[path.index(node):], node])
+        for dep in graph.get(node, ()):
+            if dep not in done:
+                visit(dep, [*path, node])
+        done.add(node)
+
+    done: set = set()
+    for module in graph:
+        visit(module, [])
+
+
+def test_the_public_api_is_small_lazy_and_complete():
+    code = ("import sys, probebench\nassert 'torch' not in sys.modules\n"
+            "from probebench import FeatureSpec, create_model, extract, finetune, fit, load_manifest, report_rows\n"
+            "assert all(callable(f) for f in (FeatureSpec, create_model, extract, finetune, fit, load_manifest, "
+            "report_rows))\nprint(sorted(probebench.__all__))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "'FeatureSpec'" in res.stdout and "'report_rows'" in res.stdout

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from probebench.errors import ProbebenchError
-from probebench.mri import (parse_grade, prepare_mri, process_volume, resample_to_grid, settings_for,
+from probebench.data.mri import (parse_grade, prepare_mri, process_volume, resample_to_grid, settings_for,
                             target_grid)
 
 T1 = (0.9, 0.9, 0.9)

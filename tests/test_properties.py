@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from probebench.bootstrap import BootstrapConfig, EvalData, bootstrap
-from probebench.metrics import replicate_metrics
-from probebench.splits import group_labels, stratified_group_holdout
+from probebench.stats.bootstrap import BootstrapConfig, EvalData, bootstrap
+from probebench.stats.metrics import replicate_metrics
+from probebench.data.splits import group_labels, stratified_group_holdout
 
 FAST = settings(max_examples=60, deadline=None)
 

@@ -16,16 +16,16 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from probebench.cache import read_features
+from probebench.features.cache import read_features
 from probebench.cli import app
-from probebench.datasets import load_manifest
+from probebench.data.datasets import load_manifest
 from probebench.errors import ProbebenchError
-from probebench.extract import extract
-from probebench.features import resolve_job
-from probebench.fit import fit
-from probebench.images import load_image
-from probebench.pixels import PixelRules, read_dicom
-from probebench.report import collect_rows
+from probebench.features.extract import extract
+from probebench.features.spec import resolve_job
+from probebench.train.fit import fit
+from probebench.features.images import load_image
+from probebench.data.pixels import PixelRules, read_dicom
+from probebench.report.tables import collect_rows
 
 from conftest import TINY_SPEC, make_chest_xray, write_dicom, write_image, write_spec
 
@@ -462,7 +462,7 @@ def test_mean_std_override_reaches_the_pixels(tiny, tmp_path):
     """A feature extracted with --mean/--std equals the model applied to images normalised by hand."""
     import torch
 
-    from probebench.registry import create_model
+    from probebench.models.registry import create_model
 
     spec, root = tiny
     feats = read_features(extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c",
@@ -498,7 +498,7 @@ def test_a_global_group_in_a_shipped_test_split_and_the_unsplit_pool_is_refused(
 
 
 def test_bad_mean_std_values_are_refused_with_the_option_named():
-    from probebench.registry import Preprocessing, with_normalization
+    from probebench.models.registry import Preprocessing, with_normalization
 
     assert with_normalization(Preprocessing(), 0.5, [2]).mean == (0.5, 0.5, 0.5)  # a bare number in a study file
     for mean, std, message in (((0.1, 0.2), None, r"--mean needs 1 or 3 numbers"),

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torchvision
 
-from probebench.dinov2 import resize_pos_embed_meta
+from probebench.models.dinov2 import resize_pos_embed_meta
 from probebench.errors import ProbebenchError
-from probebench.registry import REGISTRY, create_model
-from probebench.weights import hub_checkpoint_dir
+from probebench.models.registry import REGISTRY, create_model
+from probebench.models.weights import hub_checkpoint_dir
 
 from conftest import DATA
 

@@ -10,11 +10,11 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from probebench.bootstrap import (BootstrapConfig, EvalData, bootstrap, holm, paired_comparison, replicate_weights,
+from probebench.stats.bootstrap import (BootstrapConfig, EvalData, bootstrap, holm, paired_comparison, replicate_weights,
                                   unit_codes)
 from probebench.errors import ProbebenchError
-from probebench.evaluate import aggregate_groups
-from probebench.metrics import ALL_METRICS, replicate_metrics
+from probebench.stats.evaluate import aggregate_groups
+from probebench.stats.metrics import ALL_METRICS, replicate_metrics
 
 
 def sklearn_metrics(t, p, proba, k):
@@ -164,7 +164,7 @@ def _excludes_zero(low, high):
 def test_p_value_inverts_the_interval_for_every_shape_of_replicates(confidence):
     """'interval excludes 0' <=> 'p < 1 - confidence' on 4,000 random replicate sets: skewed, heavy-tailed, with
     ties at 0, far from and near 0, for the percentile and the BCa interval."""
-    from probebench.bootstrap import interval_p_value
+    from probebench.stats.bootstrap import interval_p_value
 
     rng = np.random.default_rng(11)
     agree = 0
@@ -190,7 +190,7 @@ def test_p_value_inverts_the_interval_for_every_shape_of_replicates(confidence):
 
 def test_percentile_p_value_matches_the_normal_closed_form():
     """For replicates ~ N(mu, 1), inverting the percentile interval gives p = 2 Phi(-|mu|)."""
-    from probebench.bootstrap import interval_p_value
+    from probebench.stats.bootstrap import interval_p_value
 
     rng = np.random.default_rng(12)
     for mu in (0.0, 0.5, 1.0, 1.96, 2.5):
@@ -251,7 +251,7 @@ def test_undefined_replicates_are_counted_and_stratification_removes_them():
 
 
 def test_stratified_draws_keep_each_class_size():
-    from probebench.bootstrap import resolve_strata
+    from probebench.stats.bootstrap import resolve_strata
 
     t = np.array([0] * 7 + [1] * 3 + [2] * 5)
     data = EvalData(t, t, None, None, 3)
@@ -267,7 +267,7 @@ def test_percentile_index_and_bca_terms_on_hand_made_replicates():
     BCa acceleration of a hand-made jackknife (an off-by-one rank or a flipped sign fails here)."""
     from statistics import NormalDist
 
-    from probebench.bootstrap import _bca_terms, bca_interval, percentile_interval
+    from probebench.stats.bootstrap import _bca_terms, bca_interval, percentile_interval
 
     values = np.arange(100.0)
     assert percentile_interval(values, 0.90) == pytest.approx((4.95, 94.05))  # positions 99 * 0.05 and 99 * 0.95

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from probebench.errors import ProbebenchError
-from probebench.training import epoch_batches, improved, seeded_init, train_classifier, train_loop
+from probebench.train.loop import epoch_batches, improved, seeded_init, train_classifier, train_loop
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_WDS = (0.0, 1e-4, 1e-3, 1e-2)

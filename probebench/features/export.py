@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from probebench.atomic import atomic_path
-from probebench.cache import read_features
+from probebench.features.cache import read_features
 from probebench.errors import ProbebenchError
-from probebench.features import FeatureSpec, locate_store
+from probebench.features.spec import FeatureSpec, locate_store
 
 FORMATS = {".h5": "h5", ".hdf5": "h5", ".npz": "npz", ".pt": "pt"}
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from probebench import cache as fcache
-from probebench.datasets import check_trainable, data_roots
+from probebench.features import cache as fcache
+from probebench.data.datasets import check_trainable, data_roots
 from probebench.errors import ProbebenchError
-from probebench.features import FeatureSpec, locate_store
-from probebench.heads import make_head
-from probebench.metrics import point_metrics
+from probebench.features.spec import FeatureSpec, locate_store
+from probebench.train.heads import make_head
+from probebench.stats.metrics import point_metrics
 from probebench.progress import make_progress
-from probebench.runs import check_writable, config_hash, write_run
+from probebench.runs import RunRecord, check_writable, config_hash, write_run
 from probebench.validate import check_options
 
 NORMALIZE = (None, "l2")
@@ -69,18 +69,18 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     options = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                    class_weight=class_weight, select=select_metric, optimizer=optimizer, patience=patience)
     attrs = feats.attrs
-    base = {
-        "mode": "frozen", "path": "cache", "dataset": attrs["dataset"], "model": model, "classes": attrs["classes"],
-        "weights": attrs["weights"], "tap": attrs["tap"], "preprocessing": attrs["preprocessing"],
-        "precision": attrs["precision"], "store_dtype": attrs["store_dtype"], "manifest_hash": attrs["manifest_hash"],
-        "cache_key": attrs["key"], "cache_path": str(path), "extract_device": attrs.get("device"),
-        "extract_img_s": (round(attrs["n_samples"] / attrs["extract_seconds"], 2)
-                          if attrs.get("extract_seconds") else None),
-        "skipped": attrs["skipped"], "junk_files": attrs.get("junk_files", 0),
-        "group_kind": attrs.get("group_kind", "group"), "features": {"normalize": normalize, "standardize": standardize},
-        "versions": fcache.versions(), "data_root": [str(r) for r in data_roots(data_root)],
-        "n": {s: int((feats.split == s).sum()) for s in ("train", "val", "test")},
-        "counts": counts}
+    shared = dict(  # the fields of the run record that do not depend on the head or the seed
+        mode="frozen", path="cache", dataset=attrs["dataset"], model=model, classes=attrs["classes"],
+        weights=attrs["weights"], tap=attrs["tap"], preprocessing=attrs["preprocessing"],
+        manifest_hash=attrs["manifest_hash"], n={s: int((feats.split == s).sum()) for s in ("train", "val", "test")},
+        counts=counts, group_kind=attrs.get("group_kind", "group"), device=attrs.get("device"),
+        extract_img_s=(round(attrs["n_samples"] / attrs["extract_seconds"], 2) if attrs.get("extract_seconds")
+                       else None),
+        skipped=attrs["skipped"], junk_files=attrs.get("junk_files", 0), versions=fcache.versions())
+    cache_details = {"precision": attrs["precision"], "store_dtype": attrs["store_dtype"], "cache_key": attrs["key"],
+                     "cache_path": str(path), "features": {"normalize": normalize, "standardize": standardize},
+                     "data_root": [str(r) for r in data_roots(data_root)]}
+    base = {**shared, **cache_details}
     group = config_hash({**base, "head": head, "grid": grid, "options": options, "seeds": seed_list})
     first = None
     for position, s in enumerate(seed_list):
@@ -99,17 +99,18 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
             raise ProbebenchError(f"the {estimator.name} head on {model} × {attrs['dataset']} (seed {s}) gives "
                                   "non-finite probabilities: training diverged; lower --lr, or --standardize the "
                                   "features; no run was written")
-        config = {**base, "head": estimator.name, "head_label": estimator.describe(), "head_params": estimator.params(),
-                  "selection": estimator.selection_, "seed": s,
-                  "seed_group": group if len(seed_list) > 1 else None, "seed_position": position,
-                  "seeds_asked": seed_list if len(seed_list) > 1 else None}
+        record = RunRecord(**shared, head=estimator.name, seed=s, head_label=estimator.describe(),
+                           head_params=estimator.params(), details={
+                               **cache_details, "selection": estimator.selection_,
+                               "seed_group": group if len(seed_list) > 1 else None, "seed_position": position,
+                               "seeds_asked": seed_list if len(seed_list) > 1 else None})
         history = estimator.history_
         metrics = {"test": point_metrics(y_te, proba.argmax(1), n_classes, proba), "best_epoch": estimator.best_epoch_,
                    "fit_seconds": round(seconds, 3),
                    "val_accuracy": float((val_proba.argmax(1) == y_va).mean()) if len(y_va) else None}
         if history and "val_accuracy" in history[0]:
             metrics["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
-        run = write_run(runs_dir, config, sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_te,
+        run = write_run(runs_dir, record, sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_te,
                         proba=proba, history=history, metrics=metrics)
         first = first or run
         if progress:

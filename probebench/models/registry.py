@@ -230,7 +230,7 @@ def _hf_hub_timm_cfg(repo: str) -> dict:
     """``config.json`` of a hub-hosted timm model, from the local Hugging Face cache or a download."""
     import json
 
-    from probebench.weights import downloads_allowed
+    from probebench.models.weights import downloads_allowed
 
     try:
         from huggingface_hub import hf_hub_download
@@ -289,7 +289,7 @@ def build_backbone(config: ModelConfig, img_size: int) -> nn.Module:
 
         return getattr(torchvision.models, config.arch["builder"])(weights=None)
     if config.family == "dinov2":
-        from probebench.dinov2 import DinoV2
+        from probebench.models.dinov2 import DinoV2
 
         return DinoV2(img_size=img_size, **config.arch)
     if config.family == "timm":
@@ -324,7 +324,7 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
     initialisation, flagged everywhere), or a path to a checkpoint in the official format. ``arch_overrides`` changes the
     architecture (tests use a tiny DINOv2); ``img_size`` is the crop the model will see.
     """
-    from probebench import weights as wts
+    from probebench.models import weights as wts
 
     config = get_config(name)
     if arch_overrides and config.family == "timm":
@@ -347,7 +347,7 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
         if path.is_dir():  # a Hugging Face snapshot
             if config.family != "dinov2":
                 raise ProbebenchError(f"{path}: Hugging Face snapshots are read for the DINOv2 models only")
-            from probebench.dinov2 import check_hf_snapshot
+            from probebench.models.dinov2 import check_hf_snapshot
 
             check_hf_snapshot(path, name, config.arch)
         state = wts.load_checkpoint(path)
@@ -368,7 +368,7 @@ def create_model(name: str, weights: str = "auto", *, tap: str | None = None, im
 
 
 def tap_head_info(path) -> dict:
-    from probebench.weights import sha256_file
+    from probebench.models.weights import sha256_file
 
     return {"head_source": str(path), "head_sha256": sha256_file(path)}
 
@@ -379,7 +379,7 @@ def random_weights_info(seed: int) -> dict:
 
 def checkpoint_info(config: ModelConfig, path) -> dict:
     """What the cache and the runs record about real weights: the file, its sha256 and what they are."""
-    from probebench.weights import sha256_file
+    from probebench.models.weights import sha256_file
 
     return {"source": str(path), "sha256": sha256_file(path), "label": config.weights_label}
 

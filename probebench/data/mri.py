@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from probebench.atomic import flush_tree
-from probebench.datasets import load_spec
+from probebench.data.datasets import load_spec
 from probebench.errors import ProbebenchError
-from probebench.splits import check_disjoint, stratified_group_holdout
+from probebench.data.splits import check_disjoint, stratified_group_holdout
 
 MODALITIES = ("t1", "t2", "flair")
 GRADES = ("II", "III", "IV")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probebench.bootstrap import EvalData
+from probebench.stats.bootstrap import EvalData
 from probebench.errors import ProbebenchError
 from probebench.runs import Run
 

@@ -24,20 +24,20 @@ from torch.utils.data import DataLoader
 
 from probebench import distributed
 from probebench.atomic import atomic_path
-from probebench.cache import versions
-from probebench.datasets import check_trainable
+from probebench.features.cache import versions
+from probebench.data.datasets import check_trainable
 from probebench.errors import ProbebenchError
-from probebench.extract import auto_device
-from probebench.features import FeatureSpec, resolve_job
-from probebench.heads import softmax_proba
-from probebench.images import ImageDataset, bad_image_error, make_transform
-from probebench.metrics import point_metrics
-from probebench.precision import autocast_dtype
-from probebench.precision import resolve as resolve_precision
+from probebench.features.extract import auto_device
+from probebench.features.spec import FeatureSpec, resolve_job
+from probebench.train.heads import softmax_proba
+from probebench.features.images import ImageDataset, bad_image_error, make_transform
+from probebench.stats.metrics import point_metrics
+from probebench.features.precision import autocast_dtype
+from probebench.features.precision import resolve as resolve_precision
 from probebench.progress import make_progress
-from probebench.registry import FeatureExtractor
-from probebench.runs import check_writable, config_hash, run_folder, write_run
-from probebench.training import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
+from probebench.models.registry import FeatureExtractor
+from probebench.runs import RunRecord, check_writable, config_hash, run_folder, write_run
+from probebench.train.loop import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
 from probebench.validate import check_options
 
 CACHE_ONLY = ("precision", "store_dtype", "channels_last", "draft")  # FeatureSpec fields that only a cache uses
@@ -136,7 +136,7 @@ def _differences(saved: dict, now: dict) -> list[str]:
 def _resume_from(path: Path, numbers: dict, resume: bool | str) -> dict | None:
     """The checkpoint to continue from. ``resume=True`` (``--resume``): it must exist, load and match the settings.
     ``"auto"`` (the study runner): continue when it does, otherwise say why and start from epoch 1."""
-    from probebench.weights import safe_load
+    from probebench.models.weights import safe_load
 
     strict = resume is True
     if not path.is_file():
@@ -351,14 +351,16 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
         return None
     proba = softmax_proba(predict(test_idx))
     y_test = manifest.labels[test_idx]
-    config = {**numbers, "head_params": {k: numbers[k] for k in ("epochs", "lr", "batch_size", "weight_decay",
-                                                                  "optimizer", "seed", "accumulate")},
-              "classes": manifest.classes, "weights": req.weights, "group_kind": manifest.group_kind,
-              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
-              "grad_checkpointing": grad_checkpointing, "world_size": world, "skipped": [], "junk_files": len(manifest.junk),
-              "n": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
-              "counts": manifest.counts(),
-              "versions": versions()}
+    shared = {"mode", "path", "dataset", "model", "head", "tap", "preprocessing", "manifest_hash", "seed"}
+    record = RunRecord(
+        **{k: numbers[k] for k in shared}, classes=manifest.classes, weights=req.weights,
+        n={"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}, counts=manifest.counts(),
+        head_label=head, head_params={k: numbers[k] for k in ("epochs", "lr", "batch_size", "weight_decay",
+                                                              "optimizer", "seed", "accumulate")},
+        group_kind=manifest.group_kind, device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
+        junk_files=len(manifest.junk), versions=versions(),
+        details={**{k: v for k, v in numbers.items() if k not in shared},
+                 "grad_checkpointing": grad_checkpointing, "world_size": world})
     if not np.isfinite(proba).all():
         raise ProbebenchError(f"fine-tuned {model} on {manifest.dataset} gives non-finite probabilities: training "
                               "diverged; lower --lr or use --precision fp32; no run was written")
@@ -369,7 +371,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
                "train_seconds": round(time.perf_counter() - start, 3),
                "peak_memory_gib": (round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda"
                                    else None)}
-    run = write_run(runs_dir, config, sample_ids=manifest.sample_ids[test_idx], groups=manifest.groups[test_idx],
+    run = write_run(runs_dir, record, sample_ids=manifest.sample_ids[test_idx], groups=manifest.groups[test_idx],
                     y_true=y_test, proba=proba, history=state.history, metrics=metrics, run_suffix=digest)
     shutil.rmtree(work)
     distributed.barrier()

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from probebench.atomic import write_bytes, write_text
-from probebench.bootstrap import BootstrapConfig
+from probebench.stats.bootstrap import BootstrapConfig
 from probebench.errors import ProbebenchError
-from probebench.metrics import LABELS, STUDY_METRICS
+from probebench.stats.metrics import LABELS, STUDY_METRICS
 from probebench.validate import path_name
-from probebench.report import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
+from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
                                collect_rows, comparison_lines, comparisons, evaluate_run, footnotes, metric_headers,
                                render, study_cell)
 
@@ -181,9 +181,9 @@ def confusion_figure(row: ReportRow):
 
 def _cost(row: ReportRow) -> dict:
     """Extraction images/s, training time, peak memory: what the run recorded (reports read run folders only)."""
-    c, m = row.run.config, row.run.metrics
-    return {"extract_img_s": c.get("extract_img_s"), "train_seconds": m.get("fit_seconds", m.get("train_seconds")),
-            "peak_memory_gib": m.get("peak_memory_gib"), "device": c.get("extract_device") or c.get("device")}
+    record, m = row.run.record, row.run.metrics
+    return {"extract_img_s": record.extract_img_s, "train_seconds": m.get("fit_seconds", m.get("train_seconds")),
+            "peak_memory_gib": m.get("peak_memory_gib"), "device": record.device}
 
 
 def _html_table(header: list[str], body: list[list[str]], red_rows: set[int] = frozenset()) -> str:
@@ -206,27 +206,27 @@ text-align:left}th{border-bottom:2px solid #444}tr.random td{color:#c00}.note{co
 img{max-width:100%;margin:0.5em}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:0.8em}"""
 
 
-def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: ReportOptions | None = None,
-                 rows: list[ReportRow] | None = None, comps: list | None = None,
-                 compare_metric: str = "accuracy") -> Path:
+def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions | None = None,
+                 rows: list[ReportRow] | None = None, comps: list | None = None, compare_metric: str = "accuracy",
+                 settings: dict | None = None, only: list[str] | None = None,
+                 study_file: Path | None = None) -> Path:
     """Write tables.md, tables.tex, results.csv, figures/ and report.html under ``out``; returns ``out``.
 
     ``rows`` / ``comps``: already evaluated rows and comparisons (``report --out`` passes its own, so
-    nothing is bootstrapped twice).
+    nothing is bootstrapped twice). A study passes its ``[report]`` ``settings``, its runs (``only``) and its
+    file, which the provenance block quotes.
     """
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     if opts is None:
-        r = study.report if study is not None else {}
+        r = settings or {}
         opts = ReportOptions(BootstrapConfig(n_resamples=r.get("resamples", 1000), method=r.get("method", "percentile"),
                                              unit=r.get("unit", "auto"), stratify=r.get("stratify", "auto")),
                              level=r.get("level", "sample"),
                              aggregate=r.get("aggregate", "mean"), metrics=tuple(r.get("metrics", STUDY_METRICS)),
                              study_ci=r.get("study_ci", False))
     if rows is None:
-        from probebench.study import study_runs
-
-        rows = collect_rows(runs_dir, opts=opts, only=study_runs(study) if study is not None else None)
+        rows = collect_rows(runs_dir, opts=opts, only=only)
     if not rows:
         raise ProbebenchError(f"no runs under {runs_dir}; run `probebench fit` first")
     comps = comps if comps is not None else comparisons(rows, opts, compare_metric)
@@ -287,9 +287,9 @@ def write_report(runs_dir: str | Path, out: str | Path, *, study=None, opts: Rep
     provenance += ["weights:"] + sorted({f"  {r.model}: {r.run.config['weights'].get('label')} sha256 "
                                          f"{r.run.config['weights']['sha256']}" for r in rows})
     provenance += ["runs:"] + [f"  {r.run.path} (device "
-                               f"{r.run.config.get('extract_device') or r.run.config.get('device')})" for r in rows]
-    if study is not None:
-        provenance += [f"study file {study.source}:", study.source.read_text()]
+                               f"{r.run.record.device})" for r in rows]
+    if study_file is not None:
+        provenance += [f"study file {study_file}:", Path(study_file).read_text()]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>probebench report</title><style>{CSS}</style></head><body>
 <h1>probebench report</h1>

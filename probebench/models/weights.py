@@ -12,13 +12,16 @@ import re
 import socket
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from probebench.filehash import content_digests
-from probebench.registry import ModelConfig
+from probebench.data.filehash import content_digests
+
+if TYPE_CHECKING:  # annotations only: the registry imports this module, not the other way round
+    from probebench.models.registry import ModelConfig
 
 
 def hub_checkpoint_dir() -> Path:
@@ -184,7 +187,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.is_dir():
-        from probebench.dinov2 import load_hf_snapshot
+        from probebench.models.dinov2 import load_hf_snapshot
 
         return load_hf_snapshot(path)
     try:
@@ -223,7 +226,7 @@ def load_into(model: nn.Module, config: ModelConfig, state: dict, path: str | Pa
     if config.family == "torchvision" and config.arch["builder"].startswith("densenet"):
         state = convert_densenet_legacy(state)
     if config.family == "dinov2":
-        from probebench.dinov2 import convert_meta_state_dict
+        from probebench.models.dinov2 import convert_meta_state_dict
 
         state = convert_meta_state_dict(state, model)
     own = model.state_dict()

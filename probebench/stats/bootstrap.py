@@ -15,7 +15,7 @@ from statistics import NormalDist
 import numpy as np
 
 from probebench.errors import ProbebenchError
-from probebench.metrics import replicate_metrics
+from probebench.stats.metrics import replicate_metrics
 
 UNITS = ("auto", "group", "sample")
 METHODS = ("percentile", "bca")

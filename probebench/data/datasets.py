@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from probebench.filehash import content_digests
-from probebench.pixels import PixelRules, hdf5_uri, is_junk
-from probebench.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
+from probebench.data.filehash import content_digests
+from probebench.data.pixels import PixelRules, hdf5_uri, is_junk
+from probebench.data.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
 from probebench.validate import VAL_UNITS, component, line_of, outside, read_toml
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -65,7 +65,7 @@ class DatasetSpec:
     folder: dict = field(default_factory=dict)
     csv: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
-    mri: dict = field(default_factory=dict)  # prepare-mri settings (read by probebench.mri)
+    mri: dict = field(default_factory=dict)  # prepare-mri settings (read by probebench.data.mri)
     hdf5: dict = field(default_factory=dict)
     allow_outside_root: bool = False  # files (CSV paths, symlink targets) may lie outside the dataset folder
 
@@ -649,8 +649,6 @@ def _hdf5_rows(spec: DatasetSpec, root: Path) -> tuple[list[tuple], dict]:
     """One HDF5 file: an image array (N x H x W [x C]), labels, optional ids, groups and splits."""
     import h5py
 
-    from probebench.weights import sha256_file
-
     h = spec.hdf5
     path = root / h.get("file", "data.h5")
     if not path.is_file():
@@ -684,7 +682,7 @@ def _hdf5_rows(spec: DatasetSpec, root: Path) -> tuple[list[tuple], dict]:
             return [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
 
         labels, groups, splits, ids = (column(k) for k in ("labels", "groups", "splits", "ids"))
-        source = {"hdf5_sha256": sha256_file(path), "images": names["images"], "shape": list(images.shape),
+        source = {"hdf5_sha256": content_digests([str(path.resolve())])[0], "images": names["images"], "shape": list(images.shape),
                   "dtype": str(images.dtype), "float_rule": rule}
     rows = []
     for i in range(n):

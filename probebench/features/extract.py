@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from probebench import cache as fcache
+from probebench.features import cache as fcache
 from probebench.errors import ProbebenchError
-from probebench.features import FeatureSpec, resolve_job
-from probebench.images import ImageDataset, bad_image_error, make_transform
-from probebench.precision import autocast_dtype
+from probebench.features.spec import FeatureSpec, resolve_job
+from probebench.features.images import ImageDataset, bad_image_error, make_transform
+from probebench.features.precision import autocast_dtype
 from probebench.progress import make_progress
 from probebench.validate import check_options
 

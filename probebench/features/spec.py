@@ -17,10 +17,10 @@ from pathlib import Path
 
 import zarr
 
-from probebench import cache as fcache
-from probebench.datasets import Manifest, load_manifest, load_spec
+from probebench.features import cache as fcache
+from probebench.data.datasets import Manifest, load_manifest, load_spec
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from probebench.registry import (ModelConfig, Preprocessing, checkpoint_info, create_model, get_config,
+from probebench.models.registry import (ModelConfig, Preprocessing, checkpoint_info, create_model, get_config,
                                  hf_preprocessing, random_seed, random_weights_info, tap_head_info,
                                  with_normalization)
 from probebench.validate import check_options
@@ -127,7 +127,7 @@ def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: 
 
 def resolve_job(features: FeatureSpec | str, dataset: str, *, data_root=None, **options) -> FeatureJob:
     """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
-    from probebench import weights as wts
+    from probebench.models import weights as wts
 
     spec = FeatureSpec.of(features, **options)
     config = get_config(spec.model)
@@ -181,7 +181,7 @@ def locate_store(features: FeatureSpec | str, dataset: str, *, data_root=None, c
 
 
 def extract_command(spec: FeatureSpec, dataset: str, data_root=None, cache_dir: str | Path = "cache") -> str:
-    from probebench.datasets import data_roots
+    from probebench.data.datasets import data_roots
 
     roots = "".join(f" --data-root {r}" for r in data_roots(data_root)) if data_root else ""
     cache = f" --cache-dir {cache_dir}" if str(cache_dir) != "cache" else ""
@@ -210,7 +210,7 @@ def _recorded(attrs: dict) -> dict:
 
 def _matches(spec: FeatureSpec, config: ModelConfig, rec: dict) -> bool:
     """Does a store's record agree with every option the spec states (defaults resolved as ``resolve_job`` does)?"""
-    from probebench.filehash import content_digests
+    from probebench.data.filehash import content_digests
 
     if rec["tap"] != (spec.tap or config.default_tap) or rec["precision"] != spec.precision:
         return False

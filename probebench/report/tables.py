@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from probebench.bootstrap import BootstrapConfig, Difference, Interval, bootstrap, holm, paired_comparison
+from probebench.stats.bootstrap import BootstrapConfig, Difference, Interval, bootstrap, holm, paired_comparison
 from probebench.errors import ProbebenchError
-from probebench.evaluate import eval_data
-from probebench.metrics import ALL_METRICS, LABELS, STUDY_METRICS
+from probebench.stats.evaluate import eval_data
+from probebench.stats.metrics import ALL_METRICS, LABELS, STUDY_METRICS
 from probebench.runs import Run, find_runs, read_config, read_run
 
 FORMATS = ("table", "md", "csv")
