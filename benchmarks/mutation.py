@@ -14,10 +14,12 @@ survived + timeout-free others), per module; the survivors are printed with thei
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -60,6 +62,31 @@ def score(counts: Counter) -> float | None:
     return caught / checked if checked else None
 
 
+@functools.lru_cache(maxsize=None)
+def _functions(module: str) -> dict[str, list[str]]:
+    """Function name -> its source lines, in the mutated copy of ``module``."""
+    import ast
+
+    source = (REPO / "mutants" / "probebench" / f"{module.replace('.', '/')}.py").read_text()
+    lines = source.splitlines()
+    return {n.name: lines[n.lineno - 1:n.end_lineno] for n in ast.walk(ast.parse(source))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def mutant_diff(module: str, name: str) -> str:
+    """The lines a mutant changes, from the mutated copy mutmut keeps (original function vs mutant)."""
+    import difflib
+
+    funcs = _functions(module)
+    short = name.rsplit(".", 1)[-1]
+    orig = funcs.get(short.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+    if orig is None or short not in funcs:
+        return f"(no source for {name})"
+    a, b = orig[1:], funcs[short][1:]  # the def lines differ by name only
+    return "\n".join(line for line in difflib.unified_diff(a, b, lineterm="", n=0)
+                     if line[:1] in "+-" and not line.startswith(("+++", "---")))
+
+
 def summary(modules: list[str], diffs: bool) -> str:
     """A Markdown table per module and the list of survivors."""
     lines = ["| module | mutants | killed | timeout | survived | no tests | not checked | score |",
@@ -74,17 +101,15 @@ def summary(modules: list[str], diffs: bool) -> str:
         lines.append(f"| {m} | {len(st)} | {counts['killed']} | {counts['timeout']} | {counts['survived']} | "
                      f"{counts['no tests']} | {counts['not checked']} | "
                      f"{'not run' if s is None else f'{100 * s:.1f}%'} |")
-        survivors += [n for n, v in sorted(st.items()) if v in ("survived", "no tests", "suspicious")]
+        survivors += [(m, n) for n, v in sorted(st.items()) if v in ("survived", "no tests", "suspicious")]
     s = score(total)
     lines.append(f"| **all** | {sum(total.values())} | {total['killed']} | {total['timeout']} | {total['survived']} | "
                  f"{total['no tests']} | {total['not checked']} | {'not run' if s is None else f'{100 * s:.1f}%'} |")
     lines += ["", f"Survivors ({len(survivors)}):", ""]
-    for name in survivors:
+    for module, name in survivors:
+        lines.append(f"- `{name}`")
         if diffs:
-            diff = subprocess.run([*mutmut(), "show", name], cwd=REPO, capture_output=True, text=True).stdout
-            lines += [f"```diff\n{diff.strip()}\n```"]
-        else:
-            lines.append(f"- `{name}`")
+            lines += [f"  ```diff\n{textwrap.indent(mutant_diff(module, name), '  ')}\n  ```"]
     return "\n".join(lines)
 
 

@@ -153,8 +153,10 @@ def _bca_terms(values: np.ndarray, theta_hat: float, jack: np.ndarray) -> tuple[
     share = min(max(share, 0.5 / len(values)), 1 - 0.5 / len(values))
     z0 = NormalDist().inv_cdf(share)
     d = jack.mean() - jack
+    if np.abs(d).max(initial=0.0) <= 1e-12 * max(1.0, float(np.abs(jack).max(initial=0.0))):
+        return z0, 0.0  # a constant jackknife (up to rounding of its mean): no acceleration, not 0/0 noise
     den = 6 * ((d ** 2).sum()) ** 1.5
-    return z0, float((d ** 3).sum() / den) if den > 0 else 0.0
+    return z0, float((d ** 3).sum() / den)
 
 
 def _bca_level(nominal: float, z0: float, a: float) -> float:

@@ -1,0 +1,131 @@
+"""Edges of the interval and split arithmetic, each against a hand-worked value or an independent reference
+(a brute-force scan of numpy's quantile function, scipy's percentileofscore, leave-one-out by hand). These are
+the cases mutation testing found unguarded: degenerate BCa levels, replicates all on one side of zero, ties at
+the estimate, cluster jackknife blocks, stratified paired draws, Holm's cap at 1, largest-remainder ties."""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from probebench.data.splits import _allocate
+from probebench.errors import ProbebenchError
+from probebench.stats.bootstrap import (BootstrapConfig, EvalData, _bca_level, _bca_nominal, _bca_terms,
+                                        _zero_levels, bca_interval, holm, interval_p_value, jackknife,
+                                        paired_comparison)
+
+
+def _scan(values: np.ndarray) -> tuple[float, float]:
+    """sup{u: q(u) <= 0} and inf{u: q(u) >= 0} for numpy's (linear) quantile function, by brute force."""
+    u = np.linspace(0, 1, 200_001)
+    q = np.quantile(values, u)
+    below, above = u[q <= 0], u[q >= 0]
+    return (below.max() if len(below) else 0.0), (above.min() if len(above) else 1.0)
+
+
+@pytest.mark.parametrize("values", [[-1.0], [2.0], [0.0], [1.0, 2.0, 3.0], [-3.0, -2.0, -1.0], [0.0, 1.0, 2.0],
+                                    [-2.0, -1.0, 0.0], [-1.0, 1.0, 3.0], [-5.0, -1.0, 0.0, 0.0, 2.0, 7.0]])
+def test_zero_levels_equal_a_scan_of_the_quantile_function(values):
+    got = _zero_levels(np.array(values))
+    assert np.allclose(got, _scan(np.array(values)), atol=1e-5), (values, got)
+
+
+def test_bca_levels_at_and_beyond_the_edges():
+    assert _bca_level(0.0, 0.1, 0.05) == 0.0 and _bca_level(1.0, 0.1, 0.05) == 1.0
+    assert _bca_level(-0.2, 0.0, 0.0) == 0.0 and _bca_level(1.5, 0.0, 0.0) == 1.0
+    z0, a, nominal = 0.1, 0.05, 0.975  # Efron (1987): Φ(z0 + (z0 + z) / (1 - a (z0 + z)))
+    z = stats.norm.ppf(nominal)
+    assert _bca_level(nominal, z0, a) == pytest.approx(stats.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))
+    assert _bca_nominal(0.0, 0.1, 0.05) == 0.0 and _bca_nominal(1.0, 0.1, 0.05) == 1.0
+    for level in (0.01, 0.3, 0.8, 0.99):  # the inverse of _bca_level where it is defined
+        assert _bca_level(_bca_nominal(level, 0.2, 0.03), 0.2, 0.03) == pytest.approx(level, abs=1e-9)
+    # beyond the pole 1 + a w = 0 no nominal level reaches this quantile level: 0 below it, 1 above
+    assert _bca_nominal(stats.norm.cdf(-3.0), 0.0, 0.5) == 0.0
+    assert _bca_nominal(stats.norm.cdf(0.5), 0.0, -3.0) == 1.0
+
+
+def test_bias_correction_matches_scipys_definition_and_is_clipped():
+    rng = np.random.default_rng(1)
+    jack = rng.normal(size=20)
+    for values, theta in (([1.0, 2.0, 2.0, 3.0], 2.0), (rng.normal(size=50), 0.3)):
+        values = np.asarray(values)
+        z0, _ = _bca_terms(values, theta, jack)
+        share = stats.percentileofscore(values, theta, kind="mean") / 100  # ties count half
+        assert z0 == pytest.approx(NormalDist().inv_cdf(share))
+    values = np.arange(1.0, 11.0)  # all above (below) the estimate: the share is clipped to 1/(2n) (1 - 1/(2n))
+    assert _bca_terms(values, 0.0, jack)[0] == pytest.approx(NormalDist().inv_cdf(0.05))
+    assert _bca_terms(values, 20.0, jack)[0] == pytest.approx(NormalDist().inv_cdf(0.95))
+    # a constant jackknife has no acceleration, also when its mean is off by a rounding error (0.8 is not exact)
+    assert _bca_terms(values, 5.5, np.full(7, 0.8))[1] == 0.0 and _bca_terms(values, 5.5, np.ones(7))[1] == 0.0
+
+
+def test_undefined_estimates_give_undefined_intervals_and_p_values():
+    jack = np.array([0.1, 0.2, 0.3])
+    assert np.isnan(bca_interval(np.array([0.1, 0.2]), float("nan"), jack, 0.95)).all()
+    assert np.isnan(bca_interval(np.array([np.nan, np.nan]), 0.5, jack, 0.95)).all()
+    assert np.isnan(interval_p_value(np.array([0.1, 0.2]), float("nan"), None, 0.95)).all()
+    assert np.isnan(interval_p_value(np.array([np.nan]), 0.1, jack, 0.95)).all()
+
+
+def _data(y_true, y_pred, groups=None, k=2):
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return EvalData(y_true, y_pred, np.eye(k)[y_pred] * 0.8 + 0.2 / k, None if groups is None else np.asarray(groups),
+                    k)
+
+
+def test_cluster_jackknife_leaves_out_one_whole_group_in_every_block():
+    y_true = [0, 0, 1, 1, 0, 1, 1, 0, 1]
+    y_pred = [0, 1, 1, 1, 0, 0, 1, 0, 1]
+    groups = ["a", "a", "b", "c", "c", "d", "e", "e", "f"]
+    expected = []
+    for g in sorted(set(groups)):  # by hand: accuracy without group g
+        keep = [i for i, x in enumerate(groups) if x != g]
+        expected.append(np.mean([y_true[i] == y_pred[i] for i in keep]))
+    for block in (500, 2, 1):
+        got = jackknife(_data(y_true, y_pred, groups), "group", block=block)["accuracy"]
+        assert np.allclose(got, expected), block
+    per_sample = jackknife(_data(y_true, y_pred, groups), "sample", block=4)["accuracy"]
+    assert len(per_sample) == 9 and per_sample[1] == pytest.approx(7 / 8)  # 2 wrong of 9; leave one of them out
+
+
+def test_paired_comparison_checks_its_inputs_and_stratifies_the_shared_draws():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(29, int), 2]  # a class with one test sample: unstratified draws often miss it
+    y = np.r_[y, np.ones(10, int)]
+    a = EvalData(y, y, rng.dirichlet(np.ones(3), len(y)), None, 3)
+    b = EvalData(y, rng.integers(0, 3, len(y)), rng.dirichlet(np.ones(3), len(y)), None, 3)
+    with pytest.raises(ProbebenchError, match="not evaluated on the same test samples"):
+        paired_comparison(a, EvalData(y[::-1].copy(), y, None, None, 3))
+    plain, how = paired_comparison(a, b, BootstrapConfig(n_resamples=200, stratify="none"))
+    strat, how_s = paired_comparison(a, b, BootstrapConfig(n_resamples=200, stratify="class"))
+    assert not how.stratified and how_s.stratified and how_s.n_units == len(y)
+    assert plain["auroc_macro"].undefined > 20 and strat["auroc_macro"].undefined == 0
+    assert strat["auroc_macro"].replicates == 200
+
+
+def test_bootstrap_config_names_what_is_allowed():
+    for kwargs, message in (({"method": "x"}, "interval method 'x' is not one of percentile, bca"),
+                            ({"unit": "x"}, "resampling unit 'x' is not one of auto, group, sample"),
+                            ({"stratify": "x"}, "stratification 'x' is not one of auto, class, none"),
+                            ({"n_resamples": 1}, "the bootstrap needs at least 2 resamples")):
+        with pytest.raises(ProbebenchError) as err:
+            BootstrapConfig(**kwargs)
+        assert str(err.value) == message
+    BootstrapConfig(n_resamples=2)  # the smallest bootstrap is allowed
+
+
+def test_holm_by_hand_and_capped_at_one():
+    # sorted: 0.01 x4 = 0.04; 0.03 x3 = 0.09; 0.04 x2 = 0.08 -> 0.09 (monotone); 0.5 x1 = 0.5
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.6, 0.7]) == [1.0, 1.0]  # 1.2 is capped at 1, and the larger p keeps up with it
+
+
+def test_largest_remainder_allocation_by_hand():
+    # 3 of 10 groups over classes of 5, 3, 2: exact 1.5, 0.9, 0.6 -> floors 1, 0, 0 -> the two largest
+    # remainders (0.9, 0.6) get the rest
+    assert _allocate({0: 5, 1: 3, 2: 2}, 3) == {0: 1, 1: 1, 2: 1}
+    assert _allocate({0: 1, 1: 1}, 1) == {0: 1, 1: 0}  # equal remainders: the lower class first
+    assert _allocate({0: 2, 1: 7, 2: 1}, 5) == {0: 1, 1: 4, 2: 0}  # 1.0, 3.5, 0.5 -> 1, 3, 0 (+1: class 1)
