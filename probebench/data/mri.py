@@ -19,10 +19,11 @@ import shutil
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from probebench.atomic import flush_tree
 from probebench.data.datasets import load_spec
@@ -119,10 +120,6 @@ def read_labels(path: str | Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- geometry
-
-def voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-
 
 def resample_to_grid(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, shape: tuple,
                      order: int) -> np.ndarray:
@@ -285,7 +282,6 @@ class CohortPlan:
     labels: dict[str, str]
     unlabelled: list[str]  # folders without a grade
     without_images: list[str]  # grades without a folder
-    splits: dict[str, str] = field(default_factory=dict)
 
 
 def patient_splits(patients: list[str], labels: dict[str, str], seed: int = 0, test_fraction: float = 0.3,

@@ -266,20 +266,24 @@ class FeatureExtractor(nn.Module):
         return _torchvision_features(self.backbone, self.config.arch["builder"], images)
 
 
+# The layer the study replaces in each torchvision model; its input is the model's feature tap, so the tap and the
+# replaced layer are defined in this one place (finetune swaps the layer, extract reads its input).
+REPLACED_LAYER = {"vgg16": "classifier.6", "resnet50": "fc", "densenet121": "classifier"}
+
+
 def _torchvision_features(model: nn.Module, builder: str, x: torch.Tensor) -> torch.Tensor:
-    """The input of the layer the study replaces: VGG16 fc7 after ReLU, ResNet50 / DenseNet121 pooling."""
-    if builder == "vgg16":
-        x = torch.flatten(model.avgpool(model.features(x)), 1)
-        return model.classifier[:5](x)  # Linear, ReLU, Dropout, Linear, ReLU -> fc7 (4096)
-    if builder == "resnet50":
-        m = model
-        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-        return torch.flatten(m.avgpool(x), 1)
-    if builder == "densenet121":
-        x = torch.relu(model.features(x))
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-    raise ProbebenchError(f"no feature tap for torchvision builder {builder!r}")
+    """The input of the layer the study replaces (VGG16 fc7 after ReLU, ResNet50 / DenseNet121 pooling), taken
+    from torchvision's own forward pass."""
+    if builder not in REPLACED_LAYER:
+        raise ProbebenchError(f"no feature tap for torchvision builder {builder!r}")
+    captured: list[torch.Tensor] = []
+    hook = model.get_submodule(REPLACED_LAYER[builder]).register_forward_pre_hook(
+        lambda module, args: captured.append(args[0]))
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    return captured[0]
 
 
 def build_backbone(config: ModelConfig, img_size: int) -> nn.Module:

@@ -35,14 +35,13 @@ from probebench.stats.metrics import point_metrics
 from probebench.features.precision import autocast_dtype
 from probebench.features.precision import resolve as resolve_precision
 from probebench.progress import make_progress
-from probebench.models.registry import FeatureExtractor
+from probebench.models.registry import REPLACED_LAYER, FeatureExtractor
 from probebench.runs import RunRecord, check_writable, config_hash, run_folder, write_run
 from probebench.train.loop import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
 from probebench.validate import check_options
 
 CACHE_ONLY = ("precision", "store_dtype", "channels_last", "draft")  # FeatureSpec fields that only a cache uses
 
-REPLACED_LAYER = {"vgg16": "classifier.6", "resnet50": "fc", "densenet121": "classifier"}
 BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"
 
 
