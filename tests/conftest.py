@@ -158,3 +158,10 @@ def fake_run(runs_dir: Path, y_true, proba, *, dataset="d", model="m", mode="fro
     metrics = {"val_accuracy": val_accuracy} if val_accuracy is not None else {}
     return write_run(runs_dir, config, sample_ids=ids, groups=groups if groups is not None else ids, y_true=y_true,
                      proba=proba, history=[], metrics=metrics)
+
+
+def watch_chunks(monkeypatch, callback) -> None:
+    """Have ``extract`` call ``callback(chunk)`` after each chunk it writes (the chunk is on disk by then)."""
+    import probebench.features.extract as ex
+
+    monkeypatch.setattr(ex, "chunk_written", callback)

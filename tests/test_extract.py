@@ -11,7 +11,7 @@ from probebench.features.cache import read_features
 from probebench.errors import ProbebenchError
 from probebench.features.extract import extract
 
-from conftest import write_image
+from conftest import watch_chunks, write_image
 
 OPTS = dict(weights="random", resize=40, crop=32, batch_size=4, chunk_size=8, workers=0, progress=False)
 
@@ -47,7 +47,7 @@ def test_features_equal_a_direct_forward_pass(tiny, tmp_path):
         assert np.allclose(model(x).numpy(), feats.features[:3], atol=1e-5)
 
 
-def test_resume_after_interrupt_computes_only_missing_chunks(tiny, tmp_path):
+def test_resume_after_interrupt_computes_only_missing_chunks(tiny, tmp_path, monkeypatch):
     spec, root = tiny
     full = read_features(extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "a", **OPTS)).features
 
@@ -58,16 +58,20 @@ def test_resume_after_interrupt_computes_only_missing_chunks(tiny, tmp_path):
 
     seen = []
     with pytest.raises(KeyboardInterrupt):
-        extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", on_chunk=interrupt_after_two, **OPTS)
+        watch_chunks(monkeypatch, interrupt_after_two)
+        extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", **OPTS)
     first = list(seen)
     seen = []
-    path = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", on_chunk=seen.append, **OPTS)
+    watch_chunks(monkeypatch, seen.append)
+    path = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", **OPTS)
     assert sorted(first + seen) == list(range(5)) and len(seen) == 3  # only the missing chunks
     assert np.array_equal(read_features(path).features, full)  # identical to an uninterrupted run
     seen.clear()
-    extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", on_chunk=seen.append, **OPTS)
+    watch_chunks(monkeypatch, seen.append)
+    extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", **OPTS)
     assert seen == []  # complete: nothing recomputed
-    extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", on_chunk=seen.append, force=True, **OPTS)
+    watch_chunks(monkeypatch, seen.append)
+    extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", force=True, **OPTS)
     assert len(seen) == 5
 
 
@@ -182,7 +186,7 @@ def test_torchrun_two_ranks_fill_one_store_like_one_process(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_resumes_an_interrupted_extraction_computing_only_the_missing_chunks(tiny, tmp_path):
+def test_torchrun_resumes_an_interrupted_extraction_computing_only_the_missing_chunks(tiny, tmp_path, monkeypatch):
     """Two chunks done by an interrupted run; two ranks then compute the other three and leave those two alone."""
     spec, root = tiny
     single = read_features(extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "one", **OPTS))
@@ -194,8 +198,8 @@ def test_torchrun_resumes_an_interrupted_extraction_computing_only_the_missing_c
 
     seen = []
     with pytest.raises(KeyboardInterrupt):
-        extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "two", on_chunk=interrupt_after_two,
-                **OPTS)
+        watch_chunks(monkeypatch, interrupt_after_two)
+        extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "two", **OPTS)
     path = next((tmp_path / "two").rglob("*.zarr"))
     store = zarr.open_group(str(path), mode="r+")
     assert not store.attrs["complete"] and sorted(np.flatnonzero(store["chunk_done"][:])) == sorted(seen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from conftest import write_image
+from conftest import watch_chunks, write_image
 
 from probebench.features.cache import read_features
 from probebench.errors import ProbebenchError
@@ -24,7 +24,7 @@ def chunk_file(store, c):
 
 
 @pytest.mark.parametrize("damage", ["deleted", "corrupt"])
-def test_a_damaged_chunk_is_refused_then_recomputed_alone(tiny, tmp_path, damage):
+def test_a_damaged_chunk_is_refused_then_recomputed_alone(tiny, tmp_path, damage, monkeypatch):
     spec, root = tiny
     store = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", **OPTS)
     good = read_features(store).features.copy()
@@ -39,21 +39,21 @@ def test_a_damaged_chunk_is_refused_then_recomputed_alone(tiny, tmp_path, damage
         fit("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", runs_dir=tmp_path / "runs", epochs=1,
             progress=False, **{k: OPTS[k] for k in ("weights", "resize", "crop")})
     recomputed = []
-    again = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", on_chunk=recomputed.append,
-                    **OPTS)
+    watch_chunks(monkeypatch, recomputed.append)
+    again = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", **OPTS)
     assert again == store and recomputed == [2]  # exactly the damaged chunk, nothing else
     repaired = read_features(store)
     assert np.array_equal(repaired.features, good)
     assert repaired.attrs["complete"] and repaired.attrs["repaired_chunks"] == [2]
 
 
-def test_skipped_bad_images_are_not_damage(tiny, tmp_path):
+def test_skipped_bad_images_are_not_damage(tiny, tmp_path, monkeypatch):
     spec, root = tiny
     (root / "tiny" / "a" / "p000_0.png").write_bytes(b"not an image")
     store = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", skip_bad=True, **OPTS)
     recomputed = []
-    extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", skip_bad=True,
-            on_chunk=recomputed.append, **OPTS)
+    watch_chunks(monkeypatch, recomputed.append)
+    extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", skip_bad=True, **OPTS)
     assert recomputed == [] and len(read_features(store).features) == 39
 
 
@@ -114,7 +114,7 @@ def test_a_weights_file_is_hashed_once_across_commands(tmp_path, monkeypatch):
     assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest() and len(reads) == 2
 
 
-def test_a_replaced_image_recomputes_only_its_chunk_and_equals_a_fresh_extraction(tiny, tmp_path):
+def test_a_replaced_image_recomputes_only_its_chunk_and_equals_a_fresh_extraction(tiny, tmp_path, monkeypatch):
     """The changed image gets a new cache key (content hash); the new store copies every chunk whose images are
     unchanged from the old one and computes only the chunk holding the replacement, bit for bit as a fresh
     extraction; fit on it gives the same run as on the fresh cache."""
@@ -123,8 +123,8 @@ def test_a_replaced_image_recomputes_only_its_chunk_and_equals_a_fresh_extractio
     sample = "b/p105_1.png"  # row 30 of 40 (sorted ids): chunk 3 of 5
     write_image(root / "tiny" / sample, seed=999)
     computed = []
-    second = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", on_chunk=computed.append,
-                     **OPTS)
+    watch_chunks(monkeypatch, computed.append)
+    second = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", **OPTS)
     assert second != first and computed == [3]
     fresh = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "fresh", **OPTS)
     a, b = read_features(second), read_features(fresh)

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -98,6 +97,13 @@ class ChunkWriter:
             raise self.error
 
 
+def _no_hook(chunk: int) -> None:
+    """Nothing: ``extract`` calls ``chunk_written`` after each chunk only when a test has replaced it."""
+
+
+chunk_written = _no_hook  # tests replace it (monkeypatch) to count chunks or to interrupt after one
+
+
 def default_batch_size(device: torch.device) -> int:
     """8 on a CPU (bigger batches were slower there), 64 on an accelerator."""
     return 8 if device.type == "cpu" else 64
@@ -106,7 +112,7 @@ def default_batch_size(device: torch.device) -> int:
 def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
             device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
             force: bool = False, skip_bad: bool = False, progress: bool = True,
-            on_chunk: Callable[[int], None] | None = None, **options) -> Path | str:
+            **options) -> Path | str:
     """Fill the cache for a feature spec (or a model name plus the spec's options) x ``dataset``; returns the
     store location. Resumes unless ``force``.
 
@@ -208,9 +214,9 @@ def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_
                 filled[c] += len(idx)
                 if filled[c] == len(buffers[c]):
                     writer.put((c, c * chunk_size, buffers.pop(c), reasons.pop(c)))
-                    if on_chunk is not None:  # a test hook: the chunk is on disk before it runs
+                    if chunk_written is not _no_hook:  # a test seam: the chunk is on disk before it runs
                         writer.flush()
-                        on_chunk(c)
+                        chunk_written(c)
                 bar.update(task, advance=len(idx))
     finally:
         writer.close()

@@ -8,7 +8,6 @@ end-to-end path see the same batches, and a resumed run continues exactly where 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
