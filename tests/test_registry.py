@@ -170,3 +170,25 @@ def test_imagenet_logits_tap_is_metas_linear4_classifier(dinov2_reference, tmp_p
         create_model("dinov2_s", str(path), tap="imagenet_logits", img_size=224, arch_overrides=arch)
     random_lc = create_model("dinov2_s", "random:3", tap="imagenet_logits", img_size=28, arch_overrides=arch)
     assert random_lc(torch.zeros(1, 3, 28, 28)).shape == (1, 1000)
+
+
+def test_dinov2_gradient_checkpointing_recomputes_with_equal_gradients(monkeypatch):
+    """timm's switch turns it on: the blocks run again in the backward pass, and the gradients are unchanged."""
+    import timm.models.vision_transformer as vt
+
+    net = create_model("dinov2_s", "random", img_size=28)
+    x = torch.randn(2, 3, 28, 28)
+
+    def grads():
+        net.zero_grad()
+        net(x).square().sum().backward()
+        return [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+    plain = grads()
+    calls = []
+    real = vt.checkpoint
+    monkeypatch.setattr(vt, "checkpoint", lambda fn, *a, **k: calls.append(1) or real(fn, *a, **k))
+    net.backbone.set_grad_checkpointing(True)
+    checked = grads()
+    assert len(calls) == 12  # one per block
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checked))

@@ -97,7 +97,7 @@ def test_study_end_to_end_rerun_is_a_noop_and_report_files_hold_every_cell(tmp_p
     for model in ("resnet50", "dinov2_s"):
         for freeze in ("Y", "N"):
             assert f"| demo_shapes | {model} † | {freeze} |" in md
-        assert f"dinov2\\_s" in tex and "resnet50" in tex
+        assert "dinov2\\_s" in tex and "resnet50" in tex
     assert {"forest_demo_shapes.png", "forest_demo_shapes.svg"} <= {p.name for p in (report / "figures").iterdir()}
     assert len(list((report / "figures").glob("confusion_*.png"))) == 4
     # LaTeX: booktabs, balanced environments, escaped underscores, bold best, method in the caption

@@ -62,24 +62,17 @@ class DinoV2(nn.Module):
             dynamic_img_size=False, **kwargs)
         self.grid = img_size // patch_size
         self.img_size = img_size
-        self.grad_checkpointing = False  # recompute block activations in backward (ViT-L fine-tuning memory)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (ViT-L fine-tuning memory): timm's own switch."""
+        self.vit.set_grad_checkpointing(enable)
 
     def tokens(self, x: torch.Tensor, keep_last: int = 1) -> list[torch.Tensor]:
-        """Normalised token sequences (B, 1 + N, D) of the last ``keep_last`` blocks, oldest first."""
-        vit = self.vit
-        x = vit.patch_embed(x)
-        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + vit.pos_embed
-        x = vit.norm_pre(x)
-        outputs = []
-        depth = len(vit.blocks)
-        for i, block in enumerate(vit.blocks):
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-            if i >= depth - keep_last:
-                outputs.append(vit.norm(x))
-        return outputs
+        """Normalised token sequences (B, 1 + N, D) of the last ``keep_last`` blocks, oldest first (timm's
+        ``forward_intermediates``: patch embedding, CLS, position embedding, blocks, final norm)."""
+        out = self.vit.forward_intermediates(x, indices=keep_last, norm=True, output_fmt="NLC",
+                                             intermediates_only=True, return_prefix_tokens=True)
+        return [torch.cat([prefix, patches], dim=1) for patches, prefix in out]
 
     def features(self, x: torch.Tensor, tap: str = "cls") -> torch.Tensor:
         """``cls``: CLS after the final norm; ``cls_patchmean``: CLS ‖ mean patch token (DINOv2 linear

@@ -230,8 +230,8 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
 
     n_classes = len(manifest.classes)
     extractor = job.create_model()
-    if grad_checkpointing and hasattr(extractor.backbone, "grad_checkpointing"):
-        extractor.backbone.grad_checkpointing = True
+    if grad_checkpointing and hasattr(extractor.backbone, "set_grad_checkpointing"):  # DINOv2 and timm models
+        extractor.backbone.set_grad_checkpointing(True)
     net = Classifier(extractor, n_classes, seed, freeze_backbone, tuple(study_quirks), head).to(dev)
     if dev.type == "cuda" and extractor.config.family == "torchvision":
         net = net.to(memory_format=torch.channels_last)
