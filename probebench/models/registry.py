@@ -213,11 +213,13 @@ def timm_config(name: str) -> ModelConfig:
                                       + (", ".join(t.split(".", 1)[1] for t in tags) or "none (use timm:" + base + ")"))
         pc = get_pretrained_cfg(arch) or get_pretrained_cfg(base)
         cfg = pc.to_dict() if pc is not None else {}
-    crop = int(cfg.get("input_size", (3, 224, 224))[-1])
-    interp = cfg.get("interpolation", "bicubic")
-    pre = Preprocessing(resize=int(math.floor(crop / cfg.get("crop_pct", 0.875))), crop=crop,
+    from timm.data import resolve_data_config
+
+    data = resolve_data_config(pretrained_cfg={"architecture": arch, **cfg})  # timm's defaults where cfg is silent
+    crop, interp = int(data["input_size"][-1]), data["interpolation"]
+    pre = Preprocessing(resize=int(math.floor(crop / data["crop_pct"])), crop=crop,  # timm's eval resize rule
                         interpolation=interp if interp in ("bilinear", "bicubic") else "bicubic",
-                        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
+                        mean=tuple(data["mean"]), std=tuple(data["std"]))
     return ModelConfig(name=name, family="timm", arch={"name": arch, "hf_hub_id": cfg.get("hf_hub_id"),
                                                         "architecture": cfg.get("architecture"),
                                                         "num_classes": cfg.get("num_classes")},
