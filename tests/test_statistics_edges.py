@@ -129,3 +129,52 @@ def test_largest_remainder_allocation_by_hand():
     assert _allocate({0: 5, 1: 3, 2: 2}, 3) == {0: 1, 1: 1, 2: 1}
     assert _allocate({0: 1, 1: 1}, 1) == {0: 1, 1: 0}  # equal remainders: the lower class first
     assert _allocate({0: 2, 1: 7, 2: 1}, 5) == {0: 1, 1: 4, 2: 0}  # 1.0, 3.5, 0.5 -> 1, 3, 0 (+1: class 1)
+
+
+def test_unit_and_strata_rules_by_hand():
+    from probebench.stats.bootstrap import resolve_strata, resolve_unit, unit_codes
+
+    assert resolve_unit("auto", np.array(["a", "b", "c"])) == "sample"  # every group unique: samples
+    assert resolve_unit("auto", np.array(["a", "a", "c"])) == "group" and resolve_unit("auto", None) == "sample"
+    with pytest.raises(ProbebenchError) as err:
+        resolve_unit("group", None)
+    assert str(err.value) == "--unit group needs samples with groups, and these have none"
+
+    def strata_for(y, stratify="auto", k=3):
+        data = EvalData(np.asarray(y), np.asarray(y), None, None, k)
+        codes, n = unit_codes(data, "sample")
+        return resolve_strata(data, codes, n, stratify)
+
+    assert strata_for([0] * 6 + [1] * 5) is None  # every present class has RARE_UNITS (5) or more units
+    assert strata_for([0] * 6 + [1] * 4).tolist() == [0] * 6 + [1] * 4  # 4 < 5: stratified
+    assert strata_for([0] * 6 + [2] * 6) is None  # an absent class (1) does not count as rare
+    assert strata_for([1] * 3) is None  # one class present: nothing to stratify
+    assert strata_for([0] * 9 + [1] * 9, "class").tolist() == [0] * 9 + [1] * 9
+    assert strata_for([0, 1], "none") is None
+
+
+def test_bootstrap_takes_the_jackknife_by_its_unit_and_the_studys_half_width_with_ddof_1():
+    """BCa with patients as the unit uses the leave-one-patient-out jackknife (not leave-one-image-out); the
+    study-style column is the replicate mean with 1.96 sd (ddof 1) / sqrt(R)."""
+    from probebench.stats.bootstrap import bootstrap, replicates
+
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    groups = np.repeat([f"p{i}" for i in range(15)], 4)
+    y = np.repeat(rng.integers(0, 2, 15), 4)
+    score = np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.3, 60), 0.01, 0.99)
+    proba = np.c_[1 - score, score]
+    data = EvalData(y, proba.argmax(1), proba, groups, 2)
+    cfg = BootstrapConfig(n_resamples=400, method="bca", unit="group", seed=3, stratify="none")
+    got, _ = bootstrap(data, cfg)
+    reps = replicates(data, cfg, "group")["auroc_macro"]
+    theta = roc_auc_score(y, score)
+    by_patient = bca_interval(reps, theta, jackknife(data, "group")["auroc_macro"], 0.95)
+    by_image = bca_interval(reps, theta, jackknife(data, "sample")["auroc_macro"], 0.95)
+    auroc = got["auroc_macro"]
+    assert auroc.value == pytest.approx(theta) and (auroc.low, auroc.high) == pytest.approx(by_patient)
+    assert by_patient != pytest.approx(by_image)  # the check can tell the two apart
+    assert auroc.replicate_mean == pytest.approx(np.nanmean(reps))
+    finite = reps[np.isfinite(reps)]
+    assert auroc.replicate_mean_half_width == pytest.approx(1.96 * np.std(finite, ddof=1) / np.sqrt(len(finite)))
