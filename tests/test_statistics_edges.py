@@ -169,11 +169,13 @@ def test_bootstrap_takes_the_jackknife_by_its_unit_and_the_studys_half_width_wit
     cfg = BootstrapConfig(n_resamples=400, method="bca", unit="group", seed=3, stratify="none")
     got, _ = bootstrap(data, cfg)
     reps = replicates(data, cfg, "group")["auroc_macro"]
-    theta = roc_auc_score(y, score)
+    theta = got["auroc_macro"].value  # equal to scikit-learn's to the last bit or two (checked below); ties at
+    # the estimate make BCa's bias correction sensitive to that last bit, so the composition uses the same value
+    assert theta == pytest.approx(roc_auc_score(y, score), abs=1e-12)
     by_patient = bca_interval(reps, theta, jackknife(data, "group")["auroc_macro"], 0.95)
     by_image = bca_interval(reps, theta, jackknife(data, "sample")["auroc_macro"], 0.95)
     auroc = got["auroc_macro"]
-    assert auroc.value == pytest.approx(theta) and (auroc.low, auroc.high) == pytest.approx(by_patient)
+    assert (auroc.low, auroc.high) == pytest.approx(by_patient)
     assert by_patient != pytest.approx(by_image)  # the check can tell the two apart
     assert auroc.replicate_mean == pytest.approx(np.nanmean(reps))
     finite = reps[np.isfinite(reps)]
