@@ -47,20 +47,26 @@ def test_features_equal_a_direct_forward_pass(tiny, tmp_path):
         assert np.allclose(model(x).numpy(), feats.features[:3], atol=1e-5)
 
 
+def interrupted_extract(spec, root, cache_dir, monkeypatch, after: int = 2) -> list[int]:
+    """An extraction interrupted (KeyboardInterrupt) once ``after`` chunks are on disk; returns those chunks."""
+    seen: list[int] = []
+
+    def interrupt(chunk):
+        seen.append(chunk)
+        if len(seen) == after:
+            raise KeyboardInterrupt
+
+    watch_chunks(monkeypatch, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract("resnet50", str(spec), data_root=root, cache_dir=cache_dir, **OPTS)
+    return seen
+
+
 def test_resume_after_interrupt_computes_only_missing_chunks(tiny, tmp_path, monkeypatch):
     spec, root = tiny
     full = read_features(extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "a", **OPTS)).features
 
-    def interrupt_after_two(chunk):
-        seen.append(chunk)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
-    seen = []
-    with pytest.raises(KeyboardInterrupt):
-        watch_chunks(monkeypatch, interrupt_after_two)
-        extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", **OPTS)
-    first = list(seen)
+    first = interrupted_extract(spec, root, tmp_path / "b", monkeypatch)
     seen = []
     watch_chunks(monkeypatch, seen.append)
     path = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "b", **OPTS)
@@ -191,15 +197,7 @@ def test_torchrun_resumes_an_interrupted_extraction_computing_only_the_missing_c
     spec, root = tiny
     single = read_features(extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "one", **OPTS))
 
-    def interrupt_after_two(chunk):
-        seen.append(chunk)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
-    seen = []
-    with pytest.raises(KeyboardInterrupt):
-        watch_chunks(monkeypatch, interrupt_after_two)
-        extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "two", **OPTS)
+    seen = interrupted_extract(spec, root, tmp_path / "two", monkeypatch)
     path = next((tmp_path / "two").rglob("*.zarr"))
     store = zarr.open_group(str(path), mode="r+")
     assert not store.attrs["complete"] and sorted(np.flatnonzero(store["chunk_done"][:])) == sorted(seen)
