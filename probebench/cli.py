@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from probebench.errors import ProbebenchError
+from probebench.validate import CACHE_ONLY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Which pretrained backbone, frozen or fine-tuned, serves your imaging task, with honest CIs.")
@@ -118,7 +119,6 @@ FEATURE_OPTIONS = {
     "store_dtype": (str, StoreOpt), "channels_last": (Optional[bool], ChannelsLastOpt),
     "val_unit": (str, ValUnitOpt),
 }
-CACHE_ONLY_OPTIONS = ("draft", "precision", "store_dtype", "channels_last")  # not fine-tuning's
 
 
 def feature_options(exclude: tuple[str, ...] = ()):
@@ -214,7 +214,7 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
 
 @app.command()
 @friendly
-@feature_options(exclude=CACHE_ONLY_OPTIONS)
+@feature_options(exclude=CACHE_ONLY)
 def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
              runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
              head: str = typer.Option("linear", help="The new layer: linear, or study_mlp (256 hidden; the study's "

@@ -251,7 +251,7 @@ def feature_spec(study: Study, model: str):
 
 def model_inputs(features):
     """What a fine-tuned model sees of a study's feature spec: the cache-only options are dropped."""
-    from probebench.train.finetune import CACHE_ONLY
+    from probebench.validate import CACHE_ONLY
     from probebench.features.spec import FeatureSpec
 
     return features.replace(**{k: getattr(FeatureSpec, k) for k in CACHE_ONLY})

@@ -38,9 +38,8 @@ from probebench.progress import make_progress
 from probebench.models.registry import REPLACED_LAYER, FeatureExtractor
 from probebench.runs import RunRecord, check_writable, config_hash, run_folder, write_run
 from probebench.train.loop import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
-from probebench.validate import check_options
+from probebench.validate import CACHE_ONLY, check_options
 
-CACHE_ONLY = ("precision", "store_dtype", "channels_last", "draft")  # FeatureSpec fields that only a cache uses
 
 BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"
 
