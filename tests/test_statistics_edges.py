@@ -180,3 +180,31 @@ def test_bootstrap_takes_the_jackknife_by_its_unit_and_the_studys_half_width_wit
     assert auroc.replicate_mean == pytest.approx(np.nanmean(reps))
     finite = reps[np.isfinite(reps)]
     assert auroc.replicate_mean_half_width == pytest.approx(1.96 * np.std(finite, ddof=1) / np.sqrt(len(finite)))
+
+
+def test_paired_bca_uses_the_jackknife_of_the_difference_by_patient():
+    """The paired BCa interval is BCa of the replicate differences with the leave-one-patient-out jackknife of
+    A − B (not of A + B, not by image), and it is not the percentile interval."""
+    from probebench.stats.bootstrap import replicates
+
+    rng = np.random.default_rng(11)
+    groups = np.repeat([f"p{i}" for i in range(20)], 3)
+    y = np.repeat(rng.integers(0, 2, 20), 3)
+
+    def run(noise):
+        score = np.clip(0.5 + 0.25 * (2 * y - 1) + rng.normal(0, noise, 60), 0.01, 0.99)
+        proba = np.c_[1 - score, score]
+        return EvalData(y, proba.argmax(1), proba, groups, 2)
+
+    a, b = run(0.2), run(0.45)
+    cfg = BootstrapConfig(n_resamples=300, method="bca", unit="group", seed=5, stratify="none")
+    got, _ = paired_comparison(a, b, cfg)
+    d = got["auroc_macro"]
+    delta = replicates(a, cfg, "group")["auroc_macro"] - replicates(b, cfg, "group")["auroc_macro"]
+    ja, jb = jackknife(a, "group")["auroc_macro"], jackknife(b, "group")["auroc_macro"]
+    expected = interval_p_value(delta, d.diff, ja - jb, 0.95)
+    assert (d.low, d.high, d.p) == pytest.approx(expected)
+    for wrong in (interval_p_value(delta, d.diff, ja + jb, 0.95), interval_p_value(delta, d.diff, None, 0.95),
+                  interval_p_value(delta, d.diff, jackknife(a, "sample")["auroc_macro"]
+                                   - jackknife(b, "sample")["auroc_macro"], 0.95)):
+        assert (d.low, d.high) != pytest.approx(wrong[:2])  # each wrong construction is told apart
