@@ -26,7 +26,7 @@ def _scan(values: np.ndarray) -> tuple[float, float]:
     return (below.max() if len(below) else 0.0), (above.min() if len(above) else 1.0)
 
 
-@pytest.mark.parametrize("values", [[-1.0], [2.0], [0.0], [1.0, 2.0, 3.0], [-3.0, -2.0, -1.0], [0.0, 1.0, 2.0],
+@pytest.mark.parametrize("values", [[-1.0], [2.0], [0.0], [0.5], [-1.0, 1.0], [0.5, 2.0], [1.0, 2.0, 3.0], [-3.0, -2.0, -1.0], [0.0, 1.0, 2.0],
                                     [-2.0, -1.0, 0.0], [-1.0, 1.0, 3.0], [-5.0, -1.0, 0.0, 0.0, 2.0, 7.0]])
 def test_zero_levels_equal_a_scan_of_the_quantile_function(values):
     got = _zero_levels(np.array(values))
