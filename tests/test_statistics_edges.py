@@ -97,8 +97,9 @@ def test_paired_comparison_checks_its_inputs_and_stratifies_the_shared_draws():
     y = np.r_[y, np.ones(10, int)]
     a = EvalData(y, y, rng.dirichlet(np.ones(3), len(y)), None, 3)
     b = EvalData(y, rng.integers(0, 3, len(y)), rng.dirichlet(np.ones(3), len(y)), None, 3)
-    with pytest.raises(ProbebenchError, match="not evaluated on the same test samples"):
+    with pytest.raises(ProbebenchError) as err:
         paired_comparison(a, EvalData(y[::-1].copy(), y, None, None, 3))
+    assert str(err.value) == "the two runs were not evaluated on the same test samples"
     plain, how = paired_comparison(a, b, BootstrapConfig(n_resamples=200, stratify="none"))
     strat, how_s = paired_comparison(a, b, BootstrapConfig(n_resamples=200, stratify="class"))
     assert not how.stratified and how_s.stratified and how_s.n_units == len(y)
@@ -147,6 +148,7 @@ def test_unit_and_strata_rules_by_hand():
 
     assert strata_for([0] * 6 + [1] * 5) is None  # every present class has RARE_UNITS (5) or more units
     assert strata_for([0] * 6 + [1] * 4).tolist() == [0] * 6 + [1] * 4  # 4 < 5: stratified
+    assert strata_for([0] * 6 + [1]).tolist() == [0] * 6 + [1]  # a class with a single unit is the rarest
     assert strata_for([0] * 6 + [2] * 6) is None  # an absent class (1) does not count as rare
     assert strata_for([1] * 3) is None  # one class present: nothing to stratify
     assert strata_for([0] * 9 + [1] * 9, "class").tolist() == [0] * 9 + [1] * 9
@@ -208,3 +210,19 @@ def test_paired_bca_uses_the_jackknife_of_the_difference_by_patient():
                   interval_p_value(delta, d.diff, jackknife(a, "sample")["auroc_macro"]
                                    - jackknife(b, "sample")["auroc_macro"], 0.95)):
         assert (d.low, d.high) != pytest.approx(wrong[:2])  # each wrong construction is told apart
+
+
+def test_a_metric_undefined_in_every_replicate_has_no_interval_and_two_replicates_have_a_half_width():
+    from probebench.stats.bootstrap import bootstrap
+
+    y = np.zeros(12, dtype=int)  # one class only: AUROC is undefined in every replicate
+    data = EvalData(y, y, np.tile([0.7, 0.3], (12, 1)), None, 2)
+    got, _ = bootstrap(data, BootstrapConfig(n_resamples=50, stratify="none"))
+    auroc = got["auroc_macro"]
+    assert auroc.undefined == 50 and np.isnan([auroc.low, auroc.high, auroc.replicate_mean,
+                                               auroc.replicate_mean_half_width]).all()
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 30)
+    two, _ = bootstrap(EvalData(y, np.where(rng.random(30) < 0.8, y, 1 - y), None, None, 2),
+                       BootstrapConfig(n_resamples=2, stratify="none"))
+    assert np.isfinite(two["accuracy"].replicate_mean_half_width)  # two replicates give a standard deviation
