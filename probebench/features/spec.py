@@ -210,8 +210,6 @@ def _recorded(attrs: dict) -> dict:
 
 def _matches(spec: FeatureSpec, config: ModelConfig, rec: dict) -> bool:
     """Does a store's record agree with every option the spec states (defaults resolved as ``resolve_job`` does)?"""
-    from probebench.data.filehash import content_digests
-
     if rec["tap"] != (spec.tap or config.default_tap) or rec["precision"] != spec.precision:
         return False
     if rec["store_dtype"] != spec.store_dtype or rec["val_unit"] != spec.val_unit:
@@ -231,16 +229,22 @@ def _matches(spec: FeatureSpec, config: ModelConfig, rec: dict) -> bool:
     seed = random_seed(spec.weights)
     if seed is not None:
         return rec["weights"] == f"random:{seed}"
-    if rec["weights_sha256"] == "random":
+    if rec["weights_sha256"] == "random" or not _same_file(spec.weights, rec["weights"], rec["weights_sha256"]):
         return False
-    if spec.weights not in ("auto", "pretrained", "", None):
-        given = Path(spec.weights).expanduser()
-        if given.is_file():  # the file is here: its checksum decides
-            return content_digests([str(given.resolve())])[0] == rec["weights_sha256"]
-        return rec["weights"] is not None and Path(rec["weights"]).name == given.name
-    if spec.head_weights and Path(spec.head_weights).expanduser().is_file():
-        return content_digests([str(Path(spec.head_weights).expanduser().resolve())])[0] == rec["head_sha256"]
-    return True
+    return _same_file(spec.head_weights, rec["head_weights"], rec["head_sha256"])
+
+
+def _same_file(given: str | None, recorded: str | None, sha256: str | None) -> bool:
+    """A weights option against a store's record: a file that is here by its checksum, one that is not by its
+    name; ``auto`` (or nothing) accepts whatever official file the store was made from."""
+    from probebench.data.filehash import content_digests
+
+    if given in ("auto", "pretrained", "", None):
+        return True
+    path = Path(given).expanduser()
+    if path.is_file():
+        return content_digests([str(path.resolve())])[0] == sha256
+    return recorded is not None and Path(recorded).name == path.name
 
 
 def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missing: Exception) -> Path:
