@@ -251,17 +251,25 @@ def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missi
     """The one complete store under ``cache_dir`` whose record matches ``spec``, found without data or weights."""
     from probebench.validate import path_name
 
+    if fcache.is_url(cache_dir):
+        raise ProbebenchError(f"{missing}\nand a cache at a URL ({cache_dir}) is only found by its key, which needs "
+                              "the data and the weights; copy the store to a local --cache-dir")
     config = get_config(spec.model)
     name = load_spec(dataset).name
     folder = Path(cache_dir) / path_name(name) / path_name(spec.model)
-    found = []
+    found, unreadable = [], []
     for store in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
         try:
             attrs = dict(zarr.open_group(str(store), mode="r").attrs)
-        except Exception:
+        except Exception as exc:  # a damaged store is not a match; said below, never skipped in silence
+            unreadable.append(f"{store} ({type(exc).__name__}: {exc})")
             continue
-        if attrs.get("complete") and attrs.get("model") == spec.model and _matches(spec, config, _recorded(attrs)):
-            found.append((store, _recorded(attrs)))
+        rec = _recorded(attrs)
+        if attrs.get("complete") and attrs.get("model") == spec.model and _matches(spec, config, rec):
+            found.append((store, rec))
+    if unreadable:
+        sys.stderr.write("note: unreadable feature cache(s) left out of the search (`probebench verify` checks "
+                         "them): " + "; ".join(unreadable) + "\n")
     if not found:
         raise ProbebenchError(f"{missing}\nand no complete feature cache under {folder} matches these options, so "
                               "there is nothing to use without them")
