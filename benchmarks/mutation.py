@@ -2,12 +2,15 @@
 
     python benchmarks/mutation.py                          # every core module (hours on 2 cores)
     python benchmarks/mutation.py --modules stats.metrics,stats.bootstrap
+    python benchmarks/mutation.py --sample 40 --seed 0     # 40 mutants drawn at random per module (an estimate)
     python benchmarks/mutation.py --report-only            # summarise what earlier runs stored in mutants/
 
 mutmut (a dev dependency) copies the package to ``mutants/``, runs the suite once to learn which tests
 reach which function, then runs only those tests against each mutant. Results are kept in
 ``mutants/``, so an interrupted run continues where it stopped. The score is killed / (killed +
-survived + timeout-free others), per module; the survivors are printed with their diffs
+survived + timeout-free others), per module; when only part of a module's mutants were checked (a
+``--sample`` run, or an interrupted one) the score is an estimate and its 95% Wilson interval is shown.
+The survivors are printed with their diffs
 (``--diffs``) so each can be killed by a new test or explained as equivalent.
 """
 
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -46,6 +51,38 @@ def run(modules: list[str], children: int) -> float:
     return time.perf_counter() - start
 
 
+def sample_names(modules: list[str], per_module: int, seed: int) -> list[str]:
+    """``per_module`` mutant names drawn without replacement from each module, reproducibly from ``seed``.
+
+    Mutants are generated (and the test-coverage map built) first by a run whose filter matches nothing.
+    """
+    if not all(statuses(m) for m in modules):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        subprocess.run([*mutmut(), "run", "probebench.__generate_only__"], cwd=REPO, env=env, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    names = []
+    for m in modules:
+        keys = sorted(statuses(m))
+        names += random.Random(f"{seed}:{m}").sample(keys, min(per_module, len(keys)))
+    return names
+
+
+def run_names(names: list[str], children: int) -> float:
+    """Run mutmut on exactly the mutants named; returns the wall time in seconds."""
+    start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([*mutmut(), "run", "--max-children", str(children), *names], cwd=REPO, env=env, check=False)
+    return time.perf_counter() - start
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion k / n (the sampled mutation score)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def statuses(module: str) -> dict[str, str]:
     """Mutant name -> status, from mutmut's record for ``module`` (empty when it was never run)."""
     meta = REPO / "mutants" / "probebench" / f"{module.replace('.', '/')}.py.meta"
@@ -55,11 +92,22 @@ def statuses(module: str) -> dict[str, str]:
     return {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
 
 
-def score(counts: Counter) -> float | None:
-    """Killed share of the mutants that were checked (timeouts count as killed: the bug was noticed)."""
+def tally(counts: Counter) -> tuple[int, int]:
+    """(caught, checked): timeouts count as caught (the bug was noticed); unchecked mutants are left out."""
     caught = counts["killed"] + counts["timeout"]
     checked = caught + counts["survived"] + counts["no tests"] + counts["suspicious"] + counts["crashed"]
-    return caught / checked if checked else None
+    return caught, checked
+
+
+def score_text(counts: Counter) -> str:
+    """The score, with its 95% Wilson interval when only part of the mutants were checked."""
+    caught, checked = tally(counts)
+    if not checked:
+        return "not run"
+    if counts["not checked"]:
+        low, high = wilson(caught, checked)
+        return f"{100 * caught / checked:.1f}% ({100 * low:.0f}–{100 * high:.0f}%, {checked} sampled)"
+    return f"{100 * caught / checked:.1f}%"
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,14 +145,11 @@ def summary(modules: list[str], diffs: bool) -> str:
         st = statuses(m)
         counts = Counter(st.values())
         total.update(counts)
-        s = score(counts)
         lines.append(f"| {m} | {len(st)} | {counts['killed']} | {counts['timeout']} | {counts['survived']} | "
-                     f"{counts['no tests']} | {counts['not checked']} | "
-                     f"{'not run' if s is None else f'{100 * s:.1f}%'} |")
+                     f"{counts['no tests']} | {counts['not checked']} | {score_text(counts)} |")
         survivors += [(m, n) for n, v in sorted(st.items()) if v in ("survived", "no tests", "suspicious")]
-    s = score(total)
     lines.append(f"| **all** | {sum(total.values())} | {total['killed']} | {total['timeout']} | {total['survived']} | "
-                 f"{total['no tests']} | {total['not checked']} | {'not run' if s is None else f'{100 * s:.1f}%'} |")
+                 f"{total['no tests']} | {total['not checked']} | {score_text(total)} |")
     lines += ["", f"Survivors ({len(survivors)}):", ""]
     for module, name in survivors:
         lines.append(f"- `{name}`")
@@ -118,6 +163,9 @@ def main() -> None:
     ap.add_argument("--modules", default=",".join(CORE), help="comma-separated modules under probebench/, "
                                                             "e.g. stats.metrics")
     ap.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument("--sample", type=int, default=0, metavar="N",
+                    help="check only N mutants per module, drawn at random (the score becomes an estimate)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
     ap.add_argument("--report-only", action="store_true", help="only summarise stored results")
     ap.add_argument("--diffs", action="store_true", help="print each survivor's diff")
     args = ap.parse_args()
@@ -127,7 +175,10 @@ def main() -> None:
     if unknown:
         ap.error(f"no module probebench/{unknown[0].replace('.', '/')}.py; core modules: {', '.join(CORE)}")
     if not args.report_only:
-        seconds = run(modules, args.max_children)
+        if args.sample:
+            seconds = run_names(sample_names(modules, args.sample, args.seed), args.max_children)
+        else:
+            seconds = run(modules, args.max_children)
         print(f"\nmutmut ran {seconds / 60:.1f} min on {', '.join(modules)}\n")
     print(summary(modules, args.diffs))
 
