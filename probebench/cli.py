@@ -13,16 +13,22 @@ from typing import Optional
 import click
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from probebench.errors import ProbebenchError
 from probebench.validate import CACHE_ONLY
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Which pretrained backbone, frozen or fine-tuned, serves your imaging task, with honest CIs.")
-out = Console()
-err = Console(stderr=True)
+# rich_markup_mode=None: help text is printed as written, so "[default: ...]" or "timm:<name>[.<tag>]" never
+# vanishes as markup; the consoles print messages literally too (markup=False), styled only through Text.
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+out = Console(markup=False, highlight=False, soft_wrap=True)  # paths are never broken across lines
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+
+
+def styled(style: str, head: str, rest: str = "") -> Text:
+    """``head`` in ``style`` followed by plain ``rest``: colour without markup parsing of either."""
+    return Text.assemble((head, style), rest)
 
 
 def debugging() -> bool:
@@ -39,7 +45,7 @@ def friendly(fn):
         except (typer.Exit, typer.Abort, click.ClickException, click.exceptions.Exit):
             raise
         except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]", highlight=False)
+            err.print(styled("bold red", "interrupted"))
             raise typer.Exit(130)
         except Exception as exc:
             from probebench.errors import describe_error
@@ -48,15 +54,29 @@ def friendly(fn):
                 raise
             extra = "" if isinstance(exc, (ProbebenchError, OSError)) else \
                 " (unexpected: rerun with --debug to see where, and report it)"
-            err.print(f"[bold red]error:[/] {escape(describe_error(exc))}{extra}", highlight=False, soft_wrap=True)
+            err.print(styled("bold red", "error:", f" {describe_error(exc)}{extra}"), soft_wrap=True)
             raise typer.Exit(2)
     return wrapper
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from probebench import __version__
+
+        out.print(f"probebench {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also "
-                                    "PROBEBENCH_DEBUG=1).")):
-    """Which pretrained backbone, frozen or fine-tuned, serves your imaging task, with honest CIs."""
+                                    "PROBEBENCH_DEBUG=1)."),
+         version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    """Which pretrained backbone, frozen or fine-tuned, serves your imaging task, with honest CIs.
+
+    Exit status: 0 success, 1 a check or cell failed (verify, run), 2 an error (message on stderr),
+    130 interrupted.
+    """
     if debug:
         os.environ["PROBEBENCH_DEBUG"] = "1"
 
@@ -71,39 +91,58 @@ def parse_floats(text: str | None, what: str):
         raise ProbebenchError(f"--{what} {text!r}: expected numbers separated by commas, e.g. 0.5,0.5,0.5") from None
 
 
-ModelOpt = typer.Option(..., "--model", "-m", help="Registry name: vgg16 resnet50 densenet121 dinov2_s/b/l/g.")
+ModelOpt = typer.Option(..., "--model", "-m", help="Registry name (vgg16 resnet50 densenet121 dinov2_s/b/l/g), "
+                        "or timm:<name>[.<tag>] or timm:hf-hub:<org>/<repo>; see `probebench models`.")
 DatasetOpt = typer.Option(..., "--dataset", "-d", help="Dataset spec name, or path to a spec .toml.")
-DataRootOpt = typer.Option(None, "--data-root", help="Folder holding one folder per dataset; give it more than once "
-                           "to search several in order [default: $PROBEBENCH_DATA (a :-separated list), else ./data].")
+DataRootOpt = typer.Option(None, "--data-root", metavar="DIR", help="Folder holding one folder per dataset; give "
+                           "it more than once to search several in order.",
+                           show_default="$PROBEBENCH_DATA (a :-separated list), else ./data")
 CacheOpt = typer.Option("cache", "--cache-dir", help="Feature cache root: a folder, or an fsspec URL "
                                                      "(file://, s3://, ...) that zarr accepts.")
 WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hub cache, then download) or "
                                                     "'random[:SEED]' (untrained; flagged everywhere).")
-TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`); default per model.")
-InterpOpt = typer.Option(None, "--interpolation", help="Resize interpolation, bilinear or bicubic [default: the "
-                         "model's: bicubic for DINOv2, bilinear for the CNNs; the study used bilinear for all]; "
-                         "part of the cache key.")
+TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`).", show_default="the model's")
+InterpOpt = typer.Option(None, "--interpolation", help="Resize interpolation, bilinear or bicubic (the study used "
+                         "bilinear for all); part of the cache key.",
+                         show_default="the model's: bicubic for DINOv2, bilinear for the CNNs")
 ValUnitOpt = typer.Option("group", "--val-unit", help="Carve validation from training 'group's (patients, "
                           "lesions) or 'sample's (images, as the study's code did; validation turns optimistic).")
 HeadWeightsOpt = typer.Option(None, "--head-weights", help="With --tap imagenet_logits (DINOv2): Meta's linear "
-                              "layer file dinov2_vit*14_linear4_head.pth [default: the hub cache, then download].")
-ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px [default 256].")
-CropOpt = typer.Option(None, "--crop", help="Centre crop in px [default 224].")
+                              "layer file dinov2_vit*14_linear4_head.pth.", show_default="the hub cache, then download")
+ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px.", show_default="the model's, 256")
+CropOpt = typer.Option(None, "--crop", help="Centre crop in px.", show_default="the model's, 224")
 MeanOpt = typer.Option(None, "--mean", help="Normalisation mean, 3 comma-separated numbers (or 1 for all channels), "
-                       "replacing the model's own (ImageNet, or a snapshot's preprocessor_config.json); cache key.")
-StdOpt = typer.Option(None, "--std", help="Normalisation std, like --mean; part of the cache key.")
+                       "replacing the model's own; part of the cache key.",
+                       show_default="the model's: ImageNet, or a snapshot's preprocessor_config.json")
+StdOpt = typer.Option(None, "--std", help="Normalisation std, like --mean; part of the cache key.",
+                      show_default="the model's")
 PrecisionOpt = typer.Option("fp32", "--precision", help="Forward precision: fp32, bf16, fp16 (autocast).")
 StoreOpt = typer.Option("float32", "--store-dtype", help="Cache dtype: float32 or float16.")
-ChannelsLastOpt = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last memory format "
-                               "[default: on for the CNNs]; part of the cache key.")
+ChannelsLastOpt = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last memory format; "
+                               "part of the cache key.", show_default="on for the CNNs")
 DraftOpt = typer.Option(False, "--draft", help="Decode JPEGs at a reduced scale near the resize target (much "
                         "faster for large photographs); part of the cache key.")
+WorkersOpt = typer.Option(None, "--workers", help="DataLoader workers.", show_default="CPUs - 1, max 8")
 SeedOpt = typer.Option(0, "--seed", help="Seed for shuffling and head initialisation.")
 StudyBnOpt = typer.Option(False, "--study-bn-epoch1", help="The study's frozen training: the backbone in train "
                           "mode until the first validation (BatchNorm statistics re-estimated, dropout on in epoch "
                           "1). finetune --freeze-backbone only: it changes the features, so no cache holds them.")
 StudyVggOpt = typer.Option(False, "--study-vgg-features-only", help="The study's frozen VGG16: only vgg16.features "
                            "frozen, fc6/fc7 trained. finetune --freeze-backbone only.")
+
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of the table (schema: docs/json.md).")
+
+
+JSON_VERSION = 1  # raised when a field changes meaning or disappears; new fields may appear without a raise
+
+
+def print_json(kind: str, body: dict) -> None:
+    """One JSON document on stdout: ``{"schema": "probebench.<kind>", "version": 1, ...}`` (docs/json.md)."""
+    import json
+
+    sys.stdout.write(json.dumps({"schema": f"probebench.{kind}", "version": JSON_VERSION, **body}, indent=2,
+                                default=str) + "\n")
 
 
 def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
@@ -154,9 +193,9 @@ def feature_options(exclude: tuple[str, ...] = ()):
 def extract(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
             cache_dir: str = CacheOpt,
             device: str = typer.Option("auto", help="auto (cuda > mps > cpu), or a torch device such as cuda:1."),
-            batch_size: Optional[int] = typer.Option(None, help="Images per forward pass [default: 8 on CPU, "
-                                                                "64 on GPU]."),
-            workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: CPUs - 1, max 8]."),
+            batch_size: Optional[int] = typer.Option(None, help="Images per forward pass.",
+                                                     show_default="8 on CPU, 64 on GPU"),
+            workers: Optional[int] = WorkersOpt,
             chunk_size: int = typer.Option(256, help="Samples per cache chunk (the unit of resume and of sharding)."),
             force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
             skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and record them.")):
@@ -191,7 +230,9 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
         patience: Optional[int] = typer.Option(None, help="linear/mlp: stop after N epochs without improvement."),
         seed: int = SeedOpt,
         seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3."),
-        study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt):
+        study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
+        force: bool = typer.Option(False, "--force", help="Train again even if an identical run exists (same "
+                                   "cache, settings and seed); otherwise that run is reused.")):
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.train.fit import fit as run
     from probebench.validate import parse_ints
@@ -208,8 +249,9 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
     path = run(features, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, head=head, grid=grid,
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
-               select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seed_list)
-    out.print(f"run written to {path}")
+               select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seed_list,
+               force=force)
+    out.print(f"run: {path}")
 
 
 @app.command()
@@ -237,7 +279,7 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
              precision: str = typer.Option("auto", help="auto (bf16 on CUDA, else fp16 with a grad scaler; "
                                                         "fp32 on CPU), fp32, bf16, fp16."),
              device: str = typer.Option("auto", help="auto (cuda > mps > cpu) or a torch device."),
-             workers: Optional[int] = typer.Option(None, help="DataLoader workers [default: CPUs - 1, max 8]."),
+             workers: Optional[int] = WorkersOpt,
              seed: int = SeedOpt,
              study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
              resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch."),
@@ -283,8 +325,8 @@ StratifyOpt = typer.Option("auto", "--stratify", help="Resample within each clas
 def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
            dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
            fmt: str = typer.Option("table", "--format", "-f", help="table, md or csv."),
-           metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated columns [default: "
-                                                 "accuracy,precision,recall,f1]; csv always has every metric."),
+           metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated columns; csv always has "
+                                                 "every metric.", show_default="accuracy,precision,recall,f1"),
            n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
            aggregate: str = AggOpt, seed: int = BootSeedOpt, stratify: str = StratifyOpt,
            compare_metric: str = typer.Option("accuracy", "--compare-metric", help="Metric of the comparisons."),
@@ -293,7 +335,8 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
                                          "the mean of the replicates with the CI of that mean (labelled; for "
                                          "comparison with published numbers, not a measure of uncertainty)."),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write tables.md, tables.tex, "
-                                                  "results.csv, figures/ and report.html into this folder.")):
+                                                  "results.csv, figures/ and report.html into this folder."),
+           as_json: bool = JsonOpt):
     """Tables laid out like the study's Tables III/IV, with bootstrap intervals and paired comparisons."""
     from probebench.report.tables import FORMATS, collect_rows, comparisons, render
 
@@ -303,8 +346,13 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     rows = collect_rows(runs_dir, datasets=dataset, opts=opts, latest_only=not all_runs)
     if not rows:
         raise ProbebenchError(f"no runs found under {runs_dir}; run `probebench fit` first")
-    comps = comparisons(rows, opts, compare_metric) if fmt != "csv" else None
-    sys.stdout.write(render(rows, fmt, opts, comps, compare_metric))
+    comps = comparisons(rows, opts, compare_metric) if fmt != "csv" or as_json else None
+    if as_json:
+        from probebench.report.tables import report_record
+
+        print_json("report", report_record(rows, opts, comps, compare_metric))
+    else:
+        sys.stdout.write(render(rows, fmt, opts, comps, compare_metric))
     if out_dir is not None:
         from probebench.report.publish import write_report
 
@@ -350,7 +398,8 @@ def demo(out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where 
 @feature_options()
 def export(features, dataset: str = DatasetOpt,
            out_file: Path = typer.Option(..., "--out", help="File to write (.h5, .npz or .pt)."),
-           fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt [default: from --out]."),
+           fmt: Optional[str] = typer.Option(None, "--format", help="h5, npz or pt.",
+                                             show_default="from the suffix of --out"),
            data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt):
     """Write cached features with labels, ids, groups and splits to HDF5, NumPy or PyTorch."""
     from probebench.features.export import export_features
@@ -363,34 +412,78 @@ bench_app = typer.Typer(help="Benchmarks (the scripts in benchmarks/ call the sa
 app.add_typer(bench_app, name="bench")
 
 
-@bench_app.command("extract", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                                                "help_option_names": []})
+@bench_app.command("extract")
 @friendly
-def bench_extract(ctx: typer.Context):
-    """Extraction throughput: forward only (a), real extract (b), the study's loop (c); --help for options."""
-    from probebench.bench import main
+def bench_extract(model: str = typer.Option("resnet50", "--model", "-m", help="Registry or timm: model name."),
+                  images: int = typer.Option(96, help="Synthetic JPEGs to extract."),
+                  image_size: int = typer.Option(1024, help="Side of the synthetic JPEGs in px."),
+                  color: bool = typer.Option(False, "--color", help="Colour JPEGs (fundus-like) instead of "
+                                                                    "grayscale (chest X-ray-like)."),
+                  batch_size: Optional[int] = typer.Option(None, help="Images per forward pass.",
+                                                           show_default="8 on CPU, 64 on GPU"),
+                  precision: str = PrecisionOpt, channels_last: Optional[bool] = ChannelsLastOpt,
+                  draft: bool = DraftOpt,
+                  device: str = typer.Option("auto", help="auto (cuda > mps > cpu) or a torch device."),
+                  workers: Optional[int] = WorkersOpt,
+                  json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result to this file.")):
+    """Extraction throughput: forward only (a), the real extract (b), the study's one-image loop (c), and b/a,
+    b/c; prints JSON."""
+    import json
 
-    main(list(ctx.args))
+    from probebench.bench import throughput
+
+    result = throughput(model, images, image_size, not color, batch_size, precision, device, workers,
+                        channels_last, draft)
+    text = json.dumps(result, indent=1)
+    sys.stdout.write(text + "\n")
+    if json_out is not None:
+        json_out.write_text(text + "\n")
+
+
+@bench_app.command("memory")
+@friendly
+def bench_memory(model: str = typer.Option("resnet50", "--model", "-m", help="Registry or timm: model name.")):
+    """Peak memory (RSS) of whole extractions of 1,000 and 4,000 small images, each in a fresh process."""
+    import json
+
+    from probebench.bench import memory
+
+    sys.stdout.write(json.dumps(memory(model), indent=1) + "\n")
 
 
 @app.command("run")
 @friendly
-def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. configs/paper.toml or configs/demo.toml."),
+def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. configs/paper.toml or configs/demo.toml. "
+                                               "Paths inside it are relative to its folder."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
               only: Optional[str] = typer.Option(None, "--only", help="Select cells, e.g. dataset=t1,model=dinov2_b "
-                                                 "(alternatives with |: model=resnet50|vgg16).")):
+                                                 "(alternatives with |, quoted in the shell: 'model=resnet50|vgg16')."),
+              data_root: Optional[list[Path]] = typer.Option(None, "--data-root", metavar="DIR", help="Search "
+                                                             "these folders for the datasets instead of the file's "
+                                                             "data_root (relative to the current folder)."),
+              assignments: Optional[list[str]] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE",
+                                                              help="Override a setting of the file, e.g. --set "
+                                                              "training.lr=3e-4 (repeatable; recorded in the state "
+                                                              "and the report)."),
+              as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON "
+                                                                 "(schema: docs/json.md).")):
     """The whole study grid: extract once, fit every frozen head, fine-tune; skip what is done; report."""
-    from probebench.study import load_study
+    from probebench.study import load_study, plan_record
     from probebench.study import run_study as run
 
     t0 = time.perf_counter()
-    study = load_study(study_file)
-    result = run(study, only=only, dry_run=dry_run, echo=lambda text: sys.stdout.write(text))
+    study = load_study(study_file, overrides=assignments or [], data_root=data_root)
+    if as_json and not dry_run:
+        raise ProbebenchError("--json prints the plan: use it with --dry-run")
+    echo = (lambda text: None) if as_json else (lambda text: sys.stdout.write(text))
+    result = run(study, only=only, dry_run=dry_run, echo=echo)
     if dry_run:
+        if as_json:
+            print_json("plan", plan_record(study, result.cells))
         return
     failed = result.failed
     for c in failed:
-        err.print(f"[red]{c.status}[/] {c.key}: {c.detail}", highlight=False)
+        err.print(styled("red", c.status, f" {c.key}: {c.detail}"))
     done = sum(c.status == "done" for c in result.cells)
     out.print(f"{done}/{len(result.cells)} cells done, {len(failed)} failed or blocked, "
               f"{time.perf_counter() - t0:.1f} s" + (f"; report in {result.report_dir}/" if result.report_dir else ""))
@@ -402,20 +495,22 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
 @friendly
 def prepare_mri(cohort: Path = typer.Option(..., "--cohort", help="Folder with one subfolder per patient."),
                 labels: Path = typer.Option(..., "--labels", help="CSV with columns patient_id,grade."),
-                out_dir: Optional[Path] = typer.Option(None, "--out", help="Where t1/ t2/ flair/ go "
-                                                       "[default: the data root]."),
+                out_dir: Optional[Path] = typer.Option(None, "--out", help="Where t1/ t2/ flair/ go.",
+                                                       show_default="the data root"),
                 modalities: str = typer.Option("t1,t2,flair", help="Comma-separated modalities (dataset specs)."),
                 layout: str = typer.Option("default", help="default: <patient>/<modality>.nii.gz + "
                                            "<modality>_mask.nii.gz; brats: <patient>/<patient>_<modality>.nii.gz + "
                                            "<patient>_seg.nii.gz."),
                 min_roi_pixels: Optional[int] = typer.Option(None, help="Keep slices whose mask covers more "
-                                                             "pixels than this [spec: 30]."),
-                interpolation: Optional[str] = typer.Option(None, help="Image resampling: linear or cubic."),
+                                                             "pixels than this.", show_default="the spec's, 30"),
+                interpolation: Optional[str] = typer.Option(None, help="Image resampling: linear or cubic.",
+                                                            show_default="the spec's"),
                 crop_margin: Optional[int] = typer.Option(None, help="Crop around the tumour with this margin "
-                                                          "(px) [default: full slice]."),
+                                                          "(px).", show_default="no crop: the full slice"),
                 allow_4d: bool = typer.Option(False, "--allow-4d", help="Take the first volume of 4D files."),
                 seed: int = typer.Option(0, help="Split seed."),
-                workers: Optional[int] = typer.Option(None, help="Parallel processes [default: CPUs, max 8]."),
+                workers: Optional[int] = typer.Option(None, help="Parallel processes.",
+                                                      show_default="CPUs, max 8"),
                 strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable volume instead "
                                             "of skipping and reporting it."),
                 data_root: Optional[list[Path]] = DataRootOpt):
@@ -440,8 +535,10 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
            weights: str = typer.Option("auto", "--weights", help="With --model: a checkpoint or a Hugging Face "
                                        "snapshot folder, whose preprocessor_config.json is then used."),
            resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
-           std: Optional[str] = StdOpt, interpolation: Optional[str] = InterpOpt):
+           std: Optional[str] = StdOpt, interpolation: Optional[str] = InterpOpt, as_json: bool = JsonOpt):
     """The model registry: feature taps, dimensions, weights, where they are looked for, and preprocessing."""
+    from dataclasses import asdict
+
     from probebench.models.registry import REGISTRY
     from probebench.models.weights import hub_checkpoint_dir
 
@@ -454,26 +551,35 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
         if random_seed(weights) is None and weights not in ("auto", "pretrained", ""):
             path = Path(weights)
             if not path.exists():
-                raise ProbebenchError(f"weights not found: {path}")
+                raise ProbebenchError(f"--weights {weights!r}: no such file or snapshot folder")
         pre = model_preprocessing(config, path, resize, crop, parse_floats(mean, "mean"), parse_floats(std, "std"),
                                   interpolation=interpolation)
-        out.print(f"{model}: {escape(pre.describe())}", highlight=False)
+        if as_json:
+            print_json("model", {"name": model, "weights": weights, "preprocessing": asdict(pre)})
+        else:
+            out.print(f"{model}: {pre.describe()}")
         return
     hub = hub_checkpoint_dir()
+    records = [{"name": c.name, "family": c.family, "taps": dict(c.taps), "default_tap": c.default_tap,
+                "weights": c.weights_label, "file": c.weight_file, "present": (hub / c.weight_file).is_file(),
+                "preprocessing": asdict(c.preprocessing)} for c in REGISTRY.values()]
+    if as_json:
+        print_json("models", {"hub": str(hub), "models": records})
+        return
     table = Table(title=f"models (weights looked for in {hub})")
     for col in ("name", "taps (dim)", "weights", "file", "present", "preprocessing"):
         table.add_column(col)
-    for c in REGISTRY.values():
+    for c, r in zip(REGISTRY.values(), records):
         taps = ", ".join(f"{t}{'*' if t == c.default_tap else ''} ({d})" for t, d in c.taps.items())
-        table.add_row(c.name, taps, c.weights_label, c.weight_file, "yes" if (hub / c.weight_file).is_file() else "no",
-                      escape(c.preprocessing.describe()))
+        table.add_row(c.name, taps, c.weights_label, c.weight_file, "yes" if r["present"] else "no",
+                      c.preprocessing.describe())
     out.print(table)
     out.print("* default tap. Any timm model works too: --model timm:<name>[.<tag>] (e.g. "
               "timm:convnext_tiny.fb_in1k) or timm:hf-hub:<org>/<repo>; its pre-logits features are the tap and "
               "its pretrained config gives the preprocessing. DINOv2 models also read a Hugging Face snapshot "
               "folder (config.json + model.safetensors) given as --weights DIR, with the preprocessing of its "
               "preprocessor_config.json. --mean/--std override any model's normalisation; "
-              "`probebench models --model NAME --weights W` shows what a model will get.", highlight=False)
+              "`probebench models --model NAME --weights W` shows what a model will get.")
 
 
 @app.command()
@@ -499,46 +605,60 @@ def verify(cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Fe
 @friendly
 def datasets(data_root: Optional[list[Path]] = DataRootOpt,
              check: bool = typer.Option(False, "--check", help="Resolve present datasets: split counts, the data "
-                                        "root each was found in, ids shared across shipped splits, notes.")):
+                                        "root each was found in, ids shared across shipped splits, notes."),
+             as_json: bool = JsonOpt):
     """Dataset specs that are registered, and whether their data is present under the data roots."""
-    from probebench.data.datasets import data_roots, find_dataset_root, list_specs, load_manifest, load_spec
+    from probebench.data.datasets import (INTERNAL_SPECS, data_roots, find_dataset_root, list_specs, load_manifest,
+                                          load_spec)
+    from probebench.errors import describe_error
 
     roots = data_roots(data_root)
+    records = []
+    for name, path in list_specs().items():
+        if name in INTERNAL_SPECS:
+            continue
+        spec = load_spec(path)
+        base = find_dataset_root(spec, data_root)
+        r = {"name": name, "kind": spec.kind, "folder": spec.root, "spec": str(path), "classes": list(spec.classes),
+             "description": spec.description, "present": base is not None,
+             "data_root": str(base) if base is not None else None}
+        if check and base is not None:
+            try:
+                m = load_manifest(spec, data_root, quiet=True)
+                c = m.counts()
+                r.update(found_in=str(m.data_root), images=len(m), groups=len(set(m.groups.tolist())), group_kind=m.group_kind,
+                         splits={s: int(sum(c[s])) for s in ("train", "val", "test")},
+                         per_class={s: dict(zip(spec.classes, map(int, c[s]))) for s in ("train", "val", "test")},
+                         clutter=len(m.junk), shipped_overlap=m.shipped_overlap or None, notes=list(m.notes))
+            except Exception as exc:  # one unreadable dataset never hides the others
+                r["error"] = describe_error(exc)
+        records.append(r)
+    if as_json:
+        print_json("datasets", {"data_roots": [str(r) for r in roots], "datasets": records})
+        return
     table = Table(title=f"datasets (data roots: {', '.join(str(r) for r in roots)})")
     for col in ("name", "kind", "folder", "present", "classes", "description") + (("train/val/test",) if check else ()):
         table.add_column(col)
-    details = []
-    for name, path in list_specs().items():
-        spec = load_spec(path)
-        base = find_dataset_root(spec, data_root)
-        present = f"yes ({base})" if base is not None and len(roots) > 1 else "yes" if base is not None else "no"
-        row = [name, spec.kind, spec.root, present, ", ".join(spec.classes), spec.description]
+    for r in records:
+        present = (f"yes ({r['data_root']})" if len(roots) > 1 else "yes") if r["present"] else "no"
+        row = [r["name"], r["kind"], r["folder"], present, ", ".join(r["classes"]), r["description"]]
         if check:
-            if base is not None:
-                try:
-                    m = load_manifest(spec, data_root, quiet=True)
-                    c = m.counts()
-                    row.append("/".join(str(sum(c[s])) for s in ("train", "val", "test")))
-                    details.append((name, m))
-                except Exception as exc:  # one unreadable dataset never hides the others
-                    from probebench.errors import describe_error
-
-                    row.append(f"[red]{escape(describe_error(exc))}[/]")
-            else:
-                row.append("")
+            row.append(Text(r["error"], style="red") if "error" in r else
+                       "/".join(str(r["splits"][s]) for s in ("train", "val", "test")) if "splits" in r else "")
         table.add_row(*row)
     out.print(table)
-    for name, m in details:
-        lines = [f"found in {m.data_root}", f"{len(m)} images, {len(set(m.groups.tolist()))} {m.group_kind}s"
-                 + (f", {len(m.junk)} clutter file(s) skipped" if m.junk else "")]
-        if m.shipped_overlap:
-            o = m.shipped_overlap
+    for r in records:
+        if "splits" not in r:
+            continue
+        lines = [f"found in {r['found_in']}", f"{r['images']} images, {r['groups']} {r['group_kind']}s"
+                 + (f", {r['clutter']} clutter file(s) skipped" if r["clutter"] else "")]
+        if o := r["shipped_overlap"]:
             what = ("ids numbered per shipped split, treated as different groups" if o["scope"] == "split"
                     else "shared by the release's own splits, kept as shipped")
-            lines.append(f"{o['count']} {m.group_kind} id(s) in more than one shipped split ({what}): "
+            lines.append(f"{o['count']} {r['group_kind']} id(s) in more than one shipped split ({what}): "
                          + ", ".join(o["examples"][:3]))
-        lines += [f"note: {n}" for n in m.notes]
-        out.print(f"[bold]{name}[/]: " + "\n  ".join(escape(x) for x in lines), highlight=False)
+        lines += [f"note: {n}" for n in r["notes"]]
+        out.print(styled("bold", r["name"], ": " + "\n  ".join(lines)))
 
 
 if __name__ == "__main__":

@@ -34,3 +34,14 @@ def describe_error(exc: BaseException) -> str:
         hint = _OS_HINTS.get(exc.errno)
         return f"{where}{exc.strerror or exc}" + (f" ({hint})" if hint else "")
     return f"{type(exc).__name__}: {exc}"
+
+
+def did_you_mean(name, choices) -> str:
+    """``" (did you mean 'resnet50'?)"`` when ``name`` is close to one of ``choices`` (case ignored), else ``""``."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(by_lower[c]) for c in close)}?)" if close else ""

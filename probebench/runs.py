@@ -101,8 +101,14 @@ def write_run(runs_dir: str | Path, record: RunRecord | dict, *, sample_ids, gro
     """Write a complete run and return its folder (named by time, head and a config hash)."""
     config = record.as_config() if isinstance(record, RunRecord) else record
     classes = config["classes"]
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{config['head']}-{run_suffix or config_hash(config)}"
-    final = run_folder(runs_dir, config["dataset"], config["model"], config["mode"]) / run_id
+    stem = time.strftime("%Y%m%d-%H%M%S") + f"-{config['head']}"
+    suffix = run_suffix or config_hash(config)
+    folder = run_folder(runs_dir, config["dataset"], config["model"], config["mode"])
+    run_id, n = f"{stem}-{suffix}", 1
+    while (folder / run_id).exists():  # the same run again within a second (--force): never replace it
+        n += 1
+        run_id = f"{stem}.{n}-{suffix}"
+    final = folder / run_id
     with atomic_dir(final) as tmp:  # readers never see half a run
         (tmp / "config.json").write_text(json.dumps({**config, "run_id": run_id}, indent=2, default=str))
         y_pred = proba.argmax(axis=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from probebench.atomic import write_json
 from probebench.features.cache import open_group, store_exists
-from probebench.errors import ProbebenchError, describe_error
-from probebench.validate import component, line_of, problem, read_toml
+from probebench.errors import ProbebenchError, describe_error, did_you_mean
+from probebench.validate import RULES, component, line_of, problem, read_toml
 
 MODES = ("frozen", "unfrozen")
 SECTIONS = {
@@ -31,6 +32,7 @@ SECTIONS = {
     "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad", "draft",
                 "channels_last", "mean", "std", "interpolation"},
     "models": set(),  # [models.<name>]: per-model settings (MODEL_KEYS)
+    "weights": set(),  # [weights]: model name -> auto / random[:SEED] / a checkpoint or snapshot path
     "report": {"resamples", "method", "unit", "stratify", "level", "aggregate", "metrics", "study_ci"},
 }
 
@@ -57,15 +59,16 @@ class Study:
     unfrozen: dict = field(default_factory=dict)
     extract: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
-    per_model: dict = field(default_factory=dict)  # model -> {tap, heads, head_weights, unfrozen_head}
+    per_model: dict = field(default_factory=dict)  # model -> {tap, heads, head_weights, unfrozen_head, resize...}
     val_unit: str = "group"  # "sample": validation carved by image, as the study's code
+    model_weights: dict = field(default_factory=dict)  # [weights]: model -> weights, over [study] weights
+    overrides: list = field(default_factory=list)  # the `run --set` / `--data-root` values applied, as given
 
     def heads_for(self, model: str) -> list[str]:
         return list(self.per_model.get(model, {}).get("heads", self.heads))
 
-    def path(self, value: str | None) -> Path | None:
-        """Paths in a study file are relative to the directory the command runs in."""
-        return Path(value) if value else None
+    def weights_for(self, model: str) -> str:
+        return self.model_weights.get(model, self.weights)
 
     def data_roots(self) -> list[Path] | None:
         """``data_root`` as a list of folders (one string or a list in the file), or None for the default."""
@@ -96,35 +99,111 @@ MODEL_KEYS = {  # [models.<name>] key -> (test, what is allowed)
               "a non-empty list of heads"),
     "head_weights": (lambda v: isinstance(v, str) and v, "a checkpoint path"),
     "unfrozen_head": (lambda v: problem("finetune_head", v) is None, "linear or study_mlp"),
+    **{k: (lambda v, k=k: problem(k, v, optional=False) is None, RULES[k][1])
+       for k in ("resize", "crop", "interpolation")},
+    **{k: (lambda v: isinstance(v, list) and len(v) in (1, 3) and all(isinstance(x, (int, float)) for x in v),
+           "a list of 1 or 3 numbers") for k in ("mean", "std")},
 }
+FEATURE_KEYS = ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft", "channels_last",
+                "interpolation", "head_weights")  # the settings that define a model's cached features
+PATH_KEYS = ("data_root", "cache_dir", "runs_dir", "report_dir")  # [study] keys holding paths
+KEYWORD_WEIGHTS = ("auto", "pretrained", "random")
+
+
+def _relative_to(base: Path, value: str) -> str:
+    """A path written in a study file, taken relative to the file's folder (URLs and absolute paths as given)."""
+    if "://" in value:
+        return value
+    p = Path(value).expanduser()
+    return value if p.is_absolute() else os.path.normpath(base / p)
+
+
+def _weights_path(base: Path, value: str) -> str:
+    """A weights value: keywords (auto, random[:SEED]) as given, a path relative to the study file."""
+    return value if value in KEYWORD_WEIGHTS or value.startswith("random:") else _relative_to(base, value)
+
+
+def _model_problem(name) -> str | None:
+    """Why ``name`` is not a model the commands accept (None when it is): built-in, timm:<name>, timm:hf-hub:..."""
+    from probebench.models.registry import TIMM_PREFIX, get_config
+
+    if not isinstance(name, str) or not name:
+        return f"{name!r} is not a model name"
+    if name.startswith(TIMM_PREFIX + "hf-hub:"):  # resolved when its cell runs (it may need the hub)
+        repo = name[len(TIMM_PREFIX + "hf-hub:"):]
+        return None if repo.count("/") == 1 and all(repo.split("/")) else \
+            f"{name!r}: expected timm:hf-hub:<org>/<repo>"
+    try:
+        get_config(name)
+    except ProbebenchError as exc:
+        return str(exc)
+    return None
+
+
+def apply_overrides(raw: dict, text: str, assignments: list[str]) -> dict[tuple[str, str], str]:
+    """``section.key=value`` assignments (``run --set``) written into the parsed file ``raw``; the value is read as
+    TOML (``lr=3e-4``, ``models=["resnet50"]``) and as a string when it is not TOML. Returns (section, key) ->
+    the assignment, for error messages."""
+    import tomllib
+
+    applied = {}
+    for a in assignments:
+        target, sep, value = a.partition("=")
+        section, dot, key = target.strip().rpartition(".")
+        if not sep or not dot or not section or not key:
+            raise ProbebenchError(f"--set {a!r}: expected section.key=value, e.g. training.lr=3e-4 or "
+                                  "study.models='[\"resnet50\"]'")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()
+        node = raw
+        for part in section.split("."):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ProbebenchError(f"--set {a!r}: {section} is not a table in the study file")
+        node[key] = parsed
+        applied[(section, key)] = a
+    return applied
+
 SECTION_RULES = {"study": ("seeds", "grid", "weights", "val_unit"),
                  "extract": tuple(SECTIONS["extract"] - {"mean", "std"}),
                  "training": tuple(SECTIONS["training"]), "report": tuple(SECTIONS["report"]),
                  "unfrozen": tuple(SECTIONS["unfrozen"] - {"precision"})}
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str | Path] | None = None) -> Study:
     """Parse a study TOML; unknown keys, wrong types and impossible values name the file, the line and what is
-    allowed, so that nothing is extracted before every cell's settings are known to be usable."""
-    from probebench.models.registry import REGISTRY, Preprocessing, with_normalization
+    allowed, so that nothing is extracted before every cell's settings are known to be usable.
+
+    Paths in the file are relative to the file's folder. ``overrides`` (``section.key=value``, from ``run --set``)
+    and ``data_root`` (``run --data-root``, relative to the current folder) replace what the file says and are
+    checked like it; they are recorded in the study's state and report."""
+    from probebench.models.registry import Preprocessing, with_normalization
 
     path = Path(path)
     raw, text = read_toml(path, "study file")
+    applied = apply_overrides(raw, text, list(overrides))
 
     def fail(section, key, message):
+        given = applied.get((section, key)) or next((a for (sec, _), a in applied.items()
+                                                     if key is None and sec == section), None)
+        if given is not None:
+            raise ProbebenchError(f"--set {given}: {message}")
         raise ProbebenchError(f"{path}, line {line_of(text, section, key)}: {message}")
 
     for section, content in raw.items():
         if section not in SECTIONS:
-            fail(section, None, f"unknown section [{section}]; allowed: {', '.join(sorted(SECTIONS))}")
+            fail(section, None, f"unknown section [{section}]{did_you_mean(section, SECTIONS)}; allowed: "
+                                f"{', '.join(sorted(SECTIONS))}")
         if not isinstance(content, dict):
             fail(None, section, f"{section} must be a [{section}] table; allowed sections: "
                                 f"{', '.join(sorted(SECTIONS))}")
-        if section == "models":
+        if section in ("models", "weights"):
             continue  # checked below, once the models are known
         for key in content:
             if key not in SECTIONS[section]:
-                fail(section, key, f"unknown key {key!r} in [{section}]; allowed: "
+                fail(section, key, f"unknown key {key!r} in [{section}]{did_you_mean(key, SECTIONS[section])}; allowed: "
                                    f"{', '.join(sorted(SECTIONS[section]))}")
     s = raw.get("study", {})
     for key in ("datasets", "models"):
@@ -153,9 +232,15 @@ def load_study(path: str | Path) -> Study:
         if t.get("optimizer", "adam") != "adam" or "patience" in t:
             fail("training", "optimizer" if "optimizer" in t else "patience",
                  "grid = true trains with Adam for the full epochs; remove [training] optimizer / patience")
-    unknown_models = [m for m in s["models"] if m not in REGISTRY]
-    if unknown_models:
-        fail("study", "models", f"unknown models {unknown_models}; allowed: {', '.join(REGISTRY)}")
+    for m in s["models"]:
+        if (p := _model_problem(m)) is not None:
+            fail("study", "models", p)
+    for model, value in raw.get("weights", {}).items():
+        if model not in s["models"]:
+            fail("weights", model, f"[weights] {model!r} is not in [study] models {s['models']}"
+                                   f"{did_you_mean(model, s['models'])}")
+        if (p := problem("weights", value, optional=False)) is not None:
+            fail("weights", model, f"[weights] {model} {p}")
     for d in s["datasets"]:
         if not d.endswith(".toml"):  # a spec name, looked up among the specs: one plain name
             component(d, "dataset", f"{path}, line {line_of(text, 'study', 'datasets')}: ")
@@ -165,21 +250,46 @@ def load_study(path: str | Path) -> Study:
         if model not in s["models"]:
             fail(where, None, f"[models.{model}]: {model!r} is not in [study] models {s['models']}")
         if not isinstance(settings, dict) or set(settings) - set(MODEL_KEYS):
-            fail(where, None, f"[models.{model}] takes the keys {', '.join(MODEL_KEYS)}")
+            bad = sorted(set(settings) - set(MODEL_KEYS)) if isinstance(settings, dict) else []
+            fail(where, bad[0] if bad else None, f"[models.{model}] takes the keys {', '.join(MODEL_KEYS)}"
+                 + (f", not {bad[0]!r}{did_you_mean(bad[0], MODEL_KEYS)}" if bad else ""))
         for key, value in settings.items():
             test, allowed = MODEL_KEYS[key]
             if not test(value):
                 fail(where, key, f"[models.{model}] {key} must be {allowed}, not {value!r}")
+        for key in ("mean", "std"):
+            if key in settings:
+                try:
+                    with_normalization(Preprocessing(), **{key: settings[key]})
+                except ProbebenchError as exc:
+                    fail(where, key, f"[models.{model}] {exc}")
     name = s.get("name", path.stem)
     component(name, "study name", f"{path}, line {line_of(text, 'study', 'name')}: ")
-    return Study(name=name, source=path, datasets=list(s["datasets"]), models=list(s["models"]),
+
+    base = path.parent  # paths in the file are relative to it; those given on the command line are not
+    paths = {k: s.get(k, default) for k, default in (("cache_dir", "cache"), ("runs_dir", "runs"),
+                                                     ("report_dir", "report"))}
+    paths = {k: v if ("study", k) in applied else _relative_to(base, v) for k, v in paths.items()}
+    roots = s.get("data_root")
+    if roots is not None and ("study", "data_root") not in applied:
+        roots = [_relative_to(base, r) for r in ([roots] if isinstance(roots, str) else roots)]
+    if data_root:
+        roots = [str(r) for r in data_root]
+    datasets_ = [_relative_to(base, d) if d.endswith(".toml") else d for d in s["datasets"]]
+    per_model = {m: {k: (_weights_path(base, v) if k == "head_weights" else v) for k, v in settings.items()}
+                 for m, settings in per_model.items()}
+    weights = s.get("weights", "auto")
+    return Study(name=name, source=path, datasets=datasets_, models=list(s["models"]),
                  modes=list(s.get("modes", MODES)), heads=list(s.get("heads", ["linear"])),
                  seeds=list(s.get("seeds", [0])), grid=bool(s.get("grid", False)),
-                 weights=s.get("weights", "auto"), data_root=s.get("data_root"), cache_dir=s.get("cache_dir", "cache"),
-                 runs_dir=s.get("runs_dir", "runs"), report_dir=s.get("report_dir", "report"),
+                 weights=weights if ("study", "weights") in applied else _weights_path(base, weights),
+                 data_root=roots, **paths,
                  synthetic=bool(s.get("synthetic", False)), training=raw.get("training", {}),
                  unfrozen=raw.get("unfrozen", {}), extract=raw.get("extract", {}), report=raw.get("report", {}),
-                 per_model=per_model, val_unit=s.get("val_unit", "group"))
+                 per_model=per_model, val_unit=s.get("val_unit", "group"),
+                 model_weights={m: v if ("weights", m) in applied else _weights_path(base, v)
+                                for m, v in raw.get("weights", {}).items()},
+                 overrides=list(overrides) + ([f"data_root={[str(r) for r in data_root]}"] if data_root else []))
 
 
 @dataclass
@@ -206,15 +316,25 @@ def _select(cells: list[Cell], only: str | None) -> list[Cell]:
     """``dataset=t1,model=dinov2_b`` keeps the matching cells (several values: ``model=a|b``)."""
     if not only:
         return cells
+    keys = ("dataset", "model", "mode", "head")
     wanted = {}
     for part in only.split(","):
         if "=" not in part:
-            raise ProbebenchError(f"--only {only!r}: expected key=value pairs such as dataset=t1,model=dinov2_b")
-        k, v = part.split("=", 1)
-        if k.strip() not in ("dataset", "model", "mode", "head"):
-            raise ProbebenchError(f"--only: unknown key {k!r}; allowed: dataset, model, mode, head")
-        wanted[k.strip()] = set(v.strip().split("|"))
-    return [c for c in cells if all(getattr(c, k) in v for k, v in wanted.items())]
+            raise ProbebenchError(f"--only {only!r}: expected key=value pairs such as dataset=t1,model=dinov2_b "
+                                  "(quote it in the shell when it holds |)")
+        k, v = (x.strip() for x in part.split("=", 1))
+        if k not in keys:
+            raise ProbebenchError(f"--only: unknown key {k!r}{did_you_mean(k, keys)}; allowed: {', '.join(keys)}")
+        wanted[k] = {x.strip() for x in v.split("|")}
+        present = sorted({getattr(c, k) for c in cells})
+        missing = sorted(wanted[k] - set(present))
+        if missing:
+            raise ProbebenchError(f"--only {k}={'|'.join(missing)}: no cell of the plan has it"
+                                  f"{did_you_mean(missing[0], present)}; the plan's {k}s: {', '.join(present)}")
+    chosen = [c for c in cells if all(getattr(c, k) in v for k, v in wanted.items())]
+    if not chosen:
+        raise ProbebenchError(f"--only {only!r}: each value exists in the plan, but no cell has them all together")
+    return chosen
 
 
 def _state_path(study: Study) -> Path:
@@ -240,13 +360,13 @@ def _save_state(study: Study, state: dict) -> None:
 
 
 def feature_spec(study: Study, model: str):
-    """What defines a model's cached features in this study: [extract], then [models.<model>] tap/head_weights."""
+    """What defines a model's cached features in this study: [extract], then what [models.<model>] overrides
+    (tap, head_weights, resize, crop, mean, std, interpolation), with the model's [weights] entry."""
     from probebench.features.spec import FeatureSpec
 
-    e = {**study.extract, **{k: v for k, v in study.per_model.get(model, {}).items() if k in ("tap", "head_weights")}}
-    options = {k: e[k] for k in ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft",
-                                 "channels_last", "interpolation", "head_weights") if k in e}
-    return FeatureSpec(model, weights=study.weights, val_unit=study.val_unit, **options)
+    e = {**study.extract, **{k: v for k, v in study.per_model.get(model, {}).items() if k in FEATURE_KEYS}}
+    options = {k: tuple(e[k]) if k in ("mean", "std") else e[k] for k in FEATURE_KEYS if k in e}
+    return FeatureSpec(model, weights=study.weights_for(model), val_unit=study.val_unit, **options)
 
 
 def model_inputs(features):
@@ -402,13 +522,15 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
                             seed=s, progress=progress, existing="reuse", resume="auto", head=c.head)))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
-                state[c.key] = {"hash": c.hash, "status": "done", "runs": runs}
+                state[c.key] = {"hash": c.hash, "status": "done", "runs": runs,
+                                **({"overrides": study.overrides} if study.overrides else {})}
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # recorded, and the study goes on
                 c.status = "failed"
                 c.detail = " ".join(describe_error(exc).split())
                 state[c.key] = {"hash": c.hash, "status": "failed", "error": c.detail,
+                                **({"overrides": study.overrides} if study.overrides else {}),
                                 "traceback": traceback.format_exc()[-4000:]}
             _save_state(study, state)
             bar.update(overall, advance=1)
@@ -417,5 +539,13 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
         from probebench.report.publish import write_report as publish
 
         result.report_dir = publish(study.runs_dir, study.report_dir, settings=study.report, only=study_runs(study),
-                                    study_file=study.source)
+                                    study_file=study.source, study_overrides=study.overrides)
     return result
+
+
+def plan_record(study: Study, cells: list[Cell]) -> dict:
+    """The plan as plain data (``run --dry-run --json``)."""
+    return {"study": study.name, "source": str(study.source), "overrides": list(study.overrides),
+            "cells": [{"key": c.key, "dataset": c.dataset, "model": c.model, "mode": c.mode, "head": c.head,
+                       "status": c.status, "detail": c.detail, "images": c.images, "epochs": c.epochs,
+                       "cached": c.cached, "hash": c.hash} for c in cells]}

@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from probebench.errors import ProbebenchError
+from probebench.errors import ProbebenchError, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SELECT_METRICS = ("val_accuracy", "val_loss")
@@ -28,6 +28,9 @@ def _int(v) -> bool:
 
 def _real(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+CHOICES: dict[str, tuple] = {}  # option -> its allowed values, for "did you mean" (filled below)
 
 
 def _choice(options):
@@ -87,6 +90,11 @@ RULES.update({
     "aggregate": _choice(AGGREGATIONS),
     "metrics": (lambda v: isinstance(v, list) and v and all(m in METRICS for m in v),
                 "a non-empty list of metrics from " + ", ".join(METRICS))})
+CHOICES.update({"optimizer": OPTIMIZERS, "select_metric": SELECT_METRICS, "head": HEADS, "precision": PRECISIONS,
+                "finetune_precision": RUNTIME_PRECISIONS, "store_dtype": STORE_DTYPES,
+                "interpolation": INTERPOLATIONS, "val_unit": VAL_UNITS, "finetune_head": FINETUNE_HEADS,
+                "method": CI_METHODS, "unit": RESAMPLING_UNITS, "stratify": STRATIFY_MODES, "level": LEVELS,
+                "aggregate": AGGREGATIONS, "metrics": METRICS, "normalize": ("l2",), "class_weight": ("balanced",)})
 OPTIONAL = {"interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight",
             "tap", "batch_size", "channels_last"}
 
@@ -105,7 +113,13 @@ def problem(key: str, value, *, optional: bool | None = None) -> str | None:
         ok = bool(test(value))
     except TypeError:
         ok = False
-    return None if ok else f"must be {allowed}, not {value!r}"
+    if ok:
+        return None
+    hint = ""
+    if key in CHOICES:
+        wrong = [v for v in (value if isinstance(value, list) else [value]) if v not in CHOICES[key]]
+        hint = did_you_mean(wrong[0], CHOICES[key]) if wrong else ""
+    return f"must be {allowed}, not {value!r}{hint}"
 
 
 def check_options(name=flag, /, **values) -> None:
@@ -172,8 +186,8 @@ def line_of(text: str, section: str | None, key: str | None = None) -> int:
     if section is None:
         start = -1
     else:
-        start = next((i for i, ln in enumerate(lines)
-                      if re.match(rf"^\s*\[\[?{re.escape(section)}\]\]?", ln)), None)
+        quoted = r"\s*\.\s*".join(rf"[\"']?{re.escape(part)}[\"']?" for part in _table_parts(section))
+        start = next((i for i, ln in enumerate(lines) if re.match(rf"^\s*\[\[?\s*{quoted}\s*\]\]?", ln)), None)
         if start is None:
             return 1
     if key is None:
@@ -181,9 +195,15 @@ def line_of(text: str, section: str | None, key: str | None = None) -> int:
     for i in range(start + 1, len(lines)):
         if re.match(r"^\s*\[", lines[i]):
             break
-        if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
+        if re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", lines[i]):
             return i + 1
     return max(start, 0) + 1
+
+
+def _table_parts(section: str) -> list[str]:
+    """``models.timm:a.b`` -> ``["models", "timm:a.b"]``: a per-model table's name is one part, dots and all."""
+    head, dot, rest = section.partition(".")
+    return [head, rest] if dot and head in ("models",) else [section]
 
 
 def read_toml(path: Path, what: str) -> tuple[dict, str]:

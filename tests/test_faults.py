@@ -560,7 +560,7 @@ def test_run_resumes_an_interrupted_fine_tune(w, capsys):
                  epochs=2, workers=0, progress=False, on_epoch=crash)
     result = run_study(load_study(w / "s.toml"), progress=False, write_report=False, echo=lambda t: None)
     assert [c.status for c in result.cells] == ["done"]
-    assert "resuming runs/tiny/resnet50/unfrozen/_inprogress after epoch 1" in capsys.readouterr().err
+    assert re.search(r"resuming \S*runs/tiny/resnet50/unfrozen/_inprogress after epoch 1", capsys.readouterr().err)
     (run,) = (w / "runs" / "tiny" / "resnet50" / "unfrozen").glob("*-linear-*")
     assert [r.split(",")[0] for r in (run / "history.csv").read_text().splitlines()[1:]] == ["1", "2"]
 

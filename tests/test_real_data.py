@@ -482,7 +482,7 @@ def test_study_file_accepts_mean_std_and_several_data_roots(tmp_path):
     path = write_spec(tmp_path / "s.toml", '[study]\ndatasets = ["t1"]\nmodels = ["dinov2_s"]\n'
                       'data_root = ["prepared", "downloads"]\n[extract]\nmean = [0.5]\nstd = [0.25]\n')
     study = load_study(path)
-    assert study.data_roots() == [Path("prepared"), Path("downloads")]
+    assert study.data_roots() == [tmp_path / "prepared", tmp_path / "downloads"]  # relative to the study file
     assert study.extract["mean"] == [0.5]
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probebench.errors import NotOnThisMachine, ProbebenchError
+from probebench.errors import NotOnThisMachine, ProbebenchError, did_you_mean
 from probebench.data.filehash import content_digests
 from probebench.data.pixels import PixelRules, hdf5_uri, is_junk
 from probebench.data.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
@@ -122,6 +122,9 @@ def spec_dirs() -> list[Path]:
     return [Path.cwd() / "configs" / "datasets", packaged_spec_dir()]
 
 
+INTERNAL_SPECS = ("demo_shapes",)  # shipped for `probebench demo`; usable by name, not listed
+
+
 def list_specs() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for d in reversed(spec_dirs()):
@@ -138,7 +141,8 @@ def find_spec(name_or_path: str | Path) -> Path:
         return p
     known = list_specs()
     if str(name_or_path) not in known:
-        raise ProbebenchError(f"unknown dataset {name_or_path!r}; known datasets: {', '.join(known)} "
+        raise ProbebenchError(f"unknown dataset {name_or_path!r}{did_you_mean(str(name_or_path), known)}; known "
+                              f"datasets: {', '.join(k for k in known if k not in INTERNAL_SPECS)} "
                               "(or give the path to a spec .toml)")
     return known[str(name_or_path)]
 

@@ -122,16 +122,19 @@ def create_store(path: Path | str, request: FeatureRequest, manifest, feature_di
     if not is_url(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     root = open_group(path, mode="w", zarr_format=3)
+    sample = ("sample",)  # dimension names: xarray.open_zarr reads the store as one dataset along "sample"
     root.create_array("features", shape=(n, feature_dim), chunks=(chunk_size, feature_dim),
-                      dtype=request.store_dtype, fill_value=float("nan"))
+                      dtype=request.store_dtype, fill_value=float("nan"), dimension_names=("sample", "feature"))
     n_chunks = -(-n // chunk_size)
-    root.create_array("chunk_done", shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0)
-    root.create_array("skip_reason", shape=(n,), chunks=(chunk_size,), dtype=str)
-    root.create_array("labels", data=manifest.labels.astype(np.int64))
-    root.create_array("split", data=np.array([SPLIT_CODES[s] for s in manifest.splits], dtype=np.int8))
+    root.create_array("chunk_done", shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0,
+                      dimension_names=("chunk",))
+    root.create_array("skip_reason", shape=(n,), chunks=(chunk_size,), dtype=str, dimension_names=sample)
+    root.create_array("labels", data=manifest.labels.astype(np.int64), dimension_names=sample)
+    root.create_array("split", data=np.array([SPLIT_CODES[s] for s in manifest.splits], dtype=np.int8),
+                      dimension_names=sample)
     for name, values in (("sample_ids", manifest.sample_ids), ("groups", manifest.groups),
                          ("digests", manifest.digests)):
-        arr = root.create_array(name, shape=(n,), dtype=str)
+        arr = root.create_array(name, shape=(n,), dtype=str, dimension_names=sample)
         arr[:] = np.asarray(values, dtype=str)
     root.attrs.update({
         "key": request.key, "key_material": request.key_material(), "dataset": request.dataset,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from probebench.errors import ProbebenchError
+from probebench.errors import ProbebenchError, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -185,8 +185,8 @@ def get_config(name: str) -> ModelConfig:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ProbebenchError(
-            f"unknown model {name!r}; known models: {', '.join(REGISTRY)}, or timm:<name> for any timm model") from None
+        raise ProbebenchError(f"unknown model {name!r}{did_you_mean(name, REGISTRY)}; known models: "
+                              f"{', '.join(REGISTRY)}, or timm:<name> for any timm model") from None
 
 
 def timm_config(name: str) -> ModelConfig:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from probebench.errors import NotOnThisMachine, ProbebenchError
+from probebench.errors import NotOnThisMachine, ProbebenchError, did_you_mean
 from probebench.data.filehash import content_digests
 
 if TYPE_CHECKING:  # annotations only: the registry imports this module, not the other way round
@@ -39,7 +39,10 @@ def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: 
     if weights not in ("auto", "pretrained", "", None):
         path = Path(weights).expanduser()
         if not (path.is_file() or (path.is_dir() and (path / "config.json").is_file())):
-            raise NotOnThisMachine(f"weights file not found: {path}")
+            raise NotOnThisMachine(f"--weights {weights!r}: no such file or snapshot folder ({path}); --weights "
+                                   "takes auto (hub cache, then download), random or random:SEED (untrained), a "
+                                   "checkpoint file, or a Hugging Face snapshot folder"
+                                   + did_you_mean(str(weights), ("auto", "random", "pretrained")))
         return path
     if config.family == "timm":
         return resolve_timm_weights(config, downloads_allowed() if allow_download is None else allow_download)

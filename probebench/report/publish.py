@@ -209,7 +209,7 @@ img{max-width:100%;margin:0.5em}pre{background:#f6f6f6;padding:1em;overflow-x:au
 def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions | None = None,
                  rows: list[ReportRow] | None = None, comps: list | None = None, compare_metric: str = "accuracy",
                  settings: dict | None = None, only: list[str] | None = None,
-                 study_file: Path | None = None) -> Path:
+                 study_file: Path | None = None, study_overrides: list[str] = ()) -> Path:
     """Write tables.md, tables.tex, results.csv, figures/ and report.html under ``out``; returns ``out``.
 
     ``rows`` / ``comps``: already evaluated rows and comparisons (``report --out`` passes its own, so
@@ -290,6 +290,8 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
                                f"{r.run.record.device})" for r in rows]
     if study_file is not None:
         provenance += [f"study file {study_file}:", Path(study_file).read_text()]
+        if study_overrides:
+            provenance += ["overridden on the command line: " + "; ".join(study_overrides)]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>probebench report</title><style>{CSS}</style></head><body>
 <h1>probebench report</h1>

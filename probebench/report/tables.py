@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from probebench.stats.bootstrap import BootstrapConfig, Difference, Interval, bootstrap, holm, paired_comparison
-from probebench.errors import ProbebenchError
+from probebench.errors import ProbebenchError, did_you_mean
 from probebench.stats.evaluate import eval_data
 from probebench.stats.metrics import ALL_METRICS, LABELS, STUDY_METRICS
 from probebench.runs import Run, find_runs, read_config, read_run
@@ -45,7 +45,8 @@ class ReportOptions:
     def __post_init__(self):
         unknown = [m for m in self.metrics if m not in ALL_METRICS]
         if unknown:
-            raise ProbebenchError(f"unknown metrics {unknown}; metrics: {', '.join(ALL_METRICS)}")
+            raise ProbebenchError(f"unknown metrics {unknown}{did_you_mean(unknown[0], ALL_METRICS)}; metrics: "
+                                  f"{', '.join(ALL_METRICS)}")
 
 
 @dataclass
@@ -362,6 +363,39 @@ COMPARE_NOTE = ("Paired comparisons on the same bootstrap replicates: Δ = first
 
 
 COMPARE_HEADER = ["Dataset", "Comparison", "Δ {metric} [CI]", "p", "p (Holm)", "note"]
+
+
+def _number(x: float) -> float | None:
+    """A float for JSON: NaN (undefined) becomes null."""
+    return None if x != x else float(x)
+
+
+def report_record(rows: list[ReportRow], opts: ReportOptions, comps: list[ComparisonRow] | None = None,
+                  compare_metric: str = "accuracy") -> dict:
+    """The report as plain data (``report --json``): every metric's value and interval per run, with the marks'
+    causes spelled out, and the paired comparisons."""
+    b = opts.bootstrap
+    return {
+        "bootstrap": {"method": b.method, "confidence": b.confidence, "n_resamples": b.n_resamples, "seed": b.seed,
+                      "unit": b.unit, "stratify": b.stratify},
+        "level": opts.level, "aggregate": opts.aggregate,
+        "rows": [{"dataset": r.dataset, "model": r.model, "mode": "frozen" if r.freeze == "Y" else "unfrozen",
+                  "head": r.head_label, "random_weights": r.random_weights, "n_test": r.n_test, "unit": r.unit,
+                  "n_units": r.n_units, "few_units": r.few_units, "stratified": r.stratified, "run": str(r.run.path),
+                  "metrics": {m: {"value": _number(v.value), "low": _number(v.low), "high": _number(v.high),
+                                  "undefined_replicates": v.undefined, "replicates": v.replicates}
+                              for m, v in r.values.items()},
+                  "seeds": r.seeds and {"seeds": list(r.seeds["seeds"]),
+                                        "mean": {m: _number(x) for m, x in r.seeds["mean"].items()},
+                                        "sd": {m: _number(x) for m, x in r.seeds["sd"].items()}},
+                  "missing_seeds": r.missing_seeds}
+                 for r in rows],
+        "comparisons": [{"dataset": c.dataset, "label": c.label, "metric": compare_metric,
+                         **({"a": _number(c.diff.a), "b": _number(c.diff.b), "difference": _number(c.diff.diff),
+                             "low": _number(c.diff.low), "high": _number(c.diff.high), "p": _number(c.diff.p),
+                             "p_holm": _number(c.p_holm)} if c.diff is not None else {}),
+                         "note": c.note} for c in (comps or [])],
+    }
 
 
 def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = ReportOptions(),

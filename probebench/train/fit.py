@@ -15,7 +15,7 @@ from probebench.features.spec import FeatureSpec, locate_store
 from probebench.train.heads import make_head
 from probebench.stats.metrics import point_metrics
 from probebench.progress import make_progress
-from probebench.runs import RunRecord, check_writable, config_hash, write_run
+from probebench.runs import RunRecord, check_writable, config_hash, run_folder, write_run
 from probebench.validate import check_options
 
 NORMALIZE = (None, "l2")
@@ -41,12 +41,15 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
         epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
         normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
         select_metric: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, seed: int = 0,
-        seeds: list[int] | None = None, progress: bool = True, **options) -> Path:
+        seeds: list[int] | None = None, progress: bool = True, force: bool = False, **options) -> Path:
     """Fit a head on the cache that ``extract`` made with the same feature spec (or a model name plus the spec's
     options); returns the (first) run folder. Needs only the cache: see ``features.locate_store``.
 
     ``seeds`` repeats the fit once per seed; the runs share a ``seed_group`` so that ``report`` can show
     their spread next to the first seed's bootstrap interval.
+
+    A seed whose run already exists with the same settings on the same cache (same cache key, library versions,
+    head and options) is not trained again: that run is reused, unless ``force``.
     """
     check_options(head=head, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                   normalize=normalize, standardize=standardize, class_weight=class_weight,
@@ -83,7 +86,16 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     base = {**shared, **cache_details}
     group = config_hash({**base, "head": head, "grid": grid, "options": options, "seeds": seed_list})
     first = None
-    for position, s in enumerate(seed_list):
+    identity = {k: v for k, v in base.items() if k not in ("data_root", "cache_path")}  # where files lie is not
+    for position, s in enumerate(seed_list):                                           # what the run computes
+        digest = config_hash({**identity, "head": head, "grid": grid, "options": options, "seed": s,
+                              "seeds": seed_list if len(seed_list) > 1 else None})
+        done = sorted(p.parent for p in run_folder(runs_dir, attrs["dataset"], model, "frozen").glob(
+            f"*-{digest}/config.json"))
+        if done and not force:
+            sys.stderr.write(f"an identical run exists, reused: {done[-1]} (--force trains it again)\n")
+            first = first or done[-1]
+            continue
         estimator = make_head(head, grid=grid, seed=s, **options)
         start = time.perf_counter()
         with make_progress(progress and estimator.__class__.__name__ in ("LinearHead", "MLPHead", "GridHead"),
@@ -111,7 +123,7 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
         if history and "val_accuracy" in history[0]:
             metrics["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
         run = write_run(runs_dir, record, sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_te,
-                        proba=proba, history=history, metrics=metrics)
+                        proba=proba, history=history, metrics=metrics, run_suffix=digest)
         first = first or run
         if progress:
             t = metrics["test"]
