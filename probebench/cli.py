@@ -145,6 +145,11 @@ def print_json(kind: str, body: dict) -> None:
                                 default=str) + "\n")
 
 
+TrackOpt = typer.Option(None, "--track", help="Also log each new run (curves, test metrics with intervals, "
+                       "configuration) to tensorboard (in <runs-dir>/_tensorboard) or mlflow; optional extras: "
+                       'pip install "probebench[tensorboard]" or "probebench[mlflow]".')
+
+
 def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
     return tuple(q for q, on in (("bn_epoch1", bn_epoch1), ("vgg_features_only", vgg_features_only)) if on)
 
@@ -232,11 +237,15 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
         seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3."),
         study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
         force: bool = typer.Option(False, "--force", help="Train again even if an identical run exists (same "
-                                   "cache, settings and seed); otherwise that run is reused.")):
+                                   "cache, settings and seed); otherwise that run is reused."),
+        track: Optional[str] = TrackOpt):
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.train.fit import fit as run
     from probebench.validate import parse_ints
 
+    from probebench.report.tracking import check_tracker, track_run
+
+    check_tracker(track)
     seed_list = parse_ints(seeds, "seeds")
     if study_bn_epoch1 or study_vgg_features_only:
         from probebench.train.finetune import STUDY_QUIRKS
@@ -250,7 +259,7 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
                select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seed_list,
-               force=force)
+               force=force, on_run=lambda run: track_run(run, track))
     out.print(f"run: {path}")
 
 
@@ -283,10 +292,13 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
              seed: int = SeedOpt,
              study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
              resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch."),
-             force: bool = typer.Option(False, "--force", help="Run again even if an identical run is complete.")):
+             force: bool = typer.Option(False, "--force", help="Run again even if an identical run is complete."),
+             track: Optional[str] = TrackOpt):
     """Fine-tune end to end (all weights trained: the study's unfrozen setting) and write a run directory."""
+    from probebench.report.tracking import check_tracker, track_run
     from probebench.train.finetune import finetune as run
 
+    check_tracker(track)
     path = run(features, dataset, data_root=data_root, runs_dir=runs_dir, head=head, epochs=epochs, lr=lr,
                batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
@@ -294,6 +306,7 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
                workers=workers, seed=seed, resume=resume, force=force,
                study_quirks=_quirks(study_bn_epoch1, study_vgg_features_only))
     if path is not None:  # under torchrun only rank 0 writes
+        track_run(path, track)
         out.print(f"run written to {path}")
 
 
@@ -466,17 +479,20 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
                                                               "training.lr=3e-4 (repeatable; recorded in the state "
                                                               "and the report)."),
               as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON "
-                                                                 "(schema: docs/json.md).")):
+                                                                 "(schema: docs/json.md)."),
+              track: Optional[str] = TrackOpt):
     """The whole study grid: extract once, fit every frozen head, fine-tune; skip what is done; report."""
+    from probebench.report.tracking import check_tracker
     from probebench.study import load_study, plan_record
     from probebench.study import run_study as run
 
     t0 = time.perf_counter()
+    check_tracker(track)
     study = load_study(study_file, overrides=assignments or [], data_root=data_root)
     if as_json and not dry_run:
         raise ProbebenchError("--json prints the plan: use it with --dry-run")
     echo = (lambda text: None) if as_json else (lambda text: sys.stdout.write(text))
-    result = run(study, only=only, dry_run=dry_run, echo=echo)
+    result = run(study, only=only, dry_run=dry_run, echo=echo, track=track)
     if dry_run:
         if as_json:
             print_json("plan", plan_record(study, result.cells))

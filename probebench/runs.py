@@ -196,7 +196,11 @@ def read_run(path: str | Path) -> Run:
     return run
 
 
+TRACKING_DIRS = ("_tensorboard", "_mlruns")  # trackers' own folders under a runs folder (report.tracking)
+
+
 def find_runs(runs_dir: str | Path) -> list[Path]:
-    """Every complete run folder under ``runs_dir`` (partial ones are ignored)."""
+    """Every complete run folder under ``runs_dir`` (partial ones, and trackers' copies, are ignored)."""
     return sorted(p.parent for p in Path(runs_dir).glob("*/*/*/*/config.json")
-                  if not p.parent.name.endswith(".partial"))
+                  if not p.parent.name.endswith(".partial")
+                  and p.relative_to(runs_dir).parts[0] not in TRACKING_DIRS)

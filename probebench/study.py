@@ -469,8 +469,12 @@ class StudyResult:
 
 
 def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, progress: bool = True,
-              write_report: bool = True, echo=print) -> StudyResult:
-    """Run every cell that is not done; record failures and go on; then write the report."""
+              write_report: bool = True, echo=print, track: str | None = None) -> StudyResult:
+    """Run every cell that is not done; record failures and go on; then write the report. ``track``: log each
+    new run to ``tensorboard`` or ``mlflow``."""
+    from probebench.report.tracking import check_tracker, track_run
+
+    check_tracker(track)
     from probebench.features.extract import extract
     from probebench.train.finetune import finetune
     from probebench.train.fit import fit
@@ -507,12 +511,13 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                                select_metric=t.get("select_metric", "val_accuracy"),
                                optimizer=t.get("optimizer", "adam"), patience=t.get("patience"),
                                seeds=study.seeds if len(study.seeds) > 1 else None, seed=study.seeds[0],
-                               progress=progress)
+                               progress=progress, on_run=lambda run: track_run(run, track))
                     runs = [str(runs)]
                 else:
                     u = {**t, **study.unfrozen}
                     runs = []
                     for s in study.seeds:
+                        done_before = set(study_runs(study))
                         runs.append(str(finetune(
                             model_inputs(feature_spec(study, c.model)), c.dataset, data_root=data_root, runs_dir=study.runs_dir,
                             epochs=u.get("epochs", 100), lr=u.get("lr", 1e-4), batch_size=u.get("batch_size", 32),
@@ -521,6 +526,8 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
                             seed=s, progress=progress, existing="reuse", resume="auto", head=c.head)))
+                        if runs[-1] not in done_before:
+                            track_run(runs[-1], track)
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
                 state[c.key] = {"hash": c.hash, "status": "done", "runs": runs,
                                 **({"overrides": study.overrides} if study.overrides else {})}

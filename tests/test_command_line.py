@@ -3,6 +3,7 @@ names checked with suggestions, idempotent fit, studies with any model, override
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -385,3 +386,102 @@ resamples = 100
     state = json.loads((project / "runs" / "_studies" / "mixed.json").read_text())
     assert all(cell["overrides"] == ["training.epochs=2"] for cell in state.values())
     assert "overridden on the command line: training.epochs=2" in (project / "report" / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- tracking
+
+def test_tensorboard_tracking_logs_curves_metrics_and_config(tiny, tmp_path):
+    from sklearn.metrics import accuracy_score
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec, root = tiny
+    common = ["-m", "resnet50", "-d", spec, "--data-root", root, "--weights", "random", "--resize", "32", "--crop",
+              "28", "--cache-dir", tmp_path / "cache"]
+    assert invoke("extract", *common, "--workers", "0").exit_code == 0
+    res = invoke("fit", *common, "--runs-dir", tmp_path / "runs", "--epochs", "3", "--seeds", "0,1",
+                 "--track", "tensorboard")
+    assert res.exit_code == 0, res.output
+    runs = sorted((tmp_path / "runs" / "tiny" / "resnet50" / "frozen").iterdir())
+    assert len(runs) == 2  # both seeds logged
+    for run in runs:
+        logs = tmp_path / "runs" / "_tensorboard" / "tiny" / "resnet50" / "frozen" / run.name
+        acc = EventAccumulator(str(logs)).Reload()  # TensorBoard's own reader
+        with (run / "history.csv").open() as fh:
+            history = list(csv.DictReader(fh))
+        curve = acc.Scalars("epoch/val_accuracy")
+        assert [e.step for e in curve] == [int(r["epoch"]) for r in history] == [1, 2, 3]
+        assert [e.value for e in curve] == pytest.approx([float(r["val_accuracy"]) for r in history])
+        with (run / "predictions.csv").open() as fh:
+            pred = list(csv.DictReader(fh))
+        (test_acc,) = acc.Scalars("test/accuracy")
+        assert test_acc.value == pytest.approx(accuracy_score([r["true"] for r in pred], [r["pred"] for r in pred]))
+        (low,), (high,) = acc.Scalars("test/accuracy_low"), acc.Scalars("test/accuracy_high")
+        assert low.value <= test_acc.value <= high.value
+        assert "config" in acc.Tags()["tensors"] or "config/text_summary" in acc.Tags()["tensors"]
+    from probebench.report.tables import collect_rows
+
+    assert len(collect_rows(tmp_path / "runs", latest_only=False)) == 2  # the tracker's folder is not a run
+
+
+def test_tracking_options_are_checked_before_any_work(monkeypatch, tmp_path):
+    import sys
+
+    res = invoke("fit", "-m", "resnet50", "-d", "chest_xray", "--track", "tensorbord")
+    assert res.exit_code == 2 and "unknown tracker (did you mean 'tensorboard'?)" in flat(res.output)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    res = invoke("run", tmp_path / "nothing.toml", "--track", "mlflow")
+    assert res.exit_code == 2
+    assert 'needs the mlflow package, which is not installed: pip install "probebench[mlflow]"' in flat(res.output)
+
+
+def test_mlflow_tracking_calls(monkeypatch, tmp_path):
+    """The calls made to MLflow's fluent API (a recording stand-in: mlflow itself is an optional extra)."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("mlflow")
+
+    class Active:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            calls.append(("end",))
+
+    for name in ("set_tracking_uri", "set_experiment", "log_params", "log_metrics", "log_artifact"):
+        setattr(fake, name, lambda *a, _n=name, **k: calls.append((_n, a, k)))
+    fake.start_run = lambda **k: (calls.append(("start_run", k)), Active())[1]
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7],
+                      [0.1, 0.9]])
+    run = fake_run(tmp_path / "runs", y, proba, dataset="d", model="m")
+    from probebench.report.tracking import track_run
+
+    track_run(run, "mlflow")
+    names = [c[0] for c in calls]
+    assert names == ["set_tracking_uri", "set_experiment", "start_run", "log_params", "log_metrics", "log_artifact",
+                     "end"]
+    assert calls[0][1][0] == (tmp_path / "runs" / "_mlruns").resolve().as_uri()
+    assert calls[2][1] == {"run_name": run.name}
+    final = calls[4][1][0]
+    assert final["test_accuracy"] == pytest.approx(6 / 8)  # 2 of 8 predictions wrong, counted by hand
+    assert final["test_accuracy_low"] <= 0.75 <= final["test_accuracy_high"]
+    assert calls[5][1][0] == str(run / "config.json")
+
+
+def test_any_error_message_is_printed_verbatim(monkeypatch, tmp_path):
+    """What rich would take for markup ([bold], [/], [study]) reaches the user unchanged."""
+    import probebench.study as study_module
+    from probebench.errors import ProbebenchError
+
+    text = "x.toml, line 3: in [study] the [bold]name[/] [red] stays [/red] as written\\n[default: 1]"
+
+    def refuse(*a, **k):
+        raise ProbebenchError(text)
+
+    monkeypatch.setattr(study_module, "load_study", refuse)
+    res = invoke("run", tmp_path / "x.toml")
+    assert res.exit_code == 2 and res.output == f"error: {text}\n"

@@ -41,7 +41,8 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
         epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
         normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
         select_metric: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, seed: int = 0,
-        seeds: list[int] | None = None, progress: bool = True, force: bool = False, **options) -> Path:
+        seeds: list[int] | None = None, progress: bool = True, force: bool = False, on_run=None,
+        **options) -> Path:
     """Fit a head on the cache that ``extract`` made with the same feature spec (or a model name plus the spec's
     options); returns the (first) run folder. Needs only the cache: see ``features.locate_store``.
 
@@ -49,7 +50,8 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     their spread next to the first seed's bootstrap interval.
 
     A seed whose run already exists with the same settings on the same cache (same cache key, library versions,
-    head and options) is not trained again: that run is reused, unless ``force``.
+    head and options) is not trained again: that run is reused, unless ``force``. ``on_run(path)`` is called
+    after each new run is written (the command line's ``--track`` logs it there).
     """
     check_options(head=head, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                   normalize=normalize, standardize=standardize, class_weight=class_weight,
@@ -124,6 +126,8 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
             metrics["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
         run = write_run(runs_dir, record, sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_te,
                         proba=proba, history=history, metrics=metrics, run_suffix=digest)
+        if on_run is not None:
+            on_run(run)
         first = first or run
         if progress:
             t = metrics["test"]
