@@ -318,3 +318,53 @@ def test_frozen_fit_and_frozen_finetune_both_equal_a_hand_written_loop(tiny, tmp
         assert run.metrics["best_epoch"] == best_epoch
         assert np.abs(run.proba - expected).max() < 1e-4
     assert np.abs(expected - 0.5).max() > 0.01  # the head learned something, so a wrong order would show
+
+
+@pytest.mark.parametrize("head_kind", ["linear", "mlp"])
+def test_balanced_class_weight_enters_the_loss_as_sklearn_defines_it(head_kind):
+    """One full-batch SGD step from the head's initial weights equals the step of a hand-written cross-entropy
+    weighted by scikit-learn's ``compute_class_weight('balanced')`` (and differs from the unweighted step)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from probebench.train.heads import LinearHead, MLPHead
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3)).astype(np.float32)
+    y = np.array([0] * 9 + [1] * 3)
+    xv, yv = x[:4], y[:4]
+    kind = {"linear": LinearHead, "mlp": lambda **k: MLPHead(hidden=4, **k)}[head_kind]
+    common = dict(epochs=1, batch_size=12, optimizer="sgd", class_weight="balanced", seed=3)
+    start = kind(lr=0.0, **common).fit(x, y, xv, yv, 2).model_  # lr 0: the initial weights, untouched
+    stepped = kind(lr=0.5, **common).fit(x, y, xv, yv, 2).model_
+    w = torch.tensor(compute_class_weight("balanced", classes=np.array([0, 1]), y=y), dtype=torch.float32)
+
+    def step(weights):
+        params = [p.detach().clone().requires_grad_() for p in start.parameters()]
+        net = torch.func.functional_call(start, dict(zip([n for n, _ in start.named_parameters()], params)),
+                                         (torch.from_numpy(x),))
+        logp = torch.log_softmax(net, dim=1)[torch.arange(12), torch.from_numpy(y)]
+        loss = -(weights[y] * logp).sum() / weights[y].sum()  # PyTorch's (and the study's) weighted mean
+        grads = torch.autograd.grad(loss, params)
+        return [p - 0.5 * g for p, g in zip(params, grads)]
+
+    expected = step(w)
+    for got, want in zip(stepped.parameters(), expected):
+        assert torch.allclose(got, want, atol=1e-6)
+    unweighted = step(torch.ones(2))
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(expected, unweighted))
+
+
+def test_default_extraction_batch_is_8_on_a_cpu_and_64_on_an_accelerator():
+    from probebench.features.extract import default_batch_size
+
+    assert default_batch_size(torch.device("cpu")) == 8
+    assert default_batch_size(torch.device("cuda", 0)) == 64 and default_batch_size(torch.device("mps")) == 64
+
+
+def test_head_parameters_recorded_in_a_run_are_named_as_documented():
+    from probebench.train.heads import LinearHead
+
+    assert LinearHead(epochs=7, lr=0.01, batch_size=16, weight_decay=0.1, seed=2, optimizer="sgd",
+                      patience=3, class_weight="balanced").params() == {
+        "epochs": 7, "lr": 0.01, "batch_size": 16, "weight_decay": 0.1, "seed": 2, "optimizer": "sgd",
+        "patience": 3, "loss": "cross_entropy", "select": "val_accuracy", "class_weight": "balanced"}

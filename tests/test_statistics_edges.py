@@ -226,3 +226,63 @@ def test_a_metric_undefined_in_every_replicate_has_no_interval_and_two_replicate
     two, _ = bootstrap(EvalData(y, np.where(rng.random(30) < 0.8, y, 1 - y), None, None, 2),
                        BootstrapConfig(n_resamples=2, stratify="none"))
     assert np.isfinite(two["accuracy"].replicate_mean_half_width)  # two replicates give a standard deviation
+
+
+def test_comparisons_go_on_after_a_dataset_with_a_single_row(tmp_path):
+    """Dataset "a" has one run (nothing to compare); "b", sorted after it, still gets its comparison."""
+    from conftest import fake_run
+
+    from probebench.report.tables import ReportOptions, collect_rows, comparisons
+
+    y = np.array([0, 1] * 10)
+    proba = np.column_stack([1 - np.linspace(0.1, 0.9, 20), np.linspace(0.1, 0.9, 20)])
+    fake_run(tmp_path, y, proba, dataset="a", model="m")
+    fake_run(tmp_path, y, proba, dataset="b", model="m", mode="frozen")
+    fake_run(tmp_path, y, proba[::-1], dataset="b", model="m", mode="unfrozen")
+    opts = ReportOptions(BootstrapConfig(n_resamples=50))
+    comps = comparisons(collect_rows(tmp_path, opts=opts), opts)
+    assert {c.dataset for c in comps} == {"b"} and any("frozen (linear) − unfrozen" in c.label for c in comps)
+
+
+def test_skipped_images_recorded_in_a_run_reach_the_footnotes(tmp_path):
+    from conftest import fake_run
+
+    from probebench.report.tables import ReportOptions, collect_rows, footnotes
+
+    y = np.array([0, 1] * 6)
+    p1 = 0.1 + 0.8 * y
+    fake_run(tmp_path, y, np.column_stack([1 - p1, p1]), dataset="d", model="m",
+             skipped=[{"sample_id": "broken.png", "reason": "truncated"}])
+    opts = ReportOptions(BootstrapConfig(n_resamples=20))
+    notes = footnotes(collect_rows(tmp_path, opts=opts), opts)
+    assert any("d/m: 1 unreadable image(s) skipped: broken.png" in n for n in notes)
+
+
+def test_csv_columns_are_the_documented_contract(tmp_path):
+    """Users' scripts read results.csv by column name: the header is fixed, and each row's fields line up."""
+    import csv
+    import io
+
+    from conftest import fake_run
+
+    from probebench.report.tables import ReportOptions, collect_rows, render
+
+    y = np.array([0, 1] * 6)
+    p1 = 0.2 + 0.6 * y
+    fake_run(tmp_path, y, np.column_stack([1 - p1, p1]), dataset="d", model="m", seed=4,
+             seed_group="g", seeds_asked=[4, 5], seed_position=0)
+    fake_run(tmp_path, y, np.column_stack([1 - p1, p1]), dataset="d", model="m", seed=5,
+             seed_group="g", seeds_asked=[4, 5], seed_position=1)
+    opts = ReportOptions(BootstrapConfig(n_resamples=20), study_ci=True)
+    rows = list(csv.reader(io.StringIO(render(collect_rows(tmp_path, opts=opts), "csv", opts))))
+    assert rows[0] == ["dataset", "model", "freeze", "head", "random_weights", "level", "n", "metric", "statistic",
+                       "value", "low", "high", "sd", "ci_method", "confidence", "n_resamples", "seed", "unit",
+                       "n_units", "stratified", "undefined_replicates", "marks", "run"]
+    assert all(len(r) == len(rows[0]) for r in rows)
+    by = {(r[7], r[8]): dict(zip(rows[0], r)) for r in rows[1:]}
+    acc = by[("accuracy", "test value + bootstrap CI")]
+    assert (acc["level"], acc["ci_method"], acc["n_resamples"], acc["value"]) == ("sample", "percentile", "20", "1")
+    study = by[("accuracy", "study-style: replicate mean + CI of the mean")]
+    assert study["ci_method"] == "normal CI of the mean"
+    seeds = by[("accuracy", "mean over seeds [4, 5]")]
+    assert (seeds["value"], seeds["sd"], seeds["n_units"]) == ("1.000000", "0.000000", "")
