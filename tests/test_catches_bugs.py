@@ -368,3 +368,50 @@ def test_head_parameters_recorded_in_a_run_are_named_as_documented():
                       patience=3, class_weight="balanced").params() == {
         "epochs": 7, "lr": 0.01, "batch_size": 16, "weight_decay": 0.1, "seed": 2, "optimizer": "sgd",
         "patience": 3, "loss": "cross_entropy", "select": "val_accuracy", "class_weight": "balanced"}
+
+
+def test_volume_scaling_counts_only_values_beyond_the_percentiles_as_clipped():
+    """Ties at the top percentile are not clipped: 10 zeros, 1..80, ten 100s -> low 0, high 100, nothing clipped;
+    40 maps to round(40 / 100 * 255) = 102."""
+    from probebench.data.mri import scale_volume
+
+    data = np.array([0.0] * 10 + list(range(1, 81)) + [100.0] * 10)
+    scaled, info = scale_volume(data)
+    assert (info["low"], info["high"], info["clipped_low"], info["clipped_high"]) == (0.0, 100.0, 0.0, 0.0)
+    assert scaled[0] == 0 and scaled[-1] == 255 and scaled[10 + 39] == 102
+
+
+def test_resampling_extends_images_at_the_edge_and_pads_masks_with_background():
+    """A grid shifted one voxel beyond the volume: the image repeats its edge (no dark band at the border), the
+    mask gets background (a tumour never grows past the scan)."""
+    from probebench.data.mri import resample_to_grid
+
+    vol = np.full((3, 3, 3), 7.0)
+    shifted = np.eye(4)
+    shifted[0, 3] = 1.0  # the destination's voxel i sits at the source's i + 1
+    image = resample_to_grid(vol, np.eye(4), shifted, (3, 3, 3), order=1)
+    mask = resample_to_grid(vol, np.eye(4), shifted, (3, 3, 3), order=0)
+    assert np.all(image == 7.0)
+    assert np.all(mask[:2] == 7.0) and np.all(mask[2] == 0.0)
+
+
+def test_crop_keeps_the_mask_box_plus_margin_inside_the_image():
+    from probebench.data.mri import _crop
+
+    image = np.arange(36).reshape(6, 6)
+    mask = np.zeros((6, 6), bool)
+    mask[2:4, 1:3] = True
+    assert np.array_equal(_crop(image, mask, 1), image[1:5, 0:4])
+    assert np.array_equal(_crop(image, mask, 9), image)  # clipped at the borders
+
+
+def test_an_unknown_mri_key_in_a_spec_is_refused(tmp_path):
+    from probebench.data.mri import settings_for
+    from probebench.errors import ProbebenchError
+
+    (tmp_path / "configs" / "datasets").mkdir(parents=True)  # ./configs/datasets: local specs by name
+    (tmp_path / "configs" / "datasets" / "t9.toml").write_text(
+        'kind = "csv"\nroot = "t9"\nclasses = ["II", "IV"]\n[csv]\nfile = "manifest.csv"\npath_column = "path"\n'
+        'label_column = "grade"\n[mri]\nmodality = "t1"\nspacng = [1, 1, 1]\n')
+    with pytest.raises(ProbebenchError, match=r"t9.toml: unknown keys \['spacng'\] in \[mri\]"):
+        settings_for("t9")
