@@ -415,3 +415,52 @@ def test_an_unknown_mri_key_in_a_spec_is_refused(tmp_path):
         'label_column = "grade"\n[mri]\nmodality = "t1"\nspacng = [1, 1, 1]\n')
     with pytest.raises(ProbebenchError, match=r"t9.toml: unknown keys \['spacng'\] in \[mri\]"):
         settings_for("t9")
+
+
+def test_hdf5_pixels_follow_the_recorded_rules_exactly(tmp_path):
+    """Each kind of HDF5 array decoded by hand: uint8 as is; float 'unit' clipped to [0, 1] times 255; float
+    'minmax' stretched; uint16 by the dataset's rule (here 12 bits); a trailing channel of 1 dropped; RGBA's
+    alpha dropped."""
+    import h5py
+
+    from probebench.data.pixels import PixelRules, hdf5_uri
+    from probebench.features.images import load_image
+
+    rng = np.random.default_rng(1)
+    u8 = rng.integers(0, 256, (2, 5, 6), dtype=np.uint8)
+    f = rng.uniform(-0.5, 1.5, (2, 5, 6)).astype(np.float32)
+    u16 = rng.integers(0, 4096, (2, 5, 6)).astype(np.uint16)
+    one = rng.integers(0, 256, (2, 5, 6, 1), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (2, 5, 6, 4), dtype=np.uint8)
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as fh:
+        for name, arr in (("u8", u8), ("f", f), ("u16", u16), ("one", one), ("rgba", rgba)):
+            fh[name] = arr
+
+    def pixels(name, rule="unit", rules=PixelRules()):
+        img = load_image(hdf5_uri(path, name, 1, rule), None, rules)
+        return img.mode, np.asarray(img)
+
+    mode, got = pixels("u8")
+    assert mode == "L" and np.array_equal(got, u8[1])
+    mode, got = pixels("f", "unit")
+    assert mode == "L" and np.array_equal(got, np.rint(np.clip(f[1].astype(np.float64), 0, 1) * 255))
+    x = f[1].astype(np.float64)
+    _, got = pixels("f", "minmax")
+    assert np.array_equal(got, np.rint((x - x.min()) / (x.max() - x.min()) * 255))
+    _, got = pixels("u16", rules=PixelRules(intensity="bits", bits=12))
+    assert np.array_equal(got, np.rint(u16[1] / 4095 * 255))
+    mode, got = pixels("one")
+    assert mode == "L" and np.array_equal(got, one[1, ..., 0])
+    mode, got = pixels("rgba")
+    assert mode == "RGB" and np.array_equal(got, rgba[1, ..., :3])
+
+
+def test_load_rgb_applies_the_datasets_rule_to_16_bit_files(tmp_path):
+    from probebench.data.pixels import PixelRules
+    from probebench.features.images import load_rgb
+
+    arr = np.array([[0, 1000, 4095], [2048, 3000, 100]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x.png")  # 16-bit grayscale PNG, 12-bit content
+    got = np.asarray(load_rgb(tmp_path / "x.png", None, PixelRules(intensity="bits", bits=12)))
+    assert got.shape == (2, 3, 3) and np.array_equal(got[..., 1], np.rint(arr / 4095 * 255))
