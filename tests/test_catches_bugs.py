@@ -462,5 +462,5 @@ def test_load_rgb_applies_the_datasets_rule_to_16_bit_files(tmp_path):
 
     arr = np.array([[0, 1000, 4095], [2048, 3000, 100]], dtype=np.uint16)
     Image.fromarray(arr).save(tmp_path / "x.png")  # 16-bit grayscale PNG, 12-bit content
-    got = np.asarray(load_rgb(tmp_path / "x.png", None, PixelRules(intensity="bits", bits=12)))
-    assert got.shape == (2, 3, 3) and np.array_equal(got[..., 1], np.rint(arr / 4095 * 255))
+    got = np.asarray(load_rgb(tmp_path / "x.png", None, PixelRules(intensity="full16")))  # not the default rule
+    assert got.shape == (2, 3, 3) and np.array_equal(got[..., 1], np.rint(arr / 65535 * 255))
