@@ -464,3 +464,75 @@ def test_load_rgb_applies_the_datasets_rule_to_16_bit_files(tmp_path):
     Image.fromarray(arr).save(tmp_path / "x.png")  # 16-bit grayscale PNG, 12-bit content
     got = np.asarray(load_rgb(tmp_path / "x.png", None, PixelRules(intensity="full16")))  # not the default rule
     assert got.shape == (2, 3, 3) and np.array_equal(got[..., 1], np.rint(arr / 65535 * 255))
+
+
+def _csv_dataset(tmp_path, spec_text: str, files: dict[str, str], images=("a.png", "b.png", "c.png", "d.png")):
+    from probebench.data.datasets import load_manifest
+
+    root = tmp_path / "data" / "ds"
+    for name in images:
+        write_image(root / "img" / name, seed=len(name))
+    for name, text in files.items():
+        (root / name).write_text(text)
+    spec = write_spec(tmp_path / "ds.toml", 'kind = "csv"\nroot = "ds"\nclasses = ["x", "y"]\n' + spec_text)
+    return lambda: load_manifest(str(spec), tmp_path / "data")
+
+
+@pytest.mark.parametrize("case", ["path", "id", "group_table"])
+def test_a_missing_csv_column_is_named_with_the_spec_key_that_names_it(tmp_path, case):
+    from probebench.errors import ProbebenchError
+
+    spec, files, expected = {
+        "path": ('[csv]\nfile = "t.csv"\npath_column = "file"\n', {"t.csv": "path,label\nimg/a.png,x\n"},
+                 r"missing column\(s\) 'file' \(path_column\)"),
+        "id": ('[csv]\nfile = "t.csv"\nimage_dirs = ["img"]\nid_column = "image"\n',
+               {"t.csv": "path,label\na,x\n"}, r"missing column\(s\) 'image' \(id_column\)"),
+        "group_table": ('[[csv.sources]]\nfile = "t.csv"\nimage_dirs = ["img"]\nid_column = "image"\n'
+                        '[csv.sources.group_table]\nfile = "g.csv"\nid_column = "image"\ngroup_column = "lesion"\n',
+                        {"t.csv": "image,label\na,x\n", "g.csv": "image,lesion_id\na,L1\n"},
+                        r"missing column\(s\) 'lesion' \(group_table.group_column\)"),
+    }[case]
+    with pytest.raises(ProbebenchError, match=expected):
+        _csv_dataset(tmp_path, spec, files)()
+
+
+def test_a_source_with_a_fixed_split_needs_no_split_column(tmp_path):
+    load = _csv_dataset(tmp_path, '[[csv.sources]]\nfile = "train.csv"\nsplit_column = "fold"\n'
+                                  '[[csv.sources]]\nfile = "test.csv"\nsplit = "test"\nsplit_column = "fold"\n',
+                        {"train.csv": "path,label,fold\nimg/a.png,x,train\nimg/b.png,y,train\nimg/e.png,x,val\n"
+                                      "img/f.png,y,val\n",
+                         "test.csv": "path,label\nimg/c.png,x\nimg/d.png,y\n"},
+                        images=("a.png", "b.png", "c.png", "d.png", "e.png", "f.png"))
+    m = load()
+    assert dict(zip(m.sample_ids.tolist(), m.splits.tolist())) == {
+        "img/a.png": "train", "img/b.png": "train", "img/e.png": "val", "img/f.png": "val", "img/c.png": "test",
+        "img/d.png": "test"}
+
+
+def test_hdf5_messages_and_provenance(tmp_path):
+    import h5py
+
+    from probebench.data.datasets import load_manifest
+    from probebench.errors import ProbebenchError
+
+    (tmp_path / "data" / "h").mkdir(parents=True)
+    with h5py.File(tmp_path / "data" / "h" / "s.h5", "w") as fh:
+        fh["x"] = np.zeros((6, 7, 5), np.uint8)
+        fh["y"] = np.array([0, 1] * 3)
+    text = 'kind = "hdf5"\nroot = "h"\nclasses = ["x", "y"]\n[split]\ntest_fraction = 0.34\n' \
+           '[hdf5]\nfile = "s.h5"\nimages = "x"\nlabels = "y"\n'
+    m = load_manifest(str(write_spec(tmp_path / "h.toml", text)), tmp_path / "data")
+    assert m.source["shape"] == [6, 7, 5] and m.source["images"] == "x"
+    bad = write_spec(tmp_path / "h2.toml", text + 'float_rule = "unity"\n')
+    with pytest.raises(ProbebenchError, match=r"h2.toml, line 10: \[hdf5\] float_rule must be one of minmax, unit, "
+                                              r"not 'unity'"):
+        load_manifest(str(bad), tmp_path / "data")
+
+
+def test_a_missing_image_folder_is_named_with_its_path(tmp_path):
+    from probebench.errors import ProbebenchError
+
+    load = _csv_dataset(tmp_path, '[csv]\nfile = "t.csv"\nimage_dirs = ["pics"]\nid_column = "image"\n',
+                        {"t.csv": "image,label\na,x\n"})
+    with pytest.raises(ProbebenchError, match=r"image folder \S*data/ds/pics is missing"):
+        load()
