@@ -480,19 +480,24 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
                                                               "and the report)."),
               as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON "
                                                                  "(schema: docs/json.md)."),
-              track: Optional[str] = TrackOpt):
+              track: Optional[str] = TrackOpt,
+              shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Run only the I-th of N "
+                                                  "deterministic shares of the cells (dataset x model units dealt "
+                                                  "round-robin), e.g. from a SLURM job array; the report covers "
+                                                  "every shard finished so far.")):
     """The whole study grid: extract once, fit every frozen head, fine-tune; skip what is done; report."""
     from probebench.report.tracking import check_tracker
-    from probebench.study import load_study, plan_record
+    from probebench.study import load_study, parse_shard, plan_record
     from probebench.study import run_study as run
 
     t0 = time.perf_counter()
     check_tracker(track)
+    share = parse_shard(shard)
     study = load_study(study_file, overrides=assignments or [], data_root=data_root)
     if as_json and not dry_run:
         raise ProbebenchError("--json prints the plan: use it with --dry-run")
     echo = (lambda text: None) if as_json else (lambda text: sys.stdout.write(text))
-    result = run(study, only=only, dry_run=dry_run, echo=echo, track=track)
+    result = run(study, only=only, dry_run=dry_run, echo=echo, track=track, shard=share)
     if dry_run:
         if as_json:
             print_json("plan", plan_record(study, result.cells))

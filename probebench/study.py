@@ -337,26 +337,65 @@ def _select(cells: list[Cell], only: str | None) -> list[Cell]:
     return chosen
 
 
-def _state_path(study: Study) -> Path:
-    return Path(study.runs_dir) / "_studies" / f"{study.name}.json"
+def _state_path(study: Study, shard: tuple[int, int] | None = None) -> Path:
+    """The state file a process writes: ``<runs>/_studies/<name>.json``, or one per shard (``run --shard``), so
+    that shards running at once never write the same file."""
+    suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
+    return Path(study.runs_dir) / "_studies" / f"{study.name}{suffix}.json"
 
 
-def _load_state(study: Study) -> dict:
-    p = _state_path(study)
+def _read_state(p: Path) -> dict:
     try:
         return json.loads(p.read_text()) if p.is_file() else {}
     except (ValueError, OSError) as exc:  # only a record of finished cells: the runs themselves are checked
-        sys.stderr.write(f"note: study state {p} is unreadable ({exc}); every cell is checked afresh\n")
+        sys.stderr.write(f"note: study state {p} is unreadable ({exc}); its cells are checked afresh\n")
         return {}
 
 
+def _load_state(study: Study) -> dict:
+    """Every cell's record, merged over the study's state files (the unsharded one and each shard's); each cell
+    is written by one process at a time, so the most recently written record of a cell wins."""
+    folder = _state_path(study).parent
+    files = [p for p in (_state_path(study), *folder.glob(f"{study.name}.shard-*-of-*.json")) if p.is_file()]
+    state: dict = {}
+    for p in sorted(files, key=lambda p: p.stat().st_mtime_ns):
+        state.update(_read_state(p))
+    return state
+
+
 def study_runs(study: Study) -> list[str]:
-    """The run folders of the study's finished cells, from its state file (its report shows these only)."""
+    """The run folders of the study's finished cells, from its state files (its report shows these only)."""
     return [r for cell in _load_state(study).values() if cell.get("status") == "done" for r in cell.get("runs", [])]
 
 
-def _save_state(study: Study, state: dict) -> None:
-    write_json(_state_path(study), state)
+def _save_state(study: Study, records: dict, shard: tuple[int, int] | None = None) -> None:
+    """Record this process's cells in its own state file (the others' records stay in theirs)."""
+    if records:
+        path = _state_path(study, shard)
+        write_json(path, {**_read_state(path), **records})
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/4"`` -> (2, 4): the second of four shares of the study's cells."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ProbebenchError(f"--shard {text!r}: expected I/N, e.g. 1/4 (the first of four shares)") from None
+    if not 1 <= i <= n:
+        raise ProbebenchError(f"--shard {text!r}: I must be between 1 and N")
+    return i, n
+
+
+def _shard(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """The cells of shard I of N: the dataset x model units (one extraction each) dealt round-robin in plan
+    order, so a unit's frozen and unfrozen cells stay together and no two shards write one feature cache."""
+    if shard is None:
+        return cells
+    units = list(dict.fromkeys((c.dataset, c.model) for c in cells))
+    mine = {u for j, u in enumerate(units) if j % shard[1] == shard[0] - 1}
+    return [c for c in cells if (c.dataset, c.model) in mine]
 
 
 def feature_spec(study: Study, model: str):
@@ -377,8 +416,8 @@ def model_inputs(features):
     return features.replace(**{k: getattr(FeatureSpec, k) for k in CACHE_ONLY})
 
 
-def plan(study: Study, only: str | None = None) -> list[Cell]:
-    """The cells of the study with their status: done (same config hash), todo, or blocked (and why)."""
+def plan(study: Study, only: str | None = None, shard: tuple[int, int] | None = None) -> list[Cell]:
+    """The cells of the study (of one shard) with their status: done (same config hash), todo, or blocked."""
     from probebench.features.spec import resolve_job
 
     if study.synthetic:
@@ -390,7 +429,7 @@ def plan(study: Study, only: str | None = None) -> list[Cell]:
                 for h in (study.heads_for(m) if mode == "frozen" else
                           [study.per_model.get(m, {}).get("unfrozen_head", "linear")]):
                     cells.append(Cell(d, m, mode, h))
-    cells = _select(cells, only)
+    cells = _shard(_select(cells, only), shard)
     state = _load_state(study)
     jobs: dict[tuple, object] = {}
     for c in cells:
@@ -469,9 +508,12 @@ class StudyResult:
 
 
 def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, progress: bool = True,
-              write_report: bool = True, echo=print, track: str | None = None) -> StudyResult:
-    """Run every cell that is not done; record failures and go on; then write the report. ``track``: log each
-    new run to ``tensorboard`` or ``mlflow``."""
+              write_report: bool = True, echo=print, track: str | None = None,
+              shard: tuple[int, int] | None = None) -> StudyResult:
+    """Run every cell that is not done; record failures and go on; then write the report of every finished
+    cell. ``track``: log each new run to ``tensorboard`` or ``mlflow``. ``shard`` (I, N): only the I-th of N
+    deterministic shares of the cells (a SLURM job array runs all N); the report covers the cells of every
+    shard finished so far, so the last shard to end writes the whole study's."""
     from probebench.report.tracking import check_tracker, track_run
 
     check_tracker(track)
@@ -480,15 +522,15 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
     from probebench.train.fit import fit
     from probebench.progress import make_progress
 
-    cells = plan(study, only)
+    cells = plan(study, only, shard)
     echo(render_plan(cells))
     if dry_run:
         return StudyResult(cells)
-    state = _load_state(study)
+    state = {}  # this process's records
     for c in cells:
         if c.status == "blocked":  # recorded like failures, so the state file tells the whole story
             state[c.key] = {"status": "blocked", "error": c.detail}
-    _save_state(study, state)
+    _save_state(study, state, shard)
     data_root = study.data_roots()
     t = study.training
     todo = [c for c in cells if c.status == "todo"]
@@ -539,7 +581,7 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                 state[c.key] = {"hash": c.hash, "status": "failed", "error": c.detail,
                                 **({"overrides": study.overrides} if study.overrides else {}),
                                 "traceback": traceback.format_exc()[-4000:]}
-            _save_state(study, state)
+            _save_state(study, state, shard)
             bar.update(overall, advance=1)
     result = StudyResult(cells)
     if write_report and any(c.status == "done" for c in cells):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -193,3 +194,34 @@ def test_faithful_and_recommended_grids_run_on_synthetic_data_and_report_side_by
     assert heads == ["linear", "linear", "study mlp 256", "study_mlp"], rows  # both protocols, frozen and not
     configs = [p.read_text() for p in Path("runs").glob("demo_shapes/dinov2_s/*/*/config.json")]
     assert sum('"imagenet_logits"' in c and '"bilinear"' in c for c in configs) == 2
+
+
+@pytest.mark.slow
+def test_two_shards_run_as_two_processes_give_the_unsharded_report(tmp_path):
+    import subprocess
+    import sys
+
+    text = SMALL_STUDY.replace('modes = ["frozen", "unfrozen"]', 'modes = ["frozen"]')
+    for d in ("whole", "sharded"):
+        (tmp_path / d).mkdir()
+        write(tmp_path / d / "s.toml", text)
+    cli = [sys.executable, "-m", "probebench", "run"]
+    env = {**__import__("os").environ, "PROBEBENCH_OFFLINE": "1"}
+    run = lambda d, *a: subprocess.run([*cli, "s.toml", *a], cwd=tmp_path / d, env=env,  # noqa: E731
+                                       capture_output=True, text=True)
+    assert run("whole").returncode == 0
+    assert run("sharded", "--dry-run").returncode == 0  # generates the synthetic data once, before the shards
+    plans = [json.loads(run("sharded", "--dry-run", "--json", "--shard", f"{i}/2").stdout) for i in (1, 2)]
+    assert [[c["model"] for c in p["cells"]] for p in plans] == [["resnet50"], ["dinov2_s"]]
+    shards = [subprocess.Popen([*cli, "s.toml", "--shard", f"{i}/2"], cwd=tmp_path / "sharded", env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 2)]
+    for p in shards:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    states = sorted(p.name for p in (tmp_path / "sharded" / "runs" / "_studies").iterdir())
+    assert states == ["small.shard-1-of-2.json", "small.shard-2-of-2.json"]
+    final = run("sharded")  # after the array: every cell is done, the merged report is written
+    assert final.returncode == 0 and "2/2 cells done" in final.stdout
+    assert not (tmp_path / "sharded" / "runs" / "_studies" / "small.json").exists()  # nothing new to record
+    tables = [(tmp_path / d / "report" / "tables.md").read_text() for d in ("whole", "sharded")]
+    assert tables[0] == tables[1] and "| demo_shapes | resnet50 † |" in tables[0] and "dinov2_s †" in tables[0]
