@@ -69,19 +69,40 @@ def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _auroc_binary(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted Mann-Whitney AUROC for each weight row: P(pos > neg) + P(tie) / 2; NaN without both classes."""
-    order = np.argsort(scores, kind="mergesort")
-    s, pos = scores[order], positive[order]
-    w = weights[:, order]
-    wp = w * pos
-    wn = w - wp
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    if len(starts) < len(s):  # tied scores: work on tie groups
-        wp, wn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
-    below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each score
-    num = (wp * (below + 0.5 * wn)).sum(axis=1)
-    return _div(num, wp.sum(axis=1) * wn.sum(axis=1), empty=np.nan)
+def _counts(weights: np.ndarray) -> np.ndarray:
+    """Bootstrap weights are counts: as int16 (exact, a quarter of the memory to move) when they are whole numbers
+    below 2^15, else float64."""
+    if weights.size and weights.max() < 2 ** 15 and weights.min() >= 0 and np.array_equal(weights, np.rint(weights)):
+        return weights.astype(np.int16)
+    return weights.astype(np.float64)
+
+
+def _auroc_binary(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray,
+                  buffer: np.ndarray | None = None) -> np.ndarray:
+    """Weighted Mann-Whitney AUROC for each weight row: P(pos > neg) + P(tie) / 2; NaN without both classes.
+
+    One sort of the negatives' scores; then per row one cumulative sum over the negatives' weights, read at each
+    positive's place: how much negative weight lies below it, and below or level with it. With whole-number
+    weights (``_counts``) every sum is exact integer arithmetic. ``buffer``: room for the cumulative sums, shared
+    by the classes of one call.
+    """
+    pos_idx, neg_idx = np.flatnonzero(positive), np.flatnonzero(~positive)
+    neg_idx = neg_idx[np.argsort(scores[neg_idx], kind="mergesort")]
+    neg_scores, pos_scores = scores[neg_idx], scores[pos_idx]
+    below = np.searchsorted(neg_scores, pos_scores, side="left")  # negatives strictly below each positive
+    level = np.searchsorted(neg_scores, pos_scores, side="right")  # ... below or tied with it
+    acc = np.float64 if weights.dtype.kind == "f" else np.int32  # int32: a row's total weight is below 2^31
+    if buffer is None or buffer.dtype != acc:
+        buffer = np.empty((weights.shape[0], weights.shape[1] + 1), dtype=acc)
+    wn = buffer[:, :len(neg_idx) + 1]
+    wn[:, 0] = 0
+    np.cumsum(weights[:, neg_idx], axis=1, dtype=acc, out=wn[:, 1:])  # wn[:, q]: weight of the q lowest negatives
+    wp = weights[:, pos_idx]
+    big = np.float64 if acc is np.float64 else np.int64  # products summed over a row can pass 2^31
+    num = np.einsum("ij,ij->i", wp, wn[:, below], dtype=big, casting="safe")
+    if not np.array_equal(below, level):  # tied scores: half of the level negative weight
+        num = (num + np.einsum("ij,ij->i", wp, wn[:, level], dtype=big, casting="safe")) / 2.0
+    return _div(num, wp.sum(axis=1, dtype=big) * wn[:, -1].astype(big), empty=np.nan)
 
 
 def auroc(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -93,11 +114,13 @@ def auroc(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = No
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     w = np.ones((1, len(y_true))) if weights is None else np.asarray(weights, dtype=np.float64)
+    wc = _counts(w)
     k = proba.shape[1]
     if k == 2:
-        a = _auroc_binary(proba[:, 1], y_true == 1, w)
+        a = _auroc_binary(proba[:, 1], y_true == 1, wc)
         return {"auroc_macro": a, "auroc_weighted": a.copy()}
-    per = np.stack([_auroc_binary(proba[:, c], y_true == c, w) for c in range(k)], axis=1)
+    buffer = np.empty((w.shape[0], w.shape[1] + 1), dtype=np.float64 if wc.dtype.kind == "f" else np.int32)
+    per = np.stack([_auroc_binary(proba[:, c], y_true == c, wc, buffer) for c in range(k)], axis=1)
     support = np.stack([(w * (y_true == c)).sum(axis=1) for c in range(k)], axis=1)
     macro = per.mean(axis=1)  # NaN when a class is absent from the resample, as scikit-learn's
     weighted = np.where(support > 0, per * support, 0.0).sum(axis=1) / support.sum(axis=1)
