@@ -172,3 +172,50 @@ def test_one_best_epoch_rule_for_single_heads_and_grids():
     assert improved("val_loss", 0.5, 0.6) and not improved("val_loss", 0.7, 0.6)
     got = improved("val_accuracy", np.array([0.5, 0.7, 0.7, 0.1]), np.array([0.6, 0.6, 0.7, np.nan]))
     assert got.tolist() == [False, True, False, True]
+
+
+@pytest.mark.parametrize("optimizer,weight_decay,balanced", [("adam", 0.0, False), ("adamw", 0.05, False),
+                                                             ("adam", 1e-3, True)])
+def test_linear_head_fast_step_equals_an_eager_pytorch_loop(optimizer, weight_decay, balanced):
+    """The hand-written step (NumPy gradients and Adam) against the textbook loop: nn.Linear, F.cross_entropy,
+    autograd and torch.optim, same initial weights and batches: probabilities within 1e-5, same best epoch."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from probebench.train.heads import LinearHead, balanced_weights
+    from probebench.train.loop import epoch_batches, seeded_init
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 300)
+    x[np.arange(300), y] += 0.8
+    xv, yv = x[:60], y[:60]
+    head = LinearHead(epochs=15, lr=3e-3, batch_size=32, weight_decay=weight_decay, optimizer=optimizer, seed=2,
+                      class_weight="balanced" if balanced else None).fit(x, y, xv, yv, 3)
+
+    model = seeded_init(lambda: nn.Linear(16, 3), 2)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+    opt = cls(model.parameters(), lr=3e-3, weight_decay=weight_decay)
+    w = torch.tensor(balanced_weights(y, 3), dtype=torch.float32) if balanced else None
+    best, best_state, best_epoch, losses = -1.0, None, 0, []
+    for epoch in range(1, 16):
+        total = 0.0
+        for idx in epoch_batches(300, 32, 2, epoch):
+            loss = nn.functional.cross_entropy(model(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]), weight=w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        losses.append(total / 300)
+        with torch.no_grad():
+            acc = (model(torch.from_numpy(xv)).argmax(1).numpy() == yv).mean()
+        if acc > best:
+            best, best_state, best_epoch = acc, copy.deepcopy(model.state_dict()), epoch
+    model.load_state_dict(best_state)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+    assert head.best_epoch_ == best_epoch
+    assert np.abs(head.predict_proba(x) - expected).max() < 1e-5
+    assert np.allclose([r["train_loss"] for r in head.history_], losses, atol=1e-5)
