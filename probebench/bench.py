@@ -1,12 +1,14 @@
-"""Extraction throughput, measured three ways on the same synthetic JPEGs (``probebench bench extract``):
+"""Extraction throughput, measured four ways on the same synthetic JPEGs (``probebench bench extract``):
 
 (a) the backbone's forward pass alone on ready tensors (the physical limit);
 (b) the real ``extract``: files -> decode -> resize/crop -> forward -> zarr, with workers and the
     background writer;
-(c) the study's way: one image at a time with PIL transforms.
+(c) the study's way: one image at a time with PIL transforms;
+(d) decoding + resize + crop alone, with the same workers (no model).
 
-It prints b/a and b/c, the cosine similarity of bf16 (and JPEG draft) features to fp32 ones, and
-writes JSON. ``memory`` reports peak RSS of whole extractions of different sizes (fresh processes).
+It prints b/a, b/c and b / limit, where the limit is 1 / (1/a + 1/d) when decoding and the forward pass share
+the CPU and min(a, d) on a GPU (where they overlap), the cosine similarity of bf16 (and JPEG draft) features
+to fp32 ones, and writes JSON. ``memory`` reports peak RSS of whole extractions of different sizes (fresh processes).
 """
 
 from __future__ import annotations
@@ -112,10 +114,15 @@ def throughput(model: str = "resnet50", images: int = 96, image_size: int = 1024
         b = images / zarr.open_group(str(store), mode="r").attrs["extract_seconds"]
         c = study_way(create_model(model, "random").to(dev).eval(), job.manifest.paths[:study_images],
                       make_transform(job.config.preprocessing), dev)
+        d = decode_only(job, batch, workers)
+        # the ceiling for (b): decoding and the forward pass share the CPU (1 / (1/a + 1/d)) on a CPU; on a GPU
+        # they overlap, so the slower of the two
+        limit = min(a, d) if dev.type == "cuda" else 1.0 / (1.0 / a + 1.0 / d)
         out = {"model": model, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
                "precision": precision, "channels_last": cl, "draft": draft, "batch_size": batch,
                "images": images, "image_size": image_size, "grayscale": grayscale,
                "a_forward_img_s": round(a, 2), "b_extract_img_s": round(b, 2), "c_study_loop_img_s": round(c, 2),
+               "d_decode_img_s": round(d, 2), "limit_img_s": round(limit, 2), "b_over_limit": round(b / limit, 3),
                "b_over_a": round(b / a, 3), "b_over_c": round(b / c, 2), "torch": torch.__version__,
                "threads": torch.get_num_threads()}
         if compare:
@@ -123,6 +130,23 @@ def throughput(model: str = "resnet50", images: int = 96, image_size: int = 1024
             reference = read_store(extract(plain, str(spec), cache_dir=tmp / "ref", **common))
             out["cosine_to_fp32_full_decode"] = round(_cosine(read_store(store), reference), 6)
     return out
+
+
+def decode_only(job, batch: int, workers: int | None) -> float:
+    """(d): images/s of decoding + resize + crop alone, through the same dataset and loader settings as extract."""
+    from torch.utils.data import DataLoader
+
+    from probebench.features.images import ImageDataset, make_transform
+
+    pre = job.config.preprocessing
+    n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
+    loader = DataLoader(ImageDataset(job.manifest.paths, make_transform(pre), pre.crop,
+                                     draft=pre.resize if pre.draft else None, rules=job.manifest.pixels),
+                        batch_size=batch, num_workers=n_workers, prefetch_factor=4 if n_workers else None)
+    start, done = time.perf_counter(), 0
+    for images, *_ in loader:
+        done += len(images)
+    return done / (time.perf_counter() - start)
 
 
 def read_store(store) -> np.ndarray:

@@ -23,3 +23,28 @@ def test_bench_cli_passes_options_through():
     res = CliRunner().invoke(app, ["bench", "extract", "--model", "resnet50", "--images", "6", "--image-size", "48"])
     assert res.exit_code == 0, res.output
     assert '"b_over_a"' in res.output and '"images": 6' in res.output
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_its_tiny_mode_on_a_cpu(tmp_path):
+    """The GPU suite's own code, at tiny sizes: every section is filled and the files are written."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_suite.py"
+    spec = importlib.util.spec_from_file_location("gpu_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    result = suite.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)])
+    assert [(r["model"], r["precision"]) for r in result["extraction"]] == [
+        ("resnet50", "fp32"), ("resnet50", "bf16"), ("dinov2_s", "fp32"), ("dinov2_s", "bf16")]
+    for r in result["extraction"]:
+        assert min(r["a_forward_img_s"], r["b_extract_img_s"], r["c_study_loop_img_s"], r["d_decode_img_s"]) > 0
+        limit = 1 / (1 / r["a_forward_img_s"] + 1 / r["d_decode_img_s"])  # decoding and forward share the CPU
+        assert r["limit_img_s"] == pytest.approx(limit, rel=0.02)
+    assert [r["grad_checkpointing"] for r in result["finetune"]] == [False, True]
+    assert all(r["step_seconds"] > 0 for r in result["finetune"])
+    assert set(result["headline"]["models"]) == {"resnet50", "dinov2_s"} and result["headline"]["total_s"] > 0
+    assert json.loads((tmp_path / "suite.json").read_text())["tiny"] is True
+    assert "| resnet50 | fp32 |" in (tmp_path / "suite.md").read_text()
