@@ -536,3 +536,41 @@ def test_a_missing_image_folder_is_named_with_its_path(tmp_path):
                         {"t.csv": "image,label\na,x\n"})
     with pytest.raises(ProbebenchError, match=r"image folder \S*data/ds/pics is missing"):
         load()
+
+
+def test_big_endian_16_bit_tiffs_follow_the_datasets_rule(tmp_path):
+    """A big-endian 16-bit TIFF (PIL mode I;16B, as some scanners write) is deep data like any other."""
+    from probebench.data.pixels import PixelRules
+    from probebench.features.images import load_image
+
+    arr = np.array([[0, 30000], [65535, 1000]], dtype=">u2")
+    Image.fromarray(arr).save(tmp_path / "x.tif")
+    with Image.open(tmp_path / "x.tif") as img:
+        assert img.mode == "I;16B"
+    got = np.asarray(load_image(tmp_path / "x.tif", None, PixelRules(intensity="full16")))
+    assert np.array_equal(got, np.rint(arr.astype(float) / 65535 * 255))
+
+
+def test_a_run_records_the_versions_junk_files_and_sane_epoch_timings(tiny, tmp_path):
+    from importlib.metadata import version
+
+    from probebench.features.extract import extract
+    from probebench.runs import read_run
+    from probebench.train.fit import fit
+
+    spec, root = tiny
+    (root / "tiny" / "a" / ".DS_Store").write_bytes(b"junk")  # release clutter: counted, never read
+    opts = dict(data_root=root, cache_dir=tmp_path / "c", weights="random", resize=32, crop=28, progress=False)
+    extract("resnet50", str(spec), workers=0, **opts)
+    run = read_run(fit("resnet50", str(spec), runs_dir=tmp_path / "runs", epochs=2, **opts))
+    versions = run.config["versions"]
+    assert versions["probebench"] == version("probebench") and versions["torch"] == version("torch")
+    assert versions["torchvision"] == version("torchvision")
+    assert run.config["junk_files"] == 1
+    import csv
+
+    with (run.path / "history.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            seconds, rate = float(row["train_seconds"]), float(row["train_samples_per_s"])
+            # seconds are rounded to 0.1 ms: the rate is samples over the unrounded time
+            assert 0 < seconds < 60 and abs(run.config["n"]["train"] / rate - seconds) <= 6e-5

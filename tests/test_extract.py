@@ -121,6 +121,8 @@ def test_corrupt_image_is_named_or_skipped_and_recorded(tiny, tmp_path):
     path = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", skip_bad=True, **OPTS)
     attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     assert [s["sample_id"] for s in attrs["skipped"]] == ["b/p105_1.png"] and attrs["complete"]
+    (record,) = attrs["skipped"]
+    assert record["path"] == str(bad) and "UnidentifiedImageError" in record["error"]
     feats = read_features(path)
     assert len(feats.labels) == 39 and "b/p105_1.png" not in feats.sample_ids and np.isfinite(feats.features).all()
 

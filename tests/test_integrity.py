@@ -130,7 +130,7 @@ def test_a_replaced_image_recomputes_only_its_chunk_and_equals_a_fresh_extractio
     a, b = read_features(second), read_features(fresh)
     assert np.array_equal(a.features, b.features) and list(a.sample_ids).index(sample) // 8 == 3
     assert not np.array_equal(read_features(first).features, a.features)
-    assert zarr.open_group(str(second), mode="r").attrs["reused"]["chunks"] == [0, 1, 2, 4]
+    assert zarr.open_group(str(second), mode="r").attrs["reused"] == {"from": str(first), "chunks": [0, 1, 2, 4]}
     fit_opts = dict(epochs=3, progress=False, **{k: OPTS[k] for k in ("weights", "resize", "crop")})
     runs = [read_run(fit("resnet50", str(spec), data_root=root, cache_dir=tmp_path / c, runs_dir=tmp_path / f"r{c}",
                          **fit_opts)) for c in ("c", "fresh")]
