@@ -103,7 +103,7 @@ def test_cohort_end_to_end_datasets_splits_and_summary(tmp_path):
 
     t1, t2, fl = (summary["modalities"][m] for m in ("t1", "t2", "flair"))
     reasons = {(m, s["patient"]): s["reason"] for m in ("t1", "t2", "flair") for s in summary["modalities"][m]["skipped"]}
-    assert "no flair image" in reasons[("flair", "P000")]
+    assert reasons[("flair", "P000")] == "no flair image (P000/flair.nii.gz or .nii)"  # the file looked for
     assert "the mask is empty" in reasons[("t2", "P001")]
     assert "4D image with 2 volumes" in reasons[("flair", "P002")]
     notes = " ".join(n["note"] for n in t1["notes"])

@@ -287,3 +287,30 @@ def test_csv_columns_are_the_documented_contract(tmp_path):
     seeds = by[("accuracy", "mean over seeds [4, 5]")]
     assert (seeds["value"], seeds["sd"]) == ("1.000000", "0.000000")
     assert [seeds[k] for k in rows[0][13:22]] == [""] * 9  # no interval, method or unit for a spread
+
+
+def test_markdown_report_layout(tmp_path):
+    """The Markdown a user pastes into a paper: a 'CI unit' column when rows resample different units, the
+    seeds note listing each repeated cell separated by '; ', and blank lines around the comparison list."""
+    from conftest import fake_run
+
+    from probebench.report.tables import ReportOptions, collect_rows, comparisons, render
+
+    y = np.array([0, 1] * 8)
+    p1 = np.linspace(0.2, 0.8, 16)
+    proba = np.column_stack([1 - p1, p1])
+    patients = [f"p{i // 2}" for i in range(16)]
+    for seed, pos in ((1, 0), (2, 1)):
+        fake_run(tmp_path, y, proba, dataset="d", model="a", seed=seed, seed_group="ga", seeds_asked=[1, 2],
+                 seed_position=pos, groups=patients)
+        fake_run(tmp_path, y, proba[::-1], dataset="d", model="b", seed=seed, seed_group="gb", seeds_asked=[1, 2],
+                 seed_position=pos)
+    opts = ReportOptions(BootstrapConfig(n_resamples=30))
+    rows = collect_rows(tmp_path, opts=opts)
+    md = render(rows, "md", opts, comparisons(rows, opts))
+    lines = md.splitlines()
+    assert lines[0] == "| Dataset | Model | Freeze | Head | CI unit | Accuracy | Precision | Recall | F1 |"
+    assert "(d/a: seeds [1, 2]; d/b: seeds [1, 2])" in md
+    i = lines.index("### Comparisons")
+    assert lines[i - 1] == "" and lines[i + 1] == ""
+    assert lines[-2] == "" and lines[-1].startswith("- ")
