@@ -574,3 +574,40 @@ def test_a_run_records_the_versions_junk_files_and_sane_epoch_timings(tiny, tmp_
             seconds, rate = float(row["train_seconds"]), float(row["train_samples_per_s"])
             # seconds are rounded to 0.1 ms: the rate is samples over the unrounded time
             assert 0 < seconds < 60 and abs(run.config["n"]["train"] / rate - seconds) <= 6e-5
+
+
+def test_renaming_a_file_changes_the_manifest_hash(tiny):
+    """Same pixels, same class and patient, another file name: the cache key must change, or a store would hand
+    back features under the old sample ids."""
+    from probebench.data.datasets import load_manifest
+
+    spec, root = tiny
+    before = load_manifest(str(spec), root).hash()
+    (root / "tiny" / "b" / "p105_1.png").rename(root / "tiny" / "b" / "p105_7.png")
+    after = load_manifest(str(spec), root)
+    assert "b/p105_7.png" in after.sample_ids.tolist() and after.hash() != before
+
+
+def test_csv_listing_a_sample_twice_is_refused_with_the_rows(tmp_path):
+    from probebench.errors import ProbebenchError
+
+    load = _csv_dataset(tmp_path, '[csv]\nfile = "t.csv"\n[split]\ntest_fraction = 0.5\n',
+                        {"t.csv": "path,label\nimg/a.png,x\nimg/b.png,y\nimg/a.png,x\n"})
+    with pytest.raises(ProbebenchError, match=r"1 sample id\(s\) listed more than once: img/a.png: "):
+        load()
+
+
+def test_spec_text_fields_must_be_text(tmp_path):
+    from probebench.data.datasets import load_spec
+    from probebench.errors import ProbebenchError
+
+    spec = write_spec(tmp_path / "s.toml", 'name = 5\nkind = "folder"\nclasses = ["a", "b"]\n')
+    with pytest.raises(ProbebenchError, match=r"s.toml, line 1: .*name.*a dataset name"):
+        load_spec(str(spec))
+
+
+def test_validation_by_image_is_recorded_in_the_manifest(tiny):
+    from probebench.data.datasets import load_manifest
+
+    spec, root = tiny
+    assert load_manifest(str(spec), root, val_unit="sample").source["val_unit"] == "sample"
