@@ -219,3 +219,46 @@ def test_linear_head_fast_step_equals_an_eager_pytorch_loop(optimizer, weight_de
     assert head.best_epoch_ == best_epoch
     assert np.abs(head.predict_proba(x) - expected).max() < 1e-5
     assert np.allclose([r["train_loss"] for r in head.history_], losses, atol=1e-5)
+
+
+def test_linear_grid_cells_equal_eager_pytorch_loops():
+    """Each cell of a 2 x 2 lr x weight-decay grid (trained together, hand-written step) against its own textbook
+    loop (nn.Linear, autograd, torch.optim.Adam with L2 weight decay): same best validation accuracy and epoch per
+    cell (selected on validation loss, a number every error moves), and the chosen cell's probabilities within
+    1e-5."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from probebench.train.heads import GridHead
+    from probebench.train.loop import epoch_batches, seeded_init
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(240, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 240)
+    x[np.arange(240), y] += 0.6
+    xv, yv = x[:60], y[:60]
+    grid = GridHead("linear", lrs=(1e-3, 1e-2), wds=(0.0, 0.3), epochs=8, batch_size=32, seed=1, select="val_loss")
+    grid.fit(x, y, xv, yv, 3)
+    probs = {}
+    for cell in grid.selection_["grid"]:
+        model = seeded_init(lambda: nn.Linear(12, 3), 1)
+        opt = torch.optim.Adam(model.parameters(), lr=cell["lr"], weight_decay=cell["weight_decay"])
+        best, best_epoch, best_state = np.inf, 0, None
+        for epoch in range(1, 9):
+            for idx in epoch_batches(240, 32, 1, epoch):
+                loss = nn.functional.cross_entropy(model(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                val_loss = nn.functional.cross_entropy(model(torch.from_numpy(xv)), torch.from_numpy(yv)).item()
+            if val_loss < best:
+                best, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
+        assert (cell["val_loss"], cell["best_epoch"]) == (pytest.approx(best, abs=1e-5), best_epoch)
+        model.load_state_dict(best_state)
+        with torch.no_grad():
+            probs[(cell["lr"], cell["weight_decay"])] = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+    chosen = grid.selection_["chosen"]
+    assert np.abs(grid.predict_proba(x) - probs[(chosen["lr"], chosen["weight_decay"])]).max() < 1e-5

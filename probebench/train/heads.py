@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from probebench.errors import ProbebenchError
-from probebench.train.loop import epoch_batches, improved, seeded_init, train_classifier, train_loop
+from probebench.train.loop import (LinearAdamStep, epoch_batches, improved, seeded_init, train_classifier,
+                                   train_loop)
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_WDS = (0.0, 1e-4, 1e-3, 1e-2)
@@ -262,6 +263,58 @@ class StackedAdam:
             p.grad = None
 
 
+class StackedLinearAdamStep:
+    """``LinearAdamStep`` for H stacked linear heads (``StackedHeads`` of one layer): one product gives every head's
+    logits, one its gradient, and Adam runs with one learning rate and weight decay per head, in NumPy on one
+    (D + 1, H, K) array whose views are the stacked weights and biases."""
+
+    def __init__(self, model: StackedHeads, lrs, wds, class_weight: np.ndarray | None = None, betas=(0.9, 0.999),
+                 eps: float = 1e-8):
+        w, b = model.weights[0].detach(), model.biases[0].detach()  # (H, D, K), (H, K)
+        self.wb = np.ascontiguousarray(torch.cat([w, b[:, None, :]], 1).permute(1, 0, 2).numpy())  # (D+1, H, K)
+        view = torch.from_numpy(self.wb)
+        model.weights[0].data = view[:-1].permute(1, 0, 2)
+        model.biases[0].data = view[-1]
+        self.m, self.v = np.zeros_like(self.wb), np.zeros_like(self.wb)
+        self.lrs = np.asarray(lrs, dtype=np.float64)[None, :, None]
+        self.wds = np.asarray(wds, dtype=np.float32)[None, :, None]
+        self.betas, self.eps, self.t = betas, eps, 0
+        self.class_weight = None if class_weight is None else np.asarray(class_weight, dtype=np.float32)
+
+    def __call__(self, model, x: np.ndarray, y: np.ndarray, optimizer=None) -> tuple:
+        d1, h, k = self.wb.shape
+        z = (x @ self.wb.reshape(d1, h * k)).reshape(len(y), h, k)  # (B, H, K)
+        zmax = z.max(axis=2, keepdims=True)
+        e = np.exp(z - zmax)
+        s = e.sum(axis=2, keepdims=True)
+        rows = np.arange(len(y))
+        nll = np.log(s[..., 0]) + zmax[..., 0] - z[rows, :, y]  # (B, H)
+        g = e / s
+        g[rows, :, y] -= 1.0
+        if self.class_weight is None:
+            g /= np.float32(len(y))
+            loss_sum = float(nll.sum(dtype=np.float64)) / h
+        else:
+            cw = self.class_weight[y]
+            total = cw.sum(dtype=np.float32)
+            g *= (cw / total)[:, None, None]
+            loss_sum = float((cw[:, None] * nll).sum(dtype=np.float64) / total * len(y)) / h
+        grad = (x.T @ g.reshape(len(y), h * k)).reshape(d1, h, k)
+        self._adam(grad)
+        return loss_sum, int((z.argmax(axis=2) == y[:, None]).sum()) // h, len(y)
+
+    def _adam(self, grad: np.ndarray) -> None:
+        """``StackedAdam``'s update (torch.optim.Adam per head) on ``self.wb``."""
+        b1, b2 = self.betas
+        self.t += 1
+        grad += self.wds * self.wb
+        self.m += (grad - self.m) * np.float32(1 - b1)
+        self.v *= np.float32(b2)
+        self.v += np.float32(1 - b2) * grad * grad
+        denom = np.sqrt(self.v) / np.float32(math.sqrt(1 - b2 ** self.t)) + np.float32(self.eps)
+        self.wb -= (self.lrs / (1 - b1 ** self.t)).astype(np.float32) * self.m / denom
+
+
 class GridHead:
     """Linear or MLP heads over learning rate x weight decay, trained together; the best on validation kept."""
 
@@ -309,6 +362,15 @@ class GridHead:
                 idx = torch.from_numpy(idx)
                 yield xt[idx], yt[idx]
 
+        if self.kind == "linear":  # hand-written gradients and Adam (StackedLinearAdamStep); MLPs take autograd
+            fast = StackedLinearAdamStep(model, [c[0] for c in self.cells], [c[1] for c in self.cells],
+                                         None if weight is None else weight.numpy())
+            xa, ya = LinearAdamStep.inputs(np.asarray(x, dtype=np.float32)), np.asarray(y, dtype=np.int64)
+
+            def batches(epoch):  # noqa: F811 - the NumPy batches of the fast step
+                for idx in epoch_batches(len(xa), self.batch_size, self.seed, epoch):
+                    yield xa[idx], ya[idx]
+
         def step(m, xb, yb, optimizer):
             logits = m(xb)  # (H, B, K)
             loss = nn.functional.cross_entropy(logits.reshape(-1, n_classes), yb.repeat(n_heads),
@@ -335,7 +397,8 @@ class GridHead:
                     "val_accuracy_mean": float(val_acc.mean())}
 
         loop_history: list = []
-        state = train_loop(model, opt, batches, validate, epochs=self.epochs, seed=self.seed, step=step,
+        state = train_loop(model, opt, batches, validate, epochs=self.epochs, seed=self.seed,
+                           step=fast if self.kind == "linear" else step,
                            select=self.select, on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
         history = state.history
         sign = 1.0 if self.select == "val_accuracy" else -1.0

@@ -93,7 +93,7 @@ def train_loop(model: nn.Module, optimizer, train_batches: Callable[[int], Itera
         seed_epoch(seed, epoch)
         model.train()
         started = time.perf_counter()
-        total, correct, seen = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.long), 0
+        total, correct, seen = 0.0, 0, 0  # numbers or tensors, as the step returns them (tensors: no sync per step)
         for x, y in train_batches(epoch):
             loss_sum, n_correct, n = step(model, x, y, optimizer)
             total += loss_sum
@@ -101,7 +101,7 @@ def train_loop(model: nn.Module, optimizer, train_batches: Callable[[int], Itera
             seen += n
         train_seconds = time.perf_counter() - started
         model.eval()
-        row = {"epoch": epoch, "train_loss": total.item() / seen, "train_accuracy": correct.item() / seen,
+        row = {"epoch": epoch, "train_loss": float(total) / seen, "train_accuracy": int(correct) / seen,
                **validate(model), "train_seconds": round(train_seconds, 4),
                "train_samples_per_s": round(seen / train_seconds, 2)}
         if bool(improved(select, row[select], state.best_metric)):
