@@ -48,3 +48,18 @@ def test_gpu_suite_runs_its_tiny_mode_on_a_cpu(tmp_path):
     assert set(result["headline"]["models"]) == {"resnet50", "dinov2_s"} and result["headline"]["total_s"] > 0
     assert json.loads((tmp_path / "suite.json").read_text())["tiny"] is True
     assert "| resnet50 | fp32 |" in (tmp_path / "suite.md").read_text()
+
+
+def test_mutation_score_interval_is_wilsons():
+    import importlib.util
+    from pathlib import Path
+
+    from scipy.stats import binomtest
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "mutation.py"
+    spec = importlib.util.spec_from_file_location("mutation", path)
+    mutation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutation)
+    for k, n in ((280, 315), (0, 7), (35, 35), (233, 315)):
+        ci = binomtest(k, n).proportion_ci(method="wilson")
+        assert mutation.wilson(k, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
