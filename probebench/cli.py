@@ -647,7 +647,8 @@ def datasets(data_root: Optional[list[Path]] = DataRootOpt,
             try:
                 m = load_manifest(spec, data_root, quiet=True)
                 c = m.counts()
-                r.update(found_in=str(m.data_root), images=len(m), groups=len(set(m.groups.tolist())), group_kind=m.group_kind,
+                r.update(found_in=str(m.data_root), images=len(m), groups=len(set(m.groups.tolist())),
+                         group_kind=m.group_kind,
                          splits={s: int(sum(c[s])) for s in ("train", "val", "test")},
                          per_class={s: dict(zip(spec.classes, map(int, c[s]))) for s in ("train", "val", "test")},
                          clutter=len(m.junk), shipped_overlap=m.shipped_overlap or None, notes=list(m.notes))

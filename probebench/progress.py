@@ -115,7 +115,7 @@ def log_interval() -> float:
 def make_progress(enabled: bool = True, unit: str = "img") -> Progress:
     """A progress display for ``unit``s: bars on a terminal, timed plain lines otherwise, nothing if disabled."""
     terminal = console.is_terminal
-    return LoggedProgress(TextColumn("{task.description}", style="bold"), BarColumn(), MofNCompleteColumn(),
-                          RateColumn(unit), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                          TimeRemainingColumn(), console=console, disable=not (enabled and terminal),
+    return LoggedProgress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                          MofNCompleteColumn(), RateColumn(unit), TextColumn("{task.fields[info]}", markup=False),
+                          TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not (enabled and terminal),
                           transient=False, unit=unit, every=log_interval(), log=enabled and not terminal)

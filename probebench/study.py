@@ -106,7 +106,6 @@ MODEL_KEYS = {  # [models.<name>] key -> (test, what is allowed)
 }
 FEATURE_KEYS = ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft", "channels_last",
                 "interpolation", "head_weights")  # the settings that define a model's cached features
-PATH_KEYS = ("data_root", "cache_dir", "runs_dir", "report_dir")  # [study] keys holding paths
 KEYWORD_WEIGHTS = ("auto", "pretrained", "random")
 
 
@@ -140,7 +139,7 @@ def _model_problem(name) -> str | None:
     return None
 
 
-def apply_overrides(raw: dict, text: str, assignments: list[str]) -> dict[tuple[str, str], str]:
+def apply_overrides(raw: dict, assignments: list[str]) -> dict[tuple[str, str], str]:
     """``section.key=value`` assignments (``run --set``) written into the parsed file ``raw``; the value is read as
     TOML (``lr=3e-4``, ``models=["resnet50"]``) and as a string when it is not TOML. Returns (section, key) ->
     the assignment, for error messages."""
@@ -183,7 +182,7 @@ def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str 
 
     path = Path(path)
     raw, text = read_toml(path, "study file")
-    applied = apply_overrides(raw, text, list(overrides))
+    applied = apply_overrides(raw, list(overrides))
 
     def fail(section, key, message):
         given = applied.get((section, key)) or next((a for (sec, _), a in applied.items()
@@ -203,8 +202,8 @@ def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str 
             continue  # checked below, once the models are known
         for key in content:
             if key not in SECTIONS[section]:
-                fail(section, key, f"unknown key {key!r} in [{section}]{did_you_mean(key, SECTIONS[section])}; allowed: "
-                                   f"{', '.join(sorted(SECTIONS[section]))}")
+                fail(section, key, f"unknown key {key!r} in [{section}]{did_you_mean(key, SECTIONS[section])}; "
+                                   f"allowed: {', '.join(sorted(SECTIONS[section]))}")
     s = raw.get("study", {})
     for key in ("datasets", "models"):
         if key not in s:
