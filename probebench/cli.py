@@ -484,7 +484,10 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
               shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Run only the I-th of N "
                                                   "deterministic shares of the cells (dataset x model units dealt "
                                                   "round-robin), e.g. from a SLURM job array; the report covers "
-                                                  "every shard finished so far.")):
+                                                  "every shard finished so far."),
+              devices: Optional[str] = typer.Option(None, "--devices", help="Run the cells side by side, one "
+                                                    "shard per device, e.g. 0,1,2,3 (GPU ids; cpu for none), "
+                                                    "then write the whole report.")):
     """The whole study grid: extract once, fit every frozen head, fine-tune; skip what is done; report."""
     from probebench.report.tracking import check_tracker
     from probebench.study import load_study, parse_shard, plan_record
@@ -493,6 +496,17 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
     t0 = time.perf_counter()
     check_tracker(track)
     share = parse_shard(shard)
+    if devices:
+        from probebench.study import run_on_devices
+
+        if shard or dry_run:
+            raise ProbebenchError("--devices runs every shard itself: use it without --shard and --dry-run")
+        chosen = [d.strip() for d in devices.split(",") if d.strip()]
+        load_study(study_file, overrides=assignments or [], data_root=data_root)  # refuse a bad file before forking
+        failed_shards = run_on_devices(study_file, chosen, overrides=assignments or [], data_root=data_root,
+                                       only=only, track=track)
+        if failed_shards:
+            err.print(styled("red", "failed", f" {failed_shards} of {len(chosen)} shard(s); the summary follows"))
     study = load_study(study_file, overrides=assignments or [], data_root=data_root)
     if as_json and not dry_run:
         raise ProbebenchError("--json prints the plan: use it with --dry-run")

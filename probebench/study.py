@@ -597,3 +597,28 @@ def plan_record(study: Study, cells: list[Cell]) -> dict:
             "cells": [{"key": c.key, "dataset": c.dataset, "model": c.model, "mode": c.mode, "head": c.head,
                        "status": c.status, "detail": c.detail, "images": c.images, "epochs": c.epochs,
                        "cached": c.cached, "hash": c.hash} for c in cells]}
+
+
+def run_on_devices(study_file: str | Path, devices: list[str], *, overrides: list[str] = (),
+                   data_root: list | None = None, only: str | None = None, track: str | None = None) -> int:
+    """``run --devices 0,1,2,3``: one shard per device, run side by side as processes that each see only their
+    device (``CUDA_VISIBLE_DEVICES``; ``cpu`` hides every GPU); returns how many shards failed. The caller then
+    runs the study once more in-process, which finds every cell done and writes the whole report."""
+    import os
+    import subprocess
+
+    n = len(devices)
+    base = [sys.executable, "-m", "probebench", "run", str(study_file)]
+    for a in overrides:
+        base += ["--set", a]
+    for r in data_root or []:
+        base += ["--data-root", str(r)]
+    if only:
+        base += ["--only", only]
+    if track:
+        base += ["--track", track]
+    procs = []
+    for i, dev in enumerate(devices, start=1):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if dev == "cpu" else dev}
+        procs.append(subprocess.Popen([*base, "--shard", f"{i}/{n}"], env=env))
+    return sum(p.wait() != 0 for p in procs)

@@ -198,11 +198,12 @@ def test_faithful_and_recommended_grids_run_on_synthetic_data_and_report_side_by
 
 @pytest.mark.slow
 def test_two_shards_run_as_two_processes_give_the_unsharded_report(tmp_path):
+    """Two shards started by hand (as a SLURM array would), and `run --devices cpu,cpu`, against one plain run."""
     import subprocess
     import sys
 
     text = SMALL_STUDY.replace('modes = ["frozen", "unfrozen"]', 'modes = ["frozen"]')
-    for d in ("whole", "sharded"):
+    for d in ("whole", "sharded", "devices"):
         (tmp_path / d).mkdir()
         write(tmp_path / d / "s.toml", text)
     cli = [sys.executable, "-m", "probebench", "run"]
@@ -223,5 +224,10 @@ def test_two_shards_run_as_two_processes_give_the_unsharded_report(tmp_path):
     final = run("sharded")  # after the array: every cell is done, the merged report is written
     assert final.returncode == 0 and "2/2 cells done" in final.stdout
     assert not (tmp_path / "sharded" / "runs" / "_studies" / "small.json").exists()  # nothing new to record
-    tables = [(tmp_path / d / "report" / "tables.md").read_text() for d in ("whole", "sharded")]
-    assert tables[0] == tables[1] and "| demo_shapes | resnet50 † |" in tables[0] and "dinov2_s †" in tables[0]
+    assert run("devices", "--dry-run").returncode == 0
+    both = run("devices", "--devices", "cpu,cpu")  # the same two shards, launched by run itself
+    assert both.returncode == 0 and "2/2 cells done" in both.stdout
+    assert sorted(p.name for p in (tmp_path / "devices" / "runs" / "_studies").iterdir()) == states
+    tables = [(tmp_path / d / "report" / "tables.md").read_text() for d in ("whole", "sharded", "devices")]
+    assert tables[0] == tables[1] == tables[2]
+    assert "| demo_shapes | resnet50 † |" in tables[0] and "dinov2_s †" in tables[0]
