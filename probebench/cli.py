@@ -487,7 +487,14 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
                                                   "every shard finished so far."),
               devices: Optional[str] = typer.Option(None, "--devices", help="Run the cells side by side, one "
                                                     "shard per device, e.g. 0,1,2,3 (GPU ids; cpu for none), "
-                                                    "then write the whole report.")):
+                                                    "then write the whole report."),
+              launcher: Optional[str] = typer.Option(None, "--launcher", help="submitit: submit --jobs shards "
+                                                     "as SLURM jobs (local processes without SLURM), wait, then "
+                                                     "write the whole report; needs the submitit extra."),
+              jobs: int = typer.Option(4, "--jobs", help="With --launcher: how many shards (jobs)."),
+              slurm: Optional[list[str]] = typer.Option(None, "--slurm", metavar="KEY=VALUE", help="With --launcher "
+                                                        "submitit: a job parameter, e.g. slurm_partition=gpu, "
+                                                        "gpus_per_node=1, timeout_min=720 (repeatable).")):
     """The whole study grid: extract once, fit every frozen head, fine-tune; skip what is done; report."""
     from probebench.report.tracking import check_tracker
     from probebench.study import load_study, parse_shard, plan_record
@@ -507,6 +514,26 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
                                        only=only, track=track)
         if failed_shards:
             err.print(styled("red", "failed", f" {failed_shards} of {len(chosen)} shard(s); the summary follows"))
+    if launcher is not None:
+        from probebench.study import run_with_submitit
+
+        if launcher != "submitit":
+            raise ProbebenchError(f"--launcher {launcher!r}: the launcher is submitit")
+        if shard or dry_run or devices:
+            raise ProbebenchError("--launcher submits every shard itself: use it without --shard, --devices and "
+                                  "--dry-run")
+        if jobs < 1:
+            raise ProbebenchError(f"--jobs {jobs}: must be 1 or more")
+        params = {}
+        for item in slurm or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ProbebenchError(f"--slurm {item!r}: expected KEY=VALUE, e.g. slurm_partition=gpu")
+            params[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
+        cluster = os.environ.get("PROBEBENCH_SUBMITIT_CLUSTER") or None  # "local" in the tests
+        for line in run_with_submitit(study_file, jobs, overrides=assignments or [], data_root=data_root, only=only,
+                                      track=track, cluster=cluster, slurm=params):
+            err.print(styled("red", "failed", f" {line}"))
     study = load_study(study_file, overrides=assignments or [], data_root=data_root)
     if as_json and not dry_run:
         raise ProbebenchError("--json prints the plan: use it with --dry-run")

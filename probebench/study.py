@@ -622,3 +622,37 @@ def run_on_devices(study_file: str | Path, devices: list[str], *, overrides: lis
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if dev == "cpu" else dev}
         procs.append(subprocess.Popen([*base, "--shard", f"{i}/{n}"], env=env))
     return sum(p.wait() != 0 for p in procs)
+
+
+def _shard_job(study_file: str, overrides: list[str], data_root, only, track, shard: tuple[int, int]) -> list:
+    """What one submitit job runs: the study's shard, without the report (written once all jobs are done)."""
+    study = load_study(study_file, overrides=overrides, data_root=data_root)
+    result = run_study(study, only=only, shard=shard, progress=False, write_report=False, echo=lambda t: None,
+                       track=track)
+    return [(c.key, c.status, c.detail) for c in result.cells]
+
+
+def run_with_submitit(study_file: str | Path, jobs: int, *, overrides: list[str] = (), data_root: list | None = None,
+                      only: str | None = None, track: str | None = None, cluster: str | None = None,
+                      slurm: dict | None = None) -> list[str]:
+    """``run --launcher submitit``: the study's cells as ``jobs`` shards submitted through submitit (SLURM where
+    ``sbatch`` exists, else local processes; ``cluster="local"`` forces those), waited for; returns the errors of
+    jobs that failed. Job logs go to ``<runs>/_submitit``."""
+    try:
+        import submitit
+    except ImportError:
+        raise ProbebenchError('--launcher submitit needs the submitit package: pip install "probebench[submitit]" '
+                              "(or pip install submitit)") from None
+    study = load_study(study_file, overrides=overrides, data_root=data_root)
+    executor = submitit.AutoExecutor(folder=Path(study.runs_dir) / "_submitit" / "%j", cluster=cluster)
+    executor.update_parameters(name=f"probebench-{study.name}", **(slurm or {}))
+    roots = [str(r) for r in data_root] if data_root else None
+    submitted = [executor.submit(_shard_job, str(study_file), list(overrides), roots, only, track, (i, jobs))
+                 for i in range(1, jobs + 1)]
+    errors = []
+    for i, job in enumerate(submitted, start=1):
+        try:
+            job.result()
+        except Exception as exc:  # the job's own error, from its log; the summary run shows which cells
+            errors.append(f"shard {i}/{jobs} (job {job.job_id}): {str(exc).strip().splitlines()[-1][:300]}")
+    return errors

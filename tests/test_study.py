@@ -231,3 +231,27 @@ def test_two_shards_run_as_two_processes_give_the_unsharded_report(tmp_path):
     tables = [(tmp_path / d / "report" / "tables.md").read_text() for d in ("whole", "sharded", "devices")]
     assert tables[0] == tables[1] == tables[2]
     assert "| demo_shapes | resnet50 † |" in tables[0] and "dinov2_s †" in tables[0]
+
+
+@pytest.mark.slow
+def test_submitit_launcher_runs_the_shards_as_jobs_and_writes_the_whole_report(tmp_path, monkeypatch):
+    """submitit's local executor (what runs where there is no SLURM): two jobs, then the report of both."""
+    pytest.importorskip("submitit")
+    from typer.testing import CliRunner
+
+    from probebench.cli import app
+
+    text = SMALL_STUDY.replace('modes = ["frozen", "unfrozen"]', 'modes = ["frozen"]')
+    study = write(tmp_path / "s.toml", text)
+    load_study(study)  # nothing needed; the synthetic data is made by the first plan
+    plan(load_study(study))
+    monkeypatch.setenv("PROBEBENCH_SUBMITIT_CLUSTER", "local")
+    res = CliRunner().invoke(app, ["run", str(study), "--launcher", "submitit", "--jobs", "2"])
+    assert res.exit_code == 0, res.output
+    assert "2/2 cells done" in res.output
+    logs = list((tmp_path / "runs" / "_submitit").glob("*/*_result.pkl"))
+    assert len(logs) == 2  # one result per job
+    states = sorted(p.name for p in (tmp_path / "runs" / "_studies").iterdir())
+    assert states == ["small.shard-1-of-2.json", "small.shard-2-of-2.json"]
+    md = (tmp_path / "report" / "tables.md").read_text()
+    assert "| demo_shapes | resnet50 † |" in md and "dinov2_s †" in md
