@@ -8,12 +8,12 @@
 
 It prints b/a, b/c and b / limit, where the limit is 1 / (1/a + 1/d) when decoding and the forward pass share
 the CPU and min(a, d) on a GPU (where they overlap), the cosine similarity of bf16 (and JPEG draft) features
-to fp32 ones, and writes JSON. ``memory`` reports peak RSS of whole extractions of different sizes (fresh processes).
+to fp32 ones. ``memory`` reports peak RSS of whole extractions of different sizes (fresh processes). The
+command line (``probebench bench``, ``benchmarks/extract_throughput.py``) prints the results as JSON.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -176,32 +176,3 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def memory(model: str = "resnet50", sizes: tuple[int, ...] = (1000, 4000)) -> dict:
     return {"model": model, "peak_rss_mib": {str(n): round(peak_rss(model, n), 1) for n in sizes},
             "note": "64 px JPEGs, 56 px crop: the dataset size is what varies"}
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="resnet50")
-    ap.add_argument("--images", type=int, default=96)
-    ap.add_argument("--image-size", type=int, default=1024, help="side of the synthetic JPEGs")
-    ap.add_argument("--color", action="store_true", help="colour JPEGs (fundus-like) instead of grayscale")
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    ap.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
-    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    ap.add_argument("--draft", action="store_true", help="JPEG draft decoding")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--memory", action="store_true", help="peak RSS for 1,000 vs 4,000 images instead")
-    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
-    args = ap.parse_args(argv)
-    if args.memory:
-        result = memory(args.model)
-    else:
-        result = throughput(args.model, args.images, args.image_size, not args.color, args.batch_size, args.precision,
-                            args.device, args.workers, args.channels_last, args.draft)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")

@@ -304,9 +304,9 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
                accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
                workers=workers, seed=seed, resume=resume, force=force,
-               study_quirks=_quirks(study_bn_epoch1, study_vgg_features_only))
+               study_quirks=_quirks(study_bn_epoch1, study_vgg_features_only),
+               on_run=lambda run: track_run(run, track))
     if path is not None:  # under torchrun only rank 0 writes
-        track_run(path, track)
         out.print(f"run written to {path}")
 
 
@@ -439,8 +439,8 @@ def bench_extract(model: str = typer.Option("resnet50", "--model", "-m", help="R
                   device: str = typer.Option("auto", help="auto (cuda > mps > cpu) or a torch device."),
                   workers: Optional[int] = WorkersOpt,
                   json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result to this file.")):
-    """Extraction throughput: forward only (a), the real extract (b), the study's one-image loop (c), and b/a,
-    b/c; prints JSON."""
+    """Extraction throughput: forward only (a), the real extract (b), the study's one-image loop (c), decoding
+    alone (d), and b/a, b/c, b / limit; prints JSON."""
     import json
 
     from probebench.bench import throughput
@@ -450,7 +450,9 @@ def bench_extract(model: str = typer.Option("resnet50", "--model", "-m", help="R
     text = json.dumps(result, indent=1)
     sys.stdout.write(text + "\n")
     if json_out is not None:
-        json_out.write_text(text + "\n")
+        from probebench.atomic import write_text
+
+        write_text(json_out, text + "\n")
 
 
 @bench_app.command("memory")

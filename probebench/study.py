@@ -558,7 +558,6 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                     u = {**t, **study.unfrozen}
                     runs = []
                     for s in study.seeds:
-                        done_before = set(study_runs(study))
                         runs.append(str(finetune(
                             model_inputs(feature_spec(study, c.model)), c.dataset, data_root=data_root, runs_dir=study.runs_dir,
                             epochs=u.get("epochs", 100), lr=u.get("lr", 1e-4), batch_size=u.get("batch_size", 32),
@@ -566,9 +565,8 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             select_metric=u.get("select_metric", "val_accuracy"), patience=u.get("patience"),
                             accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
-                            seed=s, progress=progress, existing="reuse", resume="auto", head=c.head)))
-                        if runs[-1] not in done_before:
-                            track_run(runs[-1], track)
+                            seed=s, progress=progress, existing="reuse", resume="auto", head=c.head,
+                            on_run=lambda run: track_run(run, track))))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
                 state[c.key] = {"hash": c.hash, "status": "done", "runs": runs,
                                 **({"overrides": study.overrides} if study.overrides else {})}
@@ -624,12 +622,10 @@ def run_on_devices(study_file: str | Path, devices: list[str], *, overrides: lis
     return sum(p.wait() != 0 for p in procs)
 
 
-def _shard_job(study_file: str, overrides: list[str], data_root, only, track, shard: tuple[int, int]) -> list:
+def _shard_job(study_file: str, overrides: list[str], data_root, only, track, shard: tuple[int, int]) -> None:
     """What one submitit job runs: the study's shard, without the report (written once all jobs are done)."""
     study = load_study(study_file, overrides=overrides, data_root=data_root)
-    result = run_study(study, only=only, shard=shard, progress=False, write_report=False, echo=lambda t: None,
-                       track=track)
-    return [(c.key, c.status, c.detail) for c in result.cells]
+    run_study(study, only=only, shard=shard, progress=False, write_report=False, echo=lambda t: None, track=track)
 
 
 def run_with_submitit(study_file: str | Path, jobs: int, *, overrides: list[str] = (), data_root: list | None = None,

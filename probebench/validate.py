@@ -30,11 +30,20 @@ def _real(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-CHOICES: dict[str, tuple] = {}  # option -> its allowed values, for "did you mean" (filled below)
-
-
 def _choice(options):
-    return (lambda v: v in options), "one of " + ", ".join(str(o) for o in options)
+    """A rule allowing one of ``options``; the test carries them, for "did you mean"."""
+    def test(v):
+        return v in options
+    test.options = options
+    return test, "one of " + ", ".join(str(o) for o in options)
+
+
+def _choices(options, what: str):
+    """A rule allowing a non-empty list drawn from ``options``."""
+    def test(v):
+        return isinstance(v, list) and v and all(x in options for x in v)
+    test.options = options
+    return test, f"a non-empty list of {what} from " + ", ".join(options)
 
 
 RULES = {  # option -> (test, what is allowed); None is allowed only where the option is optional (below)
@@ -88,13 +97,7 @@ RULES.update({
     "resamples": (lambda v: _int(v) and v >= 2, "an integer >= 2"), "method": _choice(CI_METHODS),
     "unit": _choice(RESAMPLING_UNITS), "stratify": _choice(STRATIFY_MODES), "level": _choice(LEVELS),
     "aggregate": _choice(AGGREGATIONS),
-    "metrics": (lambda v: isinstance(v, list) and v and all(m in METRICS for m in v),
-                "a non-empty list of metrics from " + ", ".join(METRICS))})
-CHOICES.update({"optimizer": OPTIMIZERS, "select_metric": SELECT_METRICS, "head": HEADS, "precision": PRECISIONS,
-                "finetune_precision": RUNTIME_PRECISIONS, "store_dtype": STORE_DTYPES,
-                "interpolation": INTERPOLATIONS, "val_unit": VAL_UNITS, "finetune_head": FINETUNE_HEADS,
-                "method": CI_METHODS, "unit": RESAMPLING_UNITS, "stratify": STRATIFY_MODES, "level": LEVELS,
-                "aggregate": AGGREGATIONS, "metrics": METRICS, "normalize": ("l2",), "class_weight": ("balanced",)})
+    "metrics": _choices(METRICS, "metrics")})
 OPTIONAL = {"interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight",
             "tap", "batch_size", "channels_last"}
 
@@ -115,10 +118,10 @@ def problem(key: str, value, *, optional: bool | None = None) -> str | None:
         ok = False
     if ok:
         return None
-    hint = ""
-    if key in CHOICES:
-        wrong = [v for v in (value if isinstance(value, list) else [value]) if v not in CHOICES[key]]
-        hint = did_you_mean(wrong[0], CHOICES[key]) if wrong else ""
+    hint, options = "", getattr(test, "options", None)
+    if options is not None:
+        wrong = [v for v in (value if isinstance(value, list) else [value]) if v not in options]
+        hint = did_you_mean(wrong[0], options) if wrong else ""
     return f"must be {allowed}, not {value!r}{hint}"
 
 
@@ -203,7 +206,7 @@ def line_of(text: str, section: str | None, key: str | None = None) -> int:
 def _table_parts(section: str) -> list[str]:
     """``models.timm:a.b`` -> ``["models", "timm:a.b"]``: a per-model table's name is one part, dots and all."""
     head, dot, rest = section.partition(".")
-    return [head, rest] if dot and head in ("models",) else [section]
+    return [head, rest] if dot and head == "models" else [section]
 
 
 def read_toml(path: Path, what: str) -> tuple[dict, str]:

@@ -167,7 +167,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
              select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
              workers: int | None = None, seed: int = 0, resume: bool | str = False, force: bool = False,
-             progress: bool = True, on_epoch=None, existing: str = "error",
+             progress: bool = True, on_epoch=None, on_run=None, existing: str = "error",
              study_quirks: tuple[str, ...] = (), **options) -> Path | None:
     """Train a model end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run.
 
@@ -176,6 +176,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     the options that exist for the cache only (store dtype, forward precision, channels-last, draft) are refused.
 
     An identical complete run is an error unless ``force`` (run again) or ``existing="reuse"`` (return it).
+    ``on_run(path)`` is called once a new run is written (as ``fit``'s; ``--track`` logs it there).
     """
     check_options(finetune_head=head, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                   optimizer=optimizer,
@@ -372,6 +373,8 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     run = write_run(runs_dir, record, sample_ids=manifest.sample_ids[test_idx], groups=manifest.groups[test_idx],
                     y_true=y_test, proba=proba, history=state.history, metrics=metrics, run_suffix=digest)
     shutil.rmtree(work)
+    if on_run is not None:
+        on_run(run)
     distributed.barrier()
     distributed.cleanup()
     return run

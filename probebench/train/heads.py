@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from probebench.errors import ProbebenchError
-from probebench.train.loop import (LinearAdamStep, epoch_batches, improved, seeded_init, train_classifier,
-                                   train_loop)
+from probebench.train.loop import (LinearAdamStep, adam_update, epoch_batches, improved, seeded_init,
+                                   train_classifier, train_loop)
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_WDS = (0.0, 1e-4, 1e-3, 1e-2)
@@ -299,20 +299,10 @@ class StackedLinearAdamStep:
             total = cw.sum(dtype=np.float32)
             g *= (cw / total)[:, None, None]
             loss_sum = float((cw[:, None] * nll).sum(dtype=np.float64) / total * len(y)) / h
-        grad = (x.T @ g.reshape(len(y), h * k)).reshape(d1, h, k)
-        self._adam(grad)
-        return loss_sum, int((z.argmax(axis=2) == y[:, None]).sum()) // h, len(y)
-
-    def _adam(self, grad: np.ndarray) -> None:
-        """``StackedAdam``'s update (torch.optim.Adam per head) on ``self.wb``."""
-        b1, b2 = self.betas
         self.t += 1
-        grad += self.wds * self.wb
-        self.m += (grad - self.m) * np.float32(1 - b1)
-        self.v *= np.float32(b2)
-        self.v += np.float32(1 - b2) * grad * grad
-        denom = np.sqrt(self.v) / np.float32(math.sqrt(1 - b2 ** self.t)) + np.float32(self.eps)
-        self.wb -= (self.lrs / (1 - b1 ** self.t)).astype(np.float32) * self.m / denom
+        adam_update(self.wb, self.m, self.v, (x.T @ g.reshape(len(y), h * k)).reshape(d1, h, k), self.t, self.lrs,
+                    self.wds, betas=self.betas, eps=self.eps)  # StackedAdam's update: Adam with L2, per head
+        return loss_sum, int((z.argmax(axis=2) == y[:, None]).sum()) // h, len(y)
 
 
 class GridHead:

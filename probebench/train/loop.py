@@ -141,6 +141,25 @@ def val_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict:
             "val_accuracy": (logits.argmax(1) == y).double().mean().item()}
 
 
+def adam_update(param: np.ndarray, m: np.ndarray, v: np.ndarray, grad: np.ndarray, t: int, lr, weight_decay,
+                decoupled: bool = False, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+    """``torch.optim.Adam`` (or ``AdamW`` when ``decoupled``; no amsgrad) step ``t`` on float32 arrays, in place,
+    step by step as PyTorch writes it; ``lr`` and ``weight_decay`` may be arrays broadcasting against ``param``
+    (one per stacked head)."""
+    b1, b2 = betas
+    lr, wd = np.asarray(lr, dtype=np.float64), np.asarray(weight_decay, dtype=np.float32)
+    if np.any(wd):
+        if decoupled:
+            param *= (1 - lr * wd).astype(np.float32)
+        else:
+            grad += wd * param
+    m += (grad - m) * np.float32(1 - b1)  # lerp, as PyTorch
+    v *= np.float32(b2)
+    v += np.float32(1 - b2) * grad * grad
+    denom = np.sqrt(v) / np.float32(math.sqrt(1 - b2 ** t)) + np.float32(eps)
+    param -= (lr / (1 - b1 ** t)).astype(np.float32) * m / denom
+
+
 class LinearAdamStep:
     """One optimiser step of a linear layer on mean (class-weighted) cross-entropy, gradients written by hand and
     Adam/AdamW applied in place, in NumPy on the layer's own memory: the same arithmetic as autograd plus
@@ -184,24 +203,9 @@ class LinearAdamStep:
             total = cw.sum(dtype=np.float32)
             g *= (cw / total)[:, None]
             loss_sum = float((cw * nll).sum(dtype=np.float64) / total * len(y))
-        self._adam(g.T @ x)  # the gradient of [W | b]
-        return loss_sum, int((z.argmax(axis=1) == y).sum()), len(y)
-
-    def _adam(self, grad: np.ndarray) -> None:
-        """``torch.optim.Adam`` / ``AdamW`` (no amsgrad) on ``self.wb``, step by step as PyTorch writes it."""
-        b1, b2 = self.betas
         self.t += 1
-        if self.wd:
-            if self.decoupled:
-                self.wb *= np.float32(1 - self.lr * self.wd)
-            else:
-                grad += np.float32(self.wd) * self.wb
-        self.m += (grad - self.m) * np.float32(1 - b1)  # lerp, as PyTorch
-        self.v *= np.float32(b2)
-        self.v += np.float32(1 - b2) * grad * grad
-        step_size = self.lr / (1 - b1 ** self.t)
-        denom = np.sqrt(self.v) / np.float32(math.sqrt(1 - b2 ** self.t)) + np.float32(self.eps)
-        self.wb -= np.float32(step_size) * self.m / denom
+        adam_update(self.wb, self.m, self.v, g.T @ x, self.t, self.lr, self.wd, self.decoupled, self.betas, self.eps)
+        return loss_sum, int((z.argmax(axis=1) == y).sum()), len(y)
 
 
 def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
