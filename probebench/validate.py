@@ -92,7 +92,7 @@ STRATIFY_MODES = ("auto", "class", "none")
 LEVELS = ("sample", "patient")
 AGGREGATIONS = ("mean", "vote")
 METRICS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro", "f1_macro",
-           "balanced_accuracy", "kappa_quadratic", "auroc_macro", "auroc_weighted")
+           "balanced_accuracy", "kappa_quadratic", "auroc_macro", "auroc_weighted", "ece", "brier", "nll")
 RULES.update({
     "resamples": (lambda v: _int(v) and v >= 2, "an integer >= 2"), "method": _choice(CI_METHODS),
     "unit": _choice(RESAMPLING_UNITS), "stratify": _choice(STRATIFY_MODES), "level": _choice(LEVELS),

@@ -17,7 +17,7 @@ import numpy as np
 from probebench.atomic import write_bytes, write_text
 from probebench.stats.bootstrap import BootstrapConfig
 from probebench.errors import ProbebenchError
-from probebench.stats.metrics import LABELS, STUDY_METRICS
+from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, STUDY_METRICS, scale
 from probebench.validate import path_name
 from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
                                collect_rows, comparison_lines, comparisons, evaluate_run, footnotes, metric_headers,
@@ -52,7 +52,7 @@ def latex_tables(rows: list[ReportRow], opts: ReportOptions, comps: list | None 
     for d in {r.dataset for r in rows}:
         mine = [r for r in rows if r.dataset == d]
         for m in metrics:
-            best[(d, m)] = max(r.values[m].value for r in mine)
+            best[(d, m)] = (min if m in LOWER_IS_BETTER else max)(r.values[m].value for r in mine)
     b = opts.bootstrap
     units = sorted({r.unit for r in rows})
     caption = (f"Test-set metrics in %: value [{b.confidence:.0%} {'BCa' if b.method == 'bca' else 'percentile'} "
@@ -75,7 +75,7 @@ def latex_tables(rows: list[ReportRow], opts: ReportOptions, comps: list | None 
             text = latex_escape(cell_text(r.values[m], r.seeds, m, r.few_units))
             cells.append(f"\\textbf{{{text}}}" if r.values[m].value == best[(r.dataset, m)] else text)
             if opts.study_ci:
-                cells.append(latex_escape(study_cell(r.values[m])))
+                cells.append(latex_escape(study_cell(r.values[m], m)))
         lines.append(" & ".join([latex_escape(x) for x in body_rows([r], opts, False)[0][:4]] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     comp_lines = comparison_lines(comps or [], compare_metric)
@@ -145,13 +145,13 @@ def forest_plot(rows: list[ReportRow], dataset: str, metric: str = "accuracy"):
         if not pts:
             continue
         ys = [p[0] for p in pts]
-        vals = np.array([[p[1].value, p[1].low, p[1].high] for p in pts]) * 100
+        vals = np.array([[p[1].value, p[1].low, p[1].high] for p in pts]) * scale(metric)
         ax.errorbar(vals[:, 0], ys, xerr=[vals[:, 0] - vals[:, 1], vals[:, 2] - vals[:, 0]], fmt=marker,
                     color=color, capsize=3, label=name, markersize=5)
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{LABELS[metric]} (%) with 95% CI")
+    ax.set_xlabel(f"{LABELS[metric]}{' (%)' if scale(metric) == 100 else ''} with 95% CI")
     ax.set_title(dataset)
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

@@ -21,7 +21,8 @@ import numpy as np
 from probebench.stats.bootstrap import BootstrapConfig, Difference, Interval, bootstrap, holm, paired_comparison
 from probebench.errors import ProbebenchError, did_you_mean
 from probebench.stats.evaluate import eval_data
-from probebench.stats.metrics import ALL_METRICS, LABELS, STUDY_METRICS
+from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS
+from probebench.stats.metrics import ALL_METRICS, LABELS, LOWER_IS_BETTER, STUDY_METRICS, scale
 from probebench.runs import Run, find_runs, read_config, read_run
 
 FORMATS = ("table", "md", "csv")
@@ -232,9 +233,10 @@ def _marks(v: Interval | Difference, few: bool) -> str:
 def cell_text(v: Interval, seeds: dict | None = None, metric: str = "", few: bool = False) -> str:
     if not np.isfinite(v.value):
         return "n/a"
-    text = f"{100 * v.value:.2f} [{100 * v.low:.2f}, {100 * v.high:.2f}]{_marks(v, few)}"
+    f, digits = scale(metric), (2 if scale(metric) == 100 else 3)
+    text = f"{f * v.value:.{digits}f} [{f * v.low:.{digits}f}, {f * v.high:.{digits}f}]{_marks(v, few)}"
     if seeds:
-        text += f"; seeds {100 * seeds['mean'][metric]:.2f} ± {100 * seeds['sd'][metric]:.2f}"
+        text += f"; seeds {f * seeds['mean'][metric]:.{digits}f} ± {f * seeds['sd'][metric]:.{digits}f}"
     return text
 
 
@@ -247,11 +249,12 @@ def _method_text(opts: ReportOptions) -> str:
 STUDY_CI_LABEL = "study-style: replicate mean [CI of the mean]"
 
 
-def study_cell(v: Interval) -> str:
+def study_cell(v: Interval, metric: str = "") -> str:
     if not np.isfinite(v.replicate_mean):
         return "n/a"
     lo, hi = v.replicate_mean - v.replicate_mean_half_width, v.replicate_mean + v.replicate_mean_half_width
-    return f"{100 * v.replicate_mean:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+    f, digits = scale(metric), (2 if scale(metric) == 100 else 3)
+    return f"{f * v.replicate_mean:.{digits}f} [{f * lo:.{digits}f}, {f * hi:.{digits}f}]"
 
 
 def metric_headers(opts: ReportOptions, suffix: str = "") -> list[str]:
@@ -269,7 +272,7 @@ def metric_cells(r: ReportRow, opts: ReportOptions) -> list[str]:
     for m in opts.metrics:
         out.append(cell_text(r.values[m], r.seeds, m, r.few_units))
         if opts.study_ci:
-            out.append(study_cell(r.values[m]))
+            out.append(study_cell(r.values[m], m))
     return out
 
 
@@ -292,6 +295,10 @@ def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
              if opts.level == "patient" else "per test sample")
     notes = [f"Metrics in %, {level}: value on the whole test set [{_method_text(opts)}; resampling unit as "
              "in the header]. Precision, recall and F1 are weighted averages over classes, as in the study."]
+    if set(opts.metrics) & set(CALIBRATION_METRICS):
+        notes.append(f"Calibration (lower is better): ECE with {ECE_BINS} equal-mass bins (positive class for two "
+                     "classes, top label for more), Brier score (sum over classes for more than two), NLL in nats "
+                     "(not in %).")
     repeated = [r for r in rows if r.seeds]
     if repeated:
         notes.append("'seeds m ± sd': mean ± standard deviation of the value over repeated fits with different "
@@ -351,7 +358,8 @@ def comparison_lines(comps: list[ComparisonRow], metric: str) -> list[list[str]]
             note = c.note
             if d.replicates and d.undefined / d.replicates > UNDEFINED_LIMIT:
                 note = f"{UNDEFINED_MARK} {d.undefined} of {d.replicates} replicates undefined"
-            lines.append([c.dataset, c.label, f"{100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]",
+            f = scale(metric)
+            lines.append([c.dataset, c.label, f"{f * d.diff:+.2f} [{f * d.low:+.2f}, {f * d.high:+.2f}]",
                           format_p(d.p, d.replicates), format_p(c.p_holm, d.replicates), note])
     return lines
 
@@ -478,8 +486,9 @@ def render_compare(a: Run, b: Run, diffs: dict[str, Difference], unit: str, opts
             mark = UNDEFINED_MARK if d.replicates and d.undefined / d.replicates > UNDEFINED_LIMIT else ""
             if mark:
                 undefined.append(f"{m}: {d.undefined} of {d.replicates}")
-            lines.append(f"{m:<20} {100 * d.a:8.2f} {100 * d.b:8.2f} "
-                         f"{f'{100 * d.diff:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]{mark}':>29} "
+            f = scale(m)
+            lines.append(f"{m:<20} {f * d.a:8.2f} {f * d.b:8.2f} "
+                         f"{f'{f * d.diff:+.2f} [{f * d.low:+.2f}, {f * d.high:+.2f}]{mark}':>29} "
                          f"{format_p(d.p, d.replicates):>8}")
     lines += ["", "p inverts the interval shown: the interval excludes 0 exactly when p < "
                   f"{1 - opts.bootstrap.confidence:.2g}."]

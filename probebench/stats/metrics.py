@@ -13,15 +13,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from probebench.stats.calibration import CALIBRATION_METRICS, calibration_metrics
+
 STUDY_METRICS = ("accuracy", "precision", "recall", "f1")  # precision/recall/F1 weighted, as the study
 CONFUSION_METRICS = STUDY_METRICS + ("precision_macro", "recall_macro", "f1_macro", "balanced_accuracy",
                                      "kappa_quadratic")
 AUROC_METRICS = ("auroc_macro", "auroc_weighted")
-ALL_METRICS = CONFUSION_METRICS + AUROC_METRICS
+ALL_METRICS = CONFUSION_METRICS + AUROC_METRICS + CALIBRATION_METRICS
+LOWER_IS_BETTER = frozenset(CALIBRATION_METRICS)
 LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1",
           "precision_macro": "Precision (macro)", "recall_macro": "Recall (macro)", "f1_macro": "F1 (macro)",
           "balanced_accuracy": "Balanced acc.", "kappa_quadratic": "Kappa (quadratic)",
-          "auroc_macro": "AUROC (macro)", "auroc_weighted": "AUROC (weighted)"}
+          "auroc_macro": "AUROC (macro)", "auroc_weighted": "AUROC (weighted)", "ece": "ECE", "brier": "Brier",
+          "nll": "NLL"}
+
+
+def scale(metric: str) -> float:
+    """How a metric is shown: in percent, except the negative log-likelihood (in nats)."""
+    return 1.0 if metric == "nll" else 100.0
 
 
 def _div(num: np.ndarray, den: np.ndarray, empty: float = 0.0) -> np.ndarray:
@@ -129,10 +138,12 @@ def auroc(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = No
 
 def replicate_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, proba: np.ndarray | None = None,
                       weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Every metric for each weight row (R values each; per-class ones R x K); AUROC needs ``proba``."""
+    """Every metric for each weight row (R values each; per-class ones R x K); AUROC and calibration need
+    ``proba``."""
     out = confusion_metrics(confusion(y_true, y_pred, n_classes, weights))
     if proba is not None:
         out.update(auroc(y_true, proba, weights))
+        out.update(calibration_metrics(y_true, proba, weights))
     return out
 
 

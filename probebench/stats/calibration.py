@@ -1,0 +1,135 @@
+"""Calibration: expected calibration error, Brier score and log loss for one evaluation or many weighted replicates,
+the reliability diagram's points, and temperature scaling fitted on validation.
+
+Every value equals scikit-learn's on the (resampled) data: Brier as ``brier_score_loss(y, proba,
+labels=range(K))`` (the positive class's squared error for two classes, the sum over classes for more), NLL as
+``log_loss`` (probabilities clipped to [eps, 1 - eps]), and the ECE's equal-mass bins as
+``calibration_curve(..., strategy="quantile")``: bin edges at the quantiles of the confidences of the (resampled)
+set, so every replicate is binned afresh, as the estimator would bin a new test set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CALIBRATION_METRICS = ("ece", "brier", "nll")
+ECE_BINS = 15  # Guo et al. (2017); equal-mass bins, as calibration_curve(strategy="quantile")
+EPS = np.finfo(np.float64).eps  # log_loss's clipping
+CALIBRATE = (None, "temperature")
+
+
+def outcome_and_confidence(y_true: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the ECE bins: for two classes the positive class's probability and whether the label is positive; for
+    more, the top-label confidence and whether the top label is right (top-label calibration)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.shape[1] == 2:
+        return (y_true == 1).astype(np.float64), proba[:, 1]
+    return (proba.argmax(axis=1) == y_true).astype(np.float64), proba.max(axis=1)
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """numpy's own linear interpolation (``np.percentile``'s), so bin edges equal calibration_curve's to the bit."""
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+
+
+def expected_calibration_error(outcome: np.ndarray, confidence: np.ndarray, weights: np.ndarray | None = None,
+                               n_bins: int = ECE_BINS) -> np.ndarray:
+    """Equal-mass-binned ECE, sum over bins of (bin size / n) x |mean outcome - mean confidence|, for each weight
+    row (weights are counts: how often each sample was drawn). (R,) values; (1,) without weights.
+
+    Per row: the quantile edges of the resampled confidences (the weighted form of ``np.percentile``: position
+    q (N - 1) in the sorted, expanded sample), then one cumulative sum of weight x (outcome - confidence) in
+    confidence order, read at the bin boundaries: a bin's |sum of outcomes - sum of confidences| / N.
+    """
+    outcome = np.asarray(outcome, dtype=np.float64)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    w = np.ones((1, len(outcome))) if weights is None else np.asarray(weights, dtype=np.float64)
+    order = np.argsort(confidence, kind="mergesort")
+    v, gap = confidence[order], (outcome - confidence)[order]
+    w = w[:, order]
+    rows, n = w.shape
+    cum = np.cumsum(w, axis=1)  # cum[:, k]: expanded positions taken by the k + 1 lowest samples
+    total = cum[:, -1]
+    q = np.linspace(0, 1, n_bins + 1)[1:-1] * 100 / 100  # as np.percentile(x, q * 100) divides by 100
+    position = (total[:, None] - 1) * q[None, :]  # (R, B - 1)
+    lower = np.floor(position)
+    frac = position - lower
+    upper = np.minimum(lower + 1, (total - 1)[:, None])
+    offset = (np.arange(rows) * (total.max() + 1))[:, None]  # rows side by side in one sorted array
+    flat = (cum + offset).ravel()
+
+    def value_at(pos: np.ndarray) -> np.ndarray:  # the confidence at an expanded position, per row
+        k = np.searchsorted(flat, (pos + offset).ravel(), side="right").reshape(pos.shape) - np.arange(rows)[:, None] * n
+        return v[k]
+
+    edges = _lerp(value_at(lower), value_at(upper), frac)
+    bounds = np.searchsorted(v, edges.ravel(), side="right").reshape(rows, -1)  # bin b+1 starts after edge b
+    bounds = np.concatenate([np.zeros((rows, 1), dtype=np.int64), bounds, np.full((rows, 1), n)], axis=1)
+    run = np.zeros((rows, n + 1))
+    np.cumsum(w * gap[None, :], axis=1, out=run[:, 1:])
+    per_bin = np.diff(np.take_along_axis(run, bounds, axis=1), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.abs(per_bin).sum(axis=1) / np.where(total > 0, total, np.nan)
+
+
+def reliability(outcome: np.ndarray, confidence: np.ndarray, n_bins: int = ECE_BINS
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reliability diagram's points over the non-empty equal-mass bins: (mean outcome, mean confidence, size),
+    the first two as ``calibration_curve(outcome, confidence, strategy="quantile")``."""
+    outcome = np.asarray(outcome, dtype=np.float64)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    edges = np.percentile(confidence, np.linspace(0, 1, n_bins + 1) * 100)
+    ids = np.searchsorted(edges[1:-1], confidence)
+    size = np.bincount(ids, minlength=n_bins)
+    hit = np.bincount(ids, weights=outcome, minlength=n_bins)
+    conf = np.bincount(ids, weights=confidence, minlength=n_bins)
+    keep = size > 0
+    return hit[keep] / size[keep], conf[keep] / size[keep], size[keep]
+
+
+def _weighted_mean(per_sample: np.ndarray, w: np.ndarray) -> np.ndarray:
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w @ per_sample) / np.where(total > 0, total, np.nan)
+
+
+def calibration_metrics(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = None,
+                        n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """ECE, Brier score and NLL (lower is better, all three) for each weight row."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    w = np.ones((1, len(y_true))) if weights is None else np.asarray(weights, dtype=np.float64)
+    k = proba.shape[1]
+    onehot = np.eye(k)[y_true]
+    brier = ((proba - onehot) ** 2).sum(axis=1) * (0.5 if k == 2 else 1.0)
+    nll = -np.log(np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1 - EPS))
+    outcome, confidence = outcome_and_confidence(y_true, proba)
+    return {"ece": expected_calibration_error(outcome, confidence, w, n_bins), "brier": _weighted_mean(brier, w),
+            "nll": _weighted_mean(nll, w)}
+
+
+def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the probabilities a temperature-scaled head gives (the predicted class never changes)."""
+    logits = np.log(np.clip(np.asarray(proba, dtype=np.float64), 1e-300, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _nll(proba: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.clip(proba[np.arange(len(y)), y], EPS, 1 - EPS)).mean())
+
+
+def fit_temperature(val_proba: np.ndarray, y_val: np.ndarray) -> dict:
+    """The temperature T in [0.01, 100] that minimises the validation NLL of softmax(log p / T) (Guo et al., 2017),
+    searched on log T; returns T and the validation NLL before and after."""
+    from scipy.optimize import minimize_scalar
+
+    y_val = np.asarray(y_val, dtype=np.int64)
+    found = minimize_scalar(lambda log_t: _nll(apply_temperature(val_proba, np.exp(log_t)), y_val),
+                            bounds=(np.log(0.01), np.log(100.0)), method="bounded", options={"xatol": 1e-6})
+    t = float(np.exp(found.x))
+    return {"method": "temperature", "temperature": t, "val_nll_before": _nll(np.asarray(val_proba, float), y_val),
+            "val_nll_after": _nll(apply_temperature(val_proba, t), y_val)}

@@ -1,0 +1,107 @@
+"""Calibration metrics and temperature scaling, each against scikit-learn, scipy or a hand-worked case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss, log_loss
+
+from probebench.stats.bootstrap import BootstrapConfig, EvalData, bootstrap
+from probebench.stats.calibration import (apply_temperature, calibration_metrics, expected_calibration_error,
+                                          fit_temperature, outcome_and_confidence, reliability)
+from probebench.stats.metrics import replicate_metrics
+
+
+def ece_by_hand(outcome, confidence, n_bins):
+    """The textbook equal-mass ECE written out with a loop: edges at np.quantile of the confidences, a sample in
+    bin b when edge[b] < c <= edge[b+1] (the first bin also takes the minimum), |acc - conf| weighted by size."""
+    edges = np.quantile(confidence, np.linspace(0, 1, n_bins + 1))
+    total = 0.0
+    for b in range(n_bins):
+        inside = (confidence > edges[b]) & (confidence <= edges[b + 1]) if b else confidence <= edges[1]
+        if b == n_bins - 1:
+            inside = confidence > edges[b] if b else np.ones_like(confidence, bool)
+        if inside.any():
+            total += inside.sum() / len(confidence) * abs(outcome[inside].mean() - confidence[inside].mean())
+    return total
+
+
+def test_ece_hand_worked_two_bins():
+    # edges 0.2 | 0.5 | 0.8: bins {0.2, 0.4} (mean conf 0.3, half right) and {0.6, 0.8} (0.7, half right)
+    ece = expected_calibration_error(np.array([0, 1, 0, 1.0]), np.array([0.2, 0.4, 0.6, 0.8]), n_bins=2)
+    assert ece[0] == pytest.approx(0.5 * 0.2 + 0.5 * 0.2)
+    # a perfectly calibrated set: each bin's accuracy equals its confidence
+    ece = expected_calibration_error(np.array([0, 0, 0, 1, 1, 1.0]), np.array([0, 0, 0, 1, 1, 1.0]), n_bins=2)
+    assert ece[0] == 0.0
+
+
+@pytest.mark.parametrize("k", [2, 3, 6])
+def test_calibration_of_bootstrap_replicates_equals_sklearn_on_the_resampled_rows(k):
+    rng = np.random.default_rng(k)
+    for trial in range(12):
+        n = int(rng.integers(8, 80))
+        proba = rng.dirichlet(np.full(k, rng.uniform(0.3, 3)), size=n)
+        if trial % 3 == 0:  # ties: confidences on a coarse grid, as a kNN head gives
+            proba = np.round(proba, 1) + 1e-3
+            proba /= proba.sum(axis=1, keepdims=True)
+        y = rng.integers(0, k, n)
+        weights = rng.multinomial(n, np.full(n, 1 / n), size=6).astype(float)
+        weights[0] = (np.arange(n) != 3)  # a jackknife row (0/1 weights)
+        got = calibration_metrics(y, proba, weights, n_bins=10)
+        for r in range(len(weights)):
+            rows = np.repeat(np.arange(n), weights[r].astype(int))
+            yy, pp = y[rows], proba[rows]
+            outcome = (yy == 1) if k == 2 else (pp.argmax(1) == yy)
+            conf = pp[:, 1] if k == 2 else pp.max(axis=1)
+            assert got["ece"][r] == pytest.approx(ece_by_hand(outcome.astype(float), conf, 10), abs=1e-12)
+            assert got["brier"][r] == pytest.approx(brier_score_loss(yy, pp, labels=list(range(k))), abs=1e-12)
+            assert got["nll"][r] == pytest.approx(log_loss(yy, pp, labels=list(range(k))), abs=1e-12)
+
+
+def test_reliability_points_equal_calibration_curve_and_sizes_add_up():
+    rng = np.random.default_rng(1)
+    proba = rng.dirichlet([1, 1], size=200)
+    y = (rng.random(200) < proba[:, 1] ** 2).astype(int)  # over-confident in the positive class
+    outcome, conf = outcome_and_confidence(y, proba)
+    true_, pred_, size = reliability(outcome, conf, n_bins=8)
+    ref_true, ref_pred = calibration_curve(y, proba[:, 1], n_bins=8, strategy="quantile")
+    np.testing.assert_allclose(true_, ref_true, atol=1e-12)
+    np.testing.assert_allclose(pred_, ref_pred, atol=1e-12)
+    assert size.sum() == 200
+    ece = expected_calibration_error(outcome, conf, n_bins=8)[0]
+    assert ece == pytest.approx(float((size / 200 * np.abs(ref_true - ref_pred)).sum()), abs=1e-12)
+
+
+def test_calibration_metrics_get_bootstrap_intervals_like_any_metric():
+    rng = np.random.default_rng(2)
+    proba = rng.dirichlet([1, 1, 1], size=120)
+    y = rng.integers(0, 3, 120)
+    data = EvalData(y, proba.argmax(1), proba, np.array([f"p{i // 2}" for i in range(120)]), 3)
+    for method in ("percentile", "bca"):
+        values, drawn = bootstrap(data, BootstrapConfig(n_resamples=200, method=method, seed=1))
+        for m in ("ece", "brier", "nll"):
+            v = values[m]
+            assert v.low <= v.value <= v.high and v.undefined == 0
+    assert drawn.unit == "group"
+    assert values["nll"].value == pytest.approx(log_loss(y, proba, labels=[0, 1, 2]))
+    assert set(replicate_metrics(y, proba.argmax(1), 3, None)) .isdisjoint({"ece", "brier", "nll"})
+
+
+def test_temperature_minimises_validation_log_loss_and_keeps_the_predicted_class():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(300, 4)) * 3
+    y = np.array([rng.choice(4, p=np.exp(z / 3) / np.exp(z / 3).sum()) for z in logits])  # true T = 3
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    found = fit_temperature(proba, y)
+    grid = np.exp(np.linspace(np.log(0.2), np.log(20), 4001))
+    losses = [log_loss(y, np.exp(logits / t) / np.exp(logits / t).sum(1, keepdims=True), labels=[0, 1, 2, 3])
+              for t in grid]
+    assert found["temperature"] == pytest.approx(grid[int(np.argmin(losses))], rel=2e-3)
+    assert 1.5 < found["temperature"] < 6  # an over-confident head is softened
+    assert found["val_nll_after"] == pytest.approx(min(losses), abs=1e-6)
+    assert found["val_nll_after"] < found["val_nll_before"]
+    scaled = apply_temperature(proba, found["temperature"])
+    np.testing.assert_array_equal(scaled.argmax(1), proba.argmax(1))
+    np.testing.assert_allclose(scaled.sum(1), 1.0)
+    np.testing.assert_allclose(apply_temperature(proba, 1.0), proba, atol=1e-12)
