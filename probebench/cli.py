@@ -235,18 +235,31 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
         patience: Optional[int] = typer.Option(None, help="linear/mlp: stop after N epochs without improvement."),
         seed: int = SeedOpt,
         seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3."),
+        label_fraction: Optional[str] = typer.Option(
+            None, "--label-fraction", help="Label-efficiency curve: train on these shares of the training labels, "
+            "e.g. 0.01,0.1,1 (whole patients, stratified by class, nested; one run per share and seed)."),
+        shots: Optional[str] = typer.Option(
+            None, "--shots", help="Label-efficiency curve: this many training samples per class, e.g. 1,4,16 "
+            "(whole patients, nested; one run per number and seed)."),
+        cv: Optional[int] = typer.Option(
+            None, "--cv", help="K-fold cross-validation by patient over every sample (no test split needed): "
+            "out-of-fold predictions pooled into one run, per-fold metrics beside them."),
+        calibrate: Optional[str] = typer.Option(
+            None, "--calibrate", help="'temperature': fit a temperature on validation and apply it to the test "
+            "probabilities (recorded in the run)."),
         study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
         force: bool = typer.Option(False, "--force", help="Train again even if an identical run exists (same "
                                    "cache, settings and seed); otherwise that run is reused."),
         track: Optional[str] = TrackOpt):
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.train.fit import fit as run
-    from probebench.validate import parse_ints
+    from probebench.validate import parse_floats, parse_ints
 
     from probebench.report.tracking import check_tracker, track_run
 
     check_tracker(track)
     seed_list = parse_ints(seeds, "seeds")
+    fractions, shot_list = parse_floats(label_fraction, "label-fraction"), parse_ints(shots, "shots")
     if study_bn_epoch1 or study_vgg_features_only:
         from probebench.train.finetune import STUDY_QUIRKS
 
@@ -259,6 +272,7 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
                epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                normalize=normalize, standardize=standardize, class_weight=class_weight,
                select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seed_list,
+               label_fractions=fractions, shots=shot_list, cv=cv, calibrate=calibrate,
                force=force, on_run=lambda run: track_run(run, track))
     out.print(f"run: {path}")
 

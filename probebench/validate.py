@@ -82,6 +82,13 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
     "finetune_head": _choice(FINETUNE_HEADS),
     "standardize": (lambda v: isinstance(v, bool), "true or false"),
     "study_ci": (lambda v: isinstance(v, bool), "true or false"),
+    "label_fractions": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and len(set(v)) == len(v)
+                        and all(_real(f) and 0 < f <= 1 for f in v),
+                        "a non-empty list of distinct fractions in (0, 1], e.g. 0.01,0.1,1"),
+    "shots": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and len(set(v)) == len(v)
+              and all(_int(k) and k >= 1 for k in v), "a non-empty list of distinct integers >= 1, e.g. 1,4,16"),
+    "cv": (lambda v: _int(v) and v >= 2, "an integer number of folds >= 2"),
+    "calibrate": _choice(("temperature",)),
 }
 
 
@@ -99,12 +106,12 @@ RULES.update({
     "aggregate": _choice(AGGREGATIONS),
     "metrics": _choices(METRICS, "metrics")})
 OPTIONAL = {"interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight",
-            "tap", "batch_size", "channels_last"}
+            "tap", "batch_size", "channels_last", "label_fractions", "shots", "cv", "calibrate"}
 
 
 def flag(key: str) -> str:
     """The command-line spelling of an option: ``batch_size`` -> ``--batch-size``."""
-    return "--" + key.replace("finetune_", "").replace("_", "-")
+    return "--" + {"label_fractions": "label_fraction"}.get(key, key).replace("finetune_", "").replace("_", "-")
 
 
 def problem(key: str, value, *, optional: bool | None = None) -> str | None:
@@ -140,6 +147,16 @@ def parse_ints(text: str | None, what: str) -> list[int] | None:
         return [int(s) for s in str(text).replace(" ", "").split(",") if s]
     except ValueError:
         raise ProbebenchError(f"--{what} {text!r}: expected integers separated by commas, e.g. 1,2,3") from None
+
+
+def parse_floats(text: str | None, what: str) -> list[float] | None:
+    """``"0.1,0.5,1"`` -> [0.1, 0.5, 1.0]; None and "" stay None; anything else names the option."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return [float(s) for s in str(text).replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ProbebenchError(f"--{what} {text!r}: expected numbers separated by commas, e.g. 0.1,0.5,1") from None
 
 
 # ---------------------------------------------------------------- names and paths

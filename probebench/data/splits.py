@@ -72,3 +72,60 @@ def check_disjoint(groups: np.ndarray, splits: np.ndarray, where: str = "") -> N
         raise ProbebenchError(
             f"{where}{len(bad)} group(s) sit in more than one split, which would leak between train "
             f"and evaluation: {examples}{' …' if len(bad) > 5 else ''}")
+
+
+def label_subset(labels: np.ndarray, groups: np.ndarray, *, fraction: float | None = None, shots: int | None = None,
+                 seed: int = 0) -> np.ndarray:
+    """Boolean mask of the training samples a label budget keeps: whole groups, stratified by group class, nested.
+
+    Each class's groups are put in one seeded random order; ``fraction`` keeps the first ceil(fraction x n) groups of
+    every class (at least one), ``shots`` the first groups of each class until they hold ``shots`` samples of it
+    (all of them when the class has fewer). The order depends only on the seed, so for one seed every smaller
+    budget is inside every larger one, and fractions and shots draw from the same order.
+    """
+    if (fraction is None) == (shots is None):
+        raise ProbebenchError("a label budget is a fraction or a number of shots, exactly one of them")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ProbebenchError(f"a label fraction must be in (0, 1], not {fraction}")
+    if shots is not None and shots < 1:
+        raise ProbebenchError(f"shots must be at least 1, not {shots}")
+    glabel = group_labels(labels, groups)
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for g in sorted(glabel):
+        by_class[glabel[g]].append(g)
+    members = defaultdict(int)  # (group, class) -> samples
+    for label, group in zip(labels.tolist(), groups.tolist()):
+        members[(group, label)] += 1
+    rng = np.random.default_rng([seed, 1729])  # its own stream: the same order for every budget of this seed
+    kept = set()
+    for k in sorted(by_class):
+        order = [by_class[k][i] for i in rng.permutation(len(by_class[k]))]
+        if fraction is not None:
+            kept.update(order[: max(1, int(np.ceil(fraction * len(order) - 1e-9)))])
+            continue
+        have = 0
+        for g in order:
+            if have >= shots:
+                break
+            kept.add(g)
+            have += members[(g, k)]
+    return np.array([g in kept for g in groups.tolist()], dtype=bool)
+
+
+def cv_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Each sample's fold (0..k-1): scikit-learn's ``StratifiedGroupKFold(k, shuffle=True, random_state=seed)``,
+    so no group is split and every fold's class mix is as close to the whole's as whole groups allow."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    if not 2 <= k <= n_groups:
+        raise ProbebenchError(f"{k}-fold cross-validation needs at least {k} groups, and the data has {n_groups}")
+    fold = np.empty(len(labels), dtype=np.int64)
+    import warnings
+
+    with warnings.catch_warnings():  # "the least populated class has only m members": the folds say it themselves
+        warnings.simplefilter("ignore", UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        for i, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+            fold[test] = i
+    return fold

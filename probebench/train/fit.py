@@ -10,9 +10,11 @@ import numpy as np
 
 from probebench.features import cache as fcache
 from probebench.data.datasets import check_trainable, data_roots
+from probebench.data.splits import cv_folds, label_subset
 from probebench.errors import ProbebenchError
 from probebench.features.spec import FeatureSpec, locate_store
 from probebench.train.heads import make_head
+from probebench.stats.calibration import apply_temperature, fit_temperature
 from probebench.stats.metrics import point_metrics
 from probebench.progress import make_progress
 from probebench.runs import RunRecord, check_writable, config_hash, run_folder, write_run
@@ -36,18 +38,57 @@ def prepare_features(train: np.ndarray, *others: np.ndarray, normalize: str | No
     return [a.astype(np.float32) for a in arrays]
 
 
+def budgets_of(label_fractions: list[float] | None = None, shots: list[int] | None = None) -> list[dict | None]:
+    """The label budgets asked for, smallest first: ``{"label_fraction": f}`` / ``{"shots": k}``; [None] for all."""
+    out = [{"label_fraction": float(f)} for f in sorted(label_fractions or [])]
+    out += [{"shots": int(k)} for k in sorted(shots or [])]
+    return out or [None]
+
+
+def _train_head(head: str, grid: bool, seed: int, options: dict, x_tr, y_tr, x_va, y_va, x_te, n_classes: int, *,
+                normalize, standardize, calibrate, progress, title: str):
+    """One head trained and applied: (estimator, test proba, validation proba, seconds, calibration record)."""
+    x_tr, x_va, x_te = prepare_features(x_tr, x_va, x_te, normalize=normalize, standardize=standardize)
+    estimator = make_head(head, grid=grid, seed=seed, **options)
+    start = time.perf_counter()
+    with make_progress(progress and estimator.__class__.__name__ in ("LinearHead", "MLPHead", "GridHead"),
+                       unit="epoch") as bar:
+        task = bar.add_task(f"fit {estimator.name} on {title}", total=options["epochs"], info="")
+        estimator.fit(x_tr, y_tr, x_va, y_va, n_classes, on_epoch=lambda r: bar.update(
+            task, advance=1, info=f"val acc {r['val_accuracy']:.3f}"))
+    seconds = time.perf_counter() - start
+    proba = estimator.predict_proba(x_te)
+    val_proba = estimator.predict_proba(x_va)
+    if not (np.isfinite(proba).all() and np.isfinite(val_proba).all()):
+        raise ProbebenchError(f"the {estimator.name} head on {title} gives non-finite probabilities: training "
+                              "diverged; lower --lr, or --standardize the features; no run was written")
+    calibration = None
+    if calibrate == "temperature":  # fitted on validation only, then applied to both
+        calibration = fit_temperature(val_proba, y_va)
+        proba = apply_temperature(proba, calibration["temperature"])
+        val_proba = apply_temperature(val_proba, calibration["temperature"])
+    return estimator, proba, val_proba, seconds, calibration
+
+
 def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
         runs_dir: str | Path = "runs", head: str = "linear", grid: bool = False,
         epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
         normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
         select_metric: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, seed: int = 0,
-        seeds: list[int] | None = None, progress: bool = True, force: bool = False, on_run=None,
-        **options) -> Path:
+        seeds: list[int] | None = None, label_fractions: list[float] | None = None, shots: list[int] | None = None,
+        cv: int | None = None, calibrate: str | None = None, progress: bool = True, force: bool = False,
+        on_run=None, **options) -> Path:
     """Fit a head on the cache that ``extract`` made with the same feature spec (or a model name plus the spec's
     options); returns the (first) run folder. Needs only the cache: see ``features.locate_store``.
 
     ``seeds`` repeats the fit once per seed; the runs share a ``seed_group`` so that ``report`` can show
     their spread next to the first seed's bootstrap interval.
+
+    ``label_fractions`` / ``shots``: one run per budget and seed, trained on a nested, group-whole, class-stratified
+    share of the training split (``data.splits.label_subset``, drawn with the seed); validation and test stay whole.
+    ``cv``: k-fold cross-validation over every sample of the store by group (``data.splits.cv_folds``), validation
+    the next fold, the out-of-fold predictions pooled into one run with per-fold metrics beside them.
+    ``calibrate="temperature"``: a temperature fitted on validation is applied to the test probabilities.
 
     A seed whose run already exists with the same settings on the same cache (same cache key, library versions,
     head and options) is not trained again: that run is reused, unless ``force``. ``on_run(path)`` is called
@@ -56,20 +97,24 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     check_options(head=head, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                   normalize=normalize, standardize=standardize, class_weight=class_weight,
                   select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seeds,
-                  grid=grid)
+                  grid=grid, label_fractions=label_fractions, shots=shots, cv=cv, calibrate=calibrate)
+    if cv and (label_fractions or shots):
+        raise ProbebenchError("--cv cannot be combined with --label-fraction / --shots: a label curve keeps the "
+                              "dataset's validation and test splits; run them as two fits")
     check_writable(runs_dir)
     spec = FeatureSpec.of(features, **options)
     model = spec.model
     path = locate_store(spec, dataset, data_root=data_root, cache_dir=cache_dir)
     feats = fcache.read_features(path)
-    test = feats.split == "test"
-    x_tr, x_va, x_te = prepare_features(feats.features[feats.split == "train"], feats.features[feats.split == "val"],
-                                        feats.features[test], normalize=normalize, standardize=standardize)
-    y_tr, y_va, y_te = (feats.labels[feats.split == s] for s in ("train", "val", "test"))
+    split = feats.split
     n_classes = len(feats.attrs["classes"])
-    counts = {s: np.bincount(feats.labels[feats.split == s], minlength=n_classes).tolist()
+    counts = {s: np.bincount(feats.labels[split == s], minlength=n_classes).tolist()
               for s in ("train", "val", "test")}
-    check_trainable(feats.attrs["dataset"], feats.attrs["classes"], counts)
+    if not cv:
+        check_trainable(feats.attrs["dataset"], feats.attrs["classes"], counts)
+    if calibrate and not cv and not (split == "val").any():
+        raise ProbebenchError("--calibrate temperature fits the temperature on the validation split, and this "
+                              "dataset has no validation samples")
     seed_list = list(seeds) if seeds else [seed]
     options = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
                    class_weight=class_weight, select=select_metric, optimizer=optimizer, patience=patience)
@@ -77,62 +122,131 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     shared = dict(  # the fields of the run record that do not depend on the head or the seed
         mode="frozen", path="cache", dataset=attrs["dataset"], model=model, classes=attrs["classes"],
         weights=attrs["weights"], tap=attrs["tap"], preprocessing=attrs["preprocessing"],
-        manifest_hash=attrs["manifest_hash"], n={s: int((feats.split == s).sum()) for s in ("train", "val", "test")},
+        manifest_hash=attrs["manifest_hash"], n={s: int((split == s).sum()) for s in ("train", "val", "test")},
         counts=counts, group_kind=attrs.get("group_kind", "group"), device=attrs.get("device"),
         extract_img_s=(round(attrs["n_samples"] / attrs["extract_seconds"], 2) if attrs.get("extract_seconds")
                        else None),
         skipped=attrs["skipped"], junk_files=attrs.get("junk_files", 0), versions=fcache.versions())
     cache_details = {"precision": attrs["precision"], "store_dtype": attrs["store_dtype"], "cache_key": attrs["key"],
                      "cache_path": str(path), "features": {"normalize": normalize, "standardize": standardize},
+                     "feature_dim": int(feats.features.shape[1]),
                      "data_root": [str(r) for r in data_roots(data_root)]}
     base = {**shared, **cache_details}
-    group = config_hash({**base, "head": head, "grid": grid, "options": options, "seeds": seed_list})
+    extra = {k: v for k, v in (("cv", cv), ("calibrate", calibrate)) if v}  # absent when unused: older digests hold
+    budgets = budgets_of(label_fractions, shots)
+    group = config_hash({**base, "head": head, "grid": grid, "options": options, "seeds": seed_list, **extra,
+                         **({"budgets": budgets} if budgets != [None] else {})})
+    prep = dict(normalize=normalize, standardize=standardize, calibrate=calibrate, progress=progress)
     first = None
-    identity = {k: v for k, v in base.items() if k not in ("data_root", "cache_path")}  # where files lie is not
-    for position, s in enumerate(seed_list):                                           # what the run computes
-        digest = config_hash({**identity, "head": head, "grid": grid, "options": options, "seed": s,
-                              "seeds": seed_list if len(seed_list) > 1 else None})
-        done = sorted(p.parent for p in run_folder(runs_dir, attrs["dataset"], model, "frozen").glob(
-            f"*-{digest}/config.json"))
-        if done and not force:
-            sys.stderr.write(f"an identical run exists, reused: {done[-1]} (--force trains it again)\n")
-            first = first or done[-1]
-            continue
-        estimator = make_head(head, grid=grid, seed=s, **options)
-        start = time.perf_counter()
-        with make_progress(progress and estimator.__class__.__name__ in ("LinearHead", "MLPHead", "GridHead"),
-                           unit="epoch") as bar:
-            task = bar.add_task(f"fit {estimator.name} on {model} × {attrs['dataset']} (seed {s})", total=epochs,
-                                info="")
-            estimator.fit(x_tr, y_tr, x_va, y_va, n_classes, on_epoch=lambda r: bar.update(
-                task, advance=1, info=f"val acc {r['val_accuracy']:.3f}"))
-        seconds = time.perf_counter() - start
-        proba = estimator.predict_proba(x_te)
-        val_proba = estimator.predict_proba(x_va)
-        if not (np.isfinite(proba).all() and np.isfinite(val_proba).all()):
-            raise ProbebenchError(f"the {estimator.name} head on {model} × {attrs['dataset']} (seed {s}) gives "
-                                  "non-finite probabilities: training diverged; lower --lr, or --standardize the "
-                                  "features; no run was written")
-        record = RunRecord(**shared, head=estimator.name, seed=s, head_label=estimator.describe(),
-                           head_params=estimator.params(), details={
-                               **cache_details, "selection": estimator.selection_,
-                               "seed_group": group if len(seed_list) > 1 else None, "seed_position": position,
-                               "seeds_asked": seed_list if len(seed_list) > 1 else None})
-        history = estimator.history_
-        metrics = {"test": point_metrics(y_te, proba.argmax(1), n_classes, proba), "best_epoch": estimator.best_epoch_,
-                   "fit_seconds": round(seconds, 3),
-                   "val_accuracy": float((val_proba.argmax(1) == y_va).mean()) if len(y_va) else None}
-        if history and "val_accuracy" in history[0]:
-            metrics["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
-        run = write_run(runs_dir, record, sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_te,
-                        proba=proba, history=history, metrics=metrics, run_suffix=digest)
-        if on_run is not None:
-            on_run(run)
-        first = first or run
-        if progress:
-            t = metrics["test"]
-            sys.stderr.write(f"{model} × {attrs['dataset']} {estimator.describe()} (seed {s}): test accuracy "
-                             f"{100 * t['accuracy']:.2f}, F1 {100 * t['f1']:.2f}, AUROC {100 * t['auroc_macro']:.2f} "
-                             f"(validation accuracy {100 * (metrics['val_accuracy'] or float('nan')):.2f}); "
-                             f"intervals: probebench report\n")
+    identity = {k: v for k, v in base.items() if k not in ("data_root", "cache_path", "feature_dim")}
+    for budget in budgets:                                 # where files lie is not what the run computes
+        seed_group = config_hash({"group": group, "budget": budget}) if budget else group
+        for position, s in enumerate(seed_list):
+            digest = config_hash({**identity, "head": head, "grid": grid, "options": options, "seed": s,
+                                  "seeds": seed_list if len(seed_list) > 1 else None, **extra,
+                                  **({"budget": budget} if budget else {})})
+            done = sorted(p.parent for p in run_folder(runs_dir, attrs["dataset"], model, "frozen").glob(
+                f"*-{digest}/config.json"))
+            if done and not force:
+                sys.stderr.write(f"an identical run exists, reused: {done[-1]} (--force trains it again)\n")
+                first = first or done[-1]
+                continue
+            title = (f"{model} × {attrs['dataset']} (seed {s}" + (f", {_budget_text(budget)}" if budget else "")
+                     + ")")
+            trained = (_cross_validate(feats, cv, s, head, grid, options, n_classes, prep, title) if cv else
+                       _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title))
+            estimator, record_details, run_data, metrics, history = trained
+            record = RunRecord(**shared, head=estimator.name, seed=s, head_label=estimator.describe(),
+                               head_params=estimator.params(), details={
+                                   **cache_details, "selection": estimator.selection_,
+                                   "seed_group": seed_group if len(seed_list) > 1 else None, "seed_position": position,
+                                   "seeds_asked": seed_list if len(seed_list) > 1 else None, "fit_group": group,
+                                   **record_details})
+            run = write_run(runs_dir, record, **run_data, history=history, metrics=metrics, run_suffix=digest)
+            if on_run is not None:
+                on_run(run)
+            first = first or run
+            if progress:
+                t = metrics["test"]
+                sys.stderr.write(f"{title} {estimator.describe()}{f' {cv}-fold CV' if cv else ''}: test accuracy "
+                                 f"{100 * t['accuracy']:.2f}, F1 {100 * t['f1']:.2f}, AUROC "
+                                 f"{100 * t['auroc_macro']:.2f} (validation accuracy "
+                                 f"{100 * (metrics['val_accuracy'] or float('nan')):.2f}); intervals: "
+                                 "probebench report\n")
     return first
+
+
+def _budget_text(budget: dict) -> str:
+    return (f"{100 * budget['label_fraction']:g}% of the training labels" if "label_fraction" in budget
+            else f"{budget['shots']} shots per class")
+
+
+def _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title):
+    """Train on the store's training split (or a label budget of it), select on validation, predict the test."""
+    split, labels, groups = feats.split, feats.labels, feats.groups
+    train = split == "train"
+    details = {}
+    if budget:
+        keep = label_subset(labels[train], groups[train], seed=s, fraction=budget.get("label_fraction"),
+                            shots=budget.get("shots"))
+        used = np.zeros(len(split), dtype=bool)
+        used[np.flatnonzero(train)[keep]] = True
+        train = used
+        details = {"budget": budget, "train_used": {
+            "samples": int(train.sum()), "groups": int(len(np.unique(groups[train]))),
+            "per_class": np.bincount(labels[train], minlength=n_classes).tolist()}}
+    val, test = split == "val", split == "test"
+    estimator, proba, val_proba, seconds, calibration = _train_head(
+        head, grid, s, options, feats.features[train], labels[train], feats.features[val], labels[val],
+        feats.features[test], n_classes, title=title, **prep)
+    if calibration:
+        details["calibration"] = calibration
+    y_va, y_te = labels[val], labels[test]
+    metrics = {"test": point_metrics(y_te, proba.argmax(1), n_classes, proba), "best_epoch": estimator.best_epoch_,
+               "fit_seconds": round(seconds, 3),
+               "val_accuracy": float((val_proba.argmax(1) == y_va).mean()) if len(y_va) else None}
+    history = estimator.history_
+    if history and "val_accuracy" in history[0]:
+        metrics["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
+    run_data = dict(sample_ids=feats.sample_ids[test], groups=feats.groups[test], y_true=y_te, proba=proba)
+    return estimator, details, run_data, metrics, history
+
+
+def _cross_validate(feats, k, s, head, grid, options, n_classes, prep, title):
+    """k folds over every sample by group: test fold i, validation fold i+1, training the rest; the out-of-fold
+    test predictions pooled in sample order, with each fold's own metrics."""
+    labels, groups = feats.labels, feats.groups
+    fold = cv_folds(labels, groups, k, seed=s)
+    proba = np.zeros((len(labels), n_classes))
+    folds, history, calibrations, seconds = [], [], [], 0.0
+    val_hits = 0
+    for i in range(k):
+        test, val = fold == i, fold == (i + 1) % k
+        train = ~(test | val)
+        missing = [feats.attrs["classes"][c] for c in range(n_classes) if not (labels[train] == c).any()]
+        if missing:
+            raise ProbebenchError(f"{k}-fold cross-validation: fold {i + 1}'s training part has no "
+                                  f"{', '.join(missing)} sample; use fewer folds (--cv)")
+        estimator, p, val_p, sec, calibration = _train_head(
+            head, grid, s, options, feats.features[train], labels[train], feats.features[val], labels[val],
+            feats.features[test], n_classes, title=f"{title}, fold {i + 1}/{k}", **prep)
+        proba[test] = p
+        seconds += sec
+        val_hits += int((val_p.argmax(1) == labels[val]).sum())
+        if calibration:
+            calibrations.append(calibration)
+        folds.append({"fold": i + 1, "n_test": int(test.sum()), "n_val": int(val.sum()), "n_train": int(train.sum()),
+                      "best_epoch": estimator.best_epoch_,
+                      "val_accuracy": float((val_p.argmax(1) == labels[val]).mean()),
+                      "test": point_metrics(labels[test], p.argmax(1), n_classes, p)})
+        history += [{"fold": i + 1, **row} for row in (estimator.history_ or [])]
+    details = {"cv": {"folds": k, "seed": s, "samples": int(len(labels)),
+                      "fold_sizes": [int((fold == i).sum()) for i in range(k)],
+                      "splits_pooled": sorted(set(feats.split.tolist()))}}
+    if calibrations:
+        details["calibration"] = {"method": "temperature", "per_fold": calibrations}
+    metrics = {"test": point_metrics(labels, proba.argmax(1), n_classes, proba), "folds": folds,
+               "best_epoch": [f["best_epoch"] for f in folds], "fit_seconds": round(seconds, 3),
+               "val_accuracy": val_hits / float(len(labels))}  # every sample is validation once
+    run_data = dict(sample_ids=feats.sample_ids, groups=groups, y_true=labels, proba=proba)
+    return estimator, details, run_data, metrics, history
