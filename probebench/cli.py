@@ -363,6 +363,10 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
                                          "comparison with published numbers, not a measure of uncertainty)."),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write tables.md, tables.tex, "
                                                   "results.csv, figures/ and report.html into this folder."),
+           recommend: bool = typer.Option(False, "--recommend", help="Print which backbone to pick instead of the "
+                                          "tables: per dataset the backbones ranked by the first --metrics metric "
+                                          "with intervals and paired tests against the top one (Holm), their cost, "
+                                          "and across datasets mean ranks with Friedman's test."),
            as_json: bool = JsonOpt):
     """Tables laid out like the study's Tables III/IV, with bootstrap intervals and paired comparisons."""
     from probebench.report.tables import FORMATS, collect_rows, comparisons, render
@@ -374,10 +378,21 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     if not rows:
         raise ProbebenchError(f"no runs found under {runs_dir}; run `probebench fit` first")
     comps = comparisons(rows, opts, compare_metric) if fmt != "csv" or as_json else None
+    if recommend and fmt == "csv" and not as_json:
+        raise ProbebenchError("--recommend prints a table or Markdown (--format table|md) or JSON (--json), not csv")
     if as_json:
         from probebench.report.tables import report_record
 
-        print_json("report", report_record(rows, opts, comps, compare_metric))
+        record = report_record(rows, opts, comps, compare_metric)
+        if recommend:
+            from probebench.report.recommend import recommendation_record
+
+            record["recommendation"] = recommendation_record(rows, opts, opts.metrics[0])
+        print_json("report", record)
+    elif recommend:
+        from probebench.report.recommend import render_recommendation
+
+        sys.stdout.write(render_recommendation(rows, opts, opts.metrics[0], fmt))
     else:
         sys.stdout.write(render(rows, fmt, opts, comps, compare_metric))
     if out_dir is not None:

@@ -26,7 +26,8 @@ MODES = ("frozen", "unfrozen")
 SECTIONS = {
     "study": {"name", "datasets", "models", "modes", "heads", "grid", "seeds", "weights", "data_root", "cache_dir",
               "runs_dir", "report_dir", "synthetic", "val_unit"},
-    "training": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "select_metric", "patience"},
+    "training": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "select_metric", "patience",
+                 "label_fractions", "shots", "cv", "calibrate"},
     "unfrozen": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "accumulate", "precision",
                  "grad_checkpointing", "workers"},
     "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad", "draft",
@@ -63,6 +64,11 @@ class Study:
     val_unit: str = "group"  # "sample": validation carved by image, as the study's code
     model_weights: dict = field(default_factory=dict)  # [weights]: model -> weights, over [study] weights
     overrides: list = field(default_factory=list)  # the `run --set` / `--data-root` values applied, as given
+
+    def cv_for(self, dataset: str) -> int | None:
+        """The folds of cross-validation for ``dataset`` ([training] cv: one number, or a table per dataset)."""
+        cv = self.training.get("cv")
+        return cv.get(dataset) if isinstance(cv, dict) else cv
 
     def heads_for(self, model: str) -> list[str]:
         return list(self.per_model.get(model, {}).get("heads", self.heads))
@@ -167,7 +173,7 @@ def apply_overrides(raw: dict, assignments: list[str]) -> dict[tuple[str, str], 
 
 SECTION_RULES = {"study": ("seeds", "grid", "weights", "val_unit"),
                  "extract": tuple(SECTIONS["extract"] - {"mean", "std"}),
-                 "training": tuple(SECTIONS["training"]), "report": tuple(SECTIONS["report"]),
+                 "training": tuple(SECTIONS["training"] - {"cv"}), "report": tuple(SECTIONS["report"]),
                  "unfrozen": tuple(SECTIONS["unfrozen"] - {"precision"})}
 
 
@@ -231,6 +237,17 @@ def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str 
         if t.get("optimizer", "adam") != "adam" or "patience" in t:
             fail("training", "optimizer" if "optimizer" in t else "patience",
                  "grid = true trains with Adam for the full epochs; remove [training] optimizer / patience")
+    cv = raw.get("training", {}).get("cv")
+    if cv is not None:
+        folds = cv.values() if isinstance(cv, dict) else [cv]
+        if any(problem("cv", f, optional=False) for f in folds) or (isinstance(cv, dict) and not cv):
+            fail("training", "cv", "[training] cv must be a number of folds >= 2 for every dataset, or a table of "
+                                   f"dataset = folds (e.g. cv = {{ichallenge_amd = 5}}), not {cv!r}")
+        names = {**{Path(d).stem: d for d in s["datasets"]}, **{d: d for d in s["datasets"]}}
+        for d in (cv if isinstance(cv, dict) else {}):
+            if d not in names:
+                fail("training", "cv", f"[training] cv names {d!r}, which is not in [study] datasets "
+                                       f"{s['datasets']}{did_you_mean(d, list(names))}")
     for m in s["models"]:
         if (p := _model_problem(m)) is not None:
             fail("study", "models", p)
@@ -275,6 +292,11 @@ def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str 
     if data_root:
         roots = [str(r) for r in data_root]
     datasets_ = [_relative_to(base, d) if d.endswith(".toml") else d for d in s["datasets"]]
+    training = dict(raw.get("training", {}))
+    if isinstance(training.get("cv"), dict):  # keyed by the dataset entries as resolved (a spec file: its path)
+        entry = {**{Path(d).stem: r for d, r in zip(s["datasets"], datasets_)},
+                 **{d: r for d, r in zip(s["datasets"], datasets_)}}
+        training["cv"] = {entry[d]: folds for d, folds in training["cv"].items()}
     per_model = {m: {k: (_weights_path(base, v) if k == "head_weights" else v) for k, v in settings.items()}
                  for m, settings in per_model.items()}
     weights = s.get("weights", "auto")
@@ -283,7 +305,7 @@ def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str 
                  seeds=list(s.get("seeds", [0])), grid=bool(s.get("grid", False)),
                  weights=weights if ("study", "weights") in applied else _weights_path(base, weights),
                  data_root=roots, **paths,
-                 synthetic=bool(s.get("synthetic", False)), training=raw.get("training", {}),
+                 synthetic=bool(s.get("synthetic", False)), training=training,
                  unfrozen=raw.get("unfrozen", {}), extract=raw.get("extract", {}), report=raw.get("report", {}),
                  per_model=per_model, val_unit=s.get("val_unit", "group"),
                  model_weights={m: v if ("weights", m) in applied else _weights_path(base, v)
@@ -305,6 +327,7 @@ class Cell:
     epochs: int = 0
     cached: bool = False
     hash: str = ""
+    evaluation: str = "test split"  # or "K-fold CV", or the test split plus a label-efficiency curve
 
     @property
     def key(self) -> str:
@@ -444,6 +467,11 @@ def plan(study: Study, only: str | None = None, shard: tuple[int, int] | None = 
             continue
         n = len(job.manifest)
         n_train = int((job.manifest.splits == "train").sum())
+        budgets = len(study.training.get("label_fractions") or []) + len(study.training.get("shots") or [])
+        if c.mode == "frozen" and study.cv_for(c.dataset):
+            c.evaluation = f"{study.cv_for(c.dataset)}-fold CV"
+        elif c.mode == "frozen" and budgets:
+            c.evaluation = f"test split + label curve ({budgets} budgets x {len(study.seeds)} seeds)"
         settings = {**study.training, **(study.unfrozen if c.mode == "unfrozen" else {})}
         c.epochs = settings.get("epochs", 100)
         c.images = n if c.mode == "frozen" else n_train * c.epochs
@@ -483,14 +511,14 @@ def render_plan(cells: list[Cell]) -> str:
 
     console = Console(record=True, width=150)
     table = Table(title=f"study plan: {len(cells)} cells, {sum(c.status == 'done' for c in cells)} done")
-    for col in ("dataset", "model", "mode", "head", "images x epochs", "features", "status"):
+    for col in ("dataset", "model", "mode", "head", "images x epochs", "features", "evaluation", "status"):
         table.add_column(col)
     for c in cells:
         work = f"{c.images:,} img + head" if c.mode == "frozen" else f"{c.images:,} img-passes ({c.epochs} ep)"
         feats = ("cached" if c.cached else "to extract") if c.mode == "frozen" else "end to end"
         status = c.status + (f": {c.detail}" if c.detail else "")
         table.add_row(c.dataset, c.model, c.mode, c.head, work if c.status != "blocked" else "", feats
-                      if c.status != "blocked" else "", status)
+                      if c.status != "blocked" else "", c.evaluation, status)
     with console.capture() as cap:
         console.print(table)
     return cap.get()
@@ -545,15 +573,23 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                     extract(features, c.dataset, data_root=data_root, cache_dir=study.cache_dir,
                             progress=progress, batch_size=study.extract.get("batch_size"),
                             workers=study.extract.get("workers"), skip_bad=study.extract.get("skip_bad", False))
-                    runs = fit(features, c.dataset, data_root=data_root, cache_dir=study.cache_dir,
-                               runs_dir=study.runs_dir, head=c.head, grid=study.grid,
-                               epochs=t.get("epochs", 100), lr=t.get("lr", 1e-4), batch_size=t.get("batch_size", 32),
-                               weight_decay=t.get("weight_decay", 0.0),
-                               select_metric=t.get("select_metric", "val_accuracy"),
-                               optimizer=t.get("optimizer", "adam"), patience=t.get("patience"),
-                               seeds=study.seeds if len(study.seeds) > 1 else None, seed=study.seeds[0],
-                               progress=progress, on_run=lambda run: track_run(run, track))
-                    runs = [str(runs)]
+                    common = dict(data_root=data_root, cache_dir=study.cache_dir,
+                                  runs_dir=study.runs_dir, head=c.head, grid=study.grid,
+                                  epochs=t.get("epochs", 100), lr=t.get("lr", 1e-4), batch_size=t.get("batch_size", 32),
+                                  weight_decay=t.get("weight_decay", 0.0),
+                                  select_metric=t.get("select_metric", "val_accuracy"),
+                                  optimizer=t.get("optimizer", "adam"), patience=t.get("patience"),
+                                  seeds=study.seeds if len(study.seeds) > 1 else None, seed=study.seeds[0],
+                                  calibrate=t.get("calibrate"), progress=progress,
+                                  on_run=lambda run: track_run(run, track))
+                    folds = study.cv_for(c.dataset)
+                    if folds:  # evaluated by cross-validation only: the label curve needs a fixed test split
+                        runs = [str(fit(features, c.dataset, cv=folds, **common))]
+                    else:
+                        runs = [str(fit(features, c.dataset, **common))]
+                        if t.get("label_fractions") or t.get("shots"):
+                            runs.append(str(fit(features, c.dataset, label_fractions=t.get("label_fractions"),
+                                                shots=t.get("shots"), **common)))
                 else:
                     u = {**t, **study.unfrozen}
                     runs = []
@@ -594,7 +630,7 @@ def plan_record(study: Study, cells: list[Cell]) -> dict:
     return {"study": study.name, "source": str(study.source), "overrides": list(study.overrides),
             "cells": [{"key": c.key, "dataset": c.dataset, "model": c.model, "mode": c.mode, "head": c.head,
                        "status": c.status, "detail": c.detail, "images": c.images, "epochs": c.epochs,
-                       "cached": c.cached, "hash": c.hash} for c in cells]}
+                       "cached": c.cached, "hash": c.hash, "evaluation": c.evaluation} for c in cells]}
 
 
 def run_on_devices(study_file: str | Path, devices: list[str], *, overrides: list[str] = (),

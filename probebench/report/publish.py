@@ -17,11 +17,12 @@ import numpy as np
 from probebench.atomic import write_bytes, write_text
 from probebench.stats.bootstrap import BootstrapConfig
 from probebench.errors import ProbebenchError
+from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS, outcome_and_confidence, reliability
 from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, STUDY_METRICS, scale
 from probebench.validate import path_name
 from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
-                               collect_rows, comparison_lines, comparisons, evaluate_run, footnotes, metric_headers,
-                               render, study_cell)
+                               collect_rows, comparison_lines, comparisons, curve_groups, curve_table, evaluate_run,
+                               footnotes, main_rows, metric_headers, render, study_cell, CURVE_NOTE)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
@@ -179,6 +180,113 @@ def confusion_figure(row: ReportRow):
     return fig, cm
 
 
+def curve_figure(rows: list[ReportRow], dataset: str, metric: str = "accuracy"):
+    """Label efficiency: the metric against training samples used, one line per model x head; the first seed's
+    test-set interval as error bars, the spread over subsample seeds as a band around their mean."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    f = scale(metric)
+    spans = []
+    for (d, model, freeze, head), points in curve_groups(rows).items():
+        if d != dataset:
+            continue
+        x = np.array([float((p.run.config.get("train_used") or {}).get("samples", np.nan)) for p in points])
+        v = np.array([[p.values[metric].value, p.values[metric].low, p.values[metric].high] for p in points]) * f
+        name = f"{model} · {head}" + ("" if freeze == "Y" else " · fine-tuned")
+        bars = ax.errorbar(x, v[:, 0], yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], fmt="o-", capsize=3,
+                           markersize=4, label=f"{name} (first seed, 95% CI)")
+        if all(p.seeds for p in points):
+            mean = np.array([p.seeds["mean"][metric] for p in points]) * f
+            sd = np.array([p.seeds["sd"][metric] for p in points]) * f
+            ax.fill_between(x, mean - sd, mean + sd, color=bars[0].get_color(), alpha=0.18, linewidth=0,
+                            label=f"{name} (seeds: mean ± sd)")
+        spans.append(x)
+    if spans and np.nanmax(np.concatenate(spans)) > 10 * np.nanmin(np.concatenate(spans)):
+        ax.set_xscale("log")
+    ax.set_xlabel("training samples used")
+    ax.set_ylabel(f"{LABELS[metric]}{' (%)' if scale(metric) == 100 else ''}")
+    ax.set_title(f"{dataset}: label efficiency")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(rows: list[ReportRow], dataset: str):
+    """Reliability diagram: mean outcome against mean confidence in the ECE's equal-mass bins, one line per row,
+    the ECE in the legend (positive class for two classes, top label for more)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.0))
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfect calibration")
+    mine = [r for r in rows if r.dataset == dataset]
+    for r in mine:
+        outcome, confidence = outcome_and_confidence(r.run.y_true, r.run.proba)
+        hit, conf, _ = reliability(outcome, confidence, ECE_BINS)  # the ECE's own bins
+        name = (f"{r.model_label} · {r.head_label if r.freeze == 'Y' else 'fine-tuned'}"
+                + (" · T-scaled" if r.run.config.get("calibration") else ""))
+        ax.plot(conf, hit, "o-", markersize=3, label=f"{name} (ECE {100 * r.values['ece'].value:.1f}%)")
+    two = all(len(r.run.classes) == 2 for r in mine)
+    ax.set_xlabel("mean predicted probability of the positive class" if two else "mean top-label confidence")
+    ax.set_ylabel("fraction positive" if two else "fraction correct")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{dataset}: reliability", fontsize=9)
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def critical_difference_figure(across):
+    """Mean ranks on one axis (1 = best, on the left), Nemenyi's critical difference as a bar, and a thick line
+    joining backbones whose mean ranks differ by less than it (Demšar, 2006)."""
+    plt = _pyplot()
+    k = len(across.models)
+    order = np.argsort(across.test.mean_ranks, kind="stable")
+    r = across.test.mean_ranks[order]
+    names = [across.models[i] for i in order]
+    fig, ax = plt.subplots(figsize=(6.0, 1.4 + 0.28 * k))
+    ax.set_xlim(0.8, k + 0.2)
+    ax.set_ylim(-(k + 2) * 0.3, 0.9)
+    ax.axhline(0, color="black", linewidth=1)
+    for t in range(1, k + 1):
+        ax.plot([t, t], [0, 0.08], color="black", linewidth=1)
+        ax.text(t, 0.14, str(t), ha="center", va="bottom", fontsize=8)
+    ax.plot([1, 1 + across.cd], [0.6, 0.6], color="black", linewidth=1.5)
+    ax.text(1 + across.cd / 2, 0.66, f"CD = {across.cd:.2f}", ha="center", va="bottom", fontsize=8)
+    for i, (x, name) in enumerate(zip(r, names)):
+        y = -(i + 1) * 0.3
+        ax.plot([x, x, k + 0.15 if i >= k / 2 else 0.85], [0, y, y], color="#444", linewidth=0.8)
+        ax.text(k + 0.18 if i >= k / 2 else 0.82, y, f"{name} ({x:.2f})", ha="left" if i >= k / 2 else "right",
+                va="center", fontsize=8)
+    level, reach = -0.12, -1
+    for i in range(k):
+        j = max(jj for jj in range(i, k) if r[jj] - r[i] < across.cd)
+        if j > i and j > reach:
+            ax.plot([r[i] - 0.03, r[j] + 0.03], [level, level], color="#d62728", linewidth=3, solid_capstyle="round")
+            level -= 0.1
+            reach = j
+    ax.axis("off")
+    ax.set_title(f"mean rank over {across.test.n_datasets} datasets (Friedman p = {across.test.p:.3g})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+CALIBRATION_NOTE = (f"Lower is better. ECE: expected calibration error with {ECE_BINS} equal-mass bins, refitted "
+                    "in every bootstrap replicate (positive class for two classes, top label for more); Brier: "
+                    "squared error of the probabilities (sum over classes for more than two); NLL: negative "
+                    "log-likelihood in nats. ECE and Brier in %. With few test samples per bin (n / "
+                    f"{ECE_BINS}) the ECE is biased upwards: compare ECEs on the same test set only. Temperature: fitted on validation "
+                    "(--calibrate temperature) and applied to the test probabilities; '—' when not calibrated.")
+
+
+def _temperature(r: ReportRow) -> str:
+    c = r.run.config.get("calibration")
+    if not c:
+        return "—"
+    if "per_fold" in c:
+        return ", ".join(f"{f['temperature']:.3g}" for f in c["per_fold"]) + " (per fold)"
+    return f"{c['temperature']:.3g}"
+
+
 def _cost(row: ReportRow) -> dict:
     """Extraction images/s, training time, peak memory: what the run recorded (reports read run folders only)."""
     record, m = row.run.record, row.run.metrics
@@ -229,21 +337,36 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
         rows = collect_rows(runs_dir, opts=opts, only=only)
     if not rows:
         raise ProbebenchError(f"no runs under {runs_dir}; run `probebench fit` first")
+    from probebench.report.recommend import (across_datasets, across_lines, dataset_panels, panel_lines,
+                                             panel_notes, render_recommendation)
+
     comps = comps if comps is not None else comparisons(rows, opts, compare_metric)
-    md = ["# probebench results", "", render(rows, "md", opts, comps, compare_metric),
-          "## Data distribution (Tables I/II)", "", markdown_distribution(rows)]
+    everything, rows = rows, main_rows(rows)  # label-budget rows feed the curves only
+    metric = opts.metrics[0]
+    calib_opts = ReportOptions(opts.bootstrap, opts.level, opts.aggregate, CALIBRATION_METRICS)
+    calib_header = ["Dataset", "Model", "Freeze", "Head"] + metric_headers(calib_opts, " [CI]") + ["Temperature"]
+    calib_body = [row + [_temperature(r)] for row, r in zip(body_rows(rows, calib_opts, False), rows)]
+    md = ["# probebench results", ""]
+    if rows:
+        md += [render_recommendation(rows, opts, metric, "md")]
+    md += ["## Results", "", render(everything, "md", opts, comps, compare_metric)]
+    if rows:
+        md += ["### Calibration", "", "| " + " | ".join(calib_header) + " |", "|" + "---|" * len(calib_header)]
+        md += ["| " + " | ".join(row) + " |" for row in calib_body]
+        md += ["", f"- {CALIBRATION_NOTE}", ""]
+    md += ["## Data distribution (Tables I/II)", "", markdown_distribution(everything)]
     write_text(out / "tables.md", "\n".join(md))
     write_text(out / "tables.tex", latex_tables(rows, opts, comps, compare_metric))
     patient_opts = ReportOptions(opts.bootstrap, level="patient", aggregate=opts.aggregate, metrics=opts.metrics,
                                  study_ci=opts.study_ci)
-    grouped = [r for r in rows if len(np.unique(r.run.groups)) < len(r.run.groups)]
-    csv_text = render(rows, "csv", opts)
+    grouped = [r for r in everything if len(np.unique(r.run.groups)) < len(r.run.groups)]
+    csv_text = render(everything, "csv", opts)
     if grouped:
         patient_rows = [evaluate_run(r.run, patient_opts, r.repeats) for r in grouped]
         csv_text += "".join(render(patient_rows, "csv", patient_opts).splitlines(keepends=True)[1:])
     write_text(out / "results.csv", csv_text)
 
-    sections = []
+    sections, reliabilities = [], []
     for dataset in sorted({r.dataset for r in rows}):
         png, svg = _figure_bytes(forest_plot(rows, dataset, opts.metrics[0]))
         write_bytes(out / "figures" / f"forest_{path_name(dataset)}.png", png)
@@ -253,12 +376,42 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
             fig, _ = confusion_figure(r)
             cpng, csvg = _figure_bytes(fig)
             stem = (f"confusion_{path_name(dataset)}_{path_name(r.model)}_"
-                    f"{'frozen' if r.freeze == 'Y' else 'unfrozen'}_{r.head}")
+                    f"{'frozen' if r.freeze == 'Y' else 'unfrozen'}_{r.head}" + (f"_cv{r.cv['folds']}" if r.cv else ""))
             write_bytes(out / "figures" / f"{stem}.png", cpng)
             write_bytes(out / "figures" / f"{stem}.svg", csvg)
             confusions.append(_img(cpng, stem))
         sections.append(f"<h3>{html.escape(dataset)}</h3>{_img(png, 'forest plot ' + dataset)}"
                         f"<div>{''.join(confusions)}</div>")
+        rpng, rsvg = _figure_bytes(reliability_figure(rows, dataset))
+        write_bytes(out / "figures" / f"reliability_{path_name(dataset)}.png", rpng)
+        write_bytes(out / "figures" / f"reliability_{path_name(dataset)}.svg", rsvg)
+        reliabilities.append(_img(rpng, "reliability diagram " + dataset))
+    curves = []
+    for dataset in sorted({key[0] for key in curve_groups(everything)}):
+        cpng, csvg = _figure_bytes(curve_figure(everything, dataset, metric))
+        write_bytes(out / "figures" / f"label_efficiency_{path_name(dataset)}.png", cpng)
+        write_bytes(out / "figures" / f"label_efficiency_{path_name(dataset)}.svg", csvg)
+        curves.append(_img(cpng, "label efficiency " + dataset))
+    panels = dataset_panels(rows, opts, metric) if rows else []
+    across = across_datasets(panels, metric, 1 - opts.bootstrap.confidence)
+    recommend_html = []
+    for p in panels:
+        header_p, body_p = panel_lines(p, opts, metric)
+        recommend_html.append(f"<h3>{html.escape(p.dataset + (f' ({p.evaluation})' if p.evaluation else ''))}</h3>"
+                              + _html_table(header_p, body_p))
+    recommend_html.append(f"<p class=\"note\">{'<br>'.join(html.escape(n) for n in panel_notes(panels))}</p>")
+    if across:
+        header_a, body_a, notes_a = across_lines(across)
+        apng, asvg = _figure_bytes(critical_difference_figure(across))
+        write_bytes(out / "figures" / "critical_difference.png", apng)
+        write_bytes(out / "figures" / "critical_difference.svg", asvg)
+        recommend_html.append("<h3>Across datasets</h3>" + _html_table(header_a, body_a)
+                              + _img(apng, "critical difference diagram")
+                              + f"<p class=\"note\">{'<br>'.join(html.escape(n) for n in notes_a)}</p>")
+    else:
+        recommend_html.append('<p class="note">Across datasets: needs at least two datasets with two common '
+                              "backbones.</p>")
+    curve_header, curve_body = curve_table(everything, metric)
     import matplotlib.pyplot as plt
 
     plt.close("all")
@@ -287,7 +440,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
     provenance += ["weights:"] + sorted({f"  {r.model}: {r.run.config['weights'].get('label')} sha256 "
                                          f"{r.run.config['weights']['sha256']}" for r in rows})
     provenance += ["runs:"] + [f"  {r.run.path} (device "
-                               f"{r.run.record.device})" for r in rows]
+                               f"{r.run.record.device})" for r in everything]
     if study_file is not None:
         provenance += [f"study file {study_file}:", Path(study_file).read_text()]
         if study_overrides:
@@ -295,11 +448,16 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>probebench report</title><style>{CSS}</style></head><body>
 <h1>probebench report</h1>
+<h2>Recommendation ({html.escape(LABELS[metric])})</h2>{''.join(recommend_html)}
 <h2>Results (Tables III/IV)</h2>{''.join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings)}
 {_html_table(header, body, red)}
 <p class="note">{'<br>'.join(html.escape(n) for n in footnotes(rows, opts))}</p>
 <h2>Paired comparisons</h2>{_html_table(comp_header, comp_body, comp_red)}
 <p class="note">{html.escape(COMPARE_NOTE)}</p>
+<h2>Calibration</h2>{_html_table(calib_header, calib_body, red)}
+<p class="note">{html.escape(CALIBRATION_NOTE)}</p><div>{''.join(reliabilities)}</div>
+{f"<h2>Label efficiency</h2>{_html_table(curve_header, curve_body)}<p class='note'>{html.escape(CURVE_NOTE)}</p>"
+ f"<div>{''.join(curves)}</div>" if curve_body else ""}
 <h2>Figures</h2>{''.join(sections)}
 <h2>Data distribution (Tables I/II)</h2>{''.join(dist_html)}
 <h2>Cost per cell</h2>{_html_table(['Dataset', 'Model', 'Freeze', 'Head', 'Extraction img/s', 'Training s',

@@ -68,6 +68,13 @@ class ReportRow:
     n_units: int = 0  # resampling units in the test set
     stratified: bool = False  # resampled within each class
     seeds_asked: list | None = None  # a multi-seed fit: the seeds it was asked for (some may be missing)
+    budget: dict | None = None  # a label-efficiency point: {"label_fraction": f} or {"shots": k}
+    cv: dict | None = None  # cross-validated: {"folds": k, ...}; the test set is every sample, out of fold
+
+    @property
+    def evaluation(self) -> str:
+        """How the test predictions were made: "" (the dataset's test split) or "K-fold CV" (pooled out-of-fold)."""
+        return f"{self.cv['folds']}-fold CV" if self.cv else ""
 
     @property
     def model_label(self) -> str:
@@ -107,26 +114,37 @@ def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None
         seeds = {"seeds": [r.config.get("seed") for r in repeats],
                  "mean": {m: float(np.mean([p[m] for p in points])) for m in points[0]},
                  "sd": {m: float(np.std([p[m] for p in points], ddof=1)) for m in points[0]}}
+    label = c.get("head_label", c["head"]) + (f" · {c['cv']['folds']}-fold CV" if c.get("cv") else "")
     return ReportRow(dataset=c["dataset"], model=c["model"], freeze="Y" if c["mode"] == "frozen" else "N",
                      head=c["head"], random_weights=c["weights"]["sha256"] == "random", n_test=len(data.y_true),
                      values=values, unit=_unit_label(run, drawn.unit, opts.level), run=run,
-                     skipped=c.get("skipped", []), head_label=c.get("head_label", c["head"]), seeds=seeds,
+                     skipped=c.get("skipped", []), head_label=label, seeds=seeds,
                      repeats=repeats, n_units=drawn.n_units, stratified=drawn.stratified,
-                     seeds_asked=c.get("seeds_asked"))
+                     seeds_asked=c.get("seeds_asked"), budget=c.get("budget"), cv=c.get("cv"))
+
+
+def run_kind(config: dict) -> tuple:
+    """What sets a run apart beyond dataset x model x mode x head: its label budget and cross-validation."""
+    budget = config.get("budget") or {}
+    return (tuple(sorted(budget.items())), (config.get("cv") or {}).get("folds", 0))
 
 
 def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = None,
                  opts: ReportOptions = ReportOptions(), latest_only: bool = True,
                  only: list[str | Path] | None = None) -> list[ReportRow]:
-    """One row per run (the latest per dataset x model x mode x head unless ``latest_only`` is off); ``only``
-    keeps just these runs and their sibling seeds (a study's report shows the study's runs, nothing else)."""
+    """One row per run (the latest per dataset x model x mode x head x label budget x cross-validation unless
+    ``latest_only`` is off); ``only`` keeps just these runs and the other runs of the same fits (seeds, budgets),
+    so a study's report shows the study's runs, nothing else. Label-budget rows (``row.budget``) belong to the
+    label-efficiency curve, not to the main table (``main_rows``)."""
     configs = {p: read_config(p) for p in find_runs(runs_dir)}  # predictions later
     if datasets:
         configs = {p: c for p, c in configs.items() if c["dataset"] in datasets}
     if only is not None:
         wanted = {Path(x).resolve() for x in only}
-        groups = {c.get("seed_group") for p, c in configs.items() if p.resolve() in wanted} - {None}
-        configs = {p: c for p, c in configs.items() if p.resolve() in wanted or c.get("seed_group") in groups}
+        groups = {c.get(k) for p, c in configs.items() if p.resolve() in wanted
+                  for k in ("seed_group", "fit_group")} - {None}
+        configs = {p: c for p, c in configs.items() if p.resolve() in wanted or c.get("seed_group") in groups
+                   or c.get("fit_group") in groups}
     by_group: dict[str, list[Path]] = {}
     for p, c in configs.items():
         if c.get("seed_group"):
@@ -136,10 +154,11 @@ def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = 
         latest = {}
         for p in sorted(configs, key=lambda p: configs[p]["run_id"]):
             c = configs[p]
-            latest[(c["dataset"], c["model"], c["mode"], c["head"])] = p
+            latest[(c["dataset"], c["model"], c["mode"], c["head"], run_kind(c))] = p
         chosen = list(latest.values())
     rows = []
-    for p in sorted(chosen, key=lambda p: tuple(configs[p][k] for k in ("dataset", "model", "mode", "head"))):
+    for p in sorted(chosen, key=lambda p: tuple(configs[p][k] for k in ("dataset", "model", "mode", "head"))
+                    + run_kind(configs[p])):
         repeats = None
         if configs[p].get("seed_group"):
             siblings = {}
@@ -148,6 +167,11 @@ def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = 
             repeats = [read_run(siblings[k]) for k in sorted(siblings)]  # intervals from the first seed
         rows.append(evaluate_run(repeats[0] if repeats else read_run(p), opts, repeats))
     return rows
+
+
+def main_rows(rows: list[ReportRow]) -> list[ReportRow]:
+    """The rows of the results table: every run trained on all its training labels."""
+    return [r for r in rows if not r.budget]
 
 
 def aligned(a: Run, b: Run) -> Run:
@@ -188,10 +212,13 @@ def _row_name(r: ReportRow) -> str:
 
 def comparisons(rows: list[ReportRow], opts: ReportOptions, metric: str = "accuracy") -> list[ComparisonRow]:
     """Per dataset: frozen − unfrozen for each model and each frozen head, and every row − the row with the best
-    validation accuracy (chosen on validation, never on test); Holm within the dataset."""
+    validation accuracy (chosen on validation, never on test); Holm within the dataset. Cross-validated rows
+    (tested on every sample) are compared among themselves, apart from rows tested on the test split."""
     out: list[ComparisonRow] = []
-    for dataset in sorted({r.dataset for r in rows}):
-        mine = [r for r in rows if r.dataset == dataset]
+    rows = main_rows(rows)
+    for dataset, evaluation in sorted({(r.dataset, r.evaluation) for r in rows}):
+        mine = [r for r in rows if r.dataset == dataset and r.evaluation == evaluation]
+        dataset = f"{dataset} ({evaluation})" if evaluation else dataset
         if len(mine) < 2:
             continue
         pairs = []
@@ -334,10 +361,30 @@ def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
             notes.append(f"{r.dataset}/{r.model_label} {r.head_label}: incomplete seeds: asked "
                          f"{r.seeds_asked}, missing {r.missing_seeds} (the fit was interrupted; rerun it)")
     for r in rows:
+        if r.cv:
+            notes.append(cv_note(r))
+    for r in rows:
         if r.skipped:
             names = ", ".join(s["sample_id"] for s in r.skipped[:5]) + (" …" if len(r.skipped) > 5 else "")
             notes.append(f"{r.dataset}/{r.model}: {len(r.skipped)} unreadable image(s) skipped: {names}")
     return notes
+
+
+def fold_values(r: ReportRow, metric: str) -> list[float]:
+    """A cross-validated run's metric on each fold's own test part (recorded at fit time)."""
+    return [f["test"].get(metric, float("nan")) for f in r.run.metrics.get("folds", [])]
+
+
+def cv_note(r: ReportRow, metric: str = "accuracy") -> str:
+    folds = fold_values(r, metric)
+    c = r.cv
+    per = ", ".join(f"{100 * v:.1f}" for v in folds)
+    spread = (f"{100 * np.mean(folds):.2f} ± {100 * np.std(folds, ddof=1):.2f} ({per})" if len(folds) > 1 else per)
+    return (f"{r.dataset}/{r.model_label} {r.head_label}: {c['folds']}-fold cross-validation by "
+            f"{r.run.config.get('group_kind', 'group')} over all {c.get('samples', r.n_test)} samples (splits "
+            f"{'/'.join(c.get('splits_pooled', []))} pooled; validation the next fold); the value and interval are "
+            f"computed on the pooled out-of-fold predictions, resampled by {r.unit}; per-fold {LABELS[metric]} "
+            f"{spread}: the spread between folds, not a confidence interval.")
 
 
 def format_p(p: float, replicates: int) -> str:
@@ -396,7 +443,13 @@ def report_record(rows: list[ReportRow], opts: ReportOptions, comps: list[Compar
                   "seeds": r.seeds and {"seeds": list(r.seeds["seeds"]),
                                         "mean": {m: _number(x) for m, x in r.seeds["mean"].items()},
                                         "sd": {m: _number(x) for m, x in r.seeds["sd"].items()}},
-                  "missing_seeds": r.missing_seeds}
+                  "missing_seeds": r.missing_seeds, "label_budget": r.budget,
+                  "labels_used": r.run.config.get("train_used") if r.budget else None,
+                  "cv": r.cv and {**r.cv, "per_fold": [{"fold": f["fold"], "n_test": f["n_test"],
+                                                        **{m: _number(f["test"][m]) for m in f["test"]
+                                                           if not isinstance(f["test"][m], list)}}
+                                                       for f in r.run.metrics.get("folds", [])]},
+                  "calibration": r.run.config.get("calibration")}
                  for r in rows],
         "comparisons": [{"dataset": c.dataset, "label": c.label, "metric": compare_metric,
                          **({"a": _number(c.diff.a), "b": _number(c.diff.b), "difference": _number(c.diff.diff),
@@ -404,6 +457,57 @@ def report_record(rows: list[ReportRow], opts: ReportOptions, comps: list[Compar
                              "p_holm": _number(c.p_holm)} if c.diff is not None else {}),
                          "note": c.note} for c in (comps or [])],
     }
+
+
+def budget_text(budget: dict) -> str:
+    """A label budget as shown: "10% of labels" or "4 shots"."""
+    if "label_fraction" in budget:
+        return f"{100 * budget['label_fraction']:g}% of labels"
+    return f"{budget['shots']} shot{'s' if budget['shots'] != 1 else ''}"
+
+
+def labels_used(r: ReportRow) -> str:
+    """Training samples (and groups) a label-budget run used; a range when its seeds drew different numbers."""
+    used = [x.config.get("train_used", {}) for x in (r.repeats or [r.run])]
+    samples = sorted({u.get("samples") for u in used if u})
+    groups = sorted({u.get("groups") for u in used if u})
+    if not samples:
+        return "n/a"
+    text = str(samples[0]) if len(samples) == 1 else f"{samples[0]}–{samples[-1]}"
+    return text + (f" ({groups[0]} {r.run.config.get('group_kind', 'group')}s)" if len(groups) == 1 else "")
+
+
+def curve_groups(rows: list[ReportRow]) -> dict[tuple, list[ReportRow]]:
+    """Label-budget rows by (dataset, model, freeze, head), each curve's points from the smallest budget up
+    (fractions, then shots)."""
+    out: dict[tuple, list[ReportRow]] = {}
+    for r in rows:
+        if r.budget:
+            out.setdefault((r.dataset, r.model_label, r.freeze, r.head_label), []).append(r)
+    for points in out.values():
+        points.sort(key=lambda r: ("shots" in r.budget, r.budget.get("label_fraction", r.budget.get("shots"))))
+    return dict(sorted(out.items()))
+
+
+CURVE_NOTE = ("Label efficiency: each point trained on a share of the training labels (whole patients, stratified "
+              "by class, nested within each seed), with the full validation and test sets. The interval is the "
+              "first seed's test-set bootstrap; 'seeds m ± sd' is the spread over subsample seeds (which labels "
+              "were drawn, and the training seed), shown separately because it is a different uncertainty.")
+
+
+def curve_table(rows: list[ReportRow], metric: str) -> tuple[list[str], list[list[str]]]:
+    """The label-efficiency table: one line per curve point, with labels used, the interval and the seed spread."""
+    header = ["Dataset", "Model", "Freeze", "Head", "Labels", "Training samples used", f"{LABELS[metric]} [CI]",
+              "Seeds (mean ± sd)"]
+    body = []
+    for (dataset, model, freeze, head), points in curve_groups(rows).items():
+        for r in points:
+            f, digits = scale(metric), (2 if scale(metric) == 100 else 3)
+            spread = (f"{f * r.seeds['mean'][metric]:.{digits}f} ± {f * r.seeds['sd'][metric]:.{digits}f} "
+                      f"(n={len(r.seeds['seeds'])})" if r.seeds else "one seed")
+            body.append([dataset, model, freeze, head, budget_text(r.budget), labels_used(r),
+                         cell_text(r.values[metric], None, metric, r.few_units), spread])
+    return header, body
 
 
 def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = ReportOptions(),
@@ -414,9 +518,11 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
         w = csv.writer(out)
         w.writerow(["dataset", "model", "freeze", "head", "random_weights", "level", "n", "metric", "statistic",
                     "value", "low", "high", "sd", "ci_method", "confidence", "n_resamples", "seed", "unit",
-                    "n_units", "stratified", "undefined_replicates", "marks", "run"])
+                    "n_units", "stratified", "undefined_replicates", "marks", "run", "label_budget", "labels_used",
+                    "evaluation"])
         b = opts.bootstrap
         for r in rows:
+            kind = [budget_text(r.budget) if r.budget else "", labels_used(r) if r.budget else "", r.evaluation]
             for m in ALL_METRICS:
                 v = r.values.get(m)
                 if v is not None:
@@ -424,19 +530,21 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
                                 "test value + bootstrap CI", f"{v.value:.10g}", f"{v.low:.10g}", f"{v.high:.10g}", "",
                                 b.method, b.confidence, b.n_resamples, b.seed, r.unit, r.n_units, r.stratified,
                                 v.undefined, (RANDOM_MARK if r.random_weights else "") + _marks(v, r.few_units),
-                                r.run.path])
+                                r.run.path, *kind])
                 if opts.study_ci and v is not None:
                     w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
                                 "study-style: replicate mean + CI of the mean", f"{v.replicate_mean:.10g}",
                                 f"{v.replicate_mean - v.replicate_mean_half_width:.10g}",
                                 f"{v.replicate_mean + v.replicate_mean_half_width:.10g}", "", "normal CI of the mean",
                                 b.confidence, b.n_resamples, b.seed, r.unit, r.n_units, r.stratified, v.undefined, "",
-                                r.run.path])
+                                r.run.path, *kind])
                 if r.seeds and m in r.seeds["mean"]:
                     w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
                                 f"mean over seeds {r.seeds['seeds']}", f"{r.seeds['mean'][m]:.6f}", "", "",
-                                f"{r.seeds['sd'][m]:.6f}", "", "", "", "", "", "", "", "", "", r.run.path])
+                                f"{r.seeds['sd'][m]:.6f}", "", "", "", "", "", "", "", "", "", r.run.path, *kind])
         return out.getvalue()
+    curve_header, curve_body = curve_table(rows, opts.metrics[0])
+    rows = main_rows(rows)
     header, per_row = _headers(rows, opts)
     body = body_rows(rows, opts, per_row)
     notes = footnotes(rows, opts)
@@ -450,6 +558,10 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
         if comp_lines:
             lines += ["", "### Comparisons", "", "| " + " | ".join(comp_header) + " |", "|" + "---|" * len(comp_header)]
             lines += ["| " + " | ".join(row) + " |" for row in comp_lines] + ["", f"- {comp_note}"]
+        if curve_body:
+            lines += ["", "### Label efficiency", "", "| " + " | ".join(curve_header) + " |",
+                      "|" + "---|" * len(curve_header)]
+            lines += ["| " + " | ".join(row) + " |" for row in curve_body] + ["", f"- {CURVE_NOTE}"]
         return "\n".join(lines) + "\n"
     if fmt == "table":
         from rich.console import Console
@@ -470,6 +582,13 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
                 for row in comp_lines:
                     ctable.add_row(*row)
                 console.print(ctable)
+            if curve_body:
+                ltable = Table(title="label efficiency", caption=CURVE_NOTE, caption_justify="left")
+                for h in curve_header:
+                    ltable.add_column(h)
+                for row in curve_body:
+                    ltable.add_row(*row)
+                console.print(ltable)
         return cap.get()
     raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
 
