@@ -255,3 +255,52 @@ def test_submitit_launcher_runs_the_shards_as_jobs_and_writes_the_whole_report(t
     assert states == ["small.shard-1-of-2.json", "small.shard-2-of-2.json"]
     md = (tmp_path / "report" / "tables.md").read_text()
     assert "| demo_shapes | resnet50 † |" in md and "dinov2_s †" in md
+
+
+@pytest.mark.slow
+def test_questions_study_runs_curves_cross_validation_calibration_and_the_recommendation(tmp_path):
+    """Two models, three label fractions, 5-fold CV on a second dataset, temperature calibration: one study file,
+    and report.html opens with the recommendation, then shows the curve and the reliability diagrams."""
+    spec = (REPO / "probebench" / "configs" / "datasets" / "demo_shapes.toml").read_text()
+    write(tmp_path / "shapes_cv.toml", spec.replace('name = "demo_shapes"', 'name = "shapes_cv"'))
+    text = (SMALL_STUDY.replace('modes = ["frozen", "unfrozen"]', 'modes = ["frozen"]')
+            .replace('datasets = ["demo_shapes"]', 'datasets = ["demo_shapes", "shapes_cv.toml"]\nseeds = [0, 1]')
+            .replace("batch_size = 16", 'batch_size = 16\nlabel_fractions = [0.25, 0.5, 1.0]\n'
+                                        'cv = { shapes_cv = 5 }\ncalibrate = "temperature"'))
+    study = load_study(write(tmp_path / "q.toml", text))
+    cells = plan(study)
+    assert {c.evaluation for c in cells} == {"5-fold CV", "test split + label curve (3 budgets x 2 seeds)"}
+    result = run_study(study, progress=False, echo=lambda *a: None)
+    assert not result.failed
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.index("<h2>Recommendation") < page.index("<h2>Results") < page.index("<h2>Label efficiency")
+    for alt in ("critical difference diagram", "label efficiency demo_shapes", "reliability diagram demo_shapes",
+                "reliability diagram shapes_cv"):
+        assert f'alt="{alt}"' in page
+    md = (tmp_path / "report" / "tables.md").read_text()
+    curve = [ln for ln in md.splitlines() if "% of labels |" in ln]
+    assert len(curve) == 6 and all("(n=2)" in ln for ln in curve)  # 2 models x 3 fractions, spread over 2 seeds
+    assert md.count("linear · 5-fold CV |") >= 2 and "### shapes_cv (5-fold CV)" in md
+    assert "Friedman's test over 2 datasets × 2 backbones" in md
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/*/*/*/config.json")]
+    assert all(r["calibration"] for r in runs)
+    assert sum(1 for r in runs if r.get("budget")) == 12 and sum(1 for r in runs if r.get("cv")) == 4
+    again = run_study(load_study(tmp_path / "q.toml"), progress=False, echo=lambda *a: None)
+    assert {c.status for c in again.cells} == {"done"}
+
+
+def test_study_label_budget_and_cv_keys_are_checked_before_any_work(tmp_path):
+    def study_with(lines):
+        return write(tmp_path / "s.toml", SMALL_STUDY.replace("batch_size = 16", "batch_size = 16\n" + lines))
+
+    with pytest.raises(ProbebenchError, match=r"line 19: \[training\] cv names 'demo_shape', which is not in "
+                                              r"\[study\] datasets \['demo_shapes'\] \(did you mean 'demo_shapes'"):
+        load_study(study_with("cv = { demo_shape = 5 }"))
+    with pytest.raises(ProbebenchError, match=r"\[training\] cv must be a number of folds >= 2"):
+        load_study(study_with("cv = 1"))
+    with pytest.raises(ProbebenchError, match=r"\[training\] label_fractions must be a non-empty list of distinct "
+                                              r"fractions in \(0, 1\]"):
+        load_study(study_with("label_fractions = [0.5, 2]"))
+    with pytest.raises(ProbebenchError, match=r"\[training\] calibrate must be one of temperature, not 'platt'"):
+        load_study(study_with('calibrate = "platt"'))
+    assert load_study(study_with("cv = 5")).cv_for("demo_shapes") == 5
