@@ -6,6 +6,9 @@ the full count is extrapolated linearly; the output says which.
 
     python benchmarks/bootstrap.py                         # 10,000 samples x 5,000 replicates, 2 classes
     python benchmarks/bootstrap.py --classes 7 --auroc
+
+With ``--auroc`` the engine also computes the calibration metrics (ECE, Brier, NLL) from the probabilities, and the
+loop adds scikit-learn's Brier score and log loss, so the equality check covers them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def sklearn_replicate(t, p, proba, k, auroc):
         labels = list(range(k))
         out["auroc_macro"] = (skm.roc_auc_score(t, proba[:, 1]) if k == 2 else
                               skm.roc_auc_score(t, proba, multi_class="ovr", average="macro", labels=labels))
+        out["brier"] = skm.brier_score_loss(t, proba, labels=labels)  # computed with the probabilities too
+        out["nll"] = skm.log_loss(t, proba, labels=labels)
     return out
 
 
