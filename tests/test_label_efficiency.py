@@ -203,3 +203,30 @@ def test_command_line_budgets_are_checked_before_any_work(tmp_path):
     for args, message in cases.items():
         result = CliRunner().invoke(app, base + list(args))
         assert result.exit_code == 2 and message in " ".join(result.output.split()), (args, result.output)
+
+
+def test_every_head_takes_a_label_budget_and_knn_caps_k_at_the_training_set(tmp_path, store):
+    spec, root, cache = store
+    runs = tmp_path / "runs"
+    for head in ("linear", "mlp", "logreg", "knn"):
+        fit("resnet50", str(spec), data_root=root, cache_dir=cache, runs_dir=runs, head=head, epochs=3, shots=[1, 2],
+            progress=False, **OPTS)
+    knn = [read_run(p) for p in find_runs(runs) if read_run(p).config["head"] == "knn"]
+    feats = _features(spec, root, cache)
+    train, test = feats.split == "train", feats.split == "test"
+    for run in knn:
+        used = run.config["train_used"]["samples"]
+        ks = [g["k"] for g in run.config["selection"]["grid"]]
+        assert ks == [used]  # 10, 20 and 50 all capped at the 2 or 4 training samples
+        keep = label_subset(feats.labels[train], feats.groups[train], shots=run.config["budget"]["shots"],
+                            seed=run.config["seed"])
+        bank = feats.features[train][keep].astype(np.float64)
+        bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+        q = feats.features[test].astype(np.float64)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        votes = np.zeros((len(q), 2))
+        w = np.exp(q @ bank.T / 0.07)  # every training sample votes (k = all of them), weighted exp(sim / T)
+        for c in (0, 1):
+            votes[:, c] = w[:, feats.labels[train][keep] == c].sum(axis=1)
+        np.testing.assert_allclose(run.proba, votes / votes.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+    assert len(find_runs(runs)) == 8

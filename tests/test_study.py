@@ -304,3 +304,5 @@ def test_study_label_budget_and_cv_keys_are_checked_before_any_work(tmp_path):
     with pytest.raises(ProbebenchError, match=r"\[training\] calibrate must be one of temperature, not 'platt'"):
         load_study(study_with('calibrate = "platt"'))
     assert load_study(study_with("cv = 5")).cv_for("demo_shapes") == 5
+    shipped = load_study(REPO / "configs" / "questions.toml")
+    assert [shipped.cv_for(d) for d in shipped.datasets] == [None, 5] and shipped.training["calibrate"]

@@ -200,8 +200,9 @@ class KNNHead:
         return f"knn k={self.selection_['chosen']['k']}"
 
     def fit(self, x, y, x_val, y_val, n_classes: int, on_epoch=None):
+        ks = sorted({min(k, len(x)) for k in self.ks})  # a few labels (--shots): k is at most the training set
         grid = [{"k": k, "val_accuracy": _accuracy(knn_proba(x, y, x_val, k, n_classes, self.temperature), y_val)}
-                for k in self.ks]
+                for k in ks]
         best = max(grid, key=lambda g: (g["val_accuracy"], -g["k"]))
         self.train_, self.labels_, self.n_classes_ = x, y, n_classes
         self.selection_ = {"grid": grid, "chosen": best}
