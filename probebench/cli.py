@@ -145,6 +145,8 @@ def print_json(kind: str, body: dict) -> None:
                                 default=str) + "\n")
 
 
+CalibrateOpt = typer.Option(None, "--calibrate", help="'temperature': fit a temperature on validation and apply it "
+                            "to the test probabilities (recorded in the run).")
 TrackOpt = typer.Option(None, "--track", help="Also log each new run (curves, test metrics with intervals, "
                        "configuration) to tensorboard (in <runs-dir>/_tensorboard) or mlflow; optional extras: "
                        'pip install "probebench[tensorboard]" or "probebench[mlflow]".')
@@ -244,9 +246,7 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
         cv: Optional[int] = typer.Option(
             None, "--cv", help="K-fold cross-validation by patient over every sample (no test split needed): "
             "out-of-fold predictions pooled into one run, per-fold metrics beside them."),
-        calibrate: Optional[str] = typer.Option(
-            None, "--calibrate", help="'temperature': fit a temperature on validation and apply it to the test "
-            "probabilities (recorded in the run)."),
+        calibrate: Optional[str] = CalibrateOpt,
         study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
         force: bool = typer.Option(False, "--force", help="Train again even if an identical run exists (same "
                                    "cache, settings and seed); otherwise that run is reused."),
@@ -307,6 +307,7 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
              study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
              resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch."),
              force: bool = typer.Option(False, "--force", help="Run again even if an identical run is complete."),
+             calibrate: Optional[str] = CalibrateOpt,
              track: Optional[str] = TrackOpt):
     """Fine-tune end to end (all weights trained: the study's unfrozen setting) and write a run directory."""
     from probebench.report.tracking import check_tracker, track_run
@@ -318,7 +319,7 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
                select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
                accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
                workers=workers, seed=seed, resume=resume, force=force,
-               study_quirks=_quirks(study_bn_epoch1, study_vgg_features_only),
+               study_quirks=_quirks(study_bn_epoch1, study_vgg_features_only), calibrate=calibrate,
                on_run=lambda run: track_run(run, track))
     if path is not None:  # under torchrun only rank 0 writes
         out.print(f"run written to {path}")

@@ -602,6 +602,7 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
                             seed=s, progress=progress, existing="reuse", resume="auto", head=c.head,
+                            calibrate=u.get("calibrate"),
                             on_run=lambda run: track_run(run, track))))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
                 state[c.key] = {"hash": c.hash, "status": "done", "runs": runs,

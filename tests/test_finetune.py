@@ -233,3 +233,16 @@ def test_fit_and_finetune_write_the_same_run_record(tiny, tmp_path):
     assert a.record.details["cache_key"] and b.record.details["lr"] == 1e-4
     old = {k: v for k, v in a.config.items() if k != "device"} | {"extract_device": "NVIDIA H200"}
     assert RunRecord.from_config(old).device == "NVIDIA H200"
+
+
+@pytest.mark.slow
+def test_finetune_calibrate_applies_the_validation_temperature_to_the_same_training(tiny, tmp_path):
+    spec, root = tiny
+    common = dict(data_root=root, epochs=2, lr=1e-2, batch_size=8, seed=1, freeze_backbone=True, **SMALL)
+    raw = read_run(finetune("resnet50", str(spec), runs_dir=tmp_path / "a", **common))
+    cal = read_run(finetune("resnet50", str(spec), runs_dir=tmp_path / "b", calibrate="temperature", **common))
+    t = cal.config["calibration"]["temperature"]
+    logits = np.log(raw.proba) / t
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(cal.proba, expected / expected.sum(1, keepdims=True), atol=2e-6)
+    assert cal.config["calibrate"] == "temperature" and "calibrate" not in raw.config

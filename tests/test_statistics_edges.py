@@ -277,7 +277,8 @@ def test_csv_columns_are_the_documented_contract(tmp_path):
     rows = list(csv.reader(io.StringIO(render(collect_rows(tmp_path, opts=opts), "csv", opts))))
     assert rows[0] == ["dataset", "model", "freeze", "head", "random_weights", "level", "n", "metric", "statistic",
                        "value", "low", "high", "sd", "ci_method", "confidence", "n_resamples", "seed", "unit",
-                       "n_units", "stratified", "undefined_replicates", "marks", "run"]
+                       "n_units", "stratified", "undefined_replicates", "marks", "run", "label_budget",
+                       "labels_used", "evaluation"]
     assert all(len(r) == len(rows[0]) for r in rows)
     by = {(r[7], r[8]): dict(zip(rows[0], r)) for r in rows[1:]}
     acc = by[("accuracy", "test value + bootstrap CI")]

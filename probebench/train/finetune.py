@@ -29,6 +29,7 @@ from probebench.data.datasets import check_trainable
 from probebench.errors import ProbebenchError
 from probebench.features.extract import auto_device
 from probebench.features.spec import FeatureSpec, resolve_job
+from probebench.stats.calibration import apply_temperature, fit_temperature
 from probebench.train.heads import softmax_proba
 from probebench.features.images import ImageDataset, bad_image_error, make_transform
 from probebench.stats.metrics import point_metrics
@@ -168,12 +169,15 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
              workers: int | None = None, seed: int = 0, resume: bool | str = False, force: bool = False,
              progress: bool = True, on_epoch=None, on_run=None, existing: str = "error",
-             study_quirks: tuple[str, ...] = (), **options) -> Path | None:
+             study_quirks: tuple[str, ...] = (), calibrate: str | None = None, **options) -> Path | None:
     """Train a model end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run.
 
     ``features`` (a spec, or a model name plus the spec's options) says what the model sees: weights, tap,
     preprocessing, validation carving. ``precision`` here is the training's own (``auto`` picks per device);
     the options that exist for the cache only (store dtype, forward precision, channels-last, draft) are refused.
+
+    ``calibrate="temperature"``: a temperature fitted on the validation split is applied to the test probabilities
+    (as ``fit``'s), and recorded in the run.
 
     An identical complete run is an error unless ``force`` (run again) or ``existing="reuse"`` (return it).
     ``on_run(path)`` is called once a new run is written (as ``fit``'s; ``--track`` logs it there).
@@ -182,7 +186,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
                   optimizer=optimizer,
                   select_metric=select_metric, patience=patience, accumulate=accumulate,
                   finetune_precision=precision, workers=workers, seed=seed, device=device,
-                  grad_checkpointing=grad_checkpointing)
+                  grad_checkpointing=grad_checkpointing, calibrate=calibrate)
     unknown = set(study_quirks) - set(STUDY_QUIRKS)
     if unknown:
         raise ProbebenchError(f"unknown study quirks {sorted(unknown)}; known: {', '.join(STUDY_QUIRKS)}")
@@ -212,7 +216,8 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
         "weight_decay": weight_decay, "optimizer": optimizer, "select_metric": select_metric,
         "patience": patience, "accumulate": accumulate, "precision": prec, "seed": seed,
         **({"head_sha256": req.weights["head_sha256"]} if req.weights.get("head_sha256") else {}),
-        **({"study_quirks": sorted(study_quirks)} if study_quirks else {})}
+        **({"study_quirks": sorted(study_quirks)} if study_quirks else {}),
+        **({"calibrate": calibrate} if calibrate else {})}
     base = run_folder(runs_dir, manifest.dataset, model, mode)
     digest = config_hash(numbers)
     done = sorted(p.parent for p in base.glob(f"*-{digest}/config.json"))
@@ -350,6 +355,10 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
         return None
     proba = softmax_proba(predict(test_idx))
     y_test = manifest.labels[test_idx]
+    calibration = None
+    if calibrate == "temperature":  # fitted on validation only, then applied to the test probabilities
+        calibration = fit_temperature(softmax_proba(predict(val_idx)), manifest.labels[val_idx])
+        proba = apply_temperature(proba, calibration["temperature"])
     shared = {"mode", "path", "dataset", "model", "head", "tap", "preprocessing", "manifest_hash", "seed"}
     record = RunRecord(
         **{k: numbers[k] for k in shared}, classes=manifest.classes, weights=req.weights,
@@ -359,7 +368,8 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
         group_kind=manifest.group_kind, device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
         junk_files=len(manifest.junk), versions=versions(),
         details={**{k: v for k, v in numbers.items() if k not in shared},
-                 "grad_checkpointing": grad_checkpointing, "world_size": world})
+                 "grad_checkpointing": grad_checkpointing, "world_size": world,
+                 **({"calibration": calibration} if calibration else {})})
     if not np.isfinite(proba).all():
         raise ProbebenchError(f"fine-tuned {model} on {manifest.dataset} gives non-finite probabilities: training "
                               "diverged; lower --lr or use --precision fp32; no run was written")
