@@ -14,9 +14,9 @@ import numpy as np
 
 from probebench.errors import ProbebenchError
 from probebench.report.tables import (ReportOptions, ReportRow, cell_text, compare_runs, format_p,
-                                      main_rows, validation_accuracy)
+                                      interval_text, main_rows, validation_accuracy)
 from probebench.stats.bootstrap import Difference, holm
-from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, scale
+from probebench.stats.metrics import LABELS, LOWER_IS_BETTER
 from probebench.stats.ranking import Friedman, critical_difference, friedman, pairwise_rank_tests, ranks
 
 
@@ -132,12 +132,11 @@ def panel_lines(panel: DatasetPanel, opts: ReportOptions, metric: str) -> tuple[
               "Verdict", "Extraction", "Feature dim"]
     body = []
     for c in panel.choices:
-        f = scale(metric)
         if c.diff is None:
             delta, p, verdict = "", "", "top" if c is panel.choices[0] else (c.note or "n/a")
         else:
             d = c.diff
-            delta = f"{f * d.diff:+.2f} [{f * d.low:+.2f}, {f * d.high:+.2f}]"
+            delta = interval_text(metric, d.diff, d.low, d.high, "+")
             p = format_p(c.p_holm, d.replicates)
             verdict = ("worse than the top" if c.p_holm < alpha else "not distinguishable from the top")
         extraction, dim = _cost(c.row)

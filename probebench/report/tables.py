@@ -22,7 +22,7 @@ from probebench.stats.bootstrap import BootstrapConfig, Difference, Interval, bo
 from probebench.errors import ProbebenchError, did_you_mean
 from probebench.stats.evaluate import eval_data
 from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS
-from probebench.stats.metrics import ALL_METRICS, LABELS, LOWER_IS_BETTER, STUDY_METRICS, scale
+from probebench.stats.metrics import ALL_METRICS, LABELS, STUDY_METRICS, scale
 from probebench.runs import Run, find_runs, read_config, read_run
 
 FORMATS = ("table", "md", "csv")
@@ -257,13 +257,22 @@ def _marks(v: Interval | Difference, few: bool) -> str:
     return (UNDEFINED_MARK if share > UNDEFINED_LIMIT else "") + (FEW_MARK if few else "")
 
 
+def show(metric: str, x: float, sign: str = "") -> str:
+    """A metric's number as shown: in percent with 2 decimals, or (NLL) in nats with 3; ``sign="+"`` for
+    differences."""
+    return f"{scale(metric) * x:{sign}.{2 if scale(metric) == 100 else 3}f}"
+
+
+def interval_text(metric: str, value: float, low: float, high: float, sign: str = "") -> str:
+    return f"{show(metric, value, sign)} [{show(metric, low, sign)}, {show(metric, high, sign)}]"
+
+
 def cell_text(v: Interval, seeds: dict | None = None, metric: str = "", few: bool = False) -> str:
     if not np.isfinite(v.value):
         return "n/a"
-    f, digits = scale(metric), (2 if scale(metric) == 100 else 3)
-    text = f"{f * v.value:.{digits}f} [{f * v.low:.{digits}f}, {f * v.high:.{digits}f}]{_marks(v, few)}"
+    text = interval_text(metric, v.value, v.low, v.high) + _marks(v, few)
     if seeds:
-        text += f"; seeds {f * seeds['mean'][metric]:.{digits}f} ± {f * seeds['sd'][metric]:.{digits}f}"
+        text += f"; seeds {show(metric, seeds['mean'][metric])} ± {show(metric, seeds['sd'][metric])}"
     return text
 
 
@@ -279,9 +288,8 @@ STUDY_CI_LABEL = "study-style: replicate mean [CI of the mean]"
 def study_cell(v: Interval, metric: str = "") -> str:
     if not np.isfinite(v.replicate_mean):
         return "n/a"
-    lo, hi = v.replicate_mean - v.replicate_mean_half_width, v.replicate_mean + v.replicate_mean_half_width
-    f, digits = scale(metric), (2 if scale(metric) == 100 else 3)
-    return f"{f * v.replicate_mean:.{digits}f} [{f * lo:.{digits}f}, {f * hi:.{digits}f}]"
+    half = v.replicate_mean_half_width
+    return interval_text(metric, v.replicate_mean, v.replicate_mean - half, v.replicate_mean + half)
 
 
 def metric_headers(opts: ReportOptions, suffix: str = "") -> list[str]:
@@ -405,8 +413,7 @@ def comparison_lines(comps: list[ComparisonRow], metric: str) -> list[list[str]]
             note = c.note
             if d.replicates and d.undefined / d.replicates > UNDEFINED_LIMIT:
                 note = f"{UNDEFINED_MARK} {d.undefined} of {d.replicates} replicates undefined"
-            f = scale(metric)
-            lines.append([c.dataset, c.label, f"{f * d.diff:+.2f} [{f * d.low:+.2f}, {f * d.high:+.2f}]",
+            lines.append([c.dataset, c.label, interval_text(metric, d.diff, d.low, d.high, "+"),
                           format_p(d.p, d.replicates), format_p(c.p_holm, d.replicates), note])
     return lines
 
@@ -503,8 +510,7 @@ def curve_table(rows: list[ReportRow], metric: str) -> tuple[list[str], list[lis
     body = []
     for (dataset, model, freeze, head), points in curve_groups(rows).items():
         for r in points:
-            f, digits = scale(metric), (2 if scale(metric) == 100 else 3)
-            spread = (f"{f * r.seeds['mean'][metric]:.{digits}f} ± {f * r.seeds['sd'][metric]:.{digits}f} "
+            spread = (f"{show(metric, r.seeds['mean'][metric])} ± {show(metric, r.seeds['sd'][metric])} "
                       f"(n={len(r.seeds['seeds'])})" if r.seeds else "one seed")
             body.append([dataset, model, freeze, head, budget_text(r.budget), labels_used(r),
                          cell_text(r.values[metric], None, metric, r.few_units), spread])
@@ -606,9 +612,8 @@ def render_compare(a: Run, b: Run, diffs: dict[str, Difference], unit: str, opts
             mark = UNDEFINED_MARK if d.replicates and d.undefined / d.replicates > UNDEFINED_LIMIT else ""
             if mark:
                 undefined.append(f"{m}: {d.undefined} of {d.replicates}")
-            f = scale(m)
-            lines.append(f"{m:<20} {f * d.a:8.2f} {f * d.b:8.2f} "
-                         f"{f'{f * d.diff:+.2f} [{f * d.low:+.2f}, {f * d.high:+.2f}]{mark}':>29} "
+            lines.append(f"{m:<20} {show(m, d.a):>8} {show(m, d.b):>8} "
+                         f"{interval_text(m, d.diff, d.low, d.high, '+') + mark:>29} "
                          f"{format_p(d.p, d.replicates):>8}")
     lines += ["", "p inverts the interval shown: the interval excludes 0 exactly when p < "
                   f"{1 - opts.bootstrap.confidence:.2g}."]
