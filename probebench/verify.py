@@ -85,9 +85,11 @@ def check_run(path: Path, runs_dir: Path, repair: bool) -> Finding:
 
     try:
         run = read_run(path)
-        n_test = (run.config.get("n") or {}).get("test")
+        cv = run.config.get("cv")  # cross-validated: every sample is predicted once, out of fold
+        n_test = cv.get("samples") if cv else (run.config.get("n") or {}).get("test")
         if n_test is not None and n_test != len(run.y_true):
-            raise ProbebenchError(f"predictions.csv has {len(run.y_true)} rows, config.json says {n_test} test samples")
+            raise ProbebenchError(f"predictions.csv has {len(run.y_true)} rows, config.json says {n_test} "
+                                  f"{'cross-validated' if cv else 'test'} samples")
     except ProbebenchError as exc:
         finding = Finding("run", str(path), "damaged", str(exc).split("; `probebench verify")[0])
         if repair:

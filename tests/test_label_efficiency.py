@@ -144,6 +144,12 @@ def test_cross_validation_pools_out_of_fold_predictions_equal_to_a_hand_written_
         assert f["test"]["accuracy"] == pytest.approx((expected[test].argmax(1) == y[test]).mean())
     config = run.config
     assert config["cv"]["folds"] == 5 and config["cv"]["samples"] == len(y)
+    from probebench.verify import check_run  # verify knows a CV run predicts every sample (not only the test split)
+
+    assert check_run(run_path, tmp_path / "runs", repair=False).state == "ok"
+    lines = (run_path / "predictions.csv").read_text().splitlines()
+    (run_path / "predictions.csv").write_text("\n".join(lines[:-3]) + "\n")  # three rows lost
+    assert check_run(run_path, tmp_path / "runs", repair=False).state == "damaged"
 
 
 def test_label_fraction_runs_train_on_the_subset_and_the_full_fraction_equals_a_plain_fit(tmp_path, store):
