@@ -57,18 +57,16 @@ def expected_calibration_error(outcome: np.ndarray, confidence: np.ndarray, weig
     lower = np.floor(position)
     frac = position - lower
     upper = np.minimum(lower + 1, (total - 1)[:, None])
-    offset = (np.arange(rows) * (total.max() + 1))[:, None]  # rows side by side in one sorted array
-    flat = (cum + offset).ravel()
-
-    def value_at(pos: np.ndarray) -> np.ndarray:  # the confidence at an expanded position, per row
-        k = np.searchsorted(flat, (pos + offset).ravel(), side="right").reshape(pos.shape) - np.arange(rows)[:, None] * n
-        return v[k]
-
-    edges = _lerp(value_at(lower), value_at(upper), frac)
+    at = np.empty((rows, 2 * len(q)), dtype=np.int64)  # the samples at the expanded positions lower and upper
+    for r in range(rows):  # one small search per row: cheaper than one search over all rows laid end to end
+        at[r] = np.searchsorted(cum[r], np.concatenate([lower[r], upper[r]]), side="right")
+    at = np.minimum(at, n - 1)  # only for a row without weight, whose ECE is NaN anyway
+    edges = _lerp(v[at[:, :len(q)]], v[at[:, len(q):]], frac)
     bounds = np.searchsorted(v, edges.ravel(), side="right").reshape(rows, -1)  # bin b+1 starts after edge b
     bounds = np.concatenate([np.zeros((rows, 1), dtype=np.int64), bounds, np.full((rows, 1), n)], axis=1)
     run = np.zeros((rows, n + 1))
-    np.cumsum(w * gap[None, :], axis=1, out=run[:, 1:])
+    np.multiply(w, gap[None, :], out=w)  # w is this function's own copy (reordered above)
+    np.cumsum(w, axis=1, out=run[:, 1:])
     per_bin = np.diff(np.take_along_axis(run, bounds, axis=1), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.abs(per_bin).sum(axis=1) / np.where(total > 0, total, np.nan)

@@ -130,7 +130,7 @@ def auroc(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = No
         return {"auroc_macro": a, "auroc_weighted": a.copy()}
     buffer = np.empty((w.shape[0], w.shape[1] + 1), dtype=np.float64 if wc.dtype.kind == "f" else np.int32)
     per = np.stack([_auroc_binary(proba[:, c], y_true == c, wc, buffer) for c in range(k)], axis=1)
-    support = np.stack([(w * (y_true == c)).sum(axis=1) for c in range(k)], axis=1)
+    support = w @ np.eye(k)[y_true]  # (R, K) weight of each class: one product (exact for whole-number weights)
     macro = per.mean(axis=1)  # NaN when a class is absent from the resample, as scikit-learn's
     weighted = np.where(support > 0, per * support, 0.0).sum(axis=1) / support.sum(axis=1)
     return {"auroc_macro": macro, "auroc_weighted": weighted}
