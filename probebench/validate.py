@@ -139,24 +139,23 @@ def check_options(name=flag, /, **values) -> None:
         raise ProbebenchError("; ".join(bad))
 
 
-def parse_ints(text: str | None, what: str) -> list[int] | None:
-    """``"1,2,3"`` -> [1, 2, 3]; None and "" stay None; anything else names the option."""
+def _parse_list(text: str | None, what: str, convert, kind: str, example: str) -> list | None:
     if text is None or not str(text).strip():
         return None
     try:
-        return [int(s) for s in str(text).replace(" ", "").split(",") if s]
+        return [convert(s) for s in str(text).replace(" ", "").split(",") if s]
     except ValueError:
-        raise ProbebenchError(f"--{what} {text!r}: expected integers separated by commas, e.g. 1,2,3") from None
+        raise ProbebenchError(f"--{what} {text!r}: expected {kind} separated by commas, e.g. {example}") from None
+
+
+def parse_ints(text: str | None, what: str) -> list[int] | None:
+    """``"1,2,3"`` -> [1, 2, 3]; None and "" stay None; anything else names the option."""
+    return _parse_list(text, what, int, "integers", "1,2,3")
 
 
 def parse_floats(text: str | None, what: str) -> list[float] | None:
     """``"0.1,0.5,1"`` -> [0.1, 0.5, 1.0]; None and "" stay None; anything else names the option."""
-    if text is None or not str(text).strip():
-        return None
-    try:
-        return [float(s) for s in str(text).replace(" ", "").split(",") if s]
-    except ValueError:
-        raise ProbebenchError(f"--{what} {text!r}: expected numbers separated by commas, e.g. 0.1,0.5,1") from None
+    return _parse_list(text, what, float, "numbers", "0.1,0.5,1")
 
 
 # ---------------------------------------------------------------- names and paths

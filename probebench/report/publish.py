@@ -22,7 +22,7 @@ from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, STUDY_METRICS, sca
 from probebench.validate import path_name
 from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
                                collect_rows, comparison_lines, comparisons, curve_groups, curve_table, evaluate_run,
-                               footnotes, main_rows, metric_headers, render, study_cell, CURVE_NOTE)
+                               footnotes, main_rows, md_table, metric_headers, render, study_cell, CURVE_NOTE)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
@@ -351,8 +351,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
         md += [render_recommendation(rows, opts, metric, "md")]
     md += ["## Results", "", render(everything, "md", opts, comps, compare_metric)]
     if rows:
-        md += ["### Calibration", "", "| " + " | ".join(calib_header) + " |", "|" + "---|" * len(calib_header)]
-        md += ["| " + " | ".join(row) + " |" for row in calib_body]
+        md += ["### Calibration", ""] + md_table(calib_header, calib_body)
         md += ["", f"- {CALIBRATION_NOTE}", ""]
     md += ["## Data distribution (Tables I/II)", "", markdown_distribution(everything)]
     write_text(out / "tables.md", "\n".join(md))

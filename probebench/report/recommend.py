@@ -14,7 +14,7 @@ import numpy as np
 
 from probebench.errors import ProbebenchError
 from probebench.report.tables import (ReportOptions, ReportRow, cell_text, compare_runs, format_p,
-                                      interval_text, main_rows, validation_accuracy)
+                                      interval_text, main_rows, md_table, rich_table, validation_accuracy)
 from probebench.stats.bootstrap import Difference, holm
 from probebench.stats.metrics import LABELS, LOWER_IS_BETTER
 from probebench.stats.ranking import Friedman, critical_difference, friedman, pairwise_rank_tests, ranks
@@ -198,37 +198,24 @@ def render_recommendation(rows: list[ReportRow], opts: ReportOptions, metric: st
     if fmt == "md":
         lines = [f"## Recommendation ({LABELS[metric]})", ""]
         for title, header, body in sections:
-            lines += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(r) + " |" for r in body] + [""]
+            lines += [f"### {title}", ""] + md_table(header, body) + [""]
         lines += [f"- {n}" for n in panel_notes(panels)] + [""]
         if across:
             header, body, notes = across_lines(across)
-            lines += ["### Across datasets", "", "| " + " | ".join(header) + " |", "|---|---|"]
-            lines += ["| " + " | ".join(r) + " |" for r in body] + [""] + [f"- {n}" for n in notes]
+            lines += ["### Across datasets", ""] + md_table(header, body) + [""] + [f"- {n}" for n in notes]
         else:
             lines.append("- Across datasets: needs at least two datasets with two common backbones.")
         return "\n".join(lines) + "\n"
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(record=True, width=200)
     with console.capture() as cap:
         for title, header, body in sections:
-            table = Table(title=f"recommendation · {title} · {LABELS[metric]}")
-            for h in header:
-                table.add_column(h)
-            for r in body:
-                table.add_row(*r)
-            console.print(table)
+            console.print(rich_table(f"recommendation · {title} · {LABELS[metric]}", header, body))
         console.print("\n".join(panel_notes(panels)))
         if across:
             header, body, notes = across_lines(across)
-            table = Table(title="across datasets", caption="\n".join(notes), caption_justify="left")
-            for h in header:
-                table.add_column(h)
-            for r in body:
-                table.add_row(*r)
-            console.print(table)
+            console.print(rich_table("across datasets", header, body, "\n".join(notes)))
         else:
             console.print("Across datasets: needs at least two datasets with two common backbones.")
     return cap.get()

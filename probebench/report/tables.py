@@ -517,6 +517,23 @@ def curve_table(rows: list[ReportRow], metric: str) -> tuple[list[str], list[lis
     return header, body
 
 
+def md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def rich_table(title: str, header: list[str], body: list[list[str]], caption: str = "", no_wrap=()):
+    """A terminal table (rich), printed as written (no markup)."""
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption or None, caption_justify="left")
+    for h in header:
+        table.add_column(h, no_wrap=h in no_wrap)
+    for row in body:
+        table.add_row(*row)
+    return table
+
+
 def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = ReportOptions(),
            comps: list[ComparisonRow] | None = None, compare_metric: str = "accuracy") -> str:
     """The report as text in ``fmt``; ``csv`` is tidy (one row per run x metric, every metric)."""
@@ -559,43 +576,22 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
     comp_lines = comparison_lines(comps or [], compare_metric)
     comp_note = COMPARE_NOTE
     if fmt == "md":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        lines += [""] + [f"- {n}" for n in notes]
+        lines = md_table(header, body) + [""] + [f"- {n}" for n in notes]
         if comp_lines:
-            lines += ["", "### Comparisons", "", "| " + " | ".join(comp_header) + " |", "|" + "---|" * len(comp_header)]
-            lines += ["| " + " | ".join(row) + " |" for row in comp_lines] + ["", f"- {comp_note}"]
+            lines += ["", "### Comparisons", ""] + md_table(comp_header, comp_lines) + ["", f"- {comp_note}"]
         if curve_body:
-            lines += ["", "### Label efficiency", "", "| " + " | ".join(curve_header) + " |",
-                      "|" + "---|" * len(curve_header)]
-            lines += ["| " + " | ".join(row) + " |" for row in curve_body] + ["", f"- {CURVE_NOTE}"]
+            lines += ["", "### Label efficiency", ""] + md_table(curve_header, curve_body) + ["", f"- {CURVE_NOTE}"]
         return "\n".join(lines) + "\n"
     if fmt == "table":
         from rich.console import Console
-        from rich.table import Table
 
         console = Console(record=True, width=200)
-        table = Table(title="probebench results", caption="\n".join(notes), caption_justify="left")
-        for h in header:
-            table.add_column(h, no_wrap=h in ("Dataset", "Model"))
-        for row in body:
-            table.add_row(*row)
         with console.capture() as cap:
-            console.print(table)
+            console.print(rich_table("probebench results", header, body, "\n".join(notes), ("Dataset", "Model")))
             if comp_lines:
-                ctable = Table(title="comparisons", caption=comp_note, caption_justify="left")
-                for h in comp_header:
-                    ctable.add_column(h)
-                for row in comp_lines:
-                    ctable.add_row(*row)
-                console.print(ctable)
+                console.print(rich_table("comparisons", comp_header, comp_lines, comp_note))
             if curve_body:
-                ltable = Table(title="label efficiency", caption=CURVE_NOTE, caption_justify="left")
-                for h in curve_header:
-                    ltable.add_column(h)
-                for row in curve_body:
-                    ltable.add_row(*row)
-                console.print(ltable)
+                console.print(rich_table("label efficiency", curve_header, curve_body, CURVE_NOTE))
         return cap.get()
     raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
 
