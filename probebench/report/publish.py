@@ -274,8 +274,9 @@ CALIBRATION_NOTE = (f"Lower is better. ECE: expected calibration error with {ECE
                     "in every bootstrap replicate (positive class for two classes, top label for more); Brier: "
                     "squared error of the probabilities (sum over classes for more than two); NLL: negative "
                     "log-likelihood in nats. ECE and Brier in %. With few test samples per bin (n / "
-                    f"{ECE_BINS}) the ECE is biased upwards: compare ECEs on the same test set only. Temperature: fitted on validation "
-                    "(--calibrate temperature) and applied to the test probabilities; '—' when not calibrated.")
+                    f"{ECE_BINS}) the ECE is biased upwards: compare ECEs on the same test set only. "
+                    "Temperature: fitted on validation (--calibrate temperature) and applied to the test "
+                    "probabilities; '—' when not calibrated.")
 
 
 def _temperature(r: ReportRow) -> str:

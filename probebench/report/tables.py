@@ -499,8 +499,8 @@ def curve_groups(rows: list[ReportRow]) -> dict[tuple, list[ReportRow]]:
 CURVE_NOTE = ("Label efficiency: each point trained on a share of the training labels (whole patients, stratified "
               "by class, nested within each seed), with the full validation and test sets. The interval is the "
               "first seed's test-set bootstrap; 'seeds m ± sd' is the spread over subsample seeds (which labels "
-              "were drawn, and the training seed), shown separately because it is a different uncertainty. Marks (§ few "
-              "test units, ‡ undefined replicates) as in the results table.")
+              "were drawn, and the training seed), shown separately because it is a different uncertainty. Marks "
+              "(§ few test units, ‡ undefined replicates) as in the results table.")
 
 
 def curve_table(rows: list[ReportRow], metric: str) -> tuple[list[str], list[list[str]]]:
