@@ -115,14 +115,14 @@ def label_subset(labels: np.ndarray, groups: np.ndarray, *, fraction: float | No
 def cv_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Each sample's fold (0..k-1): scikit-learn's ``StratifiedGroupKFold(k, shuffle=True, random_state=seed)``,
     so no group is split and every fold's class mix is as close to the whole's as whole groups allow."""
+    import warnings
+
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_groups = len(np.unique(groups))
     if not 2 <= k <= n_groups:
         raise ProbebenchError(f"{k}-fold cross-validation needs at least {k} groups, and the data has {n_groups}")
     fold = np.empty(len(labels), dtype=np.int64)
-    import warnings
-
     with warnings.catch_warnings():  # "the least populated class has only m members": the folds say it themselves
         warnings.simplefilter("ignore", UserWarning)
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
