@@ -89,6 +89,13 @@ class RunRecord:
         return cls(**known, details={k: v for k, v in config.items() if k not in names and k != "run_id"})
 
 
+def budget_text(budget: dict) -> str:
+    """A run's label budget (``budget`` in its config) as shown: "10% of labels" or "4 shots"."""
+    if "label_fraction" in budget:
+        return f"{100 * budget['label_fraction']:g}% of labels"
+    return f"{budget['shots']} shot{'s' if budget['shots'] != 1 else ''}"
+
+
 def run_folder(runs_dir: str | Path, dataset: str, model: str, mode: str) -> Path:
     """``<runs>/<dataset>/<model>/<mode>``: where the runs of one cell live (this module owns the layout)."""
     from probebench.validate import path_name

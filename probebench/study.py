@@ -238,12 +238,12 @@ def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str 
             fail("training", "optimizer" if "optimizer" in t else "patience",
                  "grid = true trains with Adam for the full epochs; remove [training] optimizer / patience")
     cv = raw.get("training", {}).get("cv")
+    names = {**{Path(d).stem: d for d in s["datasets"]}, **{d: d for d in s["datasets"]}}  # a cv table's keys
     if cv is not None:
         folds = cv.values() if isinstance(cv, dict) else [cv]
         if any(problem("cv", f, optional=False) for f in folds) or (isinstance(cv, dict) and not cv):
             fail("training", "cv", "[training] cv must be a number of folds >= 2 for every dataset, or a table of "
                                    f"dataset = folds (e.g. cv = {{ichallenge_amd = 5}}), not {cv!r}")
-        names = {**{Path(d).stem: d for d in s["datasets"]}, **{d: d for d in s["datasets"]}}
         for d in (cv if isinstance(cv, dict) else {}):
             if d not in names:
                 fail("training", "cv", f"[training] cv names {d!r}, which is not in [study] datasets "
@@ -294,9 +294,8 @@ def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str 
     datasets_ = [_relative_to(base, d) if d.endswith(".toml") else d for d in s["datasets"]]
     training = dict(raw.get("training", {}))
     if isinstance(training.get("cv"), dict):  # keyed by the dataset entries as resolved (a spec file: its path)
-        entry = {**{Path(d).stem: r for d, r in zip(s["datasets"], datasets_)},
-                 **{d: r for d, r in zip(s["datasets"], datasets_)}}
-        training["cv"] = {entry[d]: folds for d, folds in training["cv"].items()}
+        resolved = dict(zip(s["datasets"], datasets_))
+        training["cv"] = {resolved[names[d]]: folds for d, folds in training["cv"].items()}
     per_model = {m: {k: (_weights_path(base, v) if k == "head_weights" else v) for k, v in settings.items()}
                  for m, settings in per_model.items()}
     weights = s.get("weights", "auto")

@@ -22,7 +22,8 @@ from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, STUDY_METRICS, sca
 from probebench.validate import path_name
 from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
                                collect_rows, comparison_lines, comparisons, curve_groups, curve_table, evaluate_run,
-                               footnotes, main_rows, md_table, metric_headers, render, study_cell, CURVE_NOTE)
+                               footnotes, main_rows, md_table, metric_headers, render, run_cost, study_cell,
+                               CURVE_NOTE)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
@@ -288,13 +289,6 @@ def _temperature(r: ReportRow) -> str:
     return f"{c['temperature']:.3g}"
 
 
-def _cost(row: ReportRow) -> dict:
-    """Extraction images/s, training time, peak memory: what the run recorded (reports read run folders only)."""
-    record, m = row.run.record, row.run.metrics
-    return {"extract_img_s": record.extract_img_s, "train_seconds": m.get("fit_seconds", m.get("train_seconds")),
-            "peak_memory_gib": m.get("peak_memory_gib"), "device": record.device}
-
-
 def _html_table(header: list[str], body: list[list[str]], red_rows: set[int] = frozenset()) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     rows = []
@@ -424,7 +418,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
     warnings = [n for n in footnotes(rows, opts) if n[:1] in ("‡", "§")]
     cost_body = []
     for r in rows:
-        cost = _cost(r)
+        cost = run_cost(r)
         cost_body.append([r.dataset, r.model_label, r.freeze, r.head_label, cost["extract_img_s"] or "n/a",
                           f"{cost['train_seconds']:.1f}" if cost["train_seconds"] is not None else "n/a",
                           cost["peak_memory_gib"] if cost["peak_memory_gib"] is not None else "n/a",

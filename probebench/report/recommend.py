@@ -14,7 +14,8 @@ import numpy as np
 
 from probebench.errors import ProbebenchError
 from probebench.report.tables import (ReportOptions, ReportRow, cell_text, compare_runs, format_p,
-                                      interval_text, main_rows, md_table, rich_table, validation_accuracy)
+                                      interval_text, main_rows, md_table, rich_table, run_cost,
+                                      validation_accuracy)
 from probebench.stats.bootstrap import Difference, holm
 from probebench.stats.metrics import LABELS, LOWER_IS_BETTER
 from probebench.stats.ranking import Friedman, critical_difference, friedman, pairwise_rank_tests, ranks
@@ -112,13 +113,13 @@ def across_datasets(panels: list[DatasetPanel], metric: str = "accuracy", alpha:
 
 
 def _cost(r: ReportRow) -> tuple[str, str]:
-    c = r.run.config
-    rate = c.get("extract_img_s")
+    c, cost = r.run.config, run_cost(r)
+    rate = cost["extract_img_s"]
     total = sum((c.get("n") or {}).values()) if c.get("n") else None
     if r.freeze == "Y" and rate:
         extraction = f"{rate:g} img/s" + (f" ({total / rate:.3g} s for {total} images)" if total else "")
     elif r.freeze == "N":
-        secs = r.run.metrics.get("train_seconds")
+        secs = cost["train_seconds"]
         extraction = f"fine-tuning {secs:.0f} s" if secs is not None else "fine-tuning"
     else:
         extraction = "n/a"

@@ -23,7 +23,7 @@ from probebench.errors import ProbebenchError, did_you_mean
 from probebench.stats.evaluate import eval_data
 from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS
 from probebench.stats.metrics import ALL_METRICS, LABELS, STUDY_METRICS, scale
-from probebench.runs import Run, find_runs, read_config, read_run
+from probebench.runs import Run, budget_text, find_runs, read_config, read_run
 
 FORMATS = ("table", "md", "csv")
 RANDOM_MARK = "†"
@@ -466,11 +466,11 @@ def report_record(rows: list[ReportRow], opts: ReportOptions, comps: list[Compar
     }
 
 
-def budget_text(budget: dict) -> str:
-    """A label budget as shown: "10% of labels" or "4 shots"."""
-    if "label_fraction" in budget:
-        return f"{100 * budget['label_fraction']:g}% of labels"
-    return f"{budget['shots']} shot{'s' if budget['shots'] != 1 else ''}"
+def run_cost(row: ReportRow) -> dict:
+    """Extraction images/s, training time, peak memory: what the run recorded (reports read run folders only)."""
+    record, m = row.run.record, row.run.metrics
+    return {"extract_img_s": record.extract_img_s, "train_seconds": m.get("fit_seconds", m.get("train_seconds")),
+            "peak_memory_gib": m.get("peak_memory_gib"), "device": record.device}
 
 
 def labels_used(r: ReportRow) -> str:

@@ -17,7 +17,7 @@ from probebench.train.heads import make_head
 from probebench.stats.calibration import apply_temperature, fit_temperature
 from probebench.stats.metrics import point_metrics
 from probebench.progress import make_progress
-from probebench.runs import RunRecord, check_writable, config_hash, run_folder, write_run
+from probebench.runs import RunRecord, budget_text, check_writable, config_hash, run_folder, write_run
 from probebench.validate import check_options
 
 NORMALIZE = (None, "l2")
@@ -151,7 +151,7 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
                 sys.stderr.write(f"an identical run exists, reused: {done[-1]} (--force trains it again)\n")
                 first = first or done[-1]
                 continue
-            title = (f"{model} × {attrs['dataset']} (seed {s}" + (f", {_budget_text(budget)}" if budget else "")
+            title = (f"{model} × {attrs['dataset']} (seed {s}" + (f", {budget_text(budget)}" if budget else "")
                      + ")")
             trained = (_cross_validate(feats, cv, s, head, grid, options, n_classes, prep, title) if cv else
                        _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title))
@@ -176,22 +176,14 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     return first
 
 
-def _budget_text(budget: dict) -> str:
-    return (f"{100 * budget['label_fraction']:g}% of the training labels" if "label_fraction" in budget
-            else f"{budget['shots']} shots per class")
-
-
 def _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title):
     """Train on the store's training split (or a label budget of it), select on validation, predict the test."""
     split, labels, groups = feats.split, feats.labels, feats.groups
     train = split == "train"
     details = {}
     if budget:
-        keep = label_subset(labels[train], groups[train], seed=s, fraction=budget.get("label_fraction"),
-                            shots=budget.get("shots"))
-        used = np.zeros(len(split), dtype=bool)
-        used[np.flatnonzero(train)[keep]] = True
-        train = used
+        train[train] = label_subset(labels[train], groups[train], seed=s, fraction=budget.get("label_fraction"),
+                                    shots=budget.get("shots"))
         details = {"budget": budget, "train_used": {
             "samples": int(train.sum()), "groups": int(len(np.unique(groups[train]))),
             "per_class": np.bincount(labels[train], minlength=n_classes).tolist()}}
@@ -232,12 +224,13 @@ def _cross_validate(feats, k, s, head, grid, options, n_classes, prep, title):
             feats.features[test], n_classes, title=f"{title}, fold {i + 1}/{k}", **prep)
         proba[test] = p
         seconds += sec
-        val_hits += int((val_p.argmax(1) == labels[val]).sum())
+        hits = int((val_p.argmax(1) == labels[val]).sum())
+        val_hits += hits
         if calibration:
             calibrations.append(calibration)
         folds.append({"fold": i + 1, "n_test": int(test.sum()), "n_val": int(val.sum()), "n_train": int(train.sum()),
                       "best_epoch": estimator.best_epoch_,
-                      "val_accuracy": float((val_p.argmax(1) == labels[val]).mean()),
+                      "val_accuracy": hits / int(val.sum()),
                       "test": point_metrics(labels[test], p.argmax(1), n_classes, p)})
         history += [{"fold": i + 1, **row} for row in (estimator.history_ or [])]
     details = {"cv": {"folds": k, "seed": s, "samples": int(len(labels)),
