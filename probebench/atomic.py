@@ -1,10 +1,15 @@
 """Atomic writes: a temporary sibling, fsync, one rename. A crash, a kill or a full disk mid-write leaves
-the previous file intact (or no file), never a truncated one where a good one was."""
+the previous file intact (or no file), never a truncated one where a good one was.
+
+Every temporary name carries ``.probebench-`` and the writer's process id (``is_leftover`` recognises them),
+so ``verify --repair`` removes only what probebench itself left behind, never a user's file, and never a
+temporary that a running process is still writing."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +35,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     flushed to disk and renamed onto ``path``; on any error it is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.probebench-{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -61,11 +66,11 @@ def flush_tree(folder: Path) -> None:
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty folder beside ``path`` (``<name>.partial``); on success its files are flushed and it is
-    renamed onto ``path`` (replacing a folder there); on any error it is removed. Readers that skip
-    ``*.partial`` never see half a folder."""
+    """Yield an empty folder beside ``path`` (``<name>.<pid>.probebench-partial``); on success its files are
+    flushed and it is renamed onto ``path`` (replacing a folder there); on any error it is removed. Readers
+    that skip ``PARTIAL`` names never see half a folder."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = partial_name(path)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -79,6 +84,39 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
+
+
+PARTIAL = ".probebench-partial"  # the suffix of every folder being written (readers skip it)
+_LEFTOVER = re.compile(r"^(\..*\.probebench-(\d+)\.tmp.*|.*\.(\d+)\.probebench-partial)$")
+
+
+def partial_name(path: Path, pid: int | None = None) -> Path:
+    """Where ``path`` is written before its rename: ``<name>.<pid>.probebench-partial`` beside it."""
+    return path.with_name(f"{path.name}.{os.getpid() if pid is None else pid}{PARTIAL}")
+
+
+def final_path(partial: Path) -> Path:
+    """The path a ``partial_name`` folder becomes when it is published."""
+    return partial.with_name(re.sub(r"\.\d+" + re.escape(PARTIAL) + "$", "", partial.name))
+
+
+def writer_pid(name: str) -> int | None:
+    """The process that wrote a probebench temporary named ``name``; None for any other name."""
+    m = _LEFTOVER.match(name)
+    return int(m.group(2) or m.group(3)) if m else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (its temporaries are in use, not left over)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

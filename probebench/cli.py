@@ -368,6 +368,8 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
                                           "tables: per dataset the backbones ranked by the first --metrics metric "
                                           "with intervals and paired tests against the top one (Holm), their cost, "
                                           "and across datasets mean ranks with Friedman's test."),
+           strict: bool = typer.Option(False, "--strict", help="Stop at a run that does not read back whole "
+                                       "(edited, malformed or damaged) instead of leaving it out with a note."),
            as_json: bool = JsonOpt):
     """Tables laid out like the study's Tables III/IV, with bootstrap intervals and paired comparisons."""
     from probebench.report.tables import FORMATS, collect_rows, comparisons, render
@@ -375,9 +377,12 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     if fmt not in FORMATS:
         raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
     opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics, stratify, study_ci)
-    rows = collect_rows(runs_dir, datasets=dataset, opts=opts, latest_only=not all_runs)
+    rows = collect_rows(runs_dir, datasets=dataset, opts=opts, latest_only=not all_runs, strict=strict)
+    for _, reason in rows.skipped:
+        err.print(styled("yellow", "note:", f" left out {reason}"))
     if not rows:
-        raise ProbebenchError(f"no runs found under {runs_dir}; run `probebench fit` first")
+        left = f" ({len(rows.skipped)} damaged run(s) left out: `probebench verify`)" if rows.skipped else ""
+        raise ProbebenchError(f"no runs found under {runs_dir}{left}; run `probebench fit` first")
     comps = comparisons(rows, opts, compare_metric) if fmt != "csv" or as_json else None
     if recommend and fmt == "csv" and not as_json:
         raise ProbebenchError("--recommend prints a table or Markdown (--format table|md) or JSON (--json), not csv")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from probebench.atomic import atomic_dir
+from probebench.atomic import PARTIAL, atomic_dir
+
 
 def check_writable(folder: str | Path) -> None:
     """Refuse before any work when ``folder`` cannot take new files, so a trained head is never lost."""
@@ -131,7 +132,46 @@ def write_run(runs_dir: str | Path, record: RunRecord | dict, *, sample_ids, gro
                 w.writeheader()
                 w.writerows(history)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_checksums(tmp)
     return final
+
+
+CHECKSUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` in a run folder checks it without probebench
+RUN_FILES = ("config.json", "predictions.csv", "metrics.json")  # every run has them; history.csv when trained
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """``SHA256SUMS`` of every file of a run, in ``sha256sum``'s format, written last."""
+    names = [n for n in (*RUN_FILES, "history.csv") if (folder / n).is_file()]
+    (folder / CHECKSUMS).write_text("".join(f"{_sha256(folder / n)}  {n}\n" for n in names))
+
+
+def checksum_problems(folder: Path) -> list[str]:
+    """What ``SHA256SUMS`` says is wrong with a run folder: a file edited, missing or added after writing."""
+    try:
+        lines = (folder / CHECKSUMS).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return [f"{CHECKSUMS} is missing or unreadable (written by probebench before runs carried checksums, or "
+                "removed): its files cannot be shown to be as written; fit again (--force)"]
+    listed = {}
+    for line in lines:
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name:
+            return [f"{CHECKSUMS} is malformed (line {line[:40]!r})"]
+        listed[name] = digest
+    problems = [f"{n} is not listed in {CHECKSUMS}" for n in RUN_FILES if n not in listed]
+    for name, digest in listed.items():
+        if "/" in name or name.startswith("."):
+            problems.append(f"{CHECKSUMS} names {name!r}, which is not a run file")
+        elif not (folder / name).is_file():
+            problems.append(f"{name} is missing")
+        elif _sha256(folder / name) != digest:
+            problems.append(f"{name} was changed after the run was written (its sha256 differs from {CHECKSUMS})")
+    return problems
 
 
 @dataclass
@@ -159,48 +199,142 @@ class Run:
 DAMAGED_HINT = "`probebench verify --repair` moves damaged runs aside (into _damaged/)"
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def config_problems(config) -> list[str]:
+    """What in a ``config.json`` does not match the run record's schema (the fields report and verify read)."""
+    if not isinstance(config, dict):
+        return ["config.json is not a JSON object"]
+    problems = []
+    classes = config.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        problems.append("classes must be a list of at least two distinct names")
+    for key in ("dataset", "model", "head", "run_id"):
+        if not (isinstance(config.get(key), str) and config.get(key)):
+            problems.append(f"{key} must be a non-empty string")
+    if config.get("mode") not in ("frozen", "unfrozen"):
+        problems.append(f"mode must be 'frozen' or 'unfrozen', not {config.get('mode')!r}")
+    weights = config.get("weights")
+    if not (isinstance(weights, dict) and isinstance(weights.get("sha256"), str)):
+        problems.append("weights must be an object with a sha256 (or 'random')")
+    n = config.get("n", {})
+    if not (isinstance(n, dict) and all(k in ("train", "val", "test") and _is_int(v) and v >= 0
+                                        for k, v in n.items())):
+        problems.append("n must map train/val/test to sample counts (integers)")
+    for key in ("seed", "seed_position"):
+        if config.get(key) is not None and not _is_int(config[key]):
+            problems.append(f"{key} must be an integer")
+    if config.get("seed_group") is not None and not (isinstance(config["seed_group"], str)
+                                                     and _is_int(config.get("seed_position"))):
+        problems.append("seed_group must be a string with an integer seed_position")
+    cv = config.get("cv")
+    if cv is not None and not (isinstance(cv, dict) and _is_int(cv.get("folds")) and _is_int(cv.get("samples"))):
+        problems.append("cv must be an object with integer folds and samples")
+    for key in ("budget", "preprocessing", "counts", "versions"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            problems.append(f"{key} must be an object")
+    for key in ("skipped", "seeds_asked"):
+        if config.get(key) is not None and not isinstance(config[key], list):
+            problems.append(f"{key} must be a list")
+    return problems
+
+
+def metrics_problems(metrics) -> list[str]:
+    """What in a ``metrics.json`` does not match its schema (numbers where numbers are read)."""
+    if not isinstance(metrics, dict):
+        return ["metrics.json is not a JSON object"]
+    problems = [f"{k} must be a number" for k in ("val_accuracy", "best_val_accuracy", "fit_seconds",
+                                                  "train_seconds", "peak_memory_gib")
+                if metrics.get(k) is not None and not _is_number(metrics[k])]
+    if not isinstance(metrics.get("test", {}), dict):
+        problems.append("test must be an object of metric values")
+    folds = metrics.get("folds", [])
+    if not (isinstance(folds, list) and all(isinstance(f, dict) and isinstance(f.get("test"), dict) for f in folds)):
+        problems.append("folds must be a list of objects with test metrics")
+    return problems
+
+
+def _damaged(path: Path, what: str):
+    from probebench.errors import ProbebenchError
+
+    return ProbebenchError(f"run {path} is damaged: {what}; {DAMAGED_HINT}")
+
+
 def read_config(path: str | Path) -> dict:
-    """A run's ``config.json``; an unreadable one is an error naming the run."""
+    """A run's ``config.json``, checked against the schema; an unreadable or malformed one is an error naming
+    the run."""
     path = Path(path)
     try:
         config = json.loads((path / "config.json").read_text())
-        if not isinstance(config, dict) or not isinstance(config.get("classes"), list):
-            raise ValueError("no class list")
-        return config
     except (OSError, ValueError) as exc:
-        from probebench.errors import ProbebenchError
+        raise _damaged(path, f"config.json cannot be read ({exc})") from None
+    problems = config_problems(config)
+    if problems:
+        raise _damaged(path, "config.json: " + "; ".join(problems))
+    return config
 
-        raise ProbebenchError(f"run {path} is damaged: config.json cannot be read ({exc}); {DAMAGED_HINT}") from None
+
+SUM_TOLERANCE = 1e-4  # probabilities are written with 8 significant digits: rows sum to 1 far closer than this
 
 
 def read_run(path: str | Path) -> Run:
-    """A run folder read back; a truncated or edited file, or a probability that is not a finite number in
-    [0, 1], is an error naming the run, so a table never shows numbers computed from damaged predictions."""
+    """A run folder read back and checked: every file as written (``SHA256SUMS``), JSON as the schema says,
+    probabilities finite, in [0, 1] and summing to 1 per row, ``pred`` their argmax, sample ids unique. Anything
+    else is an error naming the run, so a table never shows numbers from an edited or damaged run. The
+    predicted class is recomputed from the probabilities: the ``pred`` column is never trusted."""
     from probebench.errors import ProbebenchError
 
     path = Path(path)
+    problems = checksum_problems(path)
+    if problems:
+        raise _damaged(path, "; ".join(problems))
     config = read_config(path)
     classes = config["classes"]
     index = {c: i for i, c in enumerate(classes)}
     try:
+        metrics = json.loads((path / "metrics.json").read_text())
         with (path / "predictions.csv").open(newline="") as fh:
             rows = list(csv.DictReader(fh))
         proba = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
-        run = Run(path=path, config=config, metrics=json.loads((path / "metrics.json").read_text()),
-                  sample_ids=np.array([r["sample_id"] for r in rows]), groups=np.array([r["group"] for r in rows]),
-                  y_true=np.array([index[r["true"]] for r in rows], dtype=np.int64),
-                  y_pred=np.array([index[r["pred"]] for r in rows], dtype=np.int64), proba=proba)
+        y_true = np.array([index[r["true"]] for r in rows], dtype=np.int64)
+        written = np.array([index[r["pred"]] for r in rows], dtype=np.int64)
+        sample_ids = np.array([r["sample_id"] for r in rows])
+        groups = np.array([r["group"] for r in rows])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         what = f"unknown class or missing column {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ProbebenchError(f"run {path} is damaged: {what}; {DAMAGED_HINT}") from None
+        raise _damaged(path, what) from None
+    problems = metrics_problems(metrics)
+    if problems:
+        raise _damaged(path, "metrics.json: " + "; ".join(problems))
     if not len(rows):
-        raise ProbebenchError(f"run {path} is damaged: predictions.csv has no rows; {DAMAGED_HINT}")
+        raise _damaged(path, "predictions.csv has no rows")
     bad = np.flatnonzero(~(np.isfinite(proba) & (proba >= 0) & (proba <= 1)).all(axis=1))
     if len(bad):
         raise ProbebenchError(f"run {path}: {len(bad)} prediction row(s) hold probabilities that are not finite "
-                              f"numbers in [0, 1] (first: sample {run.sample_ids[bad[0]]}); NaN features or weights "
+                              f"numbers in [0, 1] (first: sample {sample_ids[bad[0]]}); NaN features or weights "
                               f"give such runs, which must not be reported; {DAMAGED_HINT}")
-    return run
+    sums = proba.sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1) > SUM_TOLERANCE)
+    if len(bad):
+        raise _damaged(path, f"{len(bad)} prediction row(s) hold probabilities that do not sum to 1 (first: sample "
+                             f"{sample_ids[bad[0]]}, sum {sums[bad[0]]:.6g})")
+    bad = np.flatnonzero(proba[np.arange(len(rows)), written] < proba.max(axis=1) - SUM_TOLERANCE)
+    if len(bad):
+        raise _damaged(path, f"{len(bad)} row(s) of predictions.csv name a predicted class that is not the most "
+                             f"probable one (first: sample {sample_ids[bad[0]]})")
+    ids, counts = np.unique(sample_ids, return_counts=True)
+    if (counts > 1).any():
+        raise _damaged(path, f"{int((counts > 1).sum())} sample id(s) appear more than once in predictions.csv "
+                             f"(first: {ids[counts > 1][0]})")
+    return Run(path=path, config=config, metrics=metrics, sample_ids=sample_ids, groups=groups, y_true=y_true,
+               y_pred=proba.argmax(axis=1), proba=proba)
 
 
 TRACKING_DIRS = ("_tensorboard", "_mlruns")  # trackers' own folders under a runs folder (report.tracking)
@@ -209,5 +343,5 @@ TRACKING_DIRS = ("_tensorboard", "_mlruns")  # trackers' own folders under a run
 def find_runs(runs_dir: str | Path) -> list[Path]:
     """Every complete run folder under ``runs_dir`` (partial ones, and trackers' copies, are ignored)."""
     return sorted(p.parent for p in Path(runs_dir).glob("*/*/*/*/config.json")
-                  if not p.parent.name.endswith(".partial")
+                  if not p.parent.name.endswith((PARTIAL, ".partial"))
                   and p.relative_to(runs_dir).parts[0] not in TRACKING_DIRS)

@@ -3,8 +3,10 @@ fixed without the images or the model.
 
 Stores: metadata present, arrays openable, every chunk readable and finite. A damaged chunk of a complete
 store is marked for recomputation (the next ``extract`` with the same options recomputes exactly those
-chunks). Runs: every file parses, probabilities are finite in [0, 1]; a damaged run is moved into
-``<runs>/_damaged/`` so that reports go on without it. Leftovers of interrupted writes are removed.
+chunks). Runs: every file as written (``SHA256SUMS``), JSON as its schema says, probabilities finite rows
+summing to 1 with ``pred`` their argmax, sample ids unique and (when the store is here) its test split; a
+damaged run is moved into ``<runs>/_damaged/`` so that reports go on without it. Leftovers of interrupted
+writes (probebench's own temporaries, by name) are removed; nothing else is ever deleted.
 """
 
 from __future__ import annotations
@@ -79,8 +81,34 @@ def check_store(path: Path, repair: bool) -> Finding:
     return finding
 
 
-def check_run(path: Path, runs_dir: Path, repair: bool) -> Finding:
-    """A run folder reads back completely; with ``repair`` a damaged one is moved to ``_damaged/``."""
+def store_problems(run, indexes: dict | None = None) -> list[str]:
+    """Whether a frozen run's predictions are the test split (or, cross-validated, every sample) of the store it
+    names, when that store is on this machine; nothing when it is not (runs are portable without the cache)."""
+    from probebench.features import cache as fcache
+
+    where, key = run.config.get("cache_path"), run.config.get("cache_key")
+    if not where or fcache.is_url(where) or not (Path(where) / "zarr.json").is_file():
+        return []
+    try:
+        indexes = {} if indexes is None else indexes
+        if where not in indexes:  # one read per store, however many runs name it
+            indexes[where] = fcache.read_index(where)
+        ids, split, attrs = indexes[where]
+    except Exception:  # the store's own check reports it
+        return []
+    if key and attrs.get("key") != key:
+        return []  # the store at that path was rebuilt for other inputs: nothing to compare with
+    expected = ids if run.config.get("cv") else ids[split == "test"]
+    if set(run.sample_ids.tolist()) != set(expected.tolist()):
+        extra = sorted(set(run.sample_ids.tolist()) - set(expected.tolist()))
+        missing = sorted(set(expected.tolist()) - set(run.sample_ids.tolist()))
+        return [f"its sample ids are not the {'samples' if run.config.get('cv') else 'test split'} of its store "
+                f"{where} ({len(extra)} foreign, e.g. {extra[:2]}; {len(missing)} missing, e.g. {missing[:2]})"]
+    return []
+
+
+def check_run(path: Path, runs_dir: Path, repair: bool, indexes: dict | None = None) -> Finding:
+    """A run folder reads back completely and unedited; with ``repair`` a damaged one is moved to ``_damaged/``."""
     from probebench.runs import read_run
 
     try:
@@ -90,6 +118,9 @@ def check_run(path: Path, runs_dir: Path, repair: bool) -> Finding:
         if n_test is not None and n_test != len(run.y_true):
             raise ProbebenchError(f"predictions.csv has {len(run.y_true)} rows, config.json says {n_test} "
                                   f"{'cross-validated' if cv else 'test'} samples")
+        problems = store_problems(run, indexes)
+        if problems:
+            raise ProbebenchError("; ".join(problems))
     except ProbebenchError as exc:
         finding = Finding("run", str(path), "damaged", str(exc).split("; `probebench verify")[0])
         if repair:
@@ -103,11 +134,23 @@ def check_run(path: Path, runs_dir: Path, repair: bool) -> Finding:
 
 
 def leftovers(runs_dir: Path, cache_dir: Path) -> list[Path]:
-    """Temporary files and folders of interrupted writes, which no reader ever uses."""
-    found = [p for p in runs_dir.glob("*/*/*/*.partial") if p.is_dir()] if runs_dir.is_dir() else []
+    """Temporary files and folders that probebench itself wrote (their names say so, with the writer's process
+    id) and whose writer is gone. Nothing inside a ``.zarr`` store (zarr's own files), nothing a running
+    process still writes, and nothing with any other name is ever listed."""
+    from probebench.atomic import process_alive, writer_pid
+
+    found: list[Path] = []
     for base in (runs_dir, cache_dir):
-        if base.is_dir():
-            found += [p for p in base.rglob(".*.tmp*") if p.is_file() and ".zarr" not in p.parts[-2:]]
+        if not base.is_dir():
+            continue
+        for p in base.rglob("*"):
+            pid = writer_pid(p.name)
+            inside = p.relative_to(base).parts[:-1]
+            if (pid is None or any(part.endswith(".zarr") for part in inside)
+                    or any(writer_pid(part) is not None for part in inside) or process_alive(pid)):
+                continue
+            if p.is_dir() and not p.is_symlink() or p.is_file():
+                found.append(p)
     return sorted(set(found))
 
 
@@ -122,9 +165,10 @@ def verify(cache_dir: str | Path = "cache", runs_dir: str | Path = "runs", *, re
     result = Verification()
     for store in find_stores(cache_dir) if cache_dir.is_dir() else []:
         result.findings.append(check_store(store, repair))
+    indexes: dict = {}
     for run in find_runs(runs_dir) if runs_dir.is_dir() else []:
         if "_damaged" not in run.relative_to(runs_dir).parts:
-            result.findings.append(check_run(run, runs_dir, repair))
+            result.findings.append(check_run(run, runs_dir, repair, indexes))
     for p in leftovers(runs_dir, cache_dir):
         finding = Finding("leftover", str(p), "leftover", "left by an interrupted write")
         if repair:

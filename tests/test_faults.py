@@ -23,6 +23,7 @@ from conftest import TINY_SPEC, write_image
 from typer.testing import CliRunner
 
 from probebench.cli import app
+from probebench.runs import write_checksums
 
 MODEL = ["--model", "resnet50", "--weights", "random", "--resize", "40", "--crop", "32"]
 DATA = ["--dataset", "tiny.toml", "--data-root", "data"]
@@ -416,8 +417,10 @@ def test_nan_probabilities_are_refused_by_report_and_moved_aside_by_verify(w):
     cells = lines[1].split(",")
     cells[-1] = "nan"
     pred.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
-    refused(w, ["report"], rf"run {the_run(w).relative_to(w)}: 1 prediction row\(s\) hold probabilities that are "
-                           r"not finite")
+    write_checksums(the_run(w))  # written so (NaN features give such runs), not edited afterwards
+    refused(w, ["report", "--strict"], rf"run {the_run(w).relative_to(w)}: 1 prediction row\(s\) hold "
+                                       r"probabilities that are not finite")
+    refused(w, ["report"], r"no runs found under runs \(1 damaged run\(s\) left out")
     status, text = cli("verify", "--repair")
     assert status == 0 and "moved to runs/_damaged/" in text, text
     assert cli("report")[0] == 2  # no run left to report, said as a message
@@ -426,7 +429,7 @@ def test_nan_probabilities_are_refused_by_report_and_moved_aside_by_verify(w):
 def test_truncated_config_names_the_run(w):
     config = the_run(w) / "config.json"
     config.write_text(config.read_text()[:40])
-    refused(w, ["report"], rf"run {the_run(w).relative_to(w)} is damaged: config.json cannot be read")
+    refused(w, ["report", "--strict"], rf"run {the_run(w).relative_to(w)} is damaged: config.json cannot be read")
 
 
 def test_compare_with_a_damaged_run(w):
@@ -528,11 +531,18 @@ def test_a_class_without_training_images(w):
                 "--epochs", "1"], r"class\(es\) \['b'\] have no training images.*a: 10/6/4, b: 0/0/20")
 
 
+def dead_pid() -> int:
+    """The id of a process that has ended (the writer of a leftover)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
 def test_verify_removes_leftovers_of_interrupted_writes(w):
-    partial = w / "runs" / "tiny" / "resnet50" / "frozen" / "20260101-000000-linear-abc.partial"
+    pid = dead_pid()
+    partial = w / "runs" / "tiny" / "resnet50" / "frozen" / f"20260101-000000-linear-abc.{pid}.probebench-partial"
     partial.mkdir()
     (partial / "config.json").write_text("{")
-    tmp = w / "runs" / "_studies" / ".s.123.tmp.json"
+    tmp = w / "runs" / "_studies" / f".s.probebench-{pid}.tmp.json"
     tmp.parent.mkdir()
     tmp.write_text("{")
     status, text = cli("verify")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -17,7 +18,7 @@ from probebench.train.fit import fit
 from probebench.train.heads import LinearHead
 from probebench.stats.bootstrap import BootstrapConfig, EvalData, bootstrap, replicate_weights
 from probebench.report.tables import ReportOptions, collect_rows, comparisons, render
-from probebench.runs import read_run
+from probebench.runs import read_run, write_checksums
 
 OPTS = dict(weights="random", resize=40, crop=32)
 
@@ -48,7 +49,10 @@ def test_fit_writes_run_directory(tiny, tmp_path):
     run_dir = fit("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs",
                   epochs=5, progress=False, **OPTS)
     assert run_dir.parent == tmp_path / "runs" / "tiny" / "resnet50" / "frozen"
-    assert {p.name for p in run_dir.iterdir()} == {"config.json", "predictions.csv", "history.csv", "metrics.json"}
+    names = {"config.json", "predictions.csv", "history.csv", "metrics.json"}
+    assert {p.name for p in run_dir.iterdir()} == names | {"SHA256SUMS"}
+    sums = dict(reversed(line.split("  ")) for line in (run_dir / "SHA256SUMS").read_text().splitlines())
+    assert sums == {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in names}  # sha256sum's format
     config = json.loads((run_dir / "config.json").read_text())
     assert config["weights"]["sha256"] == "random" and config["head_params"]["lr"] == 1e-4
     assert config["n"] == {"train": 20, "val": 8, "test": 12}
@@ -154,6 +158,9 @@ def test_cli_end_to_end_and_errors(tiny, tmp_path):
     assert res.exit_code == 0 and "A − B [CI]" in res.output and "resampling unit: patient" in res.output
     pred = second / "predictions.csv"
     pred.write_text("\n".join(pred.read_text().splitlines()[:-1]) + "\n")  # one test sample fewer
+    res = runner.invoke(app, ["compare", str(first), str(second)])
+    assert res.exit_code == 2 and "predictions.csv was changed after the run was written" in res.output
+    write_checksums(second)  # as if written so: a whole run on another test set
     res = runner.invoke(app, ["compare", str(first), str(second)])
     assert res.exit_code == 2 and "different test sets" in res.output
     res = runner.invoke(app, ["extract", "--model", "alexnet", "--dataset", str(spec)])

@@ -83,6 +83,7 @@ def test_unchanged_files_are_not_read_twice(tiny, monkeypatch):
     from probebench.data import filehash
     from probebench.data.datasets import load_manifest
 
+    monkeypatch.setattr(filehash, "RACY_NS", 0)  # files written a moment ago count as settled
     spec, root = tiny
     first = load_manifest(str(spec), root).hash()
     reads = []
@@ -101,6 +102,7 @@ def test_a_weights_file_is_hashed_once_across_commands(tmp_path, monkeypatch):
     from probebench.data import filehash
     from probebench.models.weights import sha256_file
 
+    monkeypatch.setattr(filehash, "RACY_NS", 0)  # files written a moment ago count as settled
     path = tmp_path / "w.pth"
     path.write_bytes(b"\x00" * 1000 + b"first")
     reads = []

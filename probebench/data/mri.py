@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from nibabel.affines import voxel_sizes
 
-from probebench.atomic import flush_tree
+from probebench.atomic import final_path, flush_tree, partial_name
 from probebench.data.datasets import load_spec
 from probebench.errors import ProbebenchError
 from probebench.data.splits import check_disjoint, stratified_group_holdout
@@ -325,7 +325,7 @@ def prepare_mri(cohort: str | Path, labels_csv: str | Path, out: str | Path, *, 
                "modalities": {}}
     out.mkdir(parents=True, exist_ok=True)
     n_workers = workers if workers is not None else max(1, min(8, (os.cpu_count() or 2)))
-    staging = out / GENERATIONS / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.partial"
+    staging = partial_name(out / GENERATIONS / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
     staged = {}
     with make_progress(progress, unit="vol") as bar:
         for modality in modalities:
@@ -393,10 +393,10 @@ def publish_generation(out: Path, staging: Path, modalities: list[str]) -> Path:
     ``.prepare-mri/current``, and only that link is swapped (a rename), so a kill at any moment leaves either
     the previous preparation or the new one, never modalities from two preparations or a missing folder."""
     gens = out / GENERATIONS
-    final = staging.with_name(staging.name.removesuffix(".partial"))
+    final = final_path(staging)
     flush_tree(staging)  # complete files on disk before the renames that publish them
     staging.rename(final)
-    link = gens / f".current.{os.getpid()}.tmp"
+    link = gens / f".current.probebench-{os.getpid()}.tmp"
     link.unlink(missing_ok=True)
     link.symlink_to(final.name)
     os.replace(link, gens / "current")  # the one step that switches every modality at once

@@ -254,6 +254,17 @@ def read_features(path: Path | str) -> CachedFeatures:
         attrs=attrs, path=path)
 
 
+def read_index(path: Path | str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A store's sample ids and split names (skipped images removed, as ``read_features`` serves them) and its
+    attributes, without reading the features."""
+    root = open_group(path, mode="r")
+    attrs = dict(root.attrs)
+    keep = _strings(root["skip_reason"]) == ""
+    names = {v: k for k, v in attrs["split_codes"].items()}
+    split = np.array([names[int(c)] for c in np.asarray(root["split"][:])[keep]])
+    return _strings(root["sample_ids"])[keep], split, attrs
+
+
 def _comparable(key_material: dict) -> dict:
     """Key material without the manifest hash: equal for two versions of one dataset under the same options."""
     return {k: v for k, v in json.loads(json.dumps(key_material)).items() if k != "manifest_hash"}

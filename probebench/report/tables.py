@@ -129,14 +129,44 @@ def run_kind(config: dict) -> tuple:
     return (tuple(sorted(budget.items())), (config.get("cv") or {}).get("folds", 0))
 
 
+class Rows(list):
+    """Report rows, and the runs left out because they did not read back whole: ``skipped`` holds
+    (run folder, reason) pairs, which the footnotes, the JSON record and the command line name."""
+
+    def __init__(self, rows=(), skipped=()):
+        super().__init__(rows)
+        self.skipped = list(skipped)
+
+
+def skipped_notes(rows) -> list[str]:
+    """One note per run that a report left out."""
+    return [f"left out: {reason} (`probebench verify` lists such runs, `--strict` stops instead)"
+            for _, reason in getattr(rows, "skipped", [])]
+
+
 def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = None,
                  opts: ReportOptions = ReportOptions(), latest_only: bool = True,
-                 only: list[str | Path] | None = None) -> list[ReportRow]:
+                 only: list[str | Path] | None = None, strict: bool = False) -> Rows:
     """One row per run (the latest per dataset x model x mode x head x label budget x cross-validation unless
     ``latest_only`` is off); ``only`` keeps just these runs and the other runs of the same fits (seeds, budgets),
     so a study's report shows the study's runs, nothing else. Label-budget rows (``row.budget``) belong to the
-    label-efficiency curve, not to the main table (``main_rows``)."""
-    configs = {p: read_config(p) for p in find_runs(runs_dir)}  # predictions later
+    label-efficiency curve, not to the main table (``main_rows``).
+
+    Every run is read back and checked (``runs.read_run``) before the latest is chosen: an edited, malformed or
+    damaged run is left out and named in ``Rows.skipped`` (so the cell shows the latest run that is whole, and
+    the note says which one was passed over), or, with ``strict``, stops the report."""
+    configs, skipped = {}, []
+
+    def leave_out(p: Path, exc: ProbebenchError) -> None:
+        if strict:
+            raise exc
+        skipped.append((p, str(exc).split("; `probebench verify")[0]))
+
+    for p in find_runs(runs_dir):
+        try:
+            configs[p] = read_config(p)
+        except ProbebenchError as exc:
+            leave_out(p, exc)
     if datasets:
         configs = {p: c for p, c in configs.items() if c["dataset"] in datasets}
     if only is not None:
@@ -145,6 +175,13 @@ def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = 
                   for k in ("seed_group", "fit_group")} - {None}
         configs = {p: c for p, c in configs.items() if p.resolve() in wanted or c.get("seed_group") in groups
                    or c.get("fit_group") in groups}
+    runs = {}
+    for p in list(configs):
+        try:
+            runs[p] = read_run(p)
+        except ProbebenchError as exc:
+            leave_out(p, exc)
+            del configs[p]
     by_group: dict[str, list[Path]] = {}
     for p, c in configs.items():
         if c.get("seed_group"):
@@ -164,14 +201,14 @@ def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = 
             siblings = {}
             for s in sorted(by_group[configs[p]["seed_group"]], key=lambda s: configs[s]["run_id"]):
                 siblings[configs[s]["seed_position"]] = s  # the latest run for each seed
-            repeats = [read_run(siblings[k]) for k in sorted(siblings)]  # intervals from the first seed
-        rows.append(evaluate_run(repeats[0] if repeats else read_run(p), opts, repeats))
-    return rows
+            repeats = [runs[siblings[k]] for k in sorted(siblings)]  # intervals from the first seed
+        rows.append(evaluate_run(repeats[0] if repeats else runs[p], opts, repeats))
+    return Rows(rows, skipped)
 
 
-def main_rows(rows: list[ReportRow]) -> list[ReportRow]:
+def main_rows(rows: list[ReportRow]) -> Rows:
     """The rows of the results table: every run trained on all its training labels."""
-    return [r for r in rows if not r.budget]
+    return Rows([r for r in rows if not r.budget], getattr(rows, "skipped", []))
 
 
 def aligned(a: Run, b: Run) -> Run:
@@ -375,7 +412,7 @@ def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
         if r.skipped:
             names = ", ".join(s["sample_id"] for s in r.skipped[:5]) + (" …" if len(r.skipped) > 5 else "")
             notes.append(f"{r.dataset}/{r.model}: {len(r.skipped)} unreadable image(s) skipped: {names}")
-    return notes
+    return notes + skipped_notes(rows)
 
 
 def fold_values(r: ReportRow, metric: str) -> list[float]:
@@ -463,6 +500,7 @@ def report_record(rows: list[ReportRow], opts: ReportOptions, comps: list[Compar
                              "low": _number(c.diff.low), "high": _number(c.diff.high), "p": _number(c.diff.p),
                              "p_holm": _number(c.p_holm)} if c.diff is not None else {}),
                          "note": c.note} for c in (comps or [])],
+        "skipped_runs": [{"run": str(p), "reason": reason} for p, reason in getattr(rows, "skipped", [])],
     }
 
 
