@@ -79,6 +79,11 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceb
     """
     if debug:
         os.environ["PROBEBENCH_DEBUG"] = "1"
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never a crash
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 def parse_floats(text: str | None, what: str):
@@ -97,6 +102,8 @@ DatasetOpt = typer.Option(..., "--dataset", "-d", help="Dataset spec name, or pa
 DataRootOpt = typer.Option(None, "--data-root", metavar="DIR", help="Folder holding one folder per dataset; give "
                            "it more than once to search several in order.",
                            show_default="$PROBEBENCH_DATA (a :-separated list), else ./data")
+RehashOpt = typer.Option(False, "--rehash", help="Read and hash every data file again instead of trusting the "
+                         "memo of unchanged files (device, inode, size, mtime, ctime).")
 CacheOpt = typer.Option("cache", "--cache-dir", help="Feature cache root: a folder, or an fsspec URL "
                                                      "(file://, s3://, ...) that zarr accepts.")
 WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hub cache, then download) or "
@@ -205,13 +212,14 @@ def extract(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]]
             workers: Optional[int] = WorkersOpt,
             chunk_size: int = typer.Option(256, help="Samples per cache chunk (the unit of resume and of sharding)."),
             force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
-            skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and record them.")):
+            skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and record them."),
+            rehash: bool = RehashOpt):
     """Fill the feature cache: one forward pass per image through the frozen backbone (resumable)."""
     from probebench.features.extract import extract as run
 
     t0 = time.perf_counter()
     path = run(features, dataset, data_root=data_root, cache_dir=cache_dir, device=device, batch_size=batch_size,
-               chunk_size=chunk_size, workers=workers, force=force, skip_bad=skip_bad)
+               chunk_size=chunk_size, workers=workers, force=force, skip_bad=skip_bad, rehash=rehash)
     out.print(f"features cached in {path} ({time.perf_counter() - t0:.1f} s)")
 
 
@@ -705,8 +713,12 @@ def verify(cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Fe
 def datasets(data_root: Optional[list[Path]] = DataRootOpt,
              check: bool = typer.Option(False, "--check", help="Resolve present datasets: split counts, the data "
                                         "root each was found in, ids shared across shipped splits, notes."),
-             as_json: bool = JsonOpt):
+             rehash: bool = RehashOpt, as_json: bool = JsonOpt):
     """Dataset specs that are registered, and whether their data is present under the data roots."""
+    if rehash:
+        from probebench.data.filehash import forget
+
+        forget()
     from probebench.data.datasets import (INTERNAL_SPECS, data_roots, find_dataset_root, list_specs, load_manifest,
                                           load_spec)
     from probebench.errors import describe_error

@@ -210,7 +210,7 @@ def _is_number(x) -> bool:
 def config_problems(config) -> list[str]:
     """What in a ``config.json`` does not match the run record's schema (the fields report and verify read)."""
     if not isinstance(config, dict):
-        return ["config.json is not a JSON object"]
+        return ["not a JSON object"]
     problems = []
     classes = config.get("classes")
     if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
@@ -249,7 +249,7 @@ def config_problems(config) -> list[str]:
 def metrics_problems(metrics) -> list[str]:
     """What in a ``metrics.json`` does not match its schema (numbers where numbers are read)."""
     if not isinstance(metrics, dict):
-        return ["metrics.json is not a JSON object"]
+        return ["not a JSON object"]
     problems = [f"{k} must be a number" for k in ("val_accuracy", "best_val_accuracy", "fit_seconds",
                                                   "train_seconds", "peak_memory_gib")
                 if metrics.get(k) is not None and not _is_number(metrics[k])]
@@ -335,6 +335,25 @@ def read_run(path: str | Path) -> Run:
                              f"(first: {ids[counts > 1][0]})")
     return Run(path=path, config=config, metrics=metrics, sample_ids=sample_ids, groups=groups, y_true=y_true,
                y_pred=proba.argmax(axis=1), proba=proba)
+
+
+def identical_run(folder: Path, digest: str) -> Path | None:
+    """The newest run under ``folder`` written with the same inputs (run id ending in ``-<digest>``) that reads
+    back whole; an identical run that does not is named on stderr and passed over (never reused)."""
+    import sys
+
+    from probebench.errors import ProbebenchError
+
+    for candidate in sorted((p.parent for p in Path(folder).glob(f"*-{digest}/config.json")), reverse=True):
+        if candidate.name.endswith((PARTIAL, ".partial")):
+            continue
+        try:
+            read_run(candidate)
+            return candidate
+        except ProbebenchError as exc:
+            sys.stderr.write(f"note: an identical earlier run is not reused: {str(exc).split('; `probebench')[0]} "
+                             "(`probebench verify --repair` moves it aside)\n")
+    return None
 
 
 TRACKING_DIRS = ("_tensorboard", "_mlruns")  # trackers' own folders under a runs folder (report.tracking)

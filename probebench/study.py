@@ -483,9 +483,20 @@ def plan(study: Study, only: str | None = None, shard: tuple[int, int] | None = 
             sort_keys=True, default=str).encode()).hexdigest()[:16]
         previous = state.get(c.key, {})
         if (previous.get("hash") == c.hash and previous.get("status") == "done"
-                and all(Path(r).is_dir() for r in previous.get("runs", []))):
+                and all(_whole(r) for r in previous.get("runs", []))):
             c.status = "done"
     return cells
+
+
+def _whole(run: str) -> bool:
+    """A recorded run still reads back whole (the same checks as ``verify``); otherwise its cell is redone."""
+    from probebench.runs import read_run
+
+    try:
+        read_run(run)
+        return True
+    except ProbebenchError:
+        return False
 
 
 def _complete(store: Path | str) -> bool:

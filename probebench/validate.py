@@ -163,6 +163,16 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
 _COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
 
 
+def printable(name: str) -> str:
+    """A file name as text every output can carry: bytes that are not UTF-8 (kept by Python as surrogates) are
+    shown as ``\\xNN``; a valid name is returned unchanged."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def path_name(model: str) -> str:
     """A model name as one unambiguous path component (``timm:a/b`` -> ``timm%3Aa%2Fb``)."""
     from urllib.parse import quote

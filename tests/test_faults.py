@@ -7,7 +7,9 @@ its extracted cache, one fitted run) is built once and copied for each case.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import pickle
 import re
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from conftest import TINY_SPEC, write_image
 from typer.testing import CliRunner
 
@@ -659,3 +662,263 @@ def test_the_option_rules_name_what_the_code_accepts():
         training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], name)
     with pytest.raises(ValueError):
         training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], "adamm")
+
+
+# ---------------------------------------------------------------- integrity: memo, run files, names, identity
+
+
+def test_an_image_rewritten_in_place_with_its_mtime_restored_gets_fresh_features(w, monkeypatch):
+    """Same inode, same size, mtime put back (``cp -p``, ``rsync -t``): the memo sees the ctime and hashes again."""
+    from probebench.data import filehash
+    from probebench.features.cache import read_features
+
+    monkeypatch.setattr(filehash, "RACY_NS", 0)  # the stamp itself must catch it, not the recent-write guard
+    assert cli(*EXTRACT)[0] == 0  # the memo now holds every image of this copy
+    first = store_of(w)
+    old = read_features(first)
+    target = w / "data" / "tiny" / "a" / "p000_0.png"
+    before = target.stat()
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((24, 24), 250, np.uint8)).save(buffer, format="PNG")  # another picture, fewer bytes
+    new = buffer.getvalue()
+    assert len(new) < before.st_size
+    with open(target, "r+b") as fh:  # in place: the same inode
+        fh.write(new + b"\0" * (before.st_size - len(new)))  # PNG readers stop at IEND: same size, valid image
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = target.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    status, text = cli(*EXTRACT)
+    assert status == 0, text
+    stores = sorted((w / "cache" / "tiny" / "resnet50").glob("*.zarr"))
+    assert len(stores) == 2, stores  # a new manifest hash, so a new store
+    fresh = read_features(next(s for s in stores if s != first))
+    row = list(fresh.sample_ids).index("a/p000_0.png")
+    assert not np.allclose(fresh.features[row], old.features[list(old.sample_ids).index("a/p000_0.png")])
+    filehash.forget()  # --rehash: every file is read again
+    reads = []
+    real = filehash.digest_file
+    monkeypatch.setattr(filehash, "digest_file", lambda p: reads.append(p) or real(p))
+    assert cli(*EXTRACT, "--rehash")[0] == 0 and len(reads) == 40
+
+
+def test_repair_removes_only_probebench_leftovers_of_finished_writers(w):
+    """User files named like temporaries, zarr's own files inside a store, a live writer's temporary and a
+    foreign folder survive ``verify --repair``; only a dead writer's probebench temporaries go."""
+    pid = dead_pid()
+    user = [w / "runs" / "notes" / ".draft.tmp.txt", w / "runs" / "my.tmp", w / "cache" / ".a.123.tmp.json",
+            w / "runs" / "mine.partial" / "keep.txt", w / "cache" / "tiny" / "resnet50" / "x.zarr.partial" / "f",
+            store_of(w) / f".zarr.probebench-{pid}.tmp.json", store_of(w) / "features" / f"zarr.{pid}.partial",
+            w / "runs" / "tiny" / "resnet50" / "frozen" / f".live.probebench-{os.getpid()}.tmp.json"]
+    for p in user:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("mine")
+    ours = [w / "runs" / "tiny" / "resnet50" / "frozen" / f"20260101-000000-linear-abc.{pid}.probebench-partial",
+            w / "cache" / "tiny" / "resnet50" / f"0123.zarr.{pid}.probebench-partial",
+            w / "runs" / "_studies" / f".s.probebench-{pid}.tmp.json"]
+    for p in ours[:2]:
+        (p / "inner").mkdir(parents=True)
+    ours[2].parent.mkdir(parents=True, exist_ok=True)
+    ours[2].write_text("{")
+    status, text = cli("verify")
+    assert status == 1 and text.count("left by an interrupted write") == 3, text
+    status, text = cli("verify", "--repair")
+    assert status == 0, text
+    assert [p for p in ours if p.exists()] == [] and all(p.read_text() == "mine" for p in user)
+
+
+def edit_csv(path: Path, edit) -> None:
+    """Rewrite predictions.csv row by row (a dict per row) with ``edit(row)``."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    header = list(rows[0])
+    rows = [r for row in rows for r in (edit(row) or [row])]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def set_pred_to_truth(row):
+    row["pred"] = row["true"]
+
+
+def probabilities_summing_to_1_8(row):
+    row["prob_a"], row["prob_b"] = "0.9", "0.9"
+
+
+def first_row_twice(row, seen=[]):  # noqa: B006 - the state is the point: the first row is written twice
+    if not seen:
+        seen.append(row)
+        return [row, dict(row)]
+    return None
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (set_pred_to_truth, r"name a predicted class that is not the most probable one"),
+    (probabilities_summing_to_1_8, r"probabilities that do not sum to 1 \(first: sample .*, sum 1\.8\)"),
+    (first_row_twice, r"1 sample id\(s\) appear more than once in predictions.csv"),
+])
+def test_edited_predictions_are_refused_even_with_fresh_checksums(w, edit, reason):
+    """Edited after writing: the checksum names the file. Written so (or checksums forged): the content checks."""
+    run = the_run(w)
+    edit_csv(run / "predictions.csv", edit)
+    refused(w, ["report", "--strict"], r"predictions.csv was changed after the run was written")
+    write_checksums(run)
+    refused(w, ["report", "--strict"], reason)
+    status, text = cli("verify")
+    assert status == 1 and re.search(reason, text), text
+
+
+@pytest.mark.parametrize("file, change, reason", [
+    ("metrics.json", lambda d: {**d, "val_accuracy": "high"}, r"metrics.json: val_accuracy must be a number"),
+    ("metrics.json", lambda d: [d], r"metrics.json: not a JSON object"),
+    ("config.json", lambda d: {k: v for k, v in d.items() if k != "weights"}, r"config.json: weights must be an "),
+    ("config.json", lambda d: {**d, "n": {**d["n"], "test": "12"}}, r"config.json: n must map"),
+    ("config.json", lambda d: {**d, "classes": ["a"]}, r"config.json: classes must be a list of at least two"),
+])
+def test_malformed_json_is_named_by_report_verify_recommend_and_out(w, file, change, reason):
+    import json
+
+    run = the_run(w)
+    path = run / file
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    write_checksums(run)  # valid checksums: the schema must catch it
+    refused(w, ["report", "--strict"], rf"run {run.relative_to(w)} is damaged: {reason}")
+    for args in (["report"], ["report", "--recommend"], ["report", "--out", "out"]):
+        status, text = cli(*args)
+        assert status == 2 and "1 damaged run(s) left out" in text, (args, text)
+    status, text = cli("verify")
+    assert status == 1 and re.search(reason, text) and "1 problem(s) left" in text, text
+
+
+def test_verify_and_report_with_one_edited_one_malformed_one_good_run(w):
+    """The issue's acceptance case: verify names exactly the two bad runs; report shows the good one, noting both."""
+    import json
+
+    for epochs in ("3", "4"):
+        assert cli(*FIT[:-1], epochs)[0] == 0
+    good, edited, malformed = sorted((w / "runs" / "tiny" / "resnet50" / "frozen").iterdir())
+    edit_csv(edited / "predictions.csv", set_pred_to_truth)
+    (malformed / "metrics.json").write_text(json.dumps({"test": {}, "fit_seconds": "fast"}))
+    write_checksums(malformed)
+    status, text = cli("verify")
+    assert status == 1 and "2 problem(s) left" in text, text
+    damaged = re.findall(r"damaged run (\S+):", text)
+    assert sorted(damaged) == sorted([str(edited.relative_to(w)), str(malformed.relative_to(w))]), text
+    status, text = cli("report", "--format", "md")
+    assert status == 0, text
+    assert text.count("| tiny |") == 1 and f"left out: run {edited.relative_to(w)} is damaged" in text
+    assert f"left out: run {malformed.relative_to(w)} is damaged: metrics.json: fit_seconds must be a number" in text
+    status, text = cli("report", "--json")
+    import json as _json
+    record = _json.loads(text[text.index("{"):])
+    assert [r["run"] for r in record["rows"]] == [str(good.relative_to(w))]
+    assert len(record["skipped_runs"]) == 2
+
+
+def test_identical_inputs_reuse_the_run_after_a_re_extraction(w):
+    """The run's identity holds no measurement: a re-extraction (another speed) leaves fit's run reused."""
+    assert cli(*EXTRACT, "--force")[0] == 0
+    status, text = cli(*FIT)
+    assert status == 0 and "an identical run exists, reused" in text, text
+    assert len(list((w / "runs" / "tiny" / "resnet50" / "frozen").iterdir())) == 1
+
+
+def test_a_damaged_identical_run_is_not_reused(w):
+    (the_run(w) / "predictions.csv").unlink()
+    status, text = cli(*FIT)
+    assert status == 0 and "an identical earlier run is not reused" in text and "predictions.csv is missing" in text
+    assert len(list((w / "runs" / "tiny" / "resnet50" / "frozen").iterdir())) == 2
+    status, text = cli("report")  # the new run is reported; the damaged one noted
+    assert status == 0 and "left out" in text, text
+
+
+HOSTILE_SPEC = TINY_SPEC.replace('name = "tiny"', 'name = "x=1+1"').replace('classes = ["a", "b"]',
+                                                                          'classes = ["<script>x|y", "@SUM(1)"]')
+
+
+def test_hostile_class_names_and_a_non_utf8_file_name_are_escaped_in_every_output(w):
+    """Classes named like HTML and a formula, and an image whose name is not UTF-8: read, and reported with
+    escaped names; Markdown, LaTeX, HTML and the terminal never carry them raw (dataset names are restricted
+    to safe folder names, so results.csv holds no class name; its cells are checked below by hand)."""
+    import json
+
+    from probebench.report.tables import csv_cell
+
+    for old, new in (("a", "<script>x|y"), ("b", "@SUM(1)")):
+        (w / "data" / "tiny" / old).rename(w / "data" / "tiny" / new)
+    bad = os.fsencode(w / "data" / "tiny" / "<script>x|y" / "p000_0.png")
+    os.rename(bad, bad.replace(b"p000_0.png", b"p000_\xff.png"))
+    (w / "hostile.toml").write_text(HOSTILE_SPEC)
+    args = [*MODEL, "--dataset", "hostile.toml", "--data-root", "data", "--cache-dir", "cache"]
+    status, text = cli("extract", *args, "--workers", "0")
+    assert status == 0, text
+    status, text = cli("fit", *args, "--runs-dir", "runs", "--epochs", "2")
+    assert status == 0, text
+    (store,) = (w / "cache").glob("x*/resnet50/*.zarr")
+    from probebench.features.cache import read_features
+    assert "<script>x|y/p000_\\xff.png" in read_features(store).sample_ids.tolist()  # read, named escaped
+    status, text = cli("report", "--dataset", "x=1+1", "--out", "out", "--format", "md")
+    assert status == 0, text
+    for name in ("tables.md", "report.html"):
+        page = (w / "out" / name).read_text()
+        assert "<script>" not in page and "script" in page, name
+    assert "&lt;script&gt;x\\|y" in (w / "out" / "tables.md").read_text()  # one cell, not a column break
+    assert "$<$script$>$x|y" in (w / "out" / "tables.tex").read_text()
+    res = CliRunner().invoke(app, ["report", "--dataset", "x=1+1", "--out", "out2"])  # terminal: as written
+    assert res.exit_code == 0 and "x=1+1" in res.output
+    assert [csv_cell(x) for x in ("=HYPERLINK(1)", "+1", "-1", "@SUM(1)", "\tx", "a=b", "1")] == \
+        ["'=HYPERLINK(1)", "'+1", "'-1", "'@SUM(1)", "'\tx", "a=b", "1"]
+
+
+# ---------------------------------------------------------------- stores under concurrency and interruption
+
+
+@pytest.mark.slow
+def test_processes_started_together_on_one_new_store_fill_it_together(w):
+    """Three ``extract`` processes started at once on one new store, twice: every one succeeds, one store is
+    made, complete, with features equal to a single process's."""
+    from probebench.features.cache import read_features
+
+    reference = read_features(store_of(w))
+    env = {**os.environ, "PROBEBENCH_OFFLINE": "1"}
+    for attempt in range(2):
+        shutil.rmtree(w / "cache")
+        procs = [subprocess.Popen([sys.executable, "-m", "probebench", *EXTRACT], cwd=w, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], outputs
+        assert all("Traceback" not in o for o in outputs), outputs
+        (store,) = (w / "cache" / "tiny" / "resnet50").iterdir()  # no partial folder left beside it
+        got = read_features(store)
+        assert got.attrs["complete"] and np.array_equal(got.features, reference.features)
+
+
+def test_a_store_whose_creation_failed_leaves_nothing_and_the_next_extract_creates_it(w, monkeypatch):
+    """A full disk while the empty store is laid out: no store at the final path, no partial folder; the next
+    extract succeeds without --force. A half-made store from an older probebench (metadata, no attributes) is
+    recognised and made again."""
+    import errno
+
+    from probebench.features import cache as fcache
+
+    shutil.rmtree(w / "cache")
+    real = fcache._lay_out
+
+    def disk_full(root, *args):
+        root.create_array("labels", shape=(1,), dtype="int64")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fcache, "_lay_out", disk_full)
+    status, text = cli(*EXTRACT)
+    assert status == 2 and "disk is full" in text, text
+    assert list((w / "cache" / "tiny" / "resnet50").iterdir()) == []
+    monkeypatch.setattr(fcache, "_lay_out", real)
+    assert cli(*EXTRACT)[0] == 0
+    store = store_of(w)
+    shutil.rmtree(store)
+    store.mkdir()
+    (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    status, text = cli(*EXTRACT)
+    assert status == 0 and "half-created by an interrupted extract; creating it again" in text, text
+    assert cli(*FIT)[0] == 0

@@ -29,7 +29,7 @@ from probebench.errors import NotOnThisMachine, ProbebenchError, did_you_mean
 from probebench.data.filehash import content_digests
 from probebench.data.pixels import PixelRules, hdf5_uri, is_junk
 from probebench.data.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
-from probebench.validate import VAL_UNITS, component, line_of, outside, read_toml
+from probebench.validate import VAL_UNITS, component, line_of, outside, printable, read_toml
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
@@ -353,6 +353,8 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
         raise ProbebenchError(f"dataset {spec.name!r}: no images found under {root}")
     if spec.kind != "hdf5":
         check_contained(spec, root, [r[1] for r in rows], "image")
+    # ids and groups are text in every output (zarr, CSV, JSON): a name that is not UTF-8 is carried escaped
+    rows = [(printable(r[0]), r[1], r[2], printable(str(r[3])), r[4]) for r in rows]
     rows.sort(key=lambda r: r[0])
     ids = [r[0] for r in rows]
     if len(set(ids)) != len(ids):

@@ -101,7 +101,7 @@ def read_labels(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise ProbebenchError(f"labels file not found: {path}")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         missing = {"patient_id", "grade"} - set(reader.fieldnames or [])
         if missing:

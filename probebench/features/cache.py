@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -112,16 +113,50 @@ def versions() -> dict:
 
 
 def create_store(path: Path | str, request: FeatureRequest, manifest, feature_dim: int, chunk_size: int,
-                 extra_attrs: dict) -> zarr.Group:
+                 extra_attrs: dict) -> tuple[zarr.Group, bool]:
     """A new, empty store for ``manifest``'s samples; features start as NaN until their chunk is written.
+    Returns the store and whether this process created it.
 
+    The store is built whole in a ``<key>.zarr.<pid>.probebench-partial`` folder beside its final path and
+    renamed into place: a kill or a full disk leaves no half-made store, and of several processes started
+    together on one new store exactly one rename wins; the others drop their copy and fill the winner's.
     Progress lives in arrays, one zarr chunk per feature chunk (``chunk_done``, ``skip_reason``), so
     several processes can fill distinct chunks of one store without racing on its metadata.
     """
+    if is_url(path):  # object stores have no atomic rename: created in place
+        root = open_group(path, mode="w", zarr_format=3)
+        _lay_out(root, request, manifest, feature_dim, chunk_size, extra_attrs)
+        return root, True
+    import errno
+    import shutil
+
+    from probebench.atomic import partial_name
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _lay_out(open_group(tmp, mode="w", zarr_format=3), request, manifest, feature_dim, chunk_size, extra_attrs)
+        os.rename(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        root = open_store(path, request, mode="a")  # another process created it first: fill that one
+        if root is None:
+            raise
+        return root, False
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_group(path, mode="a"), True
+
+
+def _lay_out(root: zarr.Group, request: FeatureRequest, manifest, feature_dim: int, chunk_size: int,
+             extra_attrs: dict) -> None:
+    """The arrays and attributes of an empty store (``create_store``)."""
     n = len(manifest)
-    if not is_url(path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    root = open_group(path, mode="w", zarr_format=3)
     sample = ("sample",)  # dimension names: xarray.open_zarr reads the store as one dataset along "sample"
     root.create_array("features", shape=(n, feature_dim), chunks=(chunk_size, feature_dim),
                       dtype=request.store_dtype, fill_value=float("nan"), dimension_names=("sample", "feature"))
@@ -149,7 +184,18 @@ def create_store(path: Path | str, request: FeatureRequest, manifest, feature_di
         "data_notes": list(manifest.notes),
         "versions": versions(), **extra_attrs,
     })
-    return root
+
+
+def unfinished(path: Path | str) -> bool:
+    """A store whose creation never finished (probebench before atomic creation wrote it in place): its
+    metadata exists but its attributes were never written, so no feature was computed into it."""
+    if is_url(path) or not (Path(path) / "zarr.json").is_file():
+        return False
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "key_material" not in (meta.get("attributes") or {})
 
 
 def open_store(path: Path | str, request: FeatureRequest, mode: str = "r") -> zarr.Group | None:

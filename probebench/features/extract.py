@@ -24,7 +24,7 @@ from probebench.features.spec import FeatureSpec, resolve_job
 from probebench.features.images import ImageDataset, bad_image_error, make_transform
 from probebench.features.precision import autocast_dtype
 from probebench.progress import make_progress
-from probebench.validate import check_options
+from probebench.validate import check_options, printable
 
 
 
@@ -111,10 +111,10 @@ def default_batch_size(device: torch.device) -> int:
 
 def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
             device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
-            force: bool = False, skip_bad: bool = False, progress: bool = True,
+            force: bool = False, skip_bad: bool = False, progress: bool = True, rehash: bool = False,
             **options) -> Path | str:
     """Fill the cache for a feature spec (or a model name plus the spec's options) x ``dataset``; returns the
-    store location. Resumes unless ``force``.
+    store location. Resumes unless ``force``; ``rehash`` reads every image again instead of trusting the memo.
 
     Under torchrun each rank fills a disjoint share of the missing chunks of the same store; rank 0
     creates the store and writes the final metadata after a barrier.
@@ -123,6 +123,10 @@ def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_
 
     check_options(batch_size=batch_size, workers=workers, chunk_size=chunk_size, skip_bad=skip_bad)
     spec = FeatureSpec.of(features, **options)
+    if rehash:  # the memo of file digests is dropped: every image is read and hashed again
+        from probebench.data.filehash import forget
+
+        forget()
     job = resolve_job(spec, dataset, data_root=data_root)
     model, precision = spec.model, spec.precision
     path = job.cache_path(cache_dir)
@@ -132,6 +136,9 @@ def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_
     chunk_size = max(batch_size, (chunk_size // batch_size) * batch_size)
     if rank == 0:
         if force:
+            fcache.remove_store(path)
+        elif fcache.unfinished(path):  # its creation was interrupted: nothing in it was computed
+            sys.stderr.write(f"note: {path} was left half-created by an interrupted extract; creating it again\n")
             fcache.remove_store(path)
         root = fcache.open_store(path, job.request, mode="a")
     distributed.barrier()
@@ -153,10 +160,11 @@ def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_
         net = net.to(memory_format=torch.channels_last)
     if root is None and rank == 0:
         dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-        root = fcache.create_store(path, job.request, job.manifest, net.feature_dim, chunk_size,
-                                   {"device": dev_name, "batch_size": batch_size, "world_size": world,
-                                    "val_unit": spec.val_unit})
-        for where, donor in fcache.donor_stores(path, job.request, job.manifest.pixels.as_dict()):
+        root, created = fcache.create_store(path, job.request, job.manifest, net.feature_dim, chunk_size,
+                                            {"device": dev_name, "batch_size": batch_size, "world_size": world,
+                                             "val_unit": spec.val_unit})
+        donors = fcache.donor_stores(path, job.request, job.manifest.pixels.as_dict()) if created else []
+        for where, donor in donors:
             copied = fcache.reuse_chunks(root, donor, job.manifest.digests)
             if copied:  # the dataset changed: only the chunks holding new or changed images are computed
                 root.attrs["reused"] = {"from": str(where), "chunks": copied}
@@ -225,7 +233,8 @@ def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_
     if rank == 0:  # the final metadata, once every rank's chunks are written
         done = np.asarray(root["chunk_done"][:], dtype=bool)
         skip = fcache._strings(root["skip_reason"])
-        skipped = [{"index": int(i), "sample_id": str(job.manifest.sample_ids[i]), "path": job.manifest.paths[i],
+        skipped = [{"index": int(i), "sample_id": str(job.manifest.sample_ids[i]),
+                    "path": printable(job.manifest.paths[i]),
                     "error": str(skip[i])} for i in np.flatnonzero(skip != "")]
         root.attrs.update({"complete": bool(done.all()), "complete_chunks": np.flatnonzero(done).tolist(),
                            "skipped": skipped, "extract_seconds": round(seconds, 3), "world_size": world})

@@ -22,13 +22,13 @@ from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, STUDY_METRICS, sca
 from probebench.validate import path_name
 from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
                                collect_rows, comparison_lines, comparisons, curve_groups, curve_table, evaluate_run,
-                               footnotes, main_rows, md_table, metric_headers, render, run_cost, study_cell,
+                               footnotes, main_rows, md_table, md_text, metric_headers, render, run_cost, study_cell,
                                CURVE_NOTE)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
                  "±": r"$\pm$", "−": "--", "×": r"$\times$", "‡": r"$^\ddagger$", "§": r"\S{}", "Δ": r"$\Delta$",
-                 "α": r"$\alpha$", "<": r"$<$", ">": r"$>$"}
+                 "α": r"$\alpha$", "<": r"$<$", ">": r"$>$", "\n": " ", "\r": " "}
 
 
 def latex_escape(text: str) -> str:
@@ -104,11 +104,10 @@ def latex_tables(rows: list[ReportRow], opts: ReportOptions, comps: list | None 
 def markdown_distribution(rows: list[ReportRow]) -> str:
     lines = []
     for d, info in distribution(rows).items():
-        lines += [f"#### {d}", "", "| Split | " + " | ".join(info["classes"]) + " | Total |",
-                  "|---|" + "---|" * (len(info["classes"]) + 1)]
-        for s in ("train", "val", "test"):
-            counts = info["counts"][s]
-            lines.append(f"| {s} | " + " | ".join(str(n) for n in counts) + f" | {sum(counts)} |")
+        lines += [f"#### {md_text(d)}", ""]
+        lines += md_table(["Split", *info["classes"], "Total"],
+                          [[s, *map(str, info["counts"][s]), str(sum(info["counts"][s]))]
+                           for s in ("train", "val", "test")])
         lines.append("")
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from probebench.errors import ProbebenchError
 from probebench.report.tables import (ReportOptions, ReportRow, cell_text, compare_runs, format_p,
-                                      interval_text, main_rows, md_table, rich_table, run_cost,
+                                      interval_text, main_rows, md_table, md_text, rich_table, run_cost,
                                       validation_accuracy)
 from probebench.stats.bootstrap import Difference, holm
 from probebench.stats.metrics import LABELS, LOWER_IS_BETTER
@@ -199,17 +199,17 @@ def render_recommendation(rows: list[ReportRow], opts: ReportOptions, metric: st
     if fmt == "md":
         lines = [f"## Recommendation ({LABELS[metric]})", ""]
         for title, header, body in sections:
-            lines += [f"### {title}", ""] + md_table(header, body) + [""]
-        lines += [f"- {n}" for n in panel_notes(panels)] + [""]
+            lines += [f"### {md_text(title)}", ""] + md_table(header, body) + [""]
+        lines += [f"- {md_text(n)}" for n in panel_notes(panels)] + [""]
         if across:
             header, body, notes = across_lines(across)
-            lines += ["### Across datasets", ""] + md_table(header, body) + [""] + [f"- {n}" for n in notes]
+            lines += ["### Across datasets", ""] + md_table(header, body) + [""] + [f"- {md_text(n)}" for n in notes]
         else:
             lines.append("- Across datasets: needs at least two datasets with two common backbones.")
         return "\n".join(lines) + "\n"
     from rich.console import Console
 
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=200, markup=False, highlight=False)
     with console.capture() as cap:
         for title, header, body in sections:
             console.print(rich_table(f"recommendation · {title} · {LABELS[metric]}", header, body))

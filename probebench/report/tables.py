@@ -555,9 +555,32 @@ def curve_table(rows: list[ReportRow], metric: str) -> tuple[list[str], list[lis
     return header, body
 
 
+MD_SPECIAL = {"\\": "\\\\", "|": "\\|", "`": "\\`", "*": "\\*", "<": "&lt;", ">": "&gt;", "&": "&amp;",
+              "\n": " ", "\r": " "}
+
+
+def md_text(text) -> str:
+    """Text for a Markdown line: no raw HTML (``<script>``) and no line break a name could smuggle in."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ") \
+        .replace("\r", " ")
+
+
+def md_cell(text) -> str:
+    """Text for a Markdown table cell: also no column break (``|``), code span or emphasis from a name."""
+    return "".join(MD_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def csv_cell(text) -> str:
+    """A name for a spreadsheet-bound CSV cell: one that a spreadsheet would run as a formula (``=``, ``+``,
+    ``-``, ``@``, tab, carriage return first) is prefixed with ``'``, as OWASP advises."""
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def md_table(header: list[str], body: list[list[str]]) -> list[str]:
-    """A Markdown table's lines."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
+    """A Markdown table's lines; every cell escaped (``md_cell``)."""
+    return (["| " + " | ".join(map(md_cell, header)) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(map(md_cell, r)) + " |" for r in body])
 
 
 def rich_table(title: str, header: list[str], body: list[list[str]], caption: str = "", no_wrap=()):
@@ -585,25 +608,27 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
         b = opts.bootstrap
         for r in rows:
             kind = [budget_text(r.budget) if r.budget else "", labels_used(r) if r.budget else "", r.evaluation]
+            names = [csv_cell(r.dataset), csv_cell(r.model), r.freeze, csv_cell(r.head_label)]
+            where = csv_cell(r.run.path)
             for m in ALL_METRICS:
                 v = r.values.get(m)
                 if v is not None:
-                    w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
+                    w.writerow([*names, r.random_weights, opts.level, r.n_test, m,
                                 "test value + bootstrap CI", f"{v.value:.10g}", f"{v.low:.10g}", f"{v.high:.10g}", "",
                                 b.method, b.confidence, b.n_resamples, b.seed, r.unit, r.n_units, r.stratified,
                                 v.undefined, (RANDOM_MARK if r.random_weights else "") + _marks(v, r.few_units),
-                                r.run.path, *kind])
+                                where, *kind])
                 if opts.study_ci and v is not None:
-                    w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
+                    w.writerow([*names, r.random_weights, opts.level, r.n_test, m,
                                 "study-style: replicate mean + CI of the mean", f"{v.replicate_mean:.10g}",
                                 f"{v.replicate_mean - v.replicate_mean_half_width:.10g}",
                                 f"{v.replicate_mean + v.replicate_mean_half_width:.10g}", "", "normal CI of the mean",
                                 b.confidence, b.n_resamples, b.seed, r.unit, r.n_units, r.stratified, v.undefined, "",
-                                r.run.path, *kind])
+                                where, *kind])
                 if r.seeds and m in r.seeds["mean"]:
-                    w.writerow([r.dataset, r.model, r.freeze, r.head_label, r.random_weights, opts.level, r.n_test, m,
+                    w.writerow([*names, r.random_weights, opts.level, r.n_test, m,
                                 f"mean over seeds {r.seeds['seeds']}", f"{r.seeds['mean'][m]:.6f}", "", "",
-                                f"{r.seeds['sd'][m]:.6f}", "", "", "", "", "", "", "", "", "", r.run.path, *kind])
+                                f"{r.seeds['sd'][m]:.6f}", "", "", "", "", "", "", "", "", "", where, *kind])
         return out.getvalue()
     curve_header, curve_body = curve_table(rows, opts.metrics[0])
     rows = main_rows(rows)
@@ -614,7 +639,7 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
     comp_lines = comparison_lines(comps or [], compare_metric)
     comp_note = COMPARE_NOTE
     if fmt == "md":
-        lines = md_table(header, body) + [""] + [f"- {n}" for n in notes]
+        lines = md_table(header, body) + [""] + [f"- {md_text(n)}" for n in notes]
         if comp_lines:
             lines += ["", "### Comparisons", ""] + md_table(comp_header, comp_lines) + ["", f"- {comp_note}"]
         if curve_body:
@@ -623,7 +648,7 @@ def render(rows: list[ReportRow], fmt: str = "table", opts: ReportOptions = Repo
     if fmt == "table":
         from rich.console import Console
 
-        console = Console(record=True, width=200)
+        console = Console(record=True, width=200, markup=False, highlight=False)  # names printed as written
         with console.capture() as cap:
             console.print(rich_table("probebench results", header, body, "\n".join(notes), ("Dataset", "Model")))
             if comp_lines:

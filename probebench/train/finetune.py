@@ -37,7 +37,7 @@ from probebench.features.precision import autocast_dtype
 from probebench.features.precision import resolve as resolve_precision
 from probebench.progress import make_progress
 from probebench.models.registry import REPLACED_LAYER, FeatureExtractor
-from probebench.runs import RunRecord, check_writable, config_hash, run_folder, write_run
+from probebench.runs import RunRecord, check_writable, config_hash, identical_run, run_folder, write_run
 from probebench.train.loop import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
 from probebench.validate import CACHE_ONLY, check_options
 
@@ -220,11 +220,11 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
         **({"calibrate": calibrate} if calibrate else {})}
     base = run_folder(runs_dir, manifest.dataset, model, mode)
     digest = config_hash(numbers)
-    done = sorted(p.parent for p in base.glob(f"*-{digest}/config.json"))
-    if done and not force:
+    done = None if force else identical_run(base, digest)
+    if done is not None:
         if existing == "reuse":  # the study runner: an identical complete run counts as done
-            return done[-1]
-        raise ProbebenchError(f"this run is already complete: {done[-1]} (use --force to run it again)")
+            return done
+        raise ProbebenchError(f"this run is already complete: {done} (use --force to run it again)")
     work = base / "_inprogress"
     checkpoint = _resume_from(work / "last.pt", numbers, resume) if resume else None
     if main and checkpoint is None and work.exists():

@@ -17,7 +17,7 @@ from probebench.train.heads import make_head
 from probebench.stats.calibration import apply_temperature, fit_temperature
 from probebench.stats.metrics import point_metrics
 from probebench.progress import make_progress
-from probebench.runs import RunRecord, budget_text, check_writable, config_hash, run_folder, write_run
+from probebench.runs import RunRecord, budget_text, check_writable, config_hash, identical_run, run_folder, write_run
 from probebench.validate import check_options
 
 NORMALIZE = (None, "l2")
@@ -138,18 +138,18 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
                          **({"budgets": budgets} if budgets != [None] else {})})
     prep = dict(normalize=normalize, standardize=standardize, calibrate=calibrate, progress=progress)
     first = None
-    identity = {k: v for k, v in base.items() if k not in ("data_root", "cache_path", "feature_dim")}
-    for budget in budgets:                                 # where files lie is not what the run computes
+    identity = {k: v for k, v in base.items()  # inputs only: not where files lie, not a measured speed
+                if k not in ("data_root", "cache_path", "feature_dim", "extract_img_s")}
+    for budget in budgets:
         seed_group = config_hash({"group": group, "budget": budget}) if budget else group
         for position, s in enumerate(seed_list):
             digest = config_hash({**identity, "head": head, "grid": grid, "options": options, "seed": s,
                                   "seeds": seed_list if len(seed_list) > 1 else None, **extra,
                                   **({"budget": budget} if budget else {})})
-            done = sorted(p.parent for p in run_folder(runs_dir, attrs["dataset"], model, "frozen").glob(
-                f"*-{digest}/config.json"))
-            if done and not force:
-                sys.stderr.write(f"an identical run exists, reused: {done[-1]} (--force trains it again)\n")
-                first = first or done[-1]
+            done = None if force else identical_run(run_folder(runs_dir, attrs["dataset"], model, "frozen"), digest)
+            if done is not None:
+                sys.stderr.write(f"an identical run exists, reused: {done} (--force trains it again)\n")
+                first = first or done
                 continue
             title = (f"{model} × {attrs['dataset']} (seed {s}" + (f", {budget_text(budget)}" if budget else "")
                      + ")")
