@@ -64,11 +64,30 @@ def flush_tree(folder: Path) -> None:
     _fsync_dir(Path(folder))
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), exchange) == 0
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty folder beside ``path`` (``<name>.<pid>.probebench-partial``); on success its files are
-    flushed and it is renamed onto ``path`` (replacing a folder there); on any error it is removed. Readers
-    that skip ``PARTIAL`` names never see half a folder."""
+    flushed and it takes the place of ``path``; on any error it is removed. A folder already at ``path`` is
+    swapped out in one step where the system allows (Linux), so a kill at any moment leaves the old folder or
+    the new one, never a mix and never neither; elsewhere the old one is moved aside first. Readers that skip
+    ``PARTIAL`` names never see half a folder."""
     path = Path(path)
     tmp = partial_name(path)
     if tmp.exists():
@@ -77,9 +96,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         flush_tree(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        if path.exists() and _exchange(tmp, path):
+            shutil.rmtree(tmp)  # now the old folder
+        else:
+            if path.exists():
+                aside = path.with_name(f"{path.name}.{os.getpid()}.probebench-old")
+                path.rename(aside)
+                tmp.rename(path)
+                shutil.rmtree(aside)
+            else:
+                tmp.rename(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -87,7 +113,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 PARTIAL = ".probebench-partial"  # the suffix of every folder being written (readers skip it)
-_LEFTOVER = re.compile(r"^(\..*\.probebench-(\d+)\.tmp.*|.*\.(\d+)\.probebench-partial)$")
+_LEFTOVER = re.compile(r"^(\..*\.probebench-(\d+)\.tmp.*|.*\.(\d+)\.probebench-(?:partial|old))$")
 
 
 def partial_name(path: Path, pid: int | None = None) -> Path:

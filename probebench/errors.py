@@ -25,10 +25,16 @@ _OS_HINTS = {
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line a user can act on: the message of a ``ProbebenchError``; for an operating-system error the file
-    and the reason; otherwise the exception's type and message."""
+    """One line a user can act on: the message of a ``ProbebenchError``; for an error raised in a data-loader
+    worker its cause, not the worker's traceback; for an operating-system error the file and the reason;
+    otherwise the exception's type and message."""
     if isinstance(exc, ProbebenchError):
         return str(exc)
+    text = str(exc)
+    if "\nOriginal Traceback" in text:  # raised in a data-loader worker: torch appends the worker's traceback
+        where = text.split("\n", 1)[0].removeprefix("Caught ").rstrip(".")
+        cause = [line for line in text.splitlines() if line.strip()][-1].strip()
+        return f"{cause} (in {where.split(' in ', 1)[-1]}; --debug shows where)"
     if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in _OS_HINTS):
         where = f"{exc.filename}: " if exc.filename is not None else ""
         hint = _OS_HINTS.get(exc.errno)

@@ -20,7 +20,7 @@ from pathlib import Path
 from probebench.atomic import write_json
 from probebench.features.cache import open_group, store_exists
 from probebench.errors import ProbebenchError, describe_error, did_you_mean
-from probebench.validate import RULES, component, line_of, problem, read_toml
+from probebench.validate import MAX_FOLDS, RULES, component, line_of, problem, read_toml
 
 MODES = ("frozen", "unfrozen")
 SECTIONS = {
@@ -242,8 +242,9 @@ def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str 
     if cv is not None:
         folds = cv.values() if isinstance(cv, dict) else [cv]
         if any(problem("cv", f, optional=False) for f in folds) or (isinstance(cv, dict) and not cv):
-            fail("training", "cv", "[training] cv must be a number of folds >= 2 for every dataset, or a table of "
-                                   f"dataset = folds (e.g. cv = {{ichallenge_amd = 5}}), not {cv!r}")
+            fail("training", "cv", f"[training] cv must be a number of folds from 2 to {MAX_FOLDS:,} for every "
+                                   "dataset, or a table of dataset = folds (e.g. cv = {ichallenge_amd = 5}), not "
+                                   f"{cv!r}")
         for d in (cv if isinstance(cv, dict) else {}):
             if d not in names:
                 fail("training", "cv", f"[training] cv names {d!r}, which is not in [study] datasets "

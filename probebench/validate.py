@@ -46,10 +46,17 @@ def _choices(options, what: str):
     return test, f"a non-empty list of {what} from " + ", ".join(options)
 
 
+# Bounds on work: values past them cannot finish on any machine probebench targets, so they are refused before
+# any work (and by `run --dry-run`) instead of running for hours or dying of memory at the end.
+MAX_RESAMPLES = 1_000_000
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_FOLDS = 1_000
+
 RULES = {  # option -> (test, what is allowed); None is allowed only where the option is optional (below)
-    "epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "chunk_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "epochs": (lambda v: _int(v) and 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}"),
+    "batch_size": (lambda v: _int(v) and 1 <= v <= MAX_BATCH, f"an integer from 1 to {MAX_BATCH:,}"),
+    "chunk_size": (lambda v: _int(v) and 1 <= v <= MAX_BATCH, f"an integer from 1 to {MAX_BATCH:,}"),
     "accumulate": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "hidden": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "workers": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
@@ -87,7 +94,7 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
                         "a non-empty list of distinct fractions in (0, 1], e.g. 0.01,0.1,1"),
     "shots": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and len(set(v)) == len(v)
               and all(_int(k) and k >= 1 for k in v), "a non-empty list of distinct integers >= 1, e.g. 1,4,16"),
-    "cv": (lambda v: _int(v) and v >= 2, "an integer number of folds >= 2"),
+    "cv": (lambda v: _int(v) and 2 <= v <= MAX_FOLDS, f"an integer number of folds from 2 to {MAX_FOLDS:,}"),
     "calibrate": _choice(("temperature",)),
 }
 
@@ -101,7 +108,10 @@ AGGREGATIONS = ("mean", "vote")
 METRICS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro", "f1_macro",
            "balanced_accuracy", "kappa_quadratic", "auroc_macro", "auroc_weighted", "ece", "brier", "nll")
 RULES.update({
-    "resamples": (lambda v: _int(v) and v >= 2, "an integer >= 2"), "method": _choice(CI_METHODS),
+    "resamples": (lambda v: _int(v) and 2 <= v <= MAX_RESAMPLES,
+                  f"an integer from 2 to {MAX_RESAMPLES:,} (at 10^6 replicates the Monte-Carlo error of a 95% "
+                  "bound is far below the 0.01 points printed; more cannot change a table and would take hours)"),
+    "method": _choice(CI_METHODS),
     "unit": _choice(RESAMPLING_UNITS), "stratify": _choice(STRATIFY_MODES), "level": _choice(LEVELS),
     "aggregate": _choice(AGGREGATIONS),
     "metrics": _choices(METRICS, "metrics")})

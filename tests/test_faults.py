@@ -268,6 +268,11 @@ STUDY_CASES = {
     "mean_two_numbers": ("crop = 32", "crop = 32\nmean = [0.5, 0.5]", r"\[extract\] --mean needs 1 or 3 numbers"),
     "grid_with_knn": ('modes = ["frozen"]', 'modes = ["frozen"]\ngrid = true\nheads = ["linear", "knn"]',
                       r"line 6: grid = true works with the linear and mlp heads only, not \['knn'\]"),
+    "resamples_unbounded": ("[extract]", "[report]\nresamples = 1000000000\n[extract]",
+                            r"\[report\] resamples must be an integer from 2 to 1,000,000 .*not 1000000000"),
+    "cv_unbounded": ("epochs = 2", "epochs = 2\ncv = 100000",
+                     r"cv must be a number of folds from 2 to 1,000 for every dataset.*not 100000"),
+    "epochs_unbounded": ("epochs = 2", "epochs = 1000000000", r"epochs must be an integer from 1 to 100,000"),
     "grid_with_patience": ('data_root = "data"\n[training]\nepochs = 2',
                            'data_root = "data"\ngrid = true\n[training]\nepochs = 2\npatience = 3',
                            r"line 11: grid = true trains with Adam for the full epochs"),
@@ -284,6 +289,7 @@ def test_bad_study_file_is_refused_before_any_work(w, case):
     assert text != STUDY
     (w / "s.toml").write_text(text)
     refused(w, ["run", "s.toml"], pattern)
+    refused(w, ["run", "s.toml", "--dry-run"], pattern)  # the plan refuses it too
     assert not (w / "runs" / "_studies").exists()  # nothing planned, nothing extracted
 
 
@@ -316,13 +322,13 @@ def test_planner_records_any_failure_and_goes_on(w, monkeypatch):
 
 OPTION_CASES = {
     "workers_negative": ([*EXTRACT, "--workers", "-1"], r"--workers must be an integer >= 0, not -1"),
-    "batch_size_zero": ([*EXTRACT, "--batch-size", "0"], r"--batch-size must be an integer >= 1, not 0"),
-    "batch_size_negative": ([*EXTRACT, "--batch-size", "-1"], r"--batch-size must be an integer >= 1, not -1"),
-    "chunk_size_zero": ([*EXTRACT, "--chunk-size", "0"], r"--chunk-size must be an integer >= 1"),
+    "batch_size_zero": ([*EXTRACT, "--batch-size", "0"], r"--batch-size must be an integer from 1 to 65,536, not 0"),
+    "batch_size_negative": ([*EXTRACT, "--batch-size", "-1"], r"--batch-size must be an integer from 1 to 65,536, not -1"),
+    "chunk_size_zero": ([*EXTRACT, "--chunk-size", "0"], r"--chunk-size must be an integer from 1 to 65,536"),
     "precision_fp8": ([*EXTRACT, "--precision", "fp8"], r"--precision must be one of fp32, bf16, fp16, not 'fp8'"),
     "store_dtype": ([*EXTRACT, "--store-dtype", "int8"], r"--store-dtype must be one of float32, float16"),
     "resize_zero": ([*EXTRACT, "--resize", "0"], r"--resize must be an integer number of pixels >= 1, not 0"),
-    "epochs_zero": ([*FIT, "--epochs", "0"], r"--epochs must be an integer >= 1, not 0"),
+    "epochs_zero": ([*FIT, "--epochs", "0"], r"--epochs must be an integer from 1 to 100,000, not 0"),
     "seeds_not_integers": ([*FIT, "--seeds", "1,x"], r"--seeds '1,x': expected integers separated by commas"),
     "lr_nan": ([*FIT, "--lr", "nan"], r"--lr must be a finite number > 0, not nan"),
     "lr_negative": ([*FIT, "--lr", "-0.1"], r"--lr must be a finite number > 0"),
@@ -334,7 +340,7 @@ OPTION_CASES = {
     "mean_two_numbers": ([*FIT, "--mean", "0.5,0.5"], r"--mean needs 1 or 3 numbers, got 2"),
     "std_zero": ([*FIT, "--std", "0"], r"--std values must be positive"),
     "finetune_epochs_zero": (["finetune", *MODEL, *DATA, "--runs-dir", "runs", "--epochs", "0"],
-                             r"--epochs must be an integer >= 1, not 0"),
+                             r"--epochs must be an integer from 1 to 100,000, not 0"),
     "finetune_precision": (["finetune", *MODEL, *DATA, "--runs-dir", "runs", "--precision", "fp4"],
                            r"--precision must be one of auto, fp32, bf16, fp16"),
     "weights_typo": ([*FIT, "--weights", "radnom"], r"radnom"),
@@ -922,3 +928,70 @@ def test_a_store_whose_creation_failed_leaves_nothing_and_the_next_extract_creat
     status, text = cli(*EXTRACT)
     assert status == 0 and "half-created by an interrupted extract; creating it again" in text, text
     assert cli(*FIT)[0] == 0
+
+
+# ---------------------------------------------------------------- work that cannot finish, whole outputs
+
+
+def test_requests_that_cannot_finish_are_refused_before_any_work(w, monkeypatch):
+    refused(w, ["report", "--resamples", "1000000000"], r"--resamples must be an integer from 2 to 1,000,000")
+    refused(w, [*FIT, "--batch-size", "10000000"], r"--batch-size must be an integer from 1 to 65,536")
+    refused(w, [*FIT, "--cv", "100000"], r"--cv must be an integer number of folds from 2 to 1,000")
+    from probebench import budget
+
+    monkeypatch.setattr(budget, "available_memory", lambda: 50 * 2 ** 20)  # a node with 50 MiB left
+    refused(w, ["report", "--resamples", "1000000"], r"the bootstrap of 12 samples x 1,000,000 replicates needs "
+                                                     r"about 0\.2 GiB, and this process may use 50 MiB: lower "
+                                                     r"--resamples")
+
+
+def test_available_memory_reads_the_address_space_limit():
+    """``ulimit -v`` in a child process: the estimate of what is left is below the limit (and near it)."""
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30)); "
+            "from probebench.budget import available_memory; print(available_memory())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert 2 * 2 ** 30 < int(out) < 3 * 2 ** 30
+
+
+def test_a_report_killed_while_writing_leaves_the_old_report_whole(w, monkeypatch):
+    from probebench.report import publish
+
+    assert cli("report", "--out", "out")[0] == 0
+    before = {p.name: p.read_bytes() for p in (w / "out").rglob("*") if p.is_file()}
+    assert {"tables.md", "tables.tex", "results.csv", "report.html"} <= set(before)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what a kill mid-report looks like from inside
+
+    real = publish.forest_plot
+    monkeypatch.setattr(publish, "forest_plot", killed)
+    status, text = cli("report", "--out", "out", "--resamples", "2000")
+    assert status == 130
+    assert {p.name: p.read_bytes() for p in (w / "out").rglob("*") if p.is_file()} == before
+    assert [p.name for p in w.iterdir() if "probebench" in p.name] == []  # no staging folder left
+    monkeypatch.setattr(publish, "forest_plot", real)
+    assert cli("report", "--out", "out", "--resamples", "2000")[0] == 0
+    assert (w / "out" / "tables.md").read_bytes() != before["tables.md"]  # the new report, whole
+
+
+def test_a_report_never_replaces_a_folder_with_other_files(w):
+    (w / "paper").mkdir()
+    (w / "paper" / "draft.tex").write_text("my paper")
+    refused(w, ["report", "--out", "paper"], r"paper holds files that are not part of a report \(draft.tex\)")
+    assert (w / "paper" / "draft.tex").read_text() == "my paper"
+
+
+def test_an_error_in_a_data_loader_worker_is_one_line(w, monkeypatch):
+    """A worker that fails (here: a file-size limit on its shared-memory file) is reported by its cause, not by
+    the worker's traceback."""
+    import errno
+
+    from probebench.features import images
+
+    def too_large(self, i):
+        raise OSError(errno.EFBIG, "File too large", "/dev/shm/torch_0")
+
+    monkeypatch.setattr(images.ImageDataset, "__getitem__", too_large)
+    status, text = cli(*EXTRACT[:-6], "--workers", "1", "--batch-size", "4", "--chunk-size", "8", "--force")
+    assert status == 2 and "File too large" in text and "worker process 0" in text, text
+    assert "Original Traceback" not in text and 'File "' not in text

@@ -204,7 +204,7 @@ def test_command_line_budgets_are_checked_before_any_work(tmp_path):
     cases = {("--label-fraction", "0.1,abc"): "--label-fraction '0.1,abc': expected numbers separated by commas",
              ("--label-fraction", "0,0.5"): "--label-fraction must be a non-empty list of distinct fractions in (0, 1]",
              ("--shots", "4,4"): "--shots must be a non-empty list of distinct integers >= 1",
-             ("--cv", "1"): "--cv must be an integer number of folds >= 2",
+             ("--cv", "1"): "--cv must be an integer number of folds from 2 to 1,000",
              ("--calibrate", "temprature"): "did you mean 'temperature'"}
     for args, message in cases.items():
         result = CliRunner().invoke(app, base + list(args))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probebench.atomic import write_bytes, write_text
+from probebench.atomic import atomic_dir, write_bytes, write_text
 from probebench.stats.bootstrap import BootstrapConfig
 from probebench.errors import ProbebenchError
 from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS, outcome_and_confidence, reliability
@@ -318,7 +318,24 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
     nothing is bootstrapped twice). A study passes its ``[report]`` ``settings``, its runs (``only``) and its
     file, which the provenance block quotes.
     """
-    out = Path(out)
+    final = Path(out)
+    foreign = sorted(p.name for p in final.iterdir() if p.name not in REPORT_FILES) if final.is_dir() else []
+    if final.exists() and not final.is_dir() or foreign:
+        what = f"holds files that are not part of a report ({', '.join(foreign[:5])})" if foreign else "is a file"
+        raise ProbebenchError(f"{final} {what}: a report replaces its folder whole, so that a kill leaves the old "
+                              "report or the new one, never a mix; choose a new or empty folder with --out")
+    with atomic_dir(final) as staging:  # written beside, then swapped into place
+        _write_files(staging, runs_dir, opts, rows, comps, compare_metric, settings, only, study_file,
+                     study_overrides)
+    return final
+
+
+REPORT_FILES = ("tables.md", "tables.tex", "results.csv", "figures", "report.html")  # what a report folder holds
+
+
+def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, settings, only, study_file,
+                 study_overrides) -> None:
+    """The report's files, written into the staging folder ``out``."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     if opts is None:
         r = settings or {}
@@ -459,4 +476,3 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
 </body></html>
 """
     write_text(out / "report.html", page)
-    return out

@@ -42,8 +42,11 @@ class BootstrapConfig:
             raise ProbebenchError(f"resampling unit {self.unit!r} is not one of {', '.join(UNITS)}")
         if self.stratify not in STRATIFY:
             raise ProbebenchError(f"stratification {self.stratify!r} is not one of {', '.join(STRATIFY)}")
-        if self.n_resamples < 2:
-            raise ProbebenchError("the bootstrap needs at least 2 resamples")
+        from probebench.validate import problem
+
+        wrong = problem("resamples", self.n_resamples)
+        if wrong:
+            raise ProbebenchError(f"--resamples {wrong}")
 
 
 @dataclass
@@ -115,9 +118,29 @@ def replicate_weights(codes: np.ndarray, n_units: int, cfg: BootstrapConfig, str
         yield counts.reshape(b, n_units)[:, codes].astype(np.float64)
 
 
+def memory_estimate(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> int:
+    """Bytes a bootstrap of ``n_samples`` needs at its peak: one block of replicate weights with the metrics'
+    per-class intermediates (measured: about 12 KiB per sample per 250-replicate block at 7 classes), plus
+    every metric's replicate values, twice while they are joined."""
+    block = min(cfg.block, cfg.n_resamples) * n_samples * 8 * (n_classes + 2)
+    return block + cfg.n_resamples * 16 * 8 * 2
+
+
+def check_memory(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> None:
+    """Refuse, before drawing, a bootstrap that cannot fit in the memory this process may still use."""
+    from probebench.budget import available_memory, gib
+
+    need, have = memory_estimate(n_samples, n_classes, cfg), available_memory()
+    if have is not None and need > have:
+        raise ProbebenchError(f"the bootstrap of {n_samples:,} samples x {cfg.n_resamples:,} replicates needs about "
+                              f"{gib(need)}, and this process may use {gib(have)}: lower --resamples (or "
+                              "[report] resamples), or free memory")
+
+
 def replicates(data: EvalData, cfg: BootstrapConfig, unit: str,
                strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every metric for each of the ``cfg.n_resamples`` replicates (R values per metric)."""
+    check_memory(len(data.y_true), data.n_classes, cfg)
     codes, n_units = unit_codes(data, unit)
     parts: dict[str, list] = {}
     for w in replicate_weights(codes, n_units, cfg, strata):
