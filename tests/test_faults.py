@@ -995,3 +995,28 @@ def test_an_error_in_a_data_loader_worker_is_one_line(w, monkeypatch):
     status, text = cli(*EXTRACT[:-6], "--workers", "1", "--batch-size", "4", "--chunk-size", "8", "--force")
     assert status == 2 and "File too large" in text and "worker process 0" in text, text
     assert "Original Traceback" not in text and 'File "' not in text
+
+
+def test_verify_names_a_run_whose_ids_are_not_its_stores_test_split(w):
+    """Whole files and valid checksums, but predictions for training images: only the store can tell."""
+    from probebench.features.cache import read_features
+
+    feats = read_features(store_of(w))
+    train = iter(feats.sample_ids[feats.split == "train"].tolist())
+
+    def to_train(row):
+        row["sample_id"] = next(train)
+
+    edit_csv(the_run(w) / "predictions.csv", to_train)
+    write_checksums(the_run(w))
+    status, text = cli("verify")
+    assert status == 1 and "its sample ids are not the test split of its store" in text, text
+    assert "12 foreign" in text and "12 missing" in text
+
+
+def test_a_labels_csv_with_a_byte_order_mark_is_read(tmp_path):
+    from probebench.data.mri import read_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes("patient_id,grade\nP1,II\nP2,IV\n".encode("utf-8-sig"))  # as Excel saves "CSV UTF-8"
+    assert read_labels(path) == {"P1": "II", "P2": "IV"}
