@@ -28,7 +28,7 @@ from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOption
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
                  "±": r"$\pm$", "−": "--", "×": r"$\times$", "‡": r"$^\ddagger$", "§": r"\S{}", "Δ": r"$\Delta$",
-                 "α": r"$\alpha$", "<": r"$<$", ">": r"$>$", "\n": " ", "\r": " "}
+                 "α": r"$\alpha$", "<": r"$<$", ">": r"$>$", "¶": r"\P{}", "–": "--", "\n": " ", "\r": " "}
 
 
 def latex_escape(text: str) -> str:
@@ -431,7 +431,7 @@ def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, setting
     comp_header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
     comp_body = comparison_lines(comps, compare_metric)
     comp_red = {i for i, c in enumerate(comps) if "†" in c.label}
-    warnings = [n for n in footnotes(rows, opts) if n[:1] in ("‡", "§")]
+    warnings = [n for n in footnotes(rows, opts) if n[:1] in ("‡", "§", "¶")]
     cost_body = []
     for r in rows:
         cost = run_cost(r)

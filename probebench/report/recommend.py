@@ -1,9 +1,12 @@
 """``report --recommend``: which backbone to pick. Per dataset, the backbones ranked by the primary metric with
-intervals, each compared with the top one on the same bootstrap replicates (Holm-adjusted), and their cost;
-across datasets, mean ranks with Friedman's test, pairwise rank tests (Holm) and Nemenyi's critical difference.
+intervals, each compared with a reference backbone on the same bootstrap replicates (Holm-adjusted), and their
+cost; across datasets, mean ranks with Friedman's test, pairwise rank tests (Holm) and Nemenyi's critical
+difference.
 
-Each backbone is represented by its row with the best validation accuracy (frozen or fine-tuned, any head):
-the choice a user would make without looking at the test set.
+Each backbone is represented by its row with the best validation accuracy (frozen or fine-tuned, any head),
+and the reference is the backbone whose row is best on validation: both are chosen without the test set, so
+the tests against the reference keep their level. (Testing against the test-set winner would not: with four
+equally good backbones one is then called worse about twice as often as the nominal level.)
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from probebench.stats.ranking import Friedman, critical_difference, friedman, pa
 
 @dataclass
 class Choice:
-    """One backbone on one dataset: its chosen row, rank, and difference from the top backbone."""
+    """One backbone on one dataset: its chosen row, rank, and difference from the reference backbone."""
 
     model: str
     row: ReportRow
     rank: float
-    diff: Difference | None = None  # this − top, on the same replicates (None for the top one)
+    diff: Difference | None = None  # this − reference, on the same replicates (None for the reference)
     p_holm: float = float("nan")
     note: str = ""
 
@@ -43,6 +46,7 @@ class DatasetPanel:
     dataset: str
     evaluation: str  # "" or "K-fold CV"
     choices: list[Choice]
+    reference: Choice | None = None  # the backbone best on validation, which the others are tested against
 
 
 @dataclass
@@ -59,7 +63,8 @@ class AcrossPanel:
 
 def dataset_panels(rows: list[ReportRow], opts: ReportOptions, metric: str = "accuracy") -> list[DatasetPanel]:
     """Per dataset (test-split rows, or cross-validated rows where a dataset has only those): each backbone's
-    row chosen on validation, ranked on the test metric, compared with the top one (paired, Holm)."""
+    row chosen on validation, ranked on the test metric, compared with the reference backbone, the one best on
+    validation (paired, Holm); without validation scores there is no reference and no test."""
     rows = main_rows(rows)
     panels = []
     for dataset in sorted({r.dataset for r in rows}):
@@ -77,17 +82,23 @@ def dataset_panels(rows: list[ReportRow], opts: ReportOptions, metric: str = "ac
                      metric not in LOWER_IS_BETTER)[0]
         order = sorted(range(len(models)), key=lambda i: (rank[i], models[i]))
         choices = [Choice(models[i], chosen[models[i]], float(rank[i])) for i in order]
-        top = choices[0]
-        for c in choices[1:]:
-            try:
-                diffs, _ = compare_runs(c.row.run, top.row.run, opts)
-                c.diff = diffs[metric]
-            except ProbebenchError as exc:
-                c.note = str(exc).split(";")[0]
+        scores = {c.model: validation_accuracy(c.row.run) for c in choices}
+        reference = None
+        if all(v is not None for v in scores.values()):  # ties: the better test rank never decides
+            reference = max(sorted(choices, key=lambda c: c.model), key=lambda c: scores[c.model])
+        for c in choices:
+            if reference is None:
+                c.note = "no reference: some rows record no validation accuracy"
+            elif c is not reference:
+                try:
+                    diffs, _ = compare_runs(c.row.run, reference.row.run, opts)
+                    c.diff = diffs[metric]
+                except ProbebenchError as exc:
+                    c.note = str(exc).split(";")[0]
         tested = [c for c in choices if c.diff is not None and np.isfinite(c.diff.p)]
         for c, p in zip(tested, holm([c.diff.p for c in tested])):
             c.p_holm = p
-        panels.append(DatasetPanel(dataset, evaluation, choices))
+        panels.append(DatasetPanel(dataset, evaluation, choices, reference))
     return panels
 
 
@@ -129,17 +140,21 @@ def _cost(r: ReportRow) -> tuple[str, str]:
 def panel_lines(panel: DatasetPanel, opts: ReportOptions, metric: str) -> tuple[list[str], list[list[str]]]:
     """One dataset's panel as a header and rows."""
     alpha = 1 - opts.bootstrap.confidence
-    header = ["Rank", "Backbone", "Chosen on validation", f"{LABELS[metric]} [CI]", "Δ vs top [CI]", "p (Holm)",
-              "Verdict", "Extraction", "Feature dim"]
+    header = ["Rank", "Backbone", "Chosen on validation", f"{LABELS[metric]} [CI]", "Δ vs reference [CI]",
+              "p (Holm)", "Verdict", "Extraction", "Feature dim"]
     body = []
+    lower = metric in LOWER_IS_BETTER
     for c in panel.choices:
         if c.diff is None:
-            delta, p, verdict = "", "", "top" if c is panel.choices[0] else (c.note or "n/a")
+            delta, p = "", ""
+            verdict = "reference (best on validation)" if c is panel.reference else (c.note or "n/a")
         else:
             d = c.diff
             delta = interval_text(metric, d.diff, d.low, d.high, "+")
             p = format_p(c.p_holm, d.replicates)
-            verdict = ("worse than the top" if c.p_holm < alpha else "not distinguishable from the top")
+            worse = (d.diff > 0) == lower
+            verdict = (("worse than the reference" if worse else "better than the reference") if c.p_holm < alpha
+                       else "not distinguishable from the reference")
         extraction, dim = _cost(c.row)
         body.append([f"{c.rank:g}", c.row.model_label, c.label, cell_text(c.row.values[metric], None, metric,
                                                                            c.row.few_units),
@@ -167,8 +182,10 @@ def across_lines(across: AcrossPanel) -> tuple[list[str], list[list[str]], list[
 
 
 RECOMMEND_NOTE = ("Each backbone is represented by its row with the best validation accuracy (frozen or fine-tuned, "
-                  "any head), never chosen on the test set; backbones are ranked by the test value; Δ compares each "
-                  "with the top backbone on the same bootstrap replicates, Holm-adjusted within the dataset.")
+                  "any head); the reference is the backbone whose row is best on validation (ties: by name). Both "
+                  "are chosen without the test set, so Δ (each backbone − the reference, on the same bootstrap "
+                  "replicates, Holm-adjusted within the dataset) keeps its level; testing against the test-set "
+                  "winner would not. Ranks are by the test value, for reading only.")
 
 
 def panel_notes(panels: list[DatasetPanel]) -> list[str]:
@@ -235,9 +252,10 @@ def recommendation_record(rows: list[ReportRow], opts: ReportOptions, metric: st
             {"rank": c.rank, "model": c.model, "mode": "frozen" if c.row.freeze == "Y" else "unfrozen",
              "head": c.row.head_label, "run": str(c.row.run.path), "value": number(c.row.values[metric].value),
              "low": number(c.row.values[metric].low), "high": number(c.row.values[metric].high),
-             "difference_from_top": c.diff and {"difference": number(c.diff.diff), "low": number(c.diff.low),
-                                                "high": number(c.diff.high), "p": number(c.diff.p),
-                                                "p_holm": number(c.p_holm)},
+             "reference": c is p.reference, "validation_accuracy": number(validation_accuracy(c.row.run)),
+             "difference_from_reference": c.diff and {"difference": number(c.diff.diff), "low": number(c.diff.low),
+                                                      "high": number(c.diff.high), "p": number(c.diff.p),
+                                                      "p_holm": number(c.p_holm)},
              "extract_img_s": c.row.run.config.get("extract_img_s"),
              "feature_dim": c.row.run.config.get("feature_dim"), "note": c.note} for c in p.choices]}
         for p in panels]}

@@ -3,7 +3,9 @@
 Each metric is shown as ``value [low, high]`` in percent: the value on the whole test set and a
 seeded bootstrap interval (percentile or BCa) whose resampling unit is stated in the header:
 groups (patients, lesions) by default when they exist, samples with ``--unit sample``. Cells are
-marked when many replicates were undefined (‡) or the test set has too few clusters (§). A section
+marked when many replicates were undefined (‡), the test set has too few clusters (§), or the bootstrap
+could not show uncertainty (¶: a zero-width or boundary interval of a proportion is widened to the exact
+Clopper–Pearson interval; any other metric whose replicates are all equal is marked as such). A section
 per dataset compares frozen with unfrozen runs per head and every row with the row best on
 validation, on the same replicates, with p-values that invert the interval shown and Holm's
 adjustment. Runs made with random weights are flagged everywhere (†).
@@ -31,6 +33,7 @@ UNDEFINED_MARK = "‡"  # more than UNDEFINED_LIMIT of the replicates were undef
 FEW_MARK = "§"  # fewer than MIN_UNITS resampling units (patients, lesions, samples) in the test set
 UNDEFINED_LIMIT = 0.01
 MIN_UNITS = 10
+DEGENERATE_MARK = "¶"  # the bootstrap could not show uncertainty: floored with Clopper–Pearson, or all replicates equal
 
 
 @dataclass(frozen=True)
@@ -291,7 +294,9 @@ def comparisons(rows: list[ReportRow], opts: ReportOptions, metric: str = "accur
 
 def _marks(v: Interval | Difference, few: bool) -> str:
     share = v.undefined / v.replicates if v.replicates else 0.0
-    return (UNDEFINED_MARK if share > UNDEFINED_LIMIT else "") + (FEW_MARK if few else "")
+    degenerate = getattr(v, "floor", "") or getattr(v, "constant", False)
+    return ((UNDEFINED_MARK if share > UNDEFINED_LIMIT else "") + (FEW_MARK if few else "")
+            + (DEGENERATE_MARK if degenerate else ""))
 
 
 def show(metric: str, x: float, sign: str = "") -> str:
@@ -392,6 +397,21 @@ def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
                      "only resamples that hold every class and is too narrow: "
                      + "; ".join(f"{d}/{m} {h} {k}: {u} of {n}" for d, m, h, k, u, n in undefined)
                      + ". `--stratify class` resamples within each class.")
+    floored = sorted({(r.dataset, r.model_label, r.head_label, m) for r in rows for m in opts.metrics
+                      if r.values[m].floor})
+    constant = sorted({(r.dataset, r.model_label, r.head_label, m) for r in rows for m in opts.metrics
+                       if r.values[m].constant and not r.values[m].floor})
+    if floored:
+        notes.append(f"{DEGENERATE_MARK} the bootstrap interval was degenerate (zero width, or at 0% or 100%: a "
+                     "percentile bootstrap cannot show uncertainty there), so it is widened to include the exact "
+                     "Clopper–Pearson interval of the proportion, with n the resampling units (samples, or "
+                     "patients/lesions when they are resampled: the conservative count for clustered images): "
+                     + "; ".join(f"{d}/{m} {h} {k}" for d, m, h, k in floored) + ".")
+    if constant:
+        notes.append(f"{DEGENERATE_MARK} every bootstrap replicate gave the same value, so the interval has no "
+                     "width; this is not certainty (the test set is too small or too uniform to show variation), "
+                     "and no exact interval exists for this metric: "
+                     + "; ".join(f"{d}/{m} {h} {k}" for d, m, h, k in constant) + ".")
     few = sorted({(r.dataset, r.n_units, r.unit) for r in rows if r.few_units})
     if few:
         notes.append(f"{FEW_MARK} fewer than {MIN_UNITS} resampling units in the test set ("
@@ -482,7 +502,8 @@ def report_record(rows: list[ReportRow], opts: ReportOptions, comps: list[Compar
                   "head": r.head_label, "random_weights": r.random_weights, "n_test": r.n_test, "unit": r.unit,
                   "n_units": r.n_units, "few_units": r.few_units, "stratified": r.stratified, "run": str(r.run.path),
                   "metrics": {m: {"value": _number(v.value), "low": _number(v.low), "high": _number(v.high),
-                                  "undefined_replicates": v.undefined, "replicates": v.replicates}
+                                  "undefined_replicates": v.undefined, "replicates": v.replicates,
+                                  "floor": v.floor or None, "constant_replicates": v.constant}
                               for m, v in r.values.items()},
                   "seeds": r.seeds and {"seeds": list(r.seeds["seeds"]),
                                         "mean": {m: _number(x) for m, x in r.seeds["mean"].items()},

@@ -267,6 +267,8 @@ class Interval:
     replicates: int = 0
     replicate_mean: float = float("nan")  # the study's summary: the mean of the replicates ...
     replicate_mean_half_width: float = float("nan")  # ... and 1.96 sd / sqrt(R), the half-width of its CI
+    floor: str = ""  # "clopper-pearson": a degenerate bootstrap interval widened to the exact binomial one
+    constant: bool = False  # every defined replicate gave the same value: the bootstrap saw no variation
 
     @property
     def undefined_share(self) -> float:
@@ -297,8 +299,27 @@ def bootstrap(data: EvalData, cfg: BootstrapConfig = BootstrapConfig()) -> tuple
         finite = v[np.isfinite(v)]
         mean = float(finite.mean()) if len(finite) else float("nan")
         half = float(1.96 * finite.std(ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else float("nan")
-        out[k] = Interval(point[k], low, high, int((~np.isfinite(v)).sum()), len(v), mean, half)
+        constant = bool(len(finite)) and bool(np.ptp(finite) <= 1e-12 * max(1.0, float(np.abs(finite).max())))
+        floor = ""
+        if k in PROPORTIONS and np.isfinite(point[k]) and (constant or high - low <= 0 or low <= 0 or high >= 1):
+            exact = clopper_pearson(point[k] * n_units, n_units, cfg.confidence)
+            low, high, floor = min(low, exact[0]), max(high, exact[1]), "clopper-pearson"
+        out[k] = Interval(point[k], low, high, int((~np.isfinite(v)).sum()), len(v), mean, half, floor, constant)
     return out, Resampling(unit, n_units, strata is not None)
+
+
+PROPORTIONS = ("accuracy", "recall")  # a share of the evaluated units: weighted recall equals accuracy
+
+
+def clopper_pearson(x: float, n: int, confidence: float) -> tuple[float, float]:
+    """The exact binomial (Clopper–Pearson) interval of x successes in n trials; x may be fractional (a share of
+    clusters: value x n_clusters), through the beta quantiles that define it."""
+    from scipy.stats import beta
+
+    alpha = 1 - confidence
+    low = 0.0 if x <= 0 else float(beta.ppf(alpha / 2, x, n - x + 1))
+    high = 1.0 if x >= n else float(beta.ppf(1 - alpha / 2, x + 1, n - x))
+    return low, high
 
 
 @dataclass
