@@ -106,7 +106,7 @@ STRATIFY_MODES = ("auto", "class", "none")
 LEVELS = ("sample", "patient")
 AGGREGATIONS = ("mean", "vote")
 METRICS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro", "f1_macro",
-           "balanced_accuracy", "kappa_quadratic", "auroc_macro", "auroc_weighted", "ece", "brier", "nll")
+           "balanced_accuracy", "kappa_quadratic", "auroc_macro", "auroc_weighted", "ece", "ece_mass", "brier", "nll")
 RULES.update({
     "resamples": (lambda v: _int(v) and 2 <= v <= MAX_RESAMPLES,
                   f"an integer from 2 to {MAX_RESAMPLES:,} (at 10^6 replicates the Monte-Carlo error of a 95% "

@@ -27,6 +27,46 @@ def ece_by_hand(outcome, confidence, n_bins):
     return total
 
 
+def guo_ece(right, confidence, n_bins=15):
+    """Guo et al. (2017), eq. 3, written out: bins I_m = ((m-1)/M, m/M], sum of |B_m|/n |acc(B_m) - conf(B_m)|."""
+    total = 0.0
+    for m in range(1, n_bins + 1):
+        inside = (confidence > (m - 1) / n_bins) & (confidence <= m / n_bins)
+        if m == 1:
+            inside |= confidence == 0
+        if inside.any():
+            total += inside.sum() / len(confidence) * abs(right[inside].mean() - confidence[inside].mean())
+    return total
+
+
+def test_ece_is_guos_equal_width_top_label_ece_and_the_equal_mass_one_is_named_apart():
+    """Two classes, hand-worked: top-label confidences 0.9, 0.9, 0.6, 0.6 (bins (13/15, 14/15] and (8/15, 9/15]),
+    right, wrong, right, right: |0.5 - 0.9| / 2 + |1 - 0.6| / 2 = 0.4. The equal-mass variant bins the
+    positive class's probability instead and differs."""
+    y = np.array([1, 1, 0, 1])
+    proba = np.array([[0.1, 0.9], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    got = calibration_metrics(y, proba)
+    assert got["ece"][0] == pytest.approx(0.4, abs=1e-12)
+    assert got["ece_mass"][0] != pytest.approx(0.4)
+    from probebench.stats.metrics import LABELS
+
+    assert (LABELS["ece"], LABELS["ece_mass"]) == ("ECE", "ECE (equal-mass)")
+
+
+@pytest.mark.parametrize("n", [16, 31, 46, 61])  # (n - 1) x 1/15 integral: edges fall exactly on samples
+def test_equal_mass_ece_equals_calibration_curve_at_integer_quantile_positions(n):
+    rng = np.random.default_rng(n)
+    for conf in (np.linspace(0.02, 0.98, n), np.sort(rng.uniform(size=n)), np.round(rng.uniform(size=n), 1)):
+        y = (rng.random(n) < conf).astype(int)
+        outcome, c = outcome_and_confidence(y, np.stack([1 - conf, conf], axis=1))
+        prob_true, prob_pred = calibration_curve(y, conf, n_bins=15, strategy="quantile")
+        edges = np.percentile(conf, np.linspace(0, 1, 16) * 100)  # calibration_curve's own edges
+        size = np.bincount(np.searchsorted(edges[1:-1], conf), minlength=15)
+        size = size[size > 0]
+        ref = float((size / n * np.abs(prob_true - prob_pred)).sum())
+        assert expected_calibration_error(outcome, c)[0] == pytest.approx(ref, abs=1e-12)
+
+
 def test_ece_hand_worked_two_bins():
     # edges 0.2 | 0.5 | 0.8: bins {0.2, 0.4} (mean conf 0.3, half right) and {0.6, 0.8} (0.7, half right)
     ece = expected_calibration_error(np.array([0, 1, 0, 1.0]), np.array([0.2, 0.4, 0.6, 0.8]), n_bins=2)
@@ -54,7 +94,9 @@ def test_calibration_of_bootstrap_replicates_equals_sklearn_on_the_resampled_row
             yy, pp = y[rows], proba[rows]
             outcome = (yy == 1) if k == 2 else (pp.argmax(1) == yy)
             conf = pp[:, 1] if k == 2 else pp.max(axis=1)
-            assert got["ece"][r] == pytest.approx(ece_by_hand(outcome.astype(float), conf, 10), abs=1e-12)
+            assert got["ece_mass"][r] == pytest.approx(ece_by_hand(outcome.astype(float), conf, 10), abs=1e-12)
+            right, top = (pp.argmax(1) == yy).astype(float), pp.max(axis=1)
+            assert got["ece"][r] == pytest.approx(guo_ece(right, top, 10), abs=1e-12)
             assert got["brier"][r] == pytest.approx(brier_score_loss(yy, pp, labels=list(range(k))), abs=1e-12)
             assert got["nll"][r] == pytest.approx(log_loss(yy, pp, labels=list(range(k))), abs=1e-12)
 
@@ -80,12 +122,12 @@ def test_calibration_metrics_get_bootstrap_intervals_like_any_metric():
     data = EvalData(y, proba.argmax(1), proba, np.array([f"p{i // 2}" for i in range(120)]), 3)
     for method in ("percentile", "bca"):
         values, drawn = bootstrap(data, BootstrapConfig(n_resamples=200, method=method, seed=1))
-        for m in ("ece", "brier", "nll"):
+        for m in ("ece", "ece_mass", "brier", "nll"):
             v = values[m]
             assert v.low <= v.value <= v.high and v.undefined == 0
     assert drawn.unit == "group"
     assert values["nll"].value == pytest.approx(log_loss(y, proba, labels=[0, 1, 2]))
-    assert set(replicate_metrics(y, proba.argmax(1), 3, None)) .isdisjoint({"ece", "brier", "nll"})
+    assert set(replicate_metrics(y, proba.argmax(1), 3, None)) .isdisjoint({"ece", "ece_mass", "brier", "nll"})
 
 
 def test_temperature_minimises_validation_log_loss_and_keeps_the_predicted_class():

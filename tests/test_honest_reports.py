@@ -162,3 +162,75 @@ def test_study_style_ci_is_the_ci_of_the_replicate_mean_and_shrinks_with_replica
     for name in ("tables.md", "report.html", "results.csv"):
         assert "study-style" in (out / name).read_text(), name
     assert "study-style: replicate mean [CI of the mean]" in (out / "tables.tex").read_text()
+
+
+def _memory_run(y, pred, name="m", dataset="d"):
+    """A run held in memory (no folder): what ``evaluate_run`` needs."""
+    from pathlib import Path
+
+    from probebench.runs import Run
+
+    k = int(max(y.max(), pred.max())) + 1
+    proba = np.full((len(y), k), 0.1 / (k - 1))
+    proba[np.arange(len(y)), pred] = 0.9
+    ids = np.array([f"s{i}" for i in range(len(y))])
+    config = {"dataset": dataset, "model": name, "mode": "frozen", "head": "linear", "head_label": "linear",
+              "weights": {"sha256": "x"}, "classes": [f"c{i}" for i in range(k)], "group_kind": "sample"}
+    return Run(Path(f"mem/{name}"), config, {"val_accuracy": 0.9}, ids, ids, y, pred, proba)
+
+
+def test_a_perfect_classifier_on_32_images_gets_the_exact_binomial_interval_and_its_mark():
+    """100% on 32 images: the percentile bootstrap says [100, 100]; the exact (Clopper–Pearson) interval, from
+    scipy's binomtest, is [89.11, 100], and the cell is marked in every format."""
+    from scipy.stats import binomtest
+
+    from probebench.report.tables import evaluate_run, report_record
+
+    y = np.repeat([0, 1], 16)
+    opts = ReportOptions(BootstrapConfig(n_resamples=500, unit="sample"))
+    row = evaluate_run(_memory_run(y, y.copy()), opts)
+    exact = binomtest(32, 32).proportion_ci(0.95, method="exact")
+    acc = row.values["accuracy"]
+    assert (acc.value, acc.high) == (1.0, 1.0) and acc.low == pytest.approx(exact.low, abs=1e-12)
+    assert acc.floor == "clopper-pearson" and row.values["recall"].floor == "clopper-pearson"
+    assert row.values["precision"].constant and not row.values["precision"].floor  # no exact interval: marked
+    rows = [row]
+    md = render(rows, "md", opts)
+    assert "100.00 [89.11, 100.00]¶" in md and "100.00 [100.00, 100.00]¶" in md
+    assert "exact Clopper–Pearson interval" in md and "every bootstrap replicate gave the same value" in md
+    csv_text = render(rows, "csv", opts)
+    assert all(line.count("¶") == 1 for line in csv_text.splitlines()[1:] if ",accuracy," in line)
+    record = report_record(rows, opts)["rows"][0]["metrics"]
+    assert record["accuracy"]["floor"] == "clopper-pearson" and record["precision"]["constant_replicates"]
+    from probebench.report.publish import latex_tables
+
+    assert r"[89.11, 100.00]\P{}" in latex_tables(rows, opts)
+
+
+def test_a_constant_predictor_under_class_stratification_is_floored_not_certain():
+    """Always class 0 with 2:1 classes, resampled within classes: every replicate is 66.67%; the interval is the
+    exact one for 20 of 30, not [66.67, 66.67]."""
+    from scipy.stats import binomtest
+
+    from probebench.report.tables import evaluate_run
+
+    y = np.array([0] * 20 + [1] * 10)
+    opts = ReportOptions(BootstrapConfig(n_resamples=300, unit="sample", stratify="class"))
+    acc = evaluate_run(_memory_run(y, np.zeros(30, dtype=int)), opts).values["accuracy"]
+    exact = binomtest(20, 30).proportion_ci(0.95, method="exact")
+    assert acc.constant and acc.value == pytest.approx(2 / 3)
+    assert (acc.low, acc.high) == pytest.approx((exact.low, exact.high), abs=1e-12)
+
+
+def test_a_cluster_resampled_degenerate_interval_uses_the_number_of_clusters():
+    """Patients resampled: the floor counts patients (the conservative n for clustered images), so it is wider
+    than the one counting images."""
+    from scipy.stats import beta
+
+    from probebench.report.tables import evaluate_run
+
+    y = np.repeat([0, 1], 20)
+    run = _memory_run(y, y.copy())
+    run.groups[:] = np.repeat([f"p{i}" for i in range(10)], 4)  # 10 patients of 4 images
+    acc = evaluate_run(run, ReportOptions(BootstrapConfig(n_resamples=200))).values["accuracy"]
+    assert acc.low == pytest.approx(beta.ppf(0.025, 10, 1), abs=1e-12)  # 10 of 10 patients, not 40 of 40

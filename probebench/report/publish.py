@@ -17,7 +17,7 @@ import numpy as np
 from probebench.atomic import atomic_dir, write_bytes, write_text
 from probebench.stats.bootstrap import BootstrapConfig
 from probebench.errors import ProbebenchError
-from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS, outcome_and_confidence, reliability
+from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS, reliability, top_label
 from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, STUDY_METRICS, scale
 from probebench.validate import path_name
 from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
@@ -212,25 +212,36 @@ def curve_figure(rows: list[ReportRow], dataset: str, metric: str = "accuracy"):
 
 
 def reliability_figure(rows: list[ReportRow], dataset: str):
-    """Reliability diagram: mean outcome against mean confidence in the ECE's equal-mass bins, one line per row,
-    the ECE in the legend (positive class for two classes, top label for more)."""
+    """Reliability diagram, one small panel per run: accuracy against mean top-label confidence in equal-mass bins
+    of at least about 10 test samples (at most the ECE's 15), each point with its exact binomial interval, no
+    connecting lines; the ECE and the bins in the panel's title, nothing drawn over the data."""
+    from probebench.stats.bootstrap import clopper_pearson
+
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 4.0))
-    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfect calibration")
     mine = [r for r in rows if r.dataset == dataset]
-    for r in mine:
-        outcome, confidence = outcome_and_confidence(r.run.y_true, r.run.proba)
-        hit, conf, _ = reliability(outcome, confidence, ECE_BINS)  # the ECE's own bins
+    cols = min(3, len(mine))
+    lines = -(-len(mine) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(2.7 * cols, 2.7 * lines + 0.3), squeeze=False)
+    for ax, r in zip(axes.flat, mine):
+        right, top = top_label(r.run.y_true, r.run.proba)
+        n_bins = max(1, min(ECE_BINS, len(top) // 10))
+        hit, conf, size = reliability(right, top, n_bins)
+        bounds = np.array([clopper_pearson(h * s, int(s), 0.95) for h, s in zip(hit, size)])
+        ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1)
+        ax.errorbar(conf, hit, yerr=[hit - bounds[:, 0], bounds[:, 1] - hit], fmt="o", markersize=3,
+                    color="#1f77b4", ecolor="#9ecae1", elinewidth=1, capsize=0)
         name = (f"{r.model_label} · {r.head_label if r.freeze == 'Y' else 'fine-tuned'}"
                 + (" · T-scaled" if r.run.config.get("calibration") else ""))
-        ax.plot(conf, hit, "o-", markersize=3, label=f"{name} (ECE {100 * r.values['ece'].value:.1f}%)")
-    two = all(len(r.run.classes) == 2 for r in mine)
-    ax.set_xlabel("mean predicted probability of the positive class" if two else "mean top-label confidence")
-    ax.set_ylabel("fraction positive" if two else "fraction correct")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{dataset}: reliability", fontsize=9)
-    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+        ax.set_title(f"{name}\nECE {100 * r.values['ece'].value:.1f}% · {len(size)} bins of ≥{int(size.min())}",
+                     fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("mean top-label confidence", fontsize=7)
+        ax.set_ylabel("fraction correct", fontsize=7)
+    for ax in list(axes.flat)[len(mine):]:
+        ax.axis("off")
+    fig.suptitle(f"{dataset}: reliability (95% exact intervals per bin)", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -242,7 +253,7 @@ def critical_difference_figure(across):
     k = len(across.models)
     order = np.argsort(across.test.mean_ranks, kind="stable")
     r = across.test.mean_ranks[order]
-    names = [across.models[i] for i in order]
+    names = [across.label(across.models[i]) for i in order]
     fig, ax = plt.subplots(figsize=(6.0, 1.4 + 0.28 * k))
     ax.set_xlim(0.8, k + 0.2)
     ax.set_ylim(-(k + 2) * 0.3, 0.9)
@@ -270,13 +281,26 @@ def critical_difference_figure(across):
     return fig
 
 
-CALIBRATION_NOTE = (f"Lower is better. ECE: expected calibration error with {ECE_BINS} equal-mass bins, refitted "
-                    "in every bootstrap replicate (positive class for two classes, top label for more); Brier: "
+CALIBRATION_NOTE = (f"Lower is better. ECE: expected calibration error as Guo et al. (2017) define it, {ECE_BINS} "
+                    "equal-width bins of the top-label confidence; ECE (equal-mass): bins at the confidences' "
+                    "quantiles, refitted in every bootstrap replicate (positive class for two classes, top label "
+                    "for more); Brier: "
                     "squared error of the probabilities (sum over classes for more than two); NLL: negative "
                     "log-likelihood in nats. ECE and Brier in %. With few test samples per bin (n / "
                     f"{ECE_BINS}) the ECE is biased upwards: compare ECEs on the same test set only. "
                     "Temperature: fitted on validation (--calibrate temperature) and applied to the test "
-                    "probabilities; '—' when not calibrated.")
+                    "probabilities; '—' when not calibrated. A temperature at its search bound (0.01 or 100) is "
+                    "marked: the best one lies beyond it, and the test probabilities are pushed to one-hot (0.01) "
+                    "or uniform (100), so that row's calibration says more about the search than the model.")
+
+
+def at_bound(calibration: dict) -> bool:
+    """A temperature that hit its search bound: the optimum lies outside [0.01, 100] and the probabilities are
+    pushed to one-hot (T at 0.01) or uniform (T at 100)."""
+    from probebench.stats.calibration import T_BOUNDS
+
+    t = calibration.get("temperature")
+    return t is not None and min(abs(np.log(t / b)) for b in T_BOUNDS) < 1e-3
 
 
 def _temperature(r: ReportRow) -> str:
@@ -284,8 +308,9 @@ def _temperature(r: ReportRow) -> str:
     if not c:
         return "—"
     if "per_fold" in c:
-        return ", ".join(f"{f['temperature']:.3g}" for f in c["per_fold"]) + " (per fold)"
-    return f"{c['temperature']:.3g}"
+        return ", ".join(f"{f['temperature']:.3g}" + ("!" if at_bound(f) else "") for f in c["per_fold"]) \
+            + " (per fold)"
+    return f"{c['temperature']:.3g}" + (" (at its search bound: see the note)" if at_bound(c) else "")
 
 
 def _html_table(header: list[str], body: list[list[str]], red_rows: set[int] = frozenset()) -> str:

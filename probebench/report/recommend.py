@@ -59,6 +59,11 @@ class AcrossPanel:
     cd: float  # Nemenyi critical difference at 1 - confidence
     alpha: float
     dropped: list[str] = field(default_factory=list)  # models missing on some dataset, left out
+    random: set = field(default_factory=set)  # models shown with random weights (--weights random)
+
+    def label(self, model: str) -> str:
+        """The model's name with † where its runs used random weights, in tables and the figure alike."""
+        return model + (" †" if model in self.random else "")
 
 
 def dataset_panels(rows: list[ReportRow], opts: ReportOptions, metric: str = "accuracy") -> list[DatasetPanel]:
@@ -119,8 +124,9 @@ def across_datasets(panels: list[DatasetPanel], metric: str = "accuracy", alpha:
         return None
     test = friedman(scores, metric not in LOWER_IS_BETTER)
     pairs = [(models[i], models[j], p, ph) for i, j, p, ph in pairwise_rank_tests(test.mean_ranks, len(panels))]
+    random = {c.model for p in panels for c in p.choices if c.row.random_weights}
     return AcrossPanel(models, [p.dataset for p in panels], scores, test, pairs,
-                       critical_difference(len(models), len(panels), alpha), alpha, dropped)
+                       critical_difference(len(models), len(panels), alpha), alpha, dropped, random)
 
 
 def _cost(r: ReportRow) -> tuple[str, str]:
@@ -165,14 +171,15 @@ def panel_lines(panel: DatasetPanel, opts: ReportOptions, metric: str) -> tuple[
 def across_lines(across: AcrossPanel) -> tuple[list[str], list[list[str]], list[str]]:
     """Mean ranks as rows, and the test results as sentences."""
     order = np.argsort(across.test.mean_ranks, kind="stable")
-    body = [[across.models[i], f"{across.test.mean_ranks[i]:.2f}"] for i in order]
+    body = [[across.label(across.models[i]), f"{across.test.mean_ranks[i]:.2f}"] for i in order]
     t = across.test
     notes = [f"Friedman's test over {t.n_datasets} datasets × {t.n_models} backbones (tie-corrected): "
              f"chi² = {t.statistic:.3f}, df = {t.n_models - 1}, p = {t.p:.4g}.",
              f"Nemenyi critical difference at α = {across.alpha:g}: {across.cd:.2f} mean-rank units (backbones "
              "closer than this are joined in the figure).",
              "Pairwise rank tests (z on mean ranks, Holm over all pairs): "
-             + "; ".join(f"{a} vs {b}: p = {p:.3g}, Holm {ph:.3g}" for a, b, p, ph in across.pairs) + "."]
+             + "; ".join(f"{across.label(a)} vs {across.label(b)}: p = {p:.3g}, Holm {ph:.3g}"
+                         for a, b, p, ph in across.pairs) + "."]
     if t.n_datasets < 5:
         notes.append(f"With {t.n_datasets} datasets these rank tests have little power: a non-significant result "
                      "says the data cannot tell the backbones apart, not that they are equal.")

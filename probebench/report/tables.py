@@ -373,9 +373,10 @@ def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
     notes = [f"Metrics in %, {level}: value on the whole test set [{_method_text(opts)}; resampling unit as "
              "in the header]. Precision, recall and F1 are weighted averages over classes, as in the study."]
     if set(opts.metrics) & set(CALIBRATION_METRICS):
-        notes.append(f"Calibration (lower is better): ECE with {ECE_BINS} equal-mass bins (positive class for two "
-                     "classes, top label for more), Brier score (sum over classes for more than two), NLL in nats "
-                     "(not in %).")
+        notes.append(f"Calibration (lower is better): ECE as Guo et al. (2017) define it, {ECE_BINS} equal-width "
+                     f"bins of the top-label confidence; ECE (equal-mass): {ECE_BINS} bins at the confidences' "
+                     "quantiles, refitted per replicate (positive class for two classes, top label for more); Brier "
+                     "score (sum over classes for more than two); NLL in nats (not in %).")
     repeated = [r for r in rows if r.seeds]
     if repeated:
         notes.append("'seeds m ± sd': mean ± standard deviation of the value over repeated fits with different "

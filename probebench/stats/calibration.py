@@ -1,26 +1,52 @@
 """Calibration: expected calibration error, Brier score and log loss for one evaluation or many weighted replicates,
 the reliability diagram's points, and temperature scaling fitted on validation.
 
-Every value equals scikit-learn's on the (resampled) data: Brier as ``brier_score_loss(y, proba,
-labels=range(K))`` (the positive class's squared error for two classes, the sum over classes for more), NLL as
-``log_loss`` (probabilities clipped to [eps, 1 - eps]), and the ECE's equal-mass bins as
-``calibration_curve(..., strategy="quantile")``: bin edges at the quantiles of the confidences of the (resampled)
-set, so every replicate is binned afresh, as the estimator would bin a new test set.
+``ece`` is the literature's ECE (Guo, Pleiss, Sun and Weinberger, "On Calibration of Modern Neural Networks",
+ICML 2017, eq. 3): 15 equal-width bins ((m-1)/15, m/15] of the top-label confidence, the sum over bins of
+(bin size / n) x |accuracy - mean confidence|, for any number of classes. ``ece_mass`` is the equal-mass variant
+(Nixon et al. 2019 call it adaptive): bin edges at the quantiles of the (resampled) confidences, as
+``calibration_curve(..., strategy="quantile")``, of the positive class's probability for two classes and the
+top-label confidence for more; every replicate is binned afresh. Brier equals ``brier_score_loss(y, proba,
+labels=range(K))`` (the positive class's squared error for two classes, the sum over classes for more), NLL
+``log_loss`` (probabilities clipped to [eps, 1 - eps]); every value equals its reference on the resampled data.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-CALIBRATION_METRICS = ("ece", "brier", "nll")
-ECE_BINS = 15  # Guo et al. (2017); equal-mass bins, as calibration_curve(strategy="quantile")
+CALIBRATION_METRICS = ("ece", "ece_mass", "brier", "nll")
+ECE_BINS = 15  # Guo et al. (2017): 15 bins (equal-width for ``ece``, equal-mass for ``ece_mass``)
 EPS = np.finfo(np.float64).eps  # log_loss's clipping
 CALIBRATE = (None, "temperature")
+T_BOUNDS = (0.01, 100.0)  # the temperature search interval; an optimum at either end is reported as such
+
+
+def top_label(y_true: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whether the top label is right, and its confidence (what Guo et al.'s ECE bins), for any number of classes."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    return (proba.argmax(axis=1) == y_true).astype(np.float64), proba.max(axis=1)
+
+
+def equal_width_ece(outcome: np.ndarray, confidence: np.ndarray, weights: np.ndarray | None = None,
+                    n_bins: int = ECE_BINS) -> np.ndarray:
+    """Guo et al.'s ECE: bins ((m-1)/M, m/M] of the confidence, sum over bins of |sum of outcomes - sum of
+    confidences| / N, for each weight row (counts). Bins are fixed, so every replicate is one matrix product."""
+    outcome = np.asarray(outcome, dtype=np.float64)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    w = np.ones((1, len(outcome))) if weights is None else np.asarray(weights, dtype=np.float64)
+    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    gaps = np.zeros((len(outcome), n_bins))
+    gaps[np.arange(len(outcome)), bins] = outcome - confidence
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.abs(w @ gaps).sum(axis=1) / np.where(total > 0, total, np.nan)
 
 
 def outcome_and_confidence(y_true: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What the ECE bins: for two classes the positive class's probability and whether the label is positive; for
-    more, the top-label confidence and whether the top label is right (top-label calibration)."""
+    """What the equal-mass ECE bins: for two classes the positive class's probability and whether the label is
+    positive; for more, the top-label confidence and whether the top label is right (top-label calibration)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.shape[1] == 2:
@@ -95,7 +121,7 @@ def _weighted_mean(per_sample: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def calibration_metrics(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = None,
                         n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
-    """ECE, Brier score and NLL (lower is better, all three) for each weight row."""
+    """ECE (equal-width, top label), equal-mass ECE, Brier score and NLL (lower is better, all) per weight row."""
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     w = np.ones((1, len(y_true))) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -104,8 +130,10 @@ def calibration_metrics(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarr
     brier = ((proba - onehot) ** 2).sum(axis=1) * (0.5 if k == 2 else 1.0)
     nll = -np.log(np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1 - EPS))
     outcome, confidence = outcome_and_confidence(y_true, proba)
-    return {"ece": expected_calibration_error(outcome, confidence, w, n_bins), "brier": _weighted_mean(brier, w),
-            "nll": _weighted_mean(nll, w)}
+    right, top = top_label(y_true, proba)
+    return {"ece": equal_width_ece(right, top, w, n_bins),
+            "ece_mass": expected_calibration_error(outcome, confidence, w, n_bins),
+            "brier": _weighted_mean(brier, w), "nll": _weighted_mean(nll, w)}
 
 
 def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -127,7 +155,18 @@ def fit_temperature(val_proba: np.ndarray, y_val: np.ndarray) -> dict:
 
     y_val = np.asarray(y_val, dtype=np.int64)
     found = minimize_scalar(lambda log_t: _nll(apply_temperature(val_proba, np.exp(log_t)), y_val),
-                            bounds=(np.log(0.01), np.log(100.0)), method="bounded", options={"xatol": 1e-6})
+                            bounds=tuple(np.log(T_BOUNDS)), method="bounded", options={"xatol": 1e-6})
     t = float(np.exp(found.x))
     return {"method": "temperature", "temperature": t, "val_nll_before": _nll(np.asarray(val_proba, float), y_val),
-            "val_nll_after": _nll(apply_temperature(val_proba, t), y_val)}
+            "val_nll_after": _nll(apply_temperature(val_proba, t), y_val),
+            "at_bound": bool(min(abs(found.x - np.log(b)) for b in T_BOUNDS) < 1e-3)}
+
+
+def bound_warning(calibration: dict) -> str:
+    """The warning a temperature at its search bound deserves ("" otherwise)."""
+    if not calibration.get("at_bound"):
+        return ""
+    t = calibration["temperature"]
+    return (f"warning: the fitted temperature {t:.3g} is at its search bound {T_BOUNDS}: the validation NLL keeps "
+            f"falling beyond it, and the test probabilities become {'one-hot' if t < 1 else 'uniform'}; the "
+            "report marks this run's temperature\n")

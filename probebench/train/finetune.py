@@ -29,7 +29,7 @@ from probebench.data.datasets import check_trainable
 from probebench.errors import ProbebenchError
 from probebench.features.extract import auto_device
 from probebench.features.spec import FeatureSpec, resolve_job
-from probebench.stats.calibration import apply_temperature, fit_temperature
+from probebench.stats.calibration import apply_temperature, bound_warning, fit_temperature
 from probebench.train.heads import softmax_proba
 from probebench.features.images import ImageDataset, bad_image_error, make_transform
 from probebench.stats.metrics import point_metrics
@@ -358,6 +358,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     calibration = None
     if calibrate == "temperature":  # fitted on validation only, then applied to the test probabilities
         calibration = fit_temperature(softmax_proba(predict(val_idx)), manifest.labels[val_idx])
+        sys.stderr.write(bound_warning(calibration))
         proba = apply_temperature(proba, calibration["temperature"])
     shared = {"mode", "path", "dataset", "model", "head", "tap", "preprocessing", "manifest_hash", "seed"}
     record = RunRecord(

@@ -14,7 +14,7 @@ from probebench.data.splits import cv_folds, label_subset
 from probebench.errors import ProbebenchError
 from probebench.features.spec import FeatureSpec, locate_store
 from probebench.train.heads import make_head
-from probebench.stats.calibration import apply_temperature, fit_temperature
+from probebench.stats.calibration import apply_temperature, bound_warning, fit_temperature
 from probebench.stats.metrics import point_metrics
 from probebench.progress import make_progress
 from probebench.runs import RunRecord, budget_text, check_writable, config_hash, identical_run, run_folder, write_run
@@ -65,6 +65,7 @@ def _train_head(head: str, grid: bool, seed: int, options: dict, x_tr, y_tr, x_v
     calibration = None
     if calibrate == "temperature":  # fitted on validation only, then applied to both
         calibration = fit_temperature(val_proba, y_va)
+        sys.stderr.write(bound_warning(calibration))
         proba = apply_temperature(proba, calibration["temperature"])
         val_proba = apply_temperature(val_proba, calibration["temperature"])
     return estimator, proba, val_proba, seconds, calibration
