@@ -82,9 +82,14 @@ def test_bca_differs_from_percentile_when_skewed():
     t = np.ones(60, dtype=int)
     p = np.r_[np.ones(57, dtype=int), np.zeros(3, dtype=int)]  # accuracy 0.95, bounded at 1
     data = EvalData(t, p, None, None, 2)
-    perc = bootstrap(data, BootstrapConfig(n_resamples=4000, unit="sample"))[0]["accuracy"]
+    from probebench.stats.bootstrap import percentile_interval, replicates
+
+    cfg = BootstrapConfig(n_resamples=4000, unit="sample")
+    perc = percentile_interval(replicates(data, cfg, "sample")["accuracy"], 0.95)  # before any floor
     bca = bootstrap(data, BootstrapConfig(n_resamples=4000, method="bca", unit="sample"))[0]["accuracy"]
-    assert bca.low < perc.low  # BCa shifts toward the long tail
+    assert bca.low < perc[0] and perc[1] == 1.0  # BCa shifts toward the long tail
+    floored = bootstrap(data, cfg)[0]["accuracy"]  # the percentile interval touches 100%: floored
+    assert floored.floor == "clopper-pearson" and floored.low < perc[0]
 
 
 def test_cluster_bootstrap_resamples_whole_groups():

@@ -316,3 +316,22 @@ def test_markdown_report_layout(tmp_path):
     i = lines.index("### Comparisons")
     assert lines[i - 1] == "" and lines[i + 1] == ""
     assert lines[-2] == "" and lines[-1].startswith("- ")
+
+
+def test_bca_gives_one_interval_for_one_number_computed_two_ways():
+    """Accuracy and weighted recall are the same number (sum of the diagonal / n), computed by different sums:
+    their BCa intervals and p-values of a paired difference must agree, whatever the last bits of each replicate
+    (replicates equal to the point difference are counted within a tolerance, not by float equality)."""
+    from probebench.stats.bootstrap import EvalData, paired_comparison
+
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        n = 72
+        y = rng.integers(0, 3, n)
+        pa = np.where(rng.random(n) < 0.8, y, (y + 1) % 3)
+        pb = np.where(rng.random(n) < 0.65, y, (y + 2) % 3)
+        onehot = np.eye(3)
+        a, b = (EvalData(y, p, 0.1 + 0.7 * onehot[p], None, 3) for p in (pa, pb))
+        diffs, _ = paired_comparison(a, b, BootstrapConfig(n_resamples=400, method="bca", seed=seed))
+        acc, rec = diffs["accuracy"], diffs["recall"]
+        assert (acc.low, acc.high, acc.p) == pytest.approx((rec.low, rec.high, rec.p), abs=1e-9), seed

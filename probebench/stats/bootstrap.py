@@ -170,6 +170,19 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, f
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
+TIE = 1e-9  # replicates this close (relative) to the point value, or to 0 for a difference, count as equal to it
+
+
+def _snap(values: np.ndarray, *targets: float) -> np.ndarray:
+    """Replicates within ``TIE`` of a target set to it exactly: one number computed by two different sums
+    (accuracy and weighted recall) then has the same ties, so the same BCa interval and p-value."""
+    out = np.asarray(values, dtype=np.float64).copy()
+    for t in targets:
+        if np.isfinite(t):
+            out[np.abs(out - t) <= TIE * max(1.0, abs(t))] = t
+    return out
+
+
 def _bca_terms(values: np.ndarray, theta_hat: float, jack: np.ndarray) -> tuple[float, float]:
     """Bias correction z0 and acceleration a (Efron 1987), as ``scipy.stats.bootstrap`` computes them."""
     share = ((values < theta_hat).sum() + (values <= theta_hat).sum()) / (2 * len(values))
@@ -207,6 +220,7 @@ def bca_interval(values: np.ndarray, theta_hat: float, jack: np.ndarray, confide
     values, jack = values[np.isfinite(values)], jack[np.isfinite(jack)]
     if not len(values) or not np.isfinite(theta_hat):
         return float("nan"), float("nan")
+    values = _snap(values, theta_hat)
     z0, a = _bca_terms(values, theta_hat, jack)
     alpha = (1 - confidence) / 2
     return (float(np.quantile(values, _bca_level(alpha, z0, a))),
@@ -246,6 +260,7 @@ def interval_p_value(values: np.ndarray, theta_hat: float, jack: np.ndarray | No
     values = values[np.isfinite(values)]
     if not len(values) or not np.isfinite(theta_hat):
         return float("nan"), float("nan"), float("nan")
+    values = _snap(values, theta_hat, 0.0)
     hi0, lo0 = _zero_levels(values)
     if jack is None:
         low, high = percentile_interval(values, confidence)
