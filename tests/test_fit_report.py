@@ -123,7 +123,7 @@ def test_report_formats_flag_random_weights(tiny, tmp_path):
     table = render(rows, "table")
     assert "resnet50 †" in table and "percentile bootstrap" in table and "[CI by patient]" in table
     lines = list(csv.DictReader(render(rows, "csv").splitlines()))
-    assert len(lines) == 28 and {ln["random_weights"] for ln in lines} == {"True"}  # 2 runs x 14 metrics
+    assert len(lines) == 30 and {ln["random_weights"] for ln in lines} == {"True"}  # 2 runs x 15 metrics
     assert {ln["unit"] for ln in lines} == {"patient"} and {ln["ci_method"] for ln in lines} == {"percentile"}
     acc = [ln for ln in lines if ln["model"] == "resnet50" and ln["metric"] == "accuracy"][0]
     assert float(acc["value"]) == pytest.approx(ref["accuracy"], abs=1e-6)

@@ -234,3 +234,30 @@ def test_a_cluster_resampled_degenerate_interval_uses_the_number_of_clusters():
     run.groups[:] = np.repeat([f"p{i}" for i in range(10)], 4)  # 10 patients of 4 images
     acc = evaluate_run(run, ReportOptions(BootstrapConfig(n_resamples=200))).values["accuracy"]
     assert acc.low == pytest.approx(beta.ppf(0.025, 10, 1), abs=1e-12)  # 10 of 10 patients, not 40 of 40
+
+
+def test_two_protocols_in_one_runs_folder_keep_their_rows_and_an_extra_seed_is_said(tmp_path):
+    """The study's protocol and probebench's (another tap and resize) in one runs folder: two rows, each labelled
+    with what differs. A later fit with another seed and the same settings is not silently swapped in: the row
+    says it stands for the latest of two runs, and --all shows both."""
+    import time
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    proba = rng.dirichlet([1, 1], 40)
+    recommended = {"tap": "avgpool", "preprocessing": {"resize": 256, "crop": 224}}
+    faithful = {"tap": "imagenet_logits", "preprocessing": {"resize": 224, "crop": 224}}
+    fake_run(tmp_path, y, proba, model="resnet50", **recommended)
+    fake_run(tmp_path, y, proba[::-1], model="resnet50", **faithful)
+    time.sleep(1.1)  # run ids carry the second they were written
+    fake_run(tmp_path, y, proba[::-1].copy(), model="resnet50", seed=1, **recommended)
+    rows = collect_rows(tmp_path, opts=OPTS)
+    assert len(rows) == 2
+    labels = sorted(r.head_label for r in rows)
+    assert labels == ["linear · preprocessing.resize=224, tap=imagenet_logits",
+                      "linear · preprocessing.resize=256, tap=avgpool"]
+    extra = next(r for r in rows if "avgpool" in r.head_label)
+    assert extra.run.config["seed"] == 1 and extra.hidden == 1  # the latest, and it says so
+    md = render(rows, "md", OPTS)
+    assert "1 other run(s) with the same settings hidden" in md and "`report --all` shows every run" in md
+    assert len(collect_rows(tmp_path, opts=OPTS, latest_only=False)) == 3

@@ -73,6 +73,7 @@ class ReportRow:
     seeds_asked: list | None = None  # a multi-seed fit: the seeds it was asked for (some may be missing)
     budget: dict | None = None  # a label-efficiency point: {"label_fraction": f} or {"shots": k}
     cv: dict | None = None  # cross-validated: {"folds": k, ...}; the test set is every sample, out of fold
+    hidden: int = 0  # other runs with the same settings that this row stands for (the latest is shown)
 
     @property
     def evaluation(self) -> str:
@@ -124,6 +125,39 @@ def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None
                      skipped=c.get("skipped", []), head_label=label, seeds=seeds,
                      repeats=repeats, n_units=drawn.n_units, stratified=drawn.stratified,
                      seeds_asked=c.get("seeds_asked"), budget=c.get("budget"), cv=c.get("cv"))
+
+
+def variant(config: dict) -> dict[str, str]:
+    """What a run measures beyond its cell (dataset, model, mode, head), flattened to ``name: value`` text: the
+    options that change its numbers (tap, preprocessing, weights, precision, feature options, head and training
+    options except the seed, the data version, calibration, the study's quirks). Runs that differ here are
+    different results and get rows of their own; runs that agree are repeats of one."""
+    c = config
+    head = {k: v for k, v in (c.get("head_params") or {}).items() if k != "seed"}
+    raw = {"tap": c.get("tap"), "preprocessing": c.get("preprocessing"),
+           "weights": (c.get("weights") or {}).get("sha256"), "precision": c.get("precision"),
+           "store_dtype": c.get("store_dtype"), "features": c.get("features"), "head": head,
+           "data": c.get("manifest_hash"), "calibrate": (c.get("calibration") or {}).get("method"),
+           "study_quirks": c.get("study_quirks"), "select": c.get("select_metric"),
+           "grid": bool(c.get("selection")) or None}
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in sorted(value.items()):
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif value is not None:
+            text = str(value)
+            flat[prefix] = text[:8] if prefix in ("weights", "data") and len(text) == 64 else text
+
+    walk("", raw)
+    return flat
+
+
+def _differences(variants: list[dict[str, str]]) -> list[str]:
+    """The flattened option names whose values are not the same in every one of ``variants``."""
+    keys = sorted(set().union(*variants))
+    return [k for k in keys if len({v.get(k) for v in variants}) > 1]
 
 
 def run_kind(config: dict) -> tuple:
@@ -189,23 +223,34 @@ def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = 
     for p, c in configs.items():
         if c.get("seed_group"):
             by_group.setdefault(c["seed_group"], []).append(p)
-    chosen = list(configs)
-    if latest_only:
-        latest = {}
-        for p in sorted(configs, key=lambda p: configs[p]["run_id"]):
-            c = configs[p]
-            latest[(c["dataset"], c["model"], c["mode"], c["head"], run_kind(c))] = p
-        chosen = list(latest.values())
+    variants = {p: variant(c) for p, c in configs.items()}
+    cell = {p: (c["dataset"], c["model"], c["mode"], c["head"], run_kind(c)) for p, c in configs.items()}
+    key = {p: cell[p] + (tuple(sorted(variants[p].items())),) for p in configs}
+    by_key: dict[tuple, list[Path]] = {}
+    for p in sorted(configs, key=lambda p: configs[p]["run_id"]):
+        by_key.setdefault(key[p], []).append(p)
+    # one row per key (the latest run, by run id: the time it was written), unless every run is asked for
+    chosen = [ps[-1] for ps in by_key.values()] if latest_only else list(configs)
+    chosen_set = set(chosen)
     rows = []
     for p in sorted(chosen, key=lambda p: tuple(configs[p][k] for k in ("dataset", "model", "mode", "head"))
-                    + run_kind(configs[p])):
+                    + run_kind(configs[p]) + (configs[p]["run_id"],)):
         repeats = None
         if configs[p].get("seed_group"):
             siblings = {}
             for s in sorted(by_group[configs[p]["seed_group"]], key=lambda s: configs[s]["run_id"]):
                 siblings[configs[s]["seed_position"]] = s  # the latest run for each seed
             repeats = [runs[siblings[k]] for k in sorted(siblings)]  # intervals from the first seed
-        rows.append(evaluate_run(repeats[0] if repeats else runs[p], opts, repeats))
+        row = evaluate_run(repeats[0] if repeats else runs[p], opts, repeats)
+        group = set(by_group.get(configs[p].get("seed_group"), [p]))
+        row.hidden = len([q for q in by_key[key[p]] if q not in group]) if latest_only else 0
+        shown = [q for q in chosen_set if cell[q] == cell[p]]
+        if len({key[q] for q in shown}) > 1:  # other settings in the same cell: say what sets this row apart
+            differ = _differences([variants[q] for q in shown])
+            row.head_label += " · " + ", ".join(f"{k}={variants[p].get(k, '—')}" for k in differ)
+        if not latest_only and len([q for q in shown if key[q] == key[p]]) > 1:
+            row.head_label += f" · run {configs[p]['run_id']}"
+        rows.append(row)
     return Rows(rows, skipped)
 
 
@@ -433,6 +478,12 @@ def footnotes(rows: list[ReportRow], opts: ReportOptions) -> list[str]:
         if r.skipped:
             names = ", ".join(s["sample_id"] for s in r.skipped[:5]) + (" …" if len(r.skipped) > 5 else "")
             notes.append(f"{r.dataset}/{r.model}: {len(r.skipped)} unreadable image(s) skipped: {names}")
+    hidden = [r for r in rows if r.hidden]
+    if hidden:
+        notes.append("Each row shows the latest run (by run id, the time it was written) with its settings; "
+                     + "; ".join(f"{r.dataset}/{r.model_label} {r.head_label}: {r.hidden} other run(s) with the same "
+                                 "settings hidden (other seeds outside a seed group, or reruns)" for r in hidden)
+                     + ". `report --all` shows every run.")
     return notes + skipped_notes(rows)
 
 
