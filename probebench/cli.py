@@ -131,9 +131,10 @@ DraftOpt = typer.Option(False, "--draft", help="Decode JPEGs at a reduced scale 
                         "faster for large photographs); part of the cache key.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader workers.", show_default="CPUs - 1, max 8")
 SeedOpt = typer.Option(0, "--seed", help="Seed for shuffling and head initialisation.")
-StudyBnOpt = typer.Option(False, "--study-bn-epoch1", help="The study's frozen training: the backbone in train "
-                          "mode until the first validation (BatchNorm statistics re-estimated, dropout on in epoch "
-                          "1). finetune --freeze-backbone only: it changes the features, so no cache holds them.")
+StudyBnOpt = typer.Option(False, "--study-bn-epoch1", help="The study's training loop: train mode until the first "
+                          "validation, eval mode ever after (frozen: BatchNorm statistics re-estimated in epoch 1; "
+                          "fine-tuned: BatchNorm fixed at its epoch-1 statistics and dropout off from epoch 2). "
+                          "finetune only: it changes the features, so no cache holds them.")
 StudyVggOpt = typer.Option(False, "--study-vgg-features-only", help="The study's frozen VGG16: only vgg16.features "
                            "frozen, fc6/fc7 trained. finetune --freeze-backbone only.")
 

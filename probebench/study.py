@@ -29,7 +29,7 @@ SECTIONS = {
     "training": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "select_metric", "patience",
                  "label_fractions", "shots", "cv", "calibrate"},
     "unfrozen": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "accumulate", "precision",
-                 "grad_checkpointing", "workers"},
+                 "grad_checkpointing", "workers", "study_quirks"},
     "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad", "draft",
                 "channels_last", "mean", "std", "interpolation"},
     "models": set(),  # [models.<name>]: per-model settings (MODEL_KEYS)
@@ -613,7 +613,7 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
                             seed=s, progress=progress, existing="reuse", resume="auto", head=c.head,
-                            calibrate=u.get("calibrate"),
+                            calibrate=u.get("calibrate"), study_quirks=tuple(u.get("study_quirks", ())),
                             on_run=lambda run: track_run(run, track))))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"
                 state[c.key] = {"hash": c.hash, "status": "done", "runs": runs,

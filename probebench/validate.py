@@ -96,6 +96,7 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
               and all(_int(k) and k >= 1 for k in v), "a non-empty list of distinct integers >= 1, e.g. 1,4,16"),
     "cv": (lambda v: _int(v) and 2 <= v <= MAX_FOLDS, f"an integer number of folds from 2 to {MAX_FOLDS:,}"),
     "calibrate": _choice(("temperature",)),
+    "study_quirks": _choices(("bn_epoch1",), "the study's quirks for fine-tuning"),
 }
 
 

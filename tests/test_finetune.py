@@ -178,6 +178,27 @@ def test_study_bn_epoch1_trains_batchnorm_statistics_in_epoch_one_only():
     assert not plain.extractor.training  # probebench's frozen path: eval mode always
 
 
+def test_the_studys_fine_tuning_trains_in_eval_mode_after_the_first_validation():
+    """Unfrozen with the study's loop: all weights train, but from epoch 2 in eval mode (BatchNorm fixed at its
+    epoch-1 statistics, dropout off), as its train_model never calls model.train() again."""
+    net = Classifier(create_model("resnet50", "random", img_size=32), 2, seed=0, freeze_backbone=False,
+                     quirks=("bn_epoch1",))
+    bn = net.extractor.backbone.bn1
+    net.train()
+    assert bn.training  # epoch 1
+    x = torch.randn(4, 3, 32, 32) * 3 + 1
+    net(x)
+    net.eval()  # the first validation
+    net.train()  # epoch 2: the loop asks for train mode; the study's code never did
+    assert not any(m.training for m in net.modules())
+    stats = bn.running_mean.clone()
+    opt = torch.optim.SGD(net.trainable_parameters(), lr=0.1)
+    net(x).sum().backward()
+    opt.step()
+    assert torch.equal(bn.running_mean, stats)  # BatchNorm no longer follows the training images
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.extractor.backbone.conv1.parameters())
+
+
 def test_study_vgg_features_only_trains_fc6_fc7():
     net = Classifier(create_model("vgg16", "random", img_size=32), 2, seed=0, freeze_backbone=True,
                      quirks=("vgg_features_only",))
@@ -206,9 +227,12 @@ def test_study_quirk_runs_end_to_end_and_the_cache_path_refuses_it(tiny, tmp_pat
                                    "--weights", "random", "--study-bn-epoch1"])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "no cache can hold it" in text and "finetune --freeze-backbone" in text
-    with pytest.raises(ProbebenchError, match="add --freeze-backbone"):
-        finetune("resnet50", str(spec), runs_dir=tmp_path / "c", study_quirks=("bn_epoch1",),
+    with pytest.raises(ProbebenchError, match="study's frozen VGG16: add --freeze-backbone"):
+        finetune("vgg16", str(spec), runs_dir=tmp_path / "c", study_quirks=("vgg_features_only",),
                  **{**common, "freeze_backbone": False})
+    unfrozen = read_run(finetune("resnet50", str(spec), runs_dir=tmp_path / "d", study_quirks=("bn_epoch1",),
+                                 **{**common, "freeze_backbone": False}))
+    assert unfrozen.config["study_quirks"] == ["bn_epoch1"] and unfrozen.config["mode"] == "unfrozen"
 
 
 def test_fit_and_finetune_write_the_same_run_record(tiny, tmp_path):

@@ -46,9 +46,10 @@ BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"
 
 
 STUDY_QUIRKS = {
-    "bn_epoch1": "the frozen backbone runs in train mode until the first validation (the study's loop calls "
-                 "model.eval() there and never model.train() again), so BatchNorm statistics are re-estimated on "
-                 "the training images and dropout is active during epoch 1",
+    "bn_epoch1": "the model runs in train mode until the first validation and in eval mode ever after (the "
+                 "study's train_model calls model.eval() there and never model.train() again): frozen, BatchNorm "
+                 "statistics are re-estimated on the training images during epoch 1; fine-tuned (unfrozen), every "
+                 "later epoch trains with BatchNorm fixed at its epoch-1 statistics and dropout off",
     "vgg_features_only": "frozen VGG16 freezes only vgg16.features, as the study's choose_model does: fc6 and fc7 "
                          "are trained too",
 }
@@ -190,8 +191,8 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     unknown = set(study_quirks) - set(STUDY_QUIRKS)
     if unknown:
         raise ProbebenchError(f"unknown study quirks {sorted(unknown)}; known: {', '.join(STUDY_QUIRKS)}")
-    if study_quirks and not freeze_backbone:
-        raise ProbebenchError("the study's quirks concern its frozen setting: add --freeze-backbone")
+    if "vgg_features_only" in study_quirks and not freeze_backbone:
+        raise ProbebenchError("--study-vgg-features-only concerns the study's frozen VGG16: add --freeze-backbone")
     if batch_size % accumulate:
         raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
     check_writable(runs_dir)
