@@ -152,3 +152,26 @@ def test_temperature_minimises_validation_log_loss_and_keeps_the_predicted_class
     np.testing.assert_array_equal(scaled.argmax(1), proba.argmax(1))
     np.testing.assert_allclose(scaled.sum(1), 1.0)
     np.testing.assert_allclose(apply_temperature(proba, 1.0), proba, atol=1e-12)
+
+
+def test_a_temperature_at_its_search_bound_is_flagged_and_marked():
+    """Every validation prediction right: the NLL keeps falling as T -> 0, so the search stops at 0.01 and the
+    test probabilities become one-hot; the fit says so and the calibration table marks it."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from probebench.report.publish import _temperature
+    from probebench.stats.calibration import T_BOUNDS, bound_warning
+
+    y = np.array([0, 1] * 10)
+    proba = np.where(np.eye(2)[y] == 1, 0.7, 0.3)
+    found = fit_temperature(proba, y)
+    assert found["temperature"] < 0.05 and found["at_bound"]  # as low as the bound allows, to numerical precision
+    assert T_BOUNDS == (0.01, 100.0)
+    assert "its search bound" in bound_warning(found) and "one-hot" in bound_warning(found)
+    row = SimpleNamespace(run=SimpleNamespace(config={"calibration": found}, path=Path("r")))
+    assert "at its search bound" in _temperature(row)
+    mixed = np.array([0, 1] * 10)
+    mixed[:3] = 1 - mixed[:3]  # some mistakes: an interior optimum
+    inner = fit_temperature(proba, mixed)
+    assert not inner["at_bound"] and bound_warning(inner) == ""

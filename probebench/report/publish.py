@@ -299,7 +299,9 @@ def at_bound(calibration: dict) -> bool:
     pushed to one-hot (T at 0.01) or uniform (T at 100)."""
     from probebench.stats.calibration import T_BOUNDS
 
-    t = calibration.get("temperature")
+    if "at_bound" in calibration:
+        return bool(calibration["at_bound"])
+    t = calibration.get("temperature")  # runs written before the fit recorded it
     return t is not None and min(abs(np.log(t / b)) for b in T_BOUNDS) < 1e-3
 
 

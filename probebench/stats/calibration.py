@@ -157,9 +157,13 @@ def fit_temperature(val_proba: np.ndarray, y_val: np.ndarray) -> dict:
     found = minimize_scalar(lambda log_t: _nll(apply_temperature(val_proba, np.exp(log_t)), y_val),
                             bounds=tuple(np.log(T_BOUNDS)), method="bounded", options={"xatol": 1e-6})
     t = float(np.exp(found.x))
+    after = _nll(apply_temperature(val_proba, t), y_val)
+    at_ends = [_nll(apply_temperature(val_proba, b), y_val) for b in T_BOUNDS]
+    # at the bound: the search stopped there, or the NLL is as low at a bound as at the optimum found (it keeps
+    # falling, or is flat, toward that end: every validation prediction right gives one-hot probabilities)
+    at_bound = min(abs(found.x - np.log(b)) for b in T_BOUNDS) < 1e-3 or min(at_ends) <= after + 1e-12
     return {"method": "temperature", "temperature": t, "val_nll_before": _nll(np.asarray(val_proba, float), y_val),
-            "val_nll_after": _nll(apply_temperature(val_proba, t), y_val),
-            "at_bound": bool(min(abs(found.x - np.log(b)) for b in T_BOUNDS) < 1e-3)}
+            "val_nll_after": after, "at_bound": bool(at_bound)}
 
 
 def bound_warning(calibration: dict) -> str:
@@ -167,6 +171,6 @@ def bound_warning(calibration: dict) -> str:
     if not calibration.get("at_bound"):
         return ""
     t = calibration["temperature"]
-    return (f"warning: the fitted temperature {t:.3g} is at its search bound {T_BOUNDS}: the validation NLL keeps "
+    return (f"warning: the fitted temperature {t:.3g} is at (or as good as) its search bound {T_BOUNDS}: the validation NLL keeps "
             f"falling beyond it, and the test probabilities become {'one-hot' if t < 1 else 'uniform'}; the "
             "report marks this run's temperature\n")
