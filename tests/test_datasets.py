@@ -253,3 +253,20 @@ def test_val_unit_sample_carves_validation_by_image_and_keeps_test_disjoint(tiny
     assert any("val_unit = sample" in n for n in by_image.notes)
     with pytest.raises(ProbebenchError, match="val_unit 'patient' is not one of group, sample"):
         load_manifest(str(spec), root, val_unit="patient")
+
+
+def test_an_unstratified_validation_split_draws_groups_from_all_classes_at_once(tmp_path):
+    """``[split] val_stratify = false`` (the study's 8:2 split): the held-out groups are a seeded draw from every
+    group regardless of class, here written out with numpy; the default stays stratified."""
+    from probebench.data.splits import stratified_group_holdout
+
+    rng = np.random.default_rng(0)
+    groups = np.array([f"g{i:02d}" for i in range(40) for _ in range(2)])
+    labels = np.repeat((rng.random(40) < 0.2).astype(int), 2)  # a rare class: about 8 of 40 groups
+    held = stratified_group_holdout(labels, groups, fraction=0.2, seed=3, stratify=False)
+    names = sorted(set(groups.tolist()))
+    expect = {names[i] for i in np.random.default_rng(3).permutation(40)[:8]}
+    assert set(groups[held].tolist()) == expect
+    strat = stratified_group_holdout(labels, groups, fraction=0.2, seed=3)
+    n_rare = len(set(groups[labels == 1].tolist()))
+    assert len(set(groups[strat & (labels == 1)].tolist())) == max(1, round(0.2 * n_rare))

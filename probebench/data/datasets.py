@@ -42,7 +42,7 @@ SOURCE_KEYS = {"file", "image_dirs", "id_column", "path_column", "label_column",
                "split", "split_column", "group_table"}
 GROUP_TABLE_KEYS = {"file", "id_column", "group_column"}
 TABLE_KEYS = {"folder": {"split_dirs", "group_regex"},
-              "split": {"seed", "val_fraction", "test_fraction", "test_count"},
+              "split": {"seed", "val_fraction", "test_fraction", "test_count", "val_stratify"},
               "csv": SOURCE_KEYS | {"sources", "label_map"},
               "hdf5": {"file", "images", "labels", "groups", "splits", "ids", "float_rule"}}
 FLOAT_RULES = ("minmax", "unit")  # per-image min-max to 0-255, or values in [0, 1] times 255
@@ -188,7 +188,8 @@ SPEC_TYPES = {  # table ("" for the top level) -> key -> (test, what is allowed)
               "val_fraction": (_fraction, "a number between 0 and 1"),
               "test_fraction": (_fraction, "a number between 0 and 1"),
               "test_count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                             "an integer >= 1")},
+                             "an integer >= 1"),
+              "val_stratify": (lambda v: isinstance(v, bool), "true or false")},
     "source": {"file": (lambda v: _str_or_alternatives(v) and all(_relative(x) for x in ([v] if isinstance(v, str)
                                                                                           else v)),
                         "a table file inside the dataset folder, or a list of alternative names"),
@@ -731,7 +732,8 @@ def _assign_splits(m: Manifest, spec: DatasetSpec, val_unit: str = "group") -> N
     if not (m.splits == "val").any():
         idx = np.flatnonzero(m.splits == "train")
         held = _holdout(m, spec, idx, "val_fraction", fraction=float(spec.split.get("val_fraction", 0.2)),
-                        seed=seed + 1, by_sample=val_unit == "sample")
+                        seed=seed + 1, by_sample=val_unit == "sample",
+                        stratify=spec.split.get("val_stratify", True))
         m.splits[idx[held]] = "val"
 
 

@@ -30,13 +30,16 @@ def _allocate(sizes: dict[int, int], total: int) -> dict[int, int]:
 
 
 def stratified_group_holdout(labels: np.ndarray, groups: np.ndarray, *, fraction: float | None = None,
-                             count: int | None = None, seed: int = 0) -> np.ndarray:
+                             count: int | None = None, seed: int = 0, stratify: bool = True) -> np.ndarray:
     """Boolean mask of samples held out: whole groups, stratified by group class, seeded.
 
     ``fraction`` holds out that share of each class's groups (at least one where a class has two or
     more); ``count`` holds out exactly that many groups in total, spread over classes proportionally.
+    ``stratify=False`` draws the groups at random from all of them, whatever their class (the study's 8:2 split).
     """
     glabel = group_labels(labels, groups)
+    if not stratify:
+        glabel = {g: 0 for g in glabel}
     by_class: dict[int, list[str]] = defaultdict(list)
     for g in sorted(glabel):
         by_class[glabel[g]].append(g)
