@@ -11,6 +11,7 @@ writes (probebench's own temporaries, by name) are removed; nothing else is ever
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,14 +144,15 @@ def leftovers(runs_dir: Path, cache_dir: Path) -> list[Path]:
     for base in (runs_dir, cache_dir):
         if not base.is_dir():
             continue
-        for p in base.rglob("*"):
-            pid = writer_pid(p.name)
-            inside = p.relative_to(base).parts[:-1]
-            if (pid is None or any(part.endswith(".zarr") for part in inside)
-                    or any(writer_pid(part) is not None for part in inside) or process_alive(pid)):
-                continue
-            if p.is_dir() and not p.is_symlink() or p.is_file():
-                found.append(p)
+        for folder, dirs, files in os.walk(base):  # never descends into a store or a leftover folder
+            for name in list(dirs):
+                pid = writer_pid(name)
+                if name.endswith(".zarr") or pid is not None:
+                    dirs.remove(name)
+                if pid is not None and not process_alive(pid) and not os.path.islink(os.path.join(folder, name)):
+                    found.append(Path(folder) / name)
+            found += [Path(folder) / n for n in files
+                      if (pid := writer_pid(n)) is not None and not process_alive(pid)]
     return sorted(set(found))
 
 
