@@ -174,7 +174,8 @@ def _memory_run(y, pred, name="m", dataset="d"):
     proba = np.full((len(y), k), 0.1 / (k - 1))
     proba[np.arange(len(y)), pred] = 0.9
     ids = np.array([f"s{i}" for i in range(len(y))])
-    config = {"dataset": dataset, "model": name, "mode": "frozen", "head": "linear", "head_label": "linear",
+    config = {"dataset": dataset, "model": name, "mode": "frozen", "path": "cache", "head": "linear",
+              "head_label": "linear",
               "weights": {"sha256": "x"}, "classes": [f"c{i}" for i in range(k)], "group_kind": "sample"}
     return Run(Path(f"mem/{name}"), config, {"val_accuracy": 0.9}, ids, ids, y, pred, proba)
 
@@ -261,3 +262,20 @@ def test_two_protocols_in_one_runs_folder_keep_their_rows_and_an_extra_seed_is_s
     md = render(rows, "md", OPTS)
     assert "1 other run(s) with the same settings hidden" in md and "`report --all` shows every run" in md
     assert len(collect_rows(tmp_path, opts=OPTS, latest_only=False)) == 3
+
+
+def test_the_recommendation_never_shows_a_perfect_row_without_its_mark():
+    """A perfect head and a constant one, resampled within classes: the panel's cells carry ¶ and its notes
+    explain it."""
+    from probebench.report.recommend import dataset_panels, panel_lines, panel_notes
+    from probebench.report.tables import evaluate_run
+
+    y = np.repeat([0, 1], 16)
+    opts = ReportOptions(BootstrapConfig(n_resamples=300, unit="sample", stratify="class"))
+    rows = [evaluate_run(_memory_run(y, y.copy(), "perfect"), opts),
+            evaluate_run(_memory_run(y, np.zeros(32, dtype=int), "constant"), opts)]
+    panel = dataset_panels(rows, opts)[0]
+    _, body = panel_lines(panel, opts, "accuracy")
+    cells = {line[1]: line[3] for line in body}
+    assert cells["perfect"] == "100.00 [89.11, 100.00]¶" and cells["constant"].endswith("¶")
+    assert any(n.startswith("¶ the bootstrap could not show") for n in panel_notes([panel]))

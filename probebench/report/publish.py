@@ -436,7 +436,8 @@ def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, setting
         header_p, body_p = panel_lines(p, opts, metric)
         recommend_html.append(f"<h3>{html.escape(p.dataset + (f' ({p.evaluation})' if p.evaluation else ''))}</h3>"
                               + _html_table(header_p, body_p))
-    recommend_html.append(f"<p class=\"note\">{'<br>'.join(html.escape(n) for n in panel_notes(panels))}</p>")
+    notes_p = panel_notes(panels, metric)
+    recommend_html.append(f"<p class=\"note\">{'<br>'.join(html.escape(n) for n in notes_p)}</p>")
     if across:
         header_a, body_a, notes_a = across_lines(across)
         apng, asvg = _figure_bytes(critical_difference_figure(across))

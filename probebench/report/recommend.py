@@ -195,11 +195,18 @@ RECOMMEND_NOTE = ("Each backbone is represented by its row with the best validat
                   "winner would not. Ranks are by the test value, for reading only.")
 
 
-def panel_notes(panels: list[DatasetPanel]) -> list[str]:
+def panel_notes(panels: list[DatasetPanel], metric: str = "accuracy") -> list[str]:
     """What the panel rests on, and where it cannot be trusted."""
-    from probebench.report.tables import FEW_MARK, MIN_UNITS
+    from probebench.report.tables import DEGENERATE_MARK, FEW_MARK, MIN_UNITS
 
     notes = [RECOMMEND_NOTE]
+    degenerate = sorted({(p.dataset, c.row.model_label) for p in panels for c in p.choices
+                         if c.row.values[metric].floor or c.row.values[metric].constant})
+    if degenerate:
+        notes.append(f"{DEGENERATE_MARK} the bootstrap could not show this value's uncertainty ("
+                     + "; ".join(f"{d}: {m}" for d, m in degenerate) + "): a proportion's interval is widened to "
+                     "the exact Clopper–Pearson one, any other metric is marked because every replicate was equal. "
+                     "A marked value is not a certain one.")
     few = sorted({(p.dataset, c.row.n_units, c.row.unit) for p in panels for c in p.choices if c.row.few_units})
     if few:
         notes.append(f"{FEW_MARK} fewer than {MIN_UNITS} resampling units in the test set ("
@@ -224,7 +231,7 @@ def render_recommendation(rows: list[ReportRow], opts: ReportOptions, metric: st
         lines = [f"## Recommendation ({LABELS[metric]})", ""]
         for title, header, body in sections:
             lines += [f"### {md_text(title)}", ""] + md_table(header, body) + [""]
-        lines += [f"- {md_text(n)}" for n in panel_notes(panels)] + [""]
+        lines += [f"- {md_text(n)}" for n in panel_notes(panels, metric)] + [""]
         if across:
             header, body, notes = across_lines(across)
             lines += ["### Across datasets", ""] + md_table(header, body) + [""] + [f"- {md_text(n)}" for n in notes]
@@ -237,7 +244,7 @@ def render_recommendation(rows: list[ReportRow], opts: ReportOptions, metric: st
     with console.capture() as cap:
         for title, header, body in sections:
             console.print(rich_table(f"recommendation · {title} · {LABELS[metric]}", header, body))
-        console.print("\n".join(panel_notes(panels)))
+        console.print("\n".join(panel_notes(panels, metric)))
         if across:
             header, body, notes = across_lines(across)
             console.print(rich_table("across datasets", header, body, "\n".join(notes)))
