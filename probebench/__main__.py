@@ -1,5 +1,5 @@
-"""``python -m probebench`` (and ``torchrun ... -m probebench finetune ...``)."""
+"""``python -m probebench`` (and ``torchrun ... -m probebench finetune ...``, where the rank runs unsupervised)."""
 
-from probebench.cli import app
+from probebench.cli import entry
 
-app()
+entry()

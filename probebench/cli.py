@@ -386,6 +386,9 @@ def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     if fmt not in FORMATS:
         raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
     opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics, stratify, study_ci)
+    from probebench.supervise import step
+
+    step(f"report: reading and checking the runs under {runs_dir}")
     rows = collect_rows(runs_dir, datasets=dataset, opts=opts, latest_only=not all_runs, strict=strict)
     for _, reason in rows.skipped:
         err.print(styled("yellow", "note:", f" left out {reason}"))
@@ -774,5 +777,12 @@ def datasets(data_root: Optional[list[Path]] = DataRootOpt,
         out.print(styled("bold", r["name"], ": " + "\n  ".join(lines)))
 
 
+def entry() -> None:
+    """The ``probebench`` command: the Typer app, supervised (a death by a signal becomes one message)."""
+    from probebench.supervise import supervised
+
+    supervised(app)
+
+
 if __name__ == "__main__":
-    app()
+    entry()

@@ -82,6 +82,9 @@ class LoggedProgress(Progress):
 
     def add_task(self, description: str, start: bool = True, total: float | None = 100.0, completed: int = 0,
                  visible: bool = True, **fields):
+        from probebench.supervise import step
+
+        step(description)  # a supervising parent can name it if this process dies of a signal
         task_id = super().add_task(description, start, total, completed, visible, start_at=completed, **fields)
         self._last[task_id] = self.get_time()
         return task_id

@@ -1020,3 +1020,41 @@ def test_a_labels_csv_with_a_byte_order_mark_is_read(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_bytes("patient_id,grade\nP1,II\nP2,IV\n".encode("utf-8-sig"))  # as Excel saves "CSV UTF-8"
     assert read_labels(path) == {"P1": "II", "P2": "IV"}
+
+
+CRASH = r'''
+import os, signal, sys
+import probebench.report.tables as tables
+from probebench.supervise import step
+
+SIG = getattr(signal, sys.argv[1])
+
+def crash(*args, **kwargs):
+    step("report: the bootstrap of runs/x (1,000 replicates)")
+    os.kill(os.getpid(), SIG)
+
+tables.collect_rows = crash
+sys.argv = ["probebench", "report"]
+from probebench.cli import entry
+entry()
+'''
+
+
+@pytest.mark.parametrize("sig, cause", [("SIGSEGV", "a crash inside native code"),
+                                        ("SIGKILL", "most often by the system for lack of memory")])
+def test_a_command_killed_by_a_signal_ends_in_one_message_naming_its_step(w, sig, cause):
+    """Native code crashing, or the out-of-memory killer, in the middle of a report: one line naming the step and
+    the likely cause, exit status 128 + signal, no bare signal."""
+    res = subprocess.run([sys.executable, "-c", CRASH, sig], capture_output=True, text=True, cwd=w)
+    assert res.returncode == 128 + getattr(__import__("signal"), sig), res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: probebench was stopped by {sig} during: report: the "
+                                                   "bootstrap of runs/x") and cause in lines[0], res.stderr
+
+
+def test_the_supervised_command_keeps_exit_statuses_and_output(w):
+    entry = [sys.executable, "-c", "import sys; from probebench.cli import entry; sys.argv[0] = 'probebench'; entry()"]
+    ok = subprocess.run([*entry, "report", "--format", "md"], capture_output=True, text=True, cwd=w)
+    assert ok.returncode == 0 and "| tiny |" in ok.stdout
+    bad = subprocess.run([*entry, "report", "--resamples", "1"], capture_output=True, text=True, cwd=w)
+    assert bad.returncode == 2 and "--resamples must be" in bad.stderr

@@ -363,6 +363,9 @@ REPORT_FILES = ("tables.md", "tables.tex", "results.csv", "figures", "report.htm
 def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, settings, only, study_file,
                  study_overrides) -> None:
     """The report's files, written into the staging folder ``out``."""
+    from probebench.supervise import step
+
+    step(f"report: writing tables, figures and report.html for {runs_dir}")
     (out / "figures").mkdir(parents=True, exist_ok=True)
     if opts is None:
         r = settings or {}

@@ -26,6 +26,7 @@ from probebench.stats.evaluate import eval_data
 from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS
 from probebench.stats.metrics import ALL_METRICS, LABELS, STUDY_METRICS, scale
 from probebench.runs import Run, budget_text, find_runs, read_config, read_run
+from probebench.supervise import step
 
 FORMATS = ("table", "md", "csv")
 RANDOM_MARK = "†"
@@ -108,6 +109,7 @@ def validation_accuracy(run: Run) -> float | None:
 
 def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None) -> ReportRow:
     """Bootstrap one run; ``repeats`` (the same fit with other seeds, this one first) adds mean ± sd."""
+    step(f"report: the bootstrap of {run.path} ({opts.bootstrap.n_resamples:,} replicates)")
     data = eval_data(run, opts.level, opts.aggregate)
     values, drawn = bootstrap(data, opts.bootstrap)
     c = run.config
