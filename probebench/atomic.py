@@ -89,6 +89,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     the new one, never a mix and never neither; elsewhere the old one is moved aside first. Readers that skip
     ``PARTIAL`` names never see half a folder."""
     path = Path(path)
+    if path.is_symlink():  # a link to the folder: the folder it names is replaced, the link stays
+        path = path.resolve()
     tmp = partial_name(path)
     if tmp.exists():
         shutil.rmtree(tmp)

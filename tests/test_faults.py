@@ -1058,3 +1058,13 @@ def test_the_supervised_command_keeps_exit_statuses_and_output(w):
     assert ok.returncode == 0 and "| tiny |" in ok.stdout
     bad = subprocess.run([*entry, "report", "--resamples", "1"], capture_output=True, text=True, cwd=w)
     assert bad.returncode == 2 and "--resamples must be" in bad.stderr
+
+
+def test_a_report_into_a_link_replaces_the_folder_it_names_and_keeps_the_link(w):
+    (w / "real").mkdir()
+    (w / "out").symlink_to("real")
+    for _ in range(2):
+        status, text = cli("report", "--out", "out")
+        assert status == 0, text
+    assert (w / "out").is_symlink() and (w / "real" / "tables.md").is_file()
+    assert [p.name for p in w.iterdir() if "probebench" in p.name] == []

@@ -357,7 +357,8 @@ def write_report(runs_dir: str | Path, out: str | Path, *, opts: ReportOptions |
     return final
 
 
-REPORT_FILES = ("tables.md", "tables.tex", "results.csv", "figures", "report.html")  # what a report folder holds
+REPORT_FILES = ("tables.md", "tables.tex", "results.csv", "figures", "report.html",  # what a report folder holds
+                ".DS_Store", "Thumbs.db")  # and the file managers' clutter, which a new report may drop
 
 
 def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, settings, only, study_file,
