@@ -26,6 +26,7 @@ _API = {
     "create_model": ("probebench.models.registry", "create_model"),
     "load_manifest": ("probebench.data.datasets", "load_manifest"),
     "FeatureSpec": ("probebench.features.spec", "FeatureSpec"),
+    "TrainConfig": ("probebench.train.config", "TrainConfig"),
     "extract": ("probebench.features.extract", "extract"),
     "fit": ("probebench.train.fit", "fit"),
     "finetune": ("probebench.train.finetune", "finetune"),

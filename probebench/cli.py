@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from probebench.errors import ProbebenchError
+from probebench.train.config import PROTOCOL
 from probebench.validate import CACHE_ONLY
 
 # rich_markup_mode=None: help text is printed as written, so "[default: ...]" or "timm:<name>[.<tag>]" never
@@ -130,7 +131,7 @@ ChannelsLastOpt = typer.Option(None, "--channels-last/--no-channels-last", help=
 DraftOpt = typer.Option(False, "--draft", help="Decode JPEGs at a reduced scale near the resize target (much "
                         "faster for large photographs); part of the cache key.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader workers.", show_default="CPUs - 1, max 8")
-SeedOpt = typer.Option(0, "--seed", help="Seed for shuffling and head initialisation.")
+SeedOpt = typer.Option(PROTOCOL.seed, "--seed", help="Seed for shuffling and head initialisation.")
 StudyBnOpt = typer.Option(False, "--study-bn-epoch1", help="The study's training loop: train mode until the first "
                           "validation, eval mode ever after (frozen: BatchNorm statistics re-estimated in epoch 1; "
                           "fine-tuned: BatchNorm fixed at its epoch-1 statistics and dropout off from epoch 2). "
@@ -173,6 +174,40 @@ FEATURE_OPTIONS = {
     "store_dtype": (str, StoreOpt), "channels_last": (Optional[bool], ChannelsLastOpt),
     "val_unit": (str, ValUnitOpt),
 }
+
+
+# TrainConfig field -> (type, option), the defaults from the one protocol (train.config.PROTOCOL)
+TRAIN_OPTIONS = {
+    "epochs": (int, typer.Option(PROTOCOL.epochs, help="Training epochs (the best validation epoch is kept).")),
+    "lr": (float, typer.Option(PROTOCOL.lr, help="Learning rate.")),
+    "batch_size": (int, typer.Option(PROTOCOL.batch_size, help="Training batch size (finetune: the effective "
+                                     "batch, per optimiser step).")),
+    "weight_decay": (float, typer.Option(PROTOCOL.weight_decay, help="Weight decay.")),
+    "optimizer": (str, typer.Option(PROTOCOL.optimizer, help="adam, adamw or sgd (fit: the linear and mlp heads).")),
+    "select_metric": (str, typer.Option(PROTOCOL.select_metric, help="Keep the best epoch by val_accuracy or "
+                                        "val_loss.")),
+    "patience": (Optional[int], typer.Option(PROTOCOL.patience, help="Stop after N epochs without improvement.")),
+    "seed": (int, SeedOpt),
+}
+
+
+def train_options(fn):
+    """Give a command the training options; it receives them as one validated ``TrainConfig``, ``train``."""
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in inspect.signature(fn).parameters.values() if p.name != "train"]
+    added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ)
+             for n, (typ, opt) in TRAIN_OPTIONS.items()]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        from probebench.train.config import TrainConfig
+
+        return fn(train=TrainConfig(**{n: kwargs.pop(n) for n in TRAIN_OPTIONS}), **kwargs)
+
+    wrapper.__signature__ = inspect.Signature([*own, *added])
+    wrapper.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != "train"},
+                               **{n: t for n, (t, _) in TRAIN_OPTIONS.items()}}
+    return wrapper
 
 
 def feature_options(exclude: tuple[str, ...] = ()):
@@ -227,24 +262,17 @@ def extract(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]]
 @app.command()
 @friendly
 @feature_options()
-def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
+@train_options
+def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
         cache_dir: str = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
         head: str = typer.Option("linear", help="linear (the study's layer for the CNNs), mlp, study_mlp (the "
                                  "study's DINOv2 head, 256 hidden, on --tap imagenet_logits), logreg or knn."),
         grid: bool = typer.Option(False, "--grid", help="linear/mlp: train heads over lr x weight decay "
                                                         "(5 x 4) at once and keep the best on validation."),
-        epochs: int = typer.Option(100, help="Training epochs (best validation epoch kept)."),
-        lr: float = typer.Option(1e-4, help="Adam learning rate."),
-        batch_size: int = typer.Option(32, help="Training batch size."),
-        weight_decay: float = typer.Option(0.0, help="Adam weight decay."),
         hidden: int = typer.Option(256, help="Hidden width of the mlp head."),
         normalize: Optional[str] = typer.Option(None, help="'l2': L2-normalise features."),
         standardize: bool = typer.Option(False, "--standardize", help="Standardise features (train mean/sd)."),
         class_weight: Optional[str] = typer.Option(None, help="'balanced' for imbalanced classes."),
-        select_metric: str = typer.Option("val_accuracy", help="val_accuracy or val_loss."),
-        optimizer: str = typer.Option("adam", help="linear/mlp: adam, adamw or sgd."),
-        patience: Optional[int] = typer.Option(None, help="linear/mlp: stop after N epochs without improvement."),
-        seed: int = SeedOpt,
         seeds: Optional[str] = typer.Option(None, help="Repeat the fit for each seed, e.g. 1,2,3."),
         label_fraction: Optional[str] = typer.Option(
             None, "--label-fraction", help="Label-efficiency curve: train on these shares of the training labels, "
@@ -278,9 +306,8 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
                               + " — changes what the backbone computes or trains, so no cache can hold it. Use "
                               "`probebench finetune --freeze-backbone` with the same flag.")
     path = run(features, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, head=head, grid=grid,
-               epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
-               normalize=normalize, standardize=standardize, class_weight=class_weight,
-               select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seed_list,
+               train=train, hidden=hidden, normalize=normalize, standardize=standardize, class_weight=class_weight,
+               seeds=seed_list,
                label_fractions=fractions, shots=shot_list, cv=cv, calibrate=calibrate,
                force=force, on_run=lambda run: track_run(run, track))
     out.print(f"run: {path}")
@@ -289,18 +316,11 @@ def fit(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = D
 @app.command()
 @friendly
 @feature_options(exclude=CACHE_ONLY)
-def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
+@train_options
+def finetune(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
              runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
              head: str = typer.Option("linear", help="The new layer: linear, or study_mlp (256 hidden; the study's "
                                       "DINOv2 head, with --tap imagenet_logits)."),
-             epochs: int = typer.Option(100, help="Training epochs."),
-             lr: float = typer.Option(1e-4, help="Learning rate."),
-             batch_size: int = typer.Option(32, help="Effective batch size (per optimiser step)."),
-             weight_decay: float = typer.Option(0.0, help="Weight decay."),
-             optimizer: str = typer.Option("adam", help="adam, adamw or sgd."),
-             select_metric: str = typer.Option("val_accuracy", help="Keep the best epoch by val_accuracy or "
-                                                                    "val_loss."),
-             patience: Optional[int] = typer.Option(None, help="Stop after N epochs without improvement."),
              freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Train only the new layer, "
                                                   "images through the frozen backbone every epoch (the slow "
                                                   "equivalent of extract + fit)."),
@@ -312,7 +332,6 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
                                                         "fp32 on CPU), fp32, bf16, fp16."),
              device: str = typer.Option("auto", help="auto (cuda > mps > cpu) or a torch device."),
              workers: Optional[int] = WorkersOpt,
-             seed: int = SeedOpt,
              study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
              resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch."),
              force: bool = typer.Option(False, "--force", help="Run again even if an identical run is complete."),
@@ -323,11 +342,9 @@ def finetune(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]
     from probebench.train.finetune import finetune as run
 
     check_tracker(track)
-    path = run(features, dataset, data_root=data_root, runs_dir=runs_dir, head=head, epochs=epochs, lr=lr,
-               batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
-               select_metric=select_metric, patience=patience, freeze_backbone=freeze_backbone,
-               accumulate=accumulate, grad_checkpointing=grad_checkpointing, precision=precision, device=device,
-               workers=workers, seed=seed, resume=resume, force=force,
+    path = run(features, dataset, data_root=data_root, runs_dir=runs_dir, head=head, train=train,
+               freeze_backbone=freeze_backbone, accumulate=accumulate, grad_checkpointing=grad_checkpointing,
+               precision=precision, device=device, workers=workers, resume=resume, force=force,
                study_quirks=_quirks(study_bn_epoch1, study_vgg_features_only), calibrate=calibrate,
                on_run=lambda run: track_run(run, track))
     if path is not None:  # under torchrun only rank 0 writes

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from probebench.train.config import PROTOCOL
+
 DEMO_CLASSES = ("rings", "bars", "blobs")  # the order of the shipped spec demo_shapes.toml
 
 
@@ -56,7 +58,7 @@ def make_demo_dataset(data_root: str | Path, patients_per_class: int = 12, image
 
 
 def run_demo(out: str | Path = "demo-output", models: tuple[str, ...] = ("resnet50", "dinov2_s"),
-             epochs: int = 100, resize: int | None = None, crop: int | None = None, progress: bool = True,
+             epochs: int = PROTOCOL.epochs, resize: int | None = None, crop: int | None = None, progress: bool = True,
              fmt: str = "table") -> str:
     """Generate data, extract and fit each model with random weights, and return the rendered report."""
     from probebench.features.extract import extract

@@ -20,6 +20,7 @@ from pathlib import Path
 from probebench.atomic import write_json
 from probebench.features.cache import open_group, store_exists
 from probebench.errors import ProbebenchError, describe_error, did_you_mean
+from probebench.train.config import PROTOCOL, TRAIN_FIELDS, TrainConfig
 from probebench.validate import MAX_FOLDS, RULES, component, line_of, problem, read_toml
 
 MODES = ("frozen", "unfrozen")
@@ -69,6 +70,12 @@ class Study:
         """The folds of cross-validation for ``dataset`` ([training] cv: one number, or a table per dataset)."""
         cv = self.training.get("cv")
         return cv.get(dataset) if isinstance(cv, dict) else cv
+
+    @staticmethod
+    def train_config(section: dict, seed: int) -> TrainConfig:
+        """The training protocol of a ``[training]`` (or ``[training]`` + ``[unfrozen]``) table: its keys over the
+        protocol's defaults, for one seed."""
+        return TrainConfig.of(None, seed=seed, **{k: v for k, v in section.items() if k in TRAIN_FIELDS})
 
     def heads_for(self, model: str) -> list[str]:
         return list(self.per_model.get(model, {}).get("heads", self.heads))
@@ -473,7 +480,7 @@ def plan(study: Study, only: str | None = None, shard: tuple[int, int] | None = 
         elif c.mode == "frozen" and budgets:
             c.evaluation = f"test split + label curve ({budgets} budgets x {len(study.seeds)} seeds)"
         settings = {**study.training, **(study.unfrozen if c.mode == "unfrozen" else {})}
-        c.epochs = settings.get("epochs", 100)
+        c.epochs = settings.get("epochs", PROTOCOL.epochs)
         c.images = n if c.mode == "frozen" else n_train * c.epochs
         store = job.cache_path(study.cache_dir)
         c.cached = c.mode == "frozen" and store_exists(store) and _complete(store)
@@ -586,11 +593,8 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                             workers=study.extract.get("workers"), skip_bad=study.extract.get("skip_bad", False))
                     common = dict(data_root=data_root, cache_dir=study.cache_dir,
                                   runs_dir=study.runs_dir, head=c.head, grid=study.grid,
-                                  epochs=t.get("epochs", 100), lr=t.get("lr", 1e-4), batch_size=t.get("batch_size", 32),
-                                  weight_decay=t.get("weight_decay", 0.0),
-                                  select_metric=t.get("select_metric", "val_accuracy"),
-                                  optimizer=t.get("optimizer", "adam"), patience=t.get("patience"),
-                                  seeds=study.seeds if len(study.seeds) > 1 else None, seed=study.seeds[0],
+                                  train=study.train_config(t, seed=study.seeds[0]),
+                                  seeds=study.seeds if len(study.seeds) > 1 else None,
                                   calibrate=t.get("calibrate"), progress=progress,
                                   on_run=lambda run: track_run(run, track))
                     folds = study.cv_for(c.dataset)
@@ -606,13 +610,11 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
                     runs = []
                     for s in study.seeds:
                         runs.append(str(finetune(
-                            model_inputs(feature_spec(study, c.model)), c.dataset, data_root=data_root, runs_dir=study.runs_dir,
-                            epochs=u.get("epochs", 100), lr=u.get("lr", 1e-4), batch_size=u.get("batch_size", 32),
-                            weight_decay=u.get("weight_decay", 0.0), optimizer=u.get("optimizer", "adam"),
-                            select_metric=u.get("select_metric", "val_accuracy"), patience=u.get("patience"),
+                            model_inputs(feature_spec(study, c.model)), c.dataset, data_root=data_root,
+                            runs_dir=study.runs_dir, train=study.train_config(u, seed=s),
                             accumulate=u.get("accumulate", 1), precision=u.get("precision", "auto"),
                             grad_checkpointing=u.get("grad_checkpointing", False), workers=u.get("workers"),
-                            seed=s, progress=progress, existing="reuse", resume="auto", head=c.head,
+                            progress=progress, existing="reuse", resume="auto", head=c.head,
                             calibrate=u.get("calibrate"), study_quirks=tuple(u.get("study_quirks", ())),
                             on_run=lambda run: track_run(run, track))))
                 c.status, c.detail = "done", f"{time.perf_counter() - start:.1f} s"

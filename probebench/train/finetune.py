@@ -37,6 +37,7 @@ from probebench.features.precision import autocast_dtype
 from probebench.features.precision import resolve as resolve_precision
 from probebench.progress import make_progress
 from probebench.models.registry import REPLACED_LAYER, FeatureExtractor
+from probebench.train.config import TrainConfig, split_training
 from probebench.runs import RunRecord, check_writable, config_hash, identical_run, run_folder, write_run
 from probebench.train.loop import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
 from probebench.validate import CACHE_ONLY, check_options
@@ -164,17 +165,16 @@ def _resume_from(path: Path, numbers: dict, resume: bool | str) -> dict | None:
 
 
 def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs",
-             head: str = "linear", epochs: int = 100,
-             lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, optimizer: str = "adam",
-             select_metric: str = "val_accuracy", patience: int | None = None, freeze_backbone: bool = False,
+             head: str = "linear", train: TrainConfig | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
-             workers: int | None = None, seed: int = 0, resume: bool | str = False, force: bool = False,
+             workers: int | None = None, resume: bool | str = False, force: bool = False,
              progress: bool = True, on_epoch=None, on_run=None, existing: str = "error",
              study_quirks: tuple[str, ...] = (), calibrate: str | None = None, **options) -> Path | None:
     """Train a model end to end on ``dataset`` (or only its new layer with ``freeze_backbone``); returns the run.
 
     ``features`` (a spec, or a model name plus the spec's options) says what the model sees: weights, tap,
-    preprocessing, validation carving. ``precision`` here is the training's own (``auto`` picks per device);
+    preprocessing, validation carving. ``train`` is the training protocol (``TrainConfig``; the study's when
+    None), whose fields may also be given as keywords (``epochs=5``). ``precision`` here is the training's own (``auto`` picks per device);
     the options that exist for the cache only (store dtype, forward precision, channels-last, draft) are refused.
 
     ``calibrate="temperature"``: a temperature fitted on the validation split is applied to the test probabilities
@@ -183,11 +183,12 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     An identical complete run is an error unless ``force`` (run again) or ``existing="reuse"`` (return it).
     ``on_run(path)`` is called once a new run is written (as ``fit``'s; ``--track`` logs it there).
     """
-    check_options(finetune_head=head, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                  optimizer=optimizer,
-                  select_metric=select_metric, patience=patience, accumulate=accumulate,
-                  finetune_precision=precision, workers=workers, seed=seed, device=device,
-                  grad_checkpointing=grad_checkpointing, calibrate=calibrate)
+    overrides, options = split_training(options)
+    train = TrainConfig.of(train, **overrides)
+    epochs, lr, batch_size, weight_decay = train.epochs, train.lr, train.batch_size, train.weight_decay
+    optimizer, select_metric, patience, seed = train.optimizer, train.select_metric, train.patience, train.seed
+    check_options(finetune_head=head, accumulate=accumulate, finetune_precision=precision, workers=workers,
+                  device=device, grad_checkpointing=grad_checkpointing, calibrate=calibrate)
     unknown = set(study_quirks) - set(STUDY_QUIRKS)
     if unknown:
         raise ProbebenchError(f"unknown study quirks {sorted(unknown)}; known: {', '.join(STUDY_QUIRKS)}")

@@ -13,6 +13,7 @@ from probebench.data.datasets import check_trainable, data_roots
 from probebench.data.splits import cv_folds, label_subset
 from probebench.errors import ProbebenchError
 from probebench.features.spec import FeatureSpec, locate_store
+from probebench.train.config import TrainConfig, split_training
 from probebench.train.heads import make_head
 from probebench.stats.calibration import apply_temperature, bound_warning, fit_temperature
 from probebench.stats.metrics import point_metrics
@@ -72,15 +73,16 @@ def _train_head(head: str, grid: bool, seed: int, options: dict, x_tr, y_tr, x_v
 
 
 def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
-        runs_dir: str | Path = "runs", head: str = "linear", grid: bool = False,
-        epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0, hidden: int = 256,
-        normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
-        select_metric: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, seed: int = 0,
+        runs_dir: str | Path = "runs", head: str = "linear", grid: bool = False, train: TrainConfig | None = None,
+        hidden: int = 256, normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
         seeds: list[int] | None = None, label_fractions: list[float] | None = None, shots: list[int] | None = None,
         cv: int | None = None, calibrate: str | None = None, progress: bool = True, force: bool = False,
         on_run=None, **options) -> Path:
     """Fit a head on the cache that ``extract`` made with the same feature spec (or a model name plus the spec's
     options); returns the (first) run folder. Needs only the cache: see ``features.locate_store``.
+
+    ``train`` is the training protocol (``TrainConfig``; the study's when None); its fields may also be given as
+    keywords (``epochs=5``), as the feature spec's may.
 
     ``seeds`` repeats the fit once per seed; the runs share a ``seed_group`` so that ``report`` can show
     their spread next to the first seed's bootstrap interval.
@@ -95,10 +97,12 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     head and options) is not trained again: that run is reused, unless ``force``. ``on_run(path)`` is called
     after each new run is written (the command line's ``--track`` logs it there).
     """
-    check_options(head=head, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
-                  normalize=normalize, standardize=standardize, class_weight=class_weight,
-                  select_metric=select_metric, optimizer=optimizer, patience=patience, seed=seed, seeds=seeds,
-                  grid=grid, label_fractions=label_fractions, shots=shots, cv=cv, calibrate=calibrate)
+    overrides, options = split_training(options)
+    train = TrainConfig.of(train, **overrides)
+    epochs, lr, batch_size, weight_decay = train.epochs, train.lr, train.batch_size, train.weight_decay
+    optimizer, select_metric, patience, seed = train.optimizer, train.select_metric, train.patience, train.seed
+    check_options(head=head, hidden=hidden, normalize=normalize, standardize=standardize, class_weight=class_weight,
+                  seeds=seeds, grid=grid, label_fractions=label_fractions, shots=shots, cv=cv, calibrate=calibrate)
     if cv and (label_fractions or shots):
         raise ProbebenchError("--cv cannot be combined with --label-fraction / --shots: a label curve keeps the "
                               "dataset's validation and test splits; run them as two fits")

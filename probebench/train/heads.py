@@ -1,6 +1,7 @@
 """Heads on cached features, scikit-learn style: ``fit(X, y, X_val, y_val, n_classes)``, ``predict_proba(X)``.
 
-- ``linear``: the study's new layer (Adam, lr 1e-4, batch 32, 100 epochs, best validation epoch kept);
+- ``linear``: the study's new layer, trained by the study's protocol (``train.config.PROTOCOL``: Adam, lr 1e-4,
+  batch 32, 100 epochs, best validation epoch kept);
 - ``mlp``: D -> hidden -> K with ReLU, as the study's code used for DINOv2;
 - ``logreg``: multinomial logistic regression (L-BFGS), C chosen on validation from a log grid;
 - ``knn``: cosine similarity on L2-normalised features, temperature-weighted votes (DINOv2's kNN
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from probebench.errors import ProbebenchError
+from probebench.train.config import PROTOCOL
 from probebench.train.loop import (LinearAdamStep, adam_update, epoch_batches, improved, seeded_init,
                                    train_classifier, train_loop)
 
@@ -49,9 +51,10 @@ class LinearHead:
 
     name = "linear"
 
-    def __init__(self, epochs: int = 100, lr: float = 1e-4, batch_size: int = 32, weight_decay: float = 0.0,
-                 seed: int = 0, class_weight: str | None = None, select: str = "val_accuracy",
-                 optimizer: str = "adam", patience: int | None = None):
+    def __init__(self, epochs: int = PROTOCOL.epochs, lr: float = PROTOCOL.lr, batch_size: int = PROTOCOL.batch_size,
+                 weight_decay: float = PROTOCOL.weight_decay, seed: int = PROTOCOL.seed,
+                 class_weight: str | None = None, select: str = PROTOCOL.select_metric,
+                 optimizer: str = PROTOCOL.optimizer, patience: int | None = PROTOCOL.patience):
         self.epochs, self.lr, self.batch_size, self.weight_decay = epochs, lr, batch_size, weight_decay
         self.seed, self.class_weight, self.select = seed, class_weight, select
         self.optimizer, self.patience = optimizer, patience
@@ -121,7 +124,8 @@ class LogRegHead:
 
     name = "logreg"
 
-    def __init__(self, cs=DEFAULT_CS, class_weight: str | None = None, max_iter: int = 1000, seed: int = 0, **_):
+    def __init__(self, cs=DEFAULT_CS, class_weight: str | None = None, max_iter: int = 1000,
+                 seed: int = PROTOCOL.seed, **_):
         self.cs, self.class_weight, self.max_iter, self.seed = tuple(cs), class_weight, max_iter, seed
 
     def params(self) -> dict:
@@ -189,7 +193,7 @@ class KNNHead:
 
     name = "knn"
 
-    def __init__(self, ks=DEFAULT_KS, temperature: float = 0.07, seed: int = 0, **_):
+    def __init__(self, ks=DEFAULT_KS, temperature: float = 0.07, seed: int = PROTOCOL.seed, **_):
         self.ks, self.temperature, self.seed = tuple(ks), temperature, seed
 
     def params(self) -> dict:
@@ -309,9 +313,10 @@ class StackedLinearAdamStep:
 class GridHead:
     """Linear or MLP heads over learning rate x weight decay, trained together; the best on validation kept."""
 
-    def __init__(self, kind: str = "linear", lrs=DEFAULT_LRS, wds=DEFAULT_WDS, epochs: int = 100,
-                 batch_size: int = 32, seed: int = 0, hidden: int = 256, class_weight: str | None = None,
-                 select: str = "val_accuracy", optimizer: str = "adam", patience: int | None = None, **_):
+    def __init__(self, kind: str = "linear", lrs=DEFAULT_LRS, wds=DEFAULT_WDS, epochs: int = PROTOCOL.epochs,
+                 batch_size: int = PROTOCOL.batch_size, seed: int = PROTOCOL.seed, hidden: int = 256,
+                 class_weight: str | None = None, select: str = PROTOCOL.select_metric,
+                 optimizer: str = PROTOCOL.optimizer, patience: int | None = PROTOCOL.patience, **_):
         if kind not in ("linear", "mlp"):
             raise ProbebenchError(f"--grid works with the linear and mlp heads, not {kind!r}")
         if optimizer != "adam" or patience is not None:

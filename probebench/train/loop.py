@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from probebench.train.config import PROTOCOL
+
 SELECT_METRICS = {"val_accuracy": max, "val_loss": min}
 
 
@@ -38,7 +40,8 @@ def seeded_init(module_factory, seed: int) -> nn.Module:
         return module_factory()
 
 
-def make_optimizer(params, name: str = "adam", lr: float = 1e-4, weight_decay: float = 0.0):
+def make_optimizer(params, name: str = PROTOCOL.optimizer, lr: float = PROTOCOL.lr,
+                   weight_decay: float = PROTOCOL.weight_decay):
     """The study's Adam (or AdamW / SGD with momentum 0.9)."""
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
@@ -74,7 +77,8 @@ def improved(select: str, new, old):
 
 def train_loop(model: nn.Module, optimizer, train_batches: Callable[[int], Iterable[tuple]],
                validate: Callable[[nn.Module], dict], *, epochs: int, seed: int, step: Callable | None = None,
-               select: str = "val_accuracy", patience: int | None = None, state: LoopState | None = None,
+               select: str = PROTOCOL.select_metric, patience: int | None = PROTOCOL.patience,
+               state: LoopState | None = None,
                on_epoch: Callable[[LoopState, dict], None] | None = None) -> LoopState:
     """Train for ``epochs`` epochs (continuing from ``state``), keeping the best epoch by ``select``.
 
@@ -209,9 +213,10 @@ class LinearAdamStep:
 
 
 def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                     y_val: np.ndarray, *, epochs: int = 100, lr: float = 1e-4, batch_size: int = 32,
-                     weight_decay: float = 0.0, optimizer: str = "adam", seed: int = 0,
-                     select: str = "val_accuracy", patience: int | None = None,
+                     y_val: np.ndarray, *, epochs: int = PROTOCOL.epochs, lr: float = PROTOCOL.lr,
+                     batch_size: int = PROTOCOL.batch_size, weight_decay: float = PROTOCOL.weight_decay,
+                     optimizer: str = PROTOCOL.optimizer, seed: int = PROTOCOL.seed,
+                     select: str = PROTOCOL.select_metric, patience: int | None = PROTOCOL.patience,
                      class_weight: np.ndarray | None = None, on_epoch=None) -> tuple[nn.Module, LoopState]:
     """Train a head on arrays of cached features; returns it with the best epoch's weights.
 
