@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from probebench.budget import default_workers
+
 SPEC = """kind = "folder"
 root = "bench"
 classes = ["a", "b"]
@@ -139,7 +141,7 @@ def decode_only(job, batch: int, workers: int | None) -> float:
     from probebench.features.images import ImageDataset, make_transform
 
     pre = job.config.preprocessing
-    n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
+    n_workers = workers if workers is not None else default_workers()
     loader = DataLoader(ImageDataset(job.manifest.paths, make_transform(pre), pre.crop,
                                      draft=pre.resize if pre.draft else None, rules=job.manifest.pixels),
                         batch_size=batch, num_workers=n_workers, prefetch_factor=4 if n_workers else None)

@@ -37,5 +37,11 @@ def available_memory() -> int | None:
     return min(limits) if limits else None
 
 
+def default_workers(reserve: int = 1) -> int:
+    """Worker processes when none are asked for: the CPUs less ``reserve`` (one left for the main process's
+    forward passes), at least 1, at most 8 (more only compete for memory bandwidth)."""
+    return min(8, max(1, (os.cpu_count() or 2) - reserve))
+
+
 def gib(n: float) -> str:
     return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 2 ** 20:.0f} MiB"

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from probebench.errors import ProbebenchError
 from probebench.train.config import PROTOCOL
-from probebench.validate import CACHE_ONLY
+from probebench.validate import CACHE_ONLY, parse_floats, parse_ints
 
 # rich_markup_mode=None: help text is printed as written, so "[default: ...]" or "timm:<name>[.<tag>]" never
 # vanishes as markup; the consoles print messages literally too (markup=False), styled only through Text.
@@ -87,14 +87,10 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceb
             pass
 
 
-def parse_floats(text: str | None, what: str):
-    """``"0.5,0.5,0.5"`` -> (0.5, 0.5, 0.5); None stays None."""
-    if text is None:
-        return None
-    try:
-        return tuple(float(x) for x in str(text).replace(" ", "").split(",") if x)
-    except ValueError:
-        raise ProbebenchError(f"--{what} {text!r}: expected numbers separated by commas, e.g. 0.5,0.5,0.5") from None
+def float_tuple(text: str | None, what: str) -> tuple[float, ...] | None:
+    """``"0.5,0.5,0.5"`` -> (0.5, 0.5, 0.5) (a mean or std); None and "" stay None (``validate.parse_floats``)."""
+    values = parse_floats(text, what)
+    return tuple(values) if values is not None else None
 
 
 ModelOpt = typer.Option(..., "--model", "-m", help="Registry name (vgg16 resnet50 densenet121 dinov2_s/b/l/g), "
@@ -226,7 +222,7 @@ def feature_options(exclude: tuple[str, ...] = ()):
 
             values = {n: kwargs.pop(n) for n in names}
             for n in ("mean", "std"):
-                values[n] = parse_floats(values.get(n), n)
+                values[n] = float_tuple(values.get(n), n)
             return fn(features=FeatureSpec(**values), **kwargs)
 
         # --model first, then the command's own options, then the rest of the feature options
@@ -290,7 +286,6 @@ def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Pat
         track: Optional[str] = TrackOpt):
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.train.fit import fit as run
-    from probebench.validate import parse_floats, parse_ints
 
     from probebench.report.tracking import check_tracker, track_run
 
@@ -680,7 +675,7 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
             path = Path(weights)
             if not path.exists():
                 raise ProbebenchError(f"--weights {weights!r}: no such file or snapshot folder")
-        pre = model_preprocessing(config, path, resize, crop, parse_floats(mean, "mean"), parse_floats(std, "std"),
+        pre = model_preprocessing(config, path, resize, crop, float_tuple(mean, "mean"), float_tuple(std, "std"),
                                   interpolation=interpolation)
         if as_json:
             print_json("model", {"name": model, "weights": weights, "preprocessing": asdict(pre)})

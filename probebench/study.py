@@ -587,13 +587,16 @@ def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, p
             start = time.perf_counter()
             try:
                 if c.mode == "frozen":
+                    from probebench.train.heads import trains
+
                     features = feature_spec(study, c.model)
                     extract(features, c.dataset, data_root=data_root, cache_dir=study.cache_dir,
                             progress=progress, batch_size=study.extract.get("batch_size"),
                             workers=study.extract.get("workers"), skip_bad=study.extract.get("skip_bad", False))
                     common = dict(data_root=data_root, cache_dir=study.cache_dir,
                                   runs_dir=study.runs_dir, head=c.head, grid=study.grid,
-                                  train=study.train_config(t, seed=study.seeds[0]),
+                                  train=study.train_config(t if trains(c.head, study.grid) else {},
+                                                           seed=study.seeds[0]),
                                   seeds=study.seeds if len(study.seeds) > 1 else None,
                                   calibrate=t.get("calibrate"), progress=progress,
                                   on_run=lambda run: track_run(run, track))

@@ -847,8 +847,6 @@ def test_hostile_class_names_and_a_non_utf8_file_name_are_escaped_in_every_outpu
     """Classes named like HTML and a formula, and an image whose name is not UTF-8: read, and reported with
     escaped names; Markdown, LaTeX, HTML and the terminal never carry them raw (dataset names are restricted
     to safe folder names, so results.csv holds no class name; its cells are checked below by hand)."""
-    import json
-
     from probebench.report.tables import csv_cell
 
     for old, new in (("a", "<script>x|y"), ("b", "@SUM(1)")):

@@ -262,3 +262,21 @@ def test_linear_grid_cells_equal_eager_pytorch_loops():
             probs[(cell["lr"], cell["weight_decay"])] = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
     chosen = grid.selection_["chosen"]
     assert np.abs(grid.predict_proba(x) - probs[(chosen["lr"], chosen["weight_decay"])]).max() < 1e-5
+
+
+def test_a_head_refuses_an_option_it_does_not_use_when_it_was_set():
+    """knn and logreg take no learning rate, a grid none either (it searches lr x weight decay): set, it is an
+    error naming the flag; left at the protocol's value it is simply not passed."""
+    from probebench.errors import ProbebenchError
+    from probebench.train.heads import make_head
+
+    with pytest.raises(ProbebenchError, match=r"the knn head does not use --epochs, --lr: remove them"):
+        make_head("knn", lr=0.1, epochs=5, seed=0)
+    with pytest.raises(ProbebenchError, match=r"the logreg head does not use --select-metric"):
+        make_head("logreg", select="val_loss", seed=0)
+    with pytest.raises(ProbebenchError, match=r"the linear grid head does not use --lr"):
+        make_head("linear", grid=True, lr=0.1, seed=0)
+    with pytest.raises(ProbebenchError, match=r"the linear head does not use --hidden"):
+        make_head("linear", hidden=64, seed=0)
+    assert make_head("knn", lr=1e-4, epochs=100, seed=3).seed == 3  # protocol values: nothing was asked
+    assert make_head("mlp", grid=True, hidden=32, seed=0).hidden == 32

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from nibabel.affines import voxel_sizes
 
+from probebench.budget import default_workers
 from probebench.atomic import final_path, flush_tree, partial_name
 from probebench.data.datasets import load_spec
 from probebench.errors import ProbebenchError
@@ -324,7 +325,7 @@ def prepare_mri(cohort: str | Path, labels_csv: str | Path, out: str | Path, *, 
                "unlabelled_folders": plan.unlabelled, "labels_without_images": plan.without_images,
                "modalities": {}}
     out.mkdir(parents=True, exist_ok=True)
-    n_workers = workers if workers is not None else max(1, min(8, (os.cpu_count() or 2)))
+    n_workers = workers if workers is not None else default_workers(reserve=0)
     staging = partial_name(out / GENERATIONS / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
     staged = {}
     with make_progress(progress, unit="vol") as bar:

@@ -7,7 +7,6 @@ ends with the same features as an uninterrupted one.
 
 from __future__ import annotations
 
-import os
 import queue
 import sys
 import threading
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from probebench.budget import default_workers
 from probebench.features import cache as fcache
 from probebench.errors import ProbebenchError
 from probebench.features.spec import FeatureSpec, resolve_job
@@ -178,7 +178,7 @@ def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_
     done = np.asarray(root["chunk_done"][:], dtype=bool)
     pending = shard_chunks(done, rank, world)
     batches = _chunk_batches(pending, chunk_size, n, batch_size)
-    n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
+    n_workers = workers if workers is not None else default_workers()
     pre = job.config.preprocessing
     loader = DataLoader(ImageDataset(job.manifest.paths, make_transform(pre), pre.crop,
                                      draft=pre.resize if pre.draft else None, rules=job.manifest.pixels),

@@ -10,7 +10,6 @@ both use the same head initialisation, batch order and loop (``training.py``). C
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from probebench.budget import default_workers
 from probebench import distributed
 from probebench.atomic import atomic_path
 from probebench.features.cache import versions
@@ -259,7 +259,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     labels = torch.as_tensor(manifest.labels)
     images = ImageDataset(manifest.paths, make_transform(job.config.preprocessing), job.config.preprocessing.crop,
                           rules=manifest.pixels)
-    n_workers = workers if workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
+    n_workers = workers if workers is not None else default_workers()
     autocast = autocast_dtype(prec)
 
     def loader(batches):

@@ -50,6 +50,7 @@ class LinearHead:
     """The study's head: one new linear layer trained with Adam; the best validation epoch is kept."""
 
     name = "linear"
+    takes = ("epochs", "lr", "batch_size", "weight_decay", "seed", "class_weight", "select", "optimizer", "patience")
 
     def __init__(self, epochs: int = PROTOCOL.epochs, lr: float = PROTOCOL.lr, batch_size: int = PROTOCOL.batch_size,
                  weight_decay: float = PROTOCOL.weight_decay, seed: int = PROTOCOL.seed,
@@ -90,6 +91,7 @@ class MLPHead(LinearHead):
     """D -> hidden -> K with ReLU, trained like the linear head."""
 
     name = "mlp"
+    takes = (*LinearHead.takes, "hidden")
 
     def __init__(self, hidden: int = 256, **kwargs):
         super().__init__(**kwargs)
@@ -111,6 +113,7 @@ class StudyMLPHead(MLPHead):
     accuracy); usable on any tap. The width is the study's and ignores ``--hidden``."""
 
     name = "study_mlp"
+    takes = (*LinearHead.takes, "hidden")  # accepted, and documented as ignored: the study's width is fixed
 
     def __init__(self, hidden: int = 256, **kwargs):
         super().__init__(hidden=256, **kwargs)
@@ -124,8 +127,10 @@ class LogRegHead:
 
     name = "logreg"
 
+    takes = ("class_weight", "seed")
+
     def __init__(self, cs=DEFAULT_CS, class_weight: str | None = None, max_iter: int = 1000,
-                 seed: int = PROTOCOL.seed, **_):
+                 seed: int = PROTOCOL.seed):
         self.cs, self.class_weight, self.max_iter, self.seed = tuple(cs), class_weight, max_iter, seed
 
     def params(self) -> dict:
@@ -193,7 +198,9 @@ class KNNHead:
 
     name = "knn"
 
-    def __init__(self, ks=DEFAULT_KS, temperature: float = 0.07, seed: int = PROTOCOL.seed, **_):
+    takes = ("seed",)
+
+    def __init__(self, ks=DEFAULT_KS, temperature: float = 0.07, seed: int = PROTOCOL.seed):
         self.ks, self.temperature, self.seed = tuple(ks), temperature, seed
 
     def params(self) -> dict:
@@ -316,7 +323,7 @@ class GridHead:
     def __init__(self, kind: str = "linear", lrs=DEFAULT_LRS, wds=DEFAULT_WDS, epochs: int = PROTOCOL.epochs,
                  batch_size: int = PROTOCOL.batch_size, seed: int = PROTOCOL.seed, hidden: int = 256,
                  class_weight: str | None = None, select: str = PROTOCOL.select_metric,
-                 optimizer: str = PROTOCOL.optimizer, patience: int | None = PROTOCOL.patience, **_):
+                 optimizer: str = PROTOCOL.optimizer, patience: int | None = PROTOCOL.patience):
         if kind not in ("linear", "mlp"):
             raise ProbebenchError(f"--grid works with the linear and mlp heads, not {kind!r}")
         if optimizer != "adam" or patience is not None:
@@ -418,13 +425,34 @@ class GridHead:
 HEADS = {"linear": LinearHead, "mlp": MLPHead, "study_mlp": StudyMLPHead, "logreg": LogRegHead, "knn": KNNHead}
 
 
+# what a head option is when nobody set it (the protocol's training values): an option a head does not use is
+# refused only when it was set to something else, so `fit --head knn --lr 0.1` says so instead of ignoring it
+HEAD_DEFAULTS = {"epochs": PROTOCOL.epochs, "lr": PROTOCOL.lr, "batch_size": PROTOCOL.batch_size,
+                 "weight_decay": PROTOCOL.weight_decay, "optimizer": PROTOCOL.optimizer,
+                 "select": PROTOCOL.select_metric, "patience": PROTOCOL.patience, "hidden": 256, "class_weight": None}
+GRID_TAKES = ("epochs", "batch_size", "seed", "class_weight", "select", "optimizer", "patience")  # lr x wd: the grid
+
+
+def trains(name: str, grid: bool = False) -> bool:
+    """Whether a head is trained by the protocol (epochs, lr, ...): the linear and MLP heads and grids, not
+    logreg or kNN (a study's [training] table applies to the former only)."""
+    return grid or "lr" in HEADS[name].takes
+
+
 def make_head(name: str, *, grid: bool = False, **options):
-    """A head by name; ``grid`` trains linear / mlp heads over the lr x weight-decay grid."""
+    """A head by name with the options it takes (each head lists them in ``takes``); ``grid`` trains linear / mlp
+    heads over the lr x weight-decay grid. An option set away from its default that the head does not use is an
+    error naming it, never silently dropped."""
     if name not in HEADS:
         raise ProbebenchError(f"unknown head {name!r}; heads: {', '.join(HEADS)}")
-    if grid:
-        return GridHead(kind=name, **{k: v for k, v in options.items() if k not in ("lr", "weight_decay")})
-    if name in ("linear",):
-        options.pop("hidden", None)
-    return HEADS[name](**options)
+    takes = (*GRID_TAKES, *(("hidden",) if name == "mlp" else ())) if grid else HEADS[name].takes
+    unused = sorted(k for k, v in options.items() if k not in takes and k in HEAD_DEFAULTS and v != HEAD_DEFAULTS[k])
+    if unused:
+        from probebench.validate import flag
+
+        flags = ", ".join(flag({"select": "select_metric"}.get(k, k)) for k in unused)
+        raise ProbebenchError(f"the {name}{' grid' if grid else ''} head does not use {flags}: remove "
+                              f"{'it' if len(unused) == 1 else 'them'} (it would be recorded but change nothing)")
+    kept = {k: v for k, v in options.items() if k in takes}
+    return GridHead(kind=name, **kept) if grid else HEADS[name](**kept)
 
