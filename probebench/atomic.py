@@ -1,7 +1,7 @@
 """Atomic writes: a temporary sibling, fsync, one rename. A crash, a kill or a full disk mid-write leaves
 the previous file intact (or no file), never a truncated one where a good one was.
 
-Every temporary name carries ``.probebench-`` and the writer's process id (``is_leftover`` recognises them),
+Every temporary name carries ``.probebench-`` and the writer's process id (``writer_pid`` recognises them),
 so ``verify --repair`` removes only what probebench itself left behind, never a user's file, and never a
 temporary that a running process is still writing."""
 
