@@ -348,14 +348,10 @@ def finetune(features, train, dataset: str = DatasetOpt, data_root: Optional[lis
 
 def _report_options(n_resamples: int, method: str, unit: str, seed: int, level: str, aggregate: str,
                     metrics: str | None = None, stratify: str = "auto", study_ci: bool = False):
-    from probebench.stats.bootstrap import BootstrapConfig
-    from probebench.stats.metrics import STUDY_METRICS
     from probebench.report.tables import ReportOptions
 
-    chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else STUDY_METRICS
-    return ReportOptions(BootstrapConfig(n_resamples=n_resamples, method=method, unit=unit, seed=seed,
-                                         stratify=stratify),
-                         level=level, aggregate=aggregate, metrics=chosen, study_ci=study_ci)
+    return ReportOptions.of(resamples=n_resamples, method=method, unit=unit, seed=seed, stratify=stratify,
+                            level=level, aggregate=aggregate, metrics=metrics, study_ci=study_ci)
 
 
 ResamplesOpt = typer.Option(1000, "--resamples", help="Bootstrap replicates (>= 1000 advised).")

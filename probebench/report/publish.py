@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from probebench.atomic import atomic_dir, write_bytes, write_text
-from probebench.stats.bootstrap import BootstrapConfig
 from probebench.errors import ProbebenchError
 from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS, reliability, top_label
-from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, STUDY_METRICS, scale
+from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, scale
 from probebench.validate import path_name
 from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
                                collect_rows, comparison_lines, comparisons, curve_groups, curve_table, evaluate_run,
@@ -136,13 +135,13 @@ def forest_plot(rows: list[ReportRow], dataset: str, metric: str = "accuracy"):
     plt = _pyplot()
     mine = [r for r in rows if r.dataset == dataset]
     def row_label(r: ReportRow) -> str:
-        return f"{r.model_label} · {r.head_label}" if r.freeze == "Y" else f"{r.model_label} · fine-tuned"
+        return f"{r.model_label} · {r.head_label}" if r.mode == "frozen" else f"{r.model_label} · fine-tuned"
 
     labels = list(dict.fromkeys(row_label(r) for r in mine))
     fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(labels) + 1.2))
-    styles = {"Y": ("#1f77b4", "o", "frozen"), "N": ("#d62728", "s", "unfrozen")}
-    for freeze, (color, marker, name) in styles.items():
-        pts = [(labels.index(row_label(r)), r.values[metric]) for r in mine if r.freeze == freeze]
+    styles = {"frozen": ("#1f77b4", "o"), "unfrozen": ("#d62728", "s")}
+    for name, (color, marker) in styles.items():
+        pts = [(labels.index(row_label(r)), r.values[metric]) for r in mine if r.mode == name]
         if not pts:
             continue
         ys = [p[0] for p in pts]
@@ -175,7 +174,7 @@ def confusion_figure(row: ReportRow):
     ax.set_yticklabels(row.run.classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{row.dataset} · {row.model_label} · {'frozen' if row.freeze == 'Y' else 'unfrozen'}", fontsize=8)
+    ax.set_title(f"{row.dataset} · {row.model_label} · {row.mode}", fontsize=8)
     fig.tight_layout()
     return fig, cm
 
@@ -187,12 +186,12 @@ def curve_figure(rows: list[ReportRow], dataset: str, metric: str = "accuracy"):
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     f = scale(metric)
     spans = []
-    for (d, model, freeze, head), points in curve_groups(rows).items():
+    for (d, model, mode, head), points in curve_groups(rows).items():
         if d != dataset:
             continue
         x = np.array([float((p.run.config.get("train_used") or {}).get("samples", np.nan)) for p in points])
         v = np.array([[p.values[metric].value, p.values[metric].low, p.values[metric].high] for p in points]) * f
-        name = f"{model} · {head}" + ("" if freeze == "Y" else " · fine-tuned")
+        name = f"{model} · {head}" + ("" if mode == "frozen" else " · fine-tuned")
         bars = ax.errorbar(x, v[:, 0], yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], fmt="o-", capsize=3,
                            markersize=4, label=f"{name} (first seed, 95% CI)")
         if all(p.seeds for p in points):
@@ -230,7 +229,7 @@ def reliability_figure(rows: list[ReportRow], dataset: str):
         ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1)
         ax.errorbar(conf, hit, yerr=[hit - bounds[:, 0], bounds[:, 1] - hit], fmt="o", markersize=3,
                     color="#1f77b4", ecolor="#9ecae1", elinewidth=1, capsize=0)
-        name = (f"{r.model_label} · {r.head_label if r.freeze == 'Y' else 'fine-tuned'}"
+        name = (f"{r.model_label} · {r.head_label if r.mode == 'frozen' else 'fine-tuned'}"
                 + (" · T-scaled" if r.run.config.get("calibration") else ""))
         ax.set_title(f"{name}\nECE {100 * r.values['ece'].value:.1f}% · {len(size)} bins of ≥{int(size.min())}",
                      fontsize=7)
@@ -369,12 +368,7 @@ def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, setting
     step(f"report: writing tables, figures and report.html for {runs_dir}")
     (out / "figures").mkdir(parents=True, exist_ok=True)
     if opts is None:
-        r = settings or {}
-        opts = ReportOptions(BootstrapConfig(n_resamples=r.get("resamples", 1000), method=r.get("method", "percentile"),
-                                             unit=r.get("unit", "auto"), stratify=r.get("stratify", "auto")),
-                             level=r.get("level", "sample"),
-                             aggregate=r.get("aggregate", "mean"), metrics=tuple(r.get("metrics", STUDY_METRICS)),
-                             study_ci=r.get("study_ci", False))
+        opts = ReportOptions.of(**(settings or {}))
     if rows is None:
         rows = collect_rows(runs_dir, opts=opts, only=only)
     if not rows:
@@ -417,7 +411,7 @@ def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, setting
             fig, _ = confusion_figure(r)
             cpng, csvg = _figure_bytes(fig)
             stem = (f"confusion_{path_name(dataset)}_{path_name(r.model)}_"
-                    f"{'frozen' if r.freeze == 'Y' else 'unfrozen'}_{r.head}" + (f"_cv{r.cv['folds']}" if r.cv else ""))
+                    f"{r.mode}_{r.head}" + (f"_cv{r.cv['folds']}" if r.cv else ""))
             write_bytes(out / "figures" / f"{stem}.png", cpng)
             write_bytes(out / "figures" / f"{stem}.svg", csvg)
             confusions.append(_img(cpng, stem))

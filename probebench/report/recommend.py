@@ -38,7 +38,7 @@ class Choice:
     @property
     def label(self) -> str:
         r = self.row
-        return f"{'frozen' if r.freeze == 'Y' else 'fine-tuned'}, {r.head_label}"
+        return f"{'frozen' if r.mode == 'frozen' else 'fine-tuned'}, {r.head_label}"
 
 
 @dataclass
@@ -133,9 +133,9 @@ def _cost(r: ReportRow) -> tuple[str, str]:
     c, cost = r.run.config, run_cost(r)
     rate = cost["extract_img_s"]
     total = sum((c.get("n") or {}).values()) if c.get("n") else None
-    if r.freeze == "Y" and rate:
+    if r.mode == "frozen" and rate:
         extraction = f"{rate:g} img/s" + (f" ({total / rate:.3g} s for {total} images)" if total else "")
-    elif r.freeze == "N":
+    elif r.mode == "unfrozen":
         secs = cost["train_seconds"]
         extraction = f"fine-tuning {secs:.0f} s" if secs is not None else "fine-tuning"
     else:
@@ -263,7 +263,7 @@ def recommendation_record(rows: list[ReportRow], opts: ReportOptions, metric: st
     across = across_datasets(panels, metric, 1 - opts.bootstrap.confidence)
     out = {"metric": metric, "datasets": [
         {"dataset": p.dataset, "evaluation": p.evaluation or "test split", "backbones": [
-            {"rank": c.rank, "model": c.model, "mode": "frozen" if c.row.freeze == "Y" else "unfrozen",
+            {"rank": c.rank, "model": c.model, "mode": c.row.mode,
              "head": c.row.head_label, "run": str(c.row.run.path), "value": number(c.row.values[metric].value),
              "low": number(c.row.values[metric].low), "high": number(c.row.values[metric].high),
              "reference": c is p.reference, "validation_accuracy": number(validation_accuracy(c.row.run)),

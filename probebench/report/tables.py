@@ -47,6 +47,21 @@ class ReportOptions:
     metrics: tuple[str, ...] = STUDY_METRICS
     study_ci: bool = False  # add the study's summary (replicate mean [CI of that mean]) beside each interval
 
+    @classmethod
+    def of(cls, *, resamples: int | None = None, method: str | None = None, unit: str | None = None,
+           seed: int | None = None, stratify: str | None = None, level: str | None = None,
+           aggregate: str | None = None, metrics=None, study_ci: bool | None = None) -> "ReportOptions":
+        """The one builder of report options, from the command line's or a study's ``[report]`` values: each
+        value left None takes the default stated on ``BootstrapConfig`` and ``ReportOptions``; ``metrics`` may be
+        a comma-separated string or a list."""
+        if isinstance(metrics, str):
+            metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+        boot = {k: v for k, v in (("n_resamples", resamples), ("method", method), ("unit", unit), ("seed", seed),
+                                  ("stratify", stratify)) if v is not None}
+        mine = {k: v for k, v in (("level", level), ("aggregate", aggregate), ("study_ci", study_ci),
+                                  ("metrics", tuple(metrics) if metrics else None)) if v is not None}
+        return cls(BootstrapConfig(**boot), **mine)
+
     def __post_init__(self):
         unknown = [m for m in self.metrics if m not in ALL_METRICS]
         if unknown:
@@ -58,7 +73,7 @@ class ReportOptions:
 class ReportRow:
     dataset: str
     model: str
-    freeze: str  # "Y" frozen backbone, "N" all weights trained
+    mode: str  # "frozen" (the backbone's weights fixed) or "unfrozen" (all weights trained)
     head: str
     random_weights: bool
     n_test: int  # evaluated units: samples, or patients at patient level
@@ -75,6 +90,11 @@ class ReportRow:
     budget: dict | None = None  # a label-efficiency point: {"label_fraction": f} or {"shots": k}
     cv: dict | None = None  # cross-validated: {"folds": k, ...}; the test set is every sample, out of fold
     hidden: int = 0  # other runs with the same settings that this row stands for (the latest is shown)
+
+    @property
+    def freeze(self) -> str:
+        """The study's "Freeze" column: "Y" for a frozen backbone, "N" for one trained too (shown, never tested)."""
+        return "Y" if self.mode == "frozen" else "N"
 
     @property
     def evaluation(self) -> str:
@@ -121,7 +141,7 @@ def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None
                  "mean": {m: float(np.mean([p[m] for p in points])) for m in points[0]},
                  "sd": {m: float(np.std([p[m] for p in points], ddof=1)) for m in points[0]}}
     label = c.get("head_label", c["head"]) + (f" · {c['cv']['folds']}-fold CV" if c.get("cv") else "")
-    return ReportRow(dataset=c["dataset"], model=c["model"], freeze="Y" if c["mode"] == "frozen" else "N",
+    return ReportRow(dataset=c["dataset"], model=c["model"], mode=c["mode"],
                      head=c["head"], random_weights=c["weights"]["sha256"] == "random", n_test=len(data.y_true),
                      values=values, unit=_unit_label(run, drawn.unit, opts.level), run=run,
                      skipped=c.get("skipped", []), head_label=label, seeds=seeds,
@@ -294,7 +314,7 @@ class ComparisonRow:
 
 
 def _row_name(r: ReportRow) -> str:
-    return f"{r.model_label} ({'frozen' if r.freeze == 'Y' else 'unfrozen'}, {r.head_label})"
+    return f"{r.model_label} ({r.mode}, {r.head_label})"
 
 
 def comparisons(rows: list[ReportRow], opts: ReportOptions, metric: str = "accuracy") -> list[ComparisonRow]:
@@ -310,8 +330,8 @@ def comparisons(rows: list[ReportRow], opts: ReportOptions, metric: str = "accur
             continue
         pairs = []
         for model in sorted({r.model for r in mine}):
-            unfrozen = [r for r in mine if r.model == model and r.freeze == "N"]
-            for f in (r for r in mine if r.model == model and r.freeze == "Y"):
+            unfrozen = [r for r in mine if r.model == model and r.mode == "unfrozen"]
+            for f in (r for r in mine if r.model == model and r.mode == "frozen"):
                 for u in unfrozen:
                     mark = f" {RANDOM_MARK}" if f.random_weights or u.random_weights else ""
                     pairs.append((f"{model}{mark}: frozen ({f.head_label}) − unfrozen ({u.head_label})", f, u))
@@ -552,7 +572,7 @@ def report_record(rows: list[ReportRow], opts: ReportOptions, comps: list[Compar
         "bootstrap": {"method": b.method, "confidence": b.confidence, "n_resamples": b.n_resamples, "seed": b.seed,
                       "unit": b.unit, "stratify": b.stratify},
         "level": opts.level, "aggregate": opts.aggregate,
-        "rows": [{"dataset": r.dataset, "model": r.model, "mode": "frozen" if r.freeze == "Y" else "unfrozen",
+        "rows": [{"dataset": r.dataset, "model": r.model, "mode": r.mode,
                   "head": r.head_label, "random_weights": r.random_weights, "n_test": r.n_test, "unit": r.unit,
                   "n_units": r.n_units, "few_units": r.few_units, "stratified": r.stratified, "run": str(r.run.path),
                   "metrics": {m: {"value": _number(v.value), "low": _number(v.low), "high": _number(v.high),
@@ -598,15 +618,15 @@ def labels_used(r: ReportRow) -> str:
 
 
 def curve_groups(rows: list[ReportRow]) -> dict[tuple, list[ReportRow]]:
-    """Label-budget rows by (dataset, model, freeze, head), each curve's points from the smallest budget up
-    (fractions, then shots)."""
+    """Label-budget rows by (dataset, model, mode, head), each curve's points from the smallest budget up
+    (fractions, then shots); fine-tuned curves before frozen ones, as the "Freeze" column N before Y."""
     out: dict[tuple, list[ReportRow]] = {}
     for r in rows:
         if r.budget:
-            out.setdefault((r.dataset, r.model_label, r.freeze, r.head_label), []).append(r)
+            out.setdefault((r.dataset, r.model_label, r.mode, r.head_label), []).append(r)
     for points in out.values():
         points.sort(key=lambda r: ("shots" in r.budget, r.budget.get("label_fraction", r.budget.get("shots"))))
-    return dict(sorted(out.items()))
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] == "frozen", kv[0][3])))
 
 
 CURVE_NOTE = ("Label efficiency: each point trained on a share of the training labels (whole patients, stratified "
@@ -621,11 +641,11 @@ def curve_table(rows: list[ReportRow], metric: str) -> tuple[list[str], list[lis
     header = ["Dataset", "Model", "Freeze", "Head", "Labels", "Training samples used", f"{LABELS[metric]} [CI]",
               "Seeds (mean ± sd)"]
     body = []
-    for (dataset, model, freeze, head), points in curve_groups(rows).items():
+    for (dataset, model, _, head), points in curve_groups(rows).items():
         for r in points:
             spread = (f"{show(metric, r.seeds['mean'][metric])} ± {show(metric, r.seeds['sd'][metric])} "
                       f"(n={len(r.seeds['seeds'])})" if r.seeds else "one seed")
-            body.append([dataset, model, freeze, head, budget_text(r.budget), labels_used(r),
+            body.append([dataset, model, r.freeze, head, budget_text(r.budget), labels_used(r),
                          cell_text(r.values[metric], None, metric, r.few_units), spread])
     return header, body
 

@@ -14,7 +14,7 @@ from probebench.data.splits import cv_folds, label_subset
 from probebench.errors import ProbebenchError
 from probebench.features.spec import FeatureSpec, locate_store
 from probebench.train.config import TrainConfig, split_training
-from probebench.train.heads import make_head
+from probebench.train.heads import make_head, trains
 from probebench.stats.calibration import apply_temperature, bound_warning, fit_temperature
 from probebench.stats.metrics import point_metrics
 from probebench.progress import make_progress
@@ -52,8 +52,7 @@ def _train_head(head: str, grid: bool, seed: int, options: dict, x_tr, y_tr, x_v
     x_tr, x_va, x_te = prepare_features(x_tr, x_va, x_te, normalize=normalize, standardize=standardize)
     estimator = make_head(head, grid=grid, seed=seed, **options)
     start = time.perf_counter()
-    with make_progress(progress and estimator.__class__.__name__ in ("LinearHead", "MLPHead", "GridHead"),
-                       unit="epoch") as bar:
+    with make_progress(progress and trains(head, grid), unit="epoch") as bar:
         task = bar.add_task(f"fit {estimator.name} on {title}", total=options["epochs"], info="")
         estimator.fit(x_tr, y_tr, x_va, y_va, n_classes, on_epoch=lambda r: bar.update(
             task, advance=1, info=f"val acc {r['val_accuracy']:.3f}"))
