@@ -323,7 +323,8 @@ def test_planner_records_any_failure_and_goes_on(w, monkeypatch):
 OPTION_CASES = {
     "workers_negative": ([*EXTRACT, "--workers", "-1"], r"--workers must be an integer >= 0, not -1"),
     "batch_size_zero": ([*EXTRACT, "--batch-size", "0"], r"--batch-size must be an integer from 1 to 65,536, not 0"),
-    "batch_size_negative": ([*EXTRACT, "--batch-size", "-1"], r"--batch-size must be an integer from 1 to 65,536, not -1"),
+    "batch_size_negative": ([*EXTRACT, "--batch-size", "-1"],
+                            r"--batch-size must be an integer from 1 to 65,536, not -1"),
     "chunk_size_zero": ([*EXTRACT, "--chunk-size", "0"], r"--chunk-size must be an integer from 1 to 65,536"),
     "precision_fp8": ([*EXTRACT, "--precision", "fp8"], r"--precision must be one of fp32, bf16, fp16, not 'fp8'"),
     "store_dtype": ([*EXTRACT, "--store-dtype", "int8"], r"--store-dtype must be one of float32, float16"),

@@ -34,7 +34,7 @@ UNDEFINED_MARK = "‡"  # more than UNDEFINED_LIMIT of the replicates were undef
 FEW_MARK = "§"  # fewer than MIN_UNITS resampling units (patients, lesions, samples) in the test set
 UNDEFINED_LIMIT = 0.01
 MIN_UNITS = 10
-DEGENERATE_MARK = "¶"  # the bootstrap could not show uncertainty: floored with Clopper–Pearson, or all replicates equal
+DEGENERATE_MARK = "¶"  # the bootstrap could not show uncertainty: floored with Clopper–Pearson, or replicates equal
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,6 @@ def bound_warning(calibration: dict) -> str:
     if not calibration.get("at_bound"):
         return ""
     t = calibration["temperature"]
-    return (f"warning: the fitted temperature {t:.3g} is at (or as good as) its search bound {T_BOUNDS}: the validation NLL keeps "
-            f"falling beyond it, and the test probabilities become {'one-hot' if t < 1 else 'uniform'}; the "
-            "report marks this run's temperature\n")
+    return (f"warning: the fitted temperature {t:.3g} is at (or as good as) its search bound {T_BOUNDS}: the "
+            f"validation NLL keeps falling beyond it, and the test probabilities become "
+            f"{'one-hot' if t < 1 else 'uniform'}; the report marks this run's temperature\n")

@@ -24,7 +24,8 @@ LOWER_IS_BETTER = frozenset(CALIBRATION_METRICS)
 LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1",
           "precision_macro": "Precision (macro)", "recall_macro": "Recall (macro)", "f1_macro": "F1 (macro)",
           "balanced_accuracy": "Balanced acc.", "kappa_quadratic": "Kappa (quadratic)",
-          "auroc_macro": "AUROC (macro)", "auroc_weighted": "AUROC (weighted)", "ece": "ECE", "ece_mass": "ECE (equal-mass)", "brier": "Brier",
+          "auroc_macro": "AUROC (macro)", "auroc_weighted": "AUROC (weighted)", "ece": "ECE",
+          "ece_mass": "ECE (equal-mass)", "brier": "Brier",
           "nll": "NLL"}
 
 

@@ -174,8 +174,9 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
 
     ``features`` (a spec, or a model name plus the spec's options) says what the model sees: weights, tap,
     preprocessing, validation carving. ``train`` is the training protocol (``TrainConfig``; the study's when
-    None), whose fields may also be given as keywords (``epochs=5``). ``precision`` here is the training's own (``auto`` picks per device);
-    the options that exist for the cache only (store dtype, forward precision, channels-last, draft) are refused.
+    None), whose fields may also be given as keywords (``epochs=5``). ``precision`` here is the training's own
+    (``auto`` picks per device); the options that exist for the cache only (store dtype, forward precision,
+    channels-last, draft) are refused.
 
     ``calibrate="temperature"``: a temperature fitted on the validation split is applied to the test probabilities
     (as ``fit``'s), and recorded in the run.
