@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -118,20 +119,21 @@ def write_run(runs_dir: str | Path, record: RunRecord | dict, *, sample_ids, gro
         run_id = f"{stem}.{n}-{suffix}"
     final = folder / run_id
     with atomic_dir(final) as tmp:  # readers never see half a run
-        (tmp / "config.json").write_text(json.dumps({**config, "run_id": run_id}, indent=2, default=str))
+        (tmp / "config.json").write_text(json.dumps({**config, "run_id": run_id}, indent=2, default=str),
+                                         encoding="utf-8")
         y_pred = proba.argmax(axis=1)
-        with (tmp / "predictions.csv").open("w", newline="") as fh:
+        with (tmp / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["sample_id", "group", "true", "pred"] + [f"prob_{c}" for c in classes])
             for sid, g, t, p, pr in zip(sample_ids, groups, y_true, y_pred, proba):
                 w.writerow([sid, g, classes[int(t)], classes[int(p)]] + [f"{v:.8g}" for v in pr])
         if history:
             keys = list(dict.fromkeys(k for row in history for k in row))
-            with (tmp / "history.csv").open("w", newline="") as fh:
+            with (tmp / "history.csv").open("w", newline="", encoding="utf-8") as fh:
                 w = csv.DictWriter(fh, fieldnames=keys)
                 w.writeheader()
                 w.writerows(history)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         write_checksums(tmp)
     return final
 
@@ -140,38 +142,42 @@ CHECKSUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` in a run folder checks it 
 RUN_FILES = ("config.json", "predictions.csv", "metrics.json")  # every run has them; history.csv when trained
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_checksums(folder: Path) -> None:
-    """``SHA256SUMS`` of every file of a run, in ``sha256sum``'s format, written last."""
+    """``SHA256SUMS`` of every file of a run, in ``sha256sum``'s format, written last (atomically)."""
+    from probebench.atomic import write_text
+
     names = [n for n in (*RUN_FILES, "history.csv") if (folder / n).is_file()]
-    (folder / CHECKSUMS).write_text("".join(f"{_sha256(folder / n)}  {n}\n" for n in names))
+    write_text(folder / CHECKSUMS, "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+                                           for n in names))
 
 
-def checksum_problems(folder: Path) -> list[str]:
-    """What ``SHA256SUMS`` says is wrong with a run folder: a file edited, missing or added after writing."""
+def checked_files(folder: Path) -> tuple[dict[str, bytes], list[str]]:
+    """The run's files as ``SHA256SUMS`` lists them, each read once, and what is wrong: a file edited, missing
+    or not listed after writing. Readers parse these bytes, so what is checked is what is read."""
     try:
         lines = (folder / CHECKSUMS).read_text().splitlines()
     except (OSError, UnicodeDecodeError):
-        return [f"{CHECKSUMS} is missing or unreadable (written by probebench before runs carried checksums, or "
-                "removed): its files cannot be shown to be as written; fit again (--force)"]
+        return {}, [f"{CHECKSUMS} is missing or unreadable (written by probebench before runs carried checksums, "
+                    "or removed): its files cannot be shown to be as written; fit again (--force)"]
     listed = {}
     for line in lines:
         digest, _, name = line.partition("  ")
         if len(digest) != 64 or not name:
-            return [f"{CHECKSUMS} is malformed (line {line[:40]!r})"]
+            return {}, [f"{CHECKSUMS} is malformed (line {line[:40]!r})"]
         listed[name] = digest
     problems = [f"{n} is not listed in {CHECKSUMS}" for n in RUN_FILES if n not in listed]
+    files = {}
     for name, digest in listed.items():
         if "/" in name or name.startswith("."):
             problems.append(f"{CHECKSUMS} names {name!r}, which is not a run file")
         elif not (folder / name).is_file():
             problems.append(f"{name} is missing")
-        elif _sha256(folder / name) != digest:
-            problems.append(f"{name} was changed after the run was written (its sha256 differs from {CHECKSUMS})")
-    return problems
+        else:
+            files[name] = (folder / name).read_bytes()
+            if hashlib.sha256(files[name]).hexdigest() != digest:
+                problems.append(f"{name} was changed after the run was written (its sha256 differs from "
+                                f"{CHECKSUMS})")
+    return files, problems
 
 
 @dataclass
@@ -267,12 +273,12 @@ def _damaged(path: Path, what: str):
     return ProbebenchError(f"run {path} is damaged: {what}; {DAMAGED_HINT}")
 
 
-def read_config(path: str | Path) -> dict:
-    """A run's ``config.json``, checked against the schema; an unreadable or malformed one is an error naming
-    the run."""
+def read_config(path: str | Path, data: bytes | None = None) -> dict:
+    """A run's ``config.json`` (or its bytes, ``data``, already read), checked against the schema; an unreadable
+    or malformed one is an error naming the run."""
     path = Path(path)
     try:
-        config = json.loads((path / "config.json").read_text())
+        config = json.loads(data if data is not None else (path / "config.json").read_bytes())
     except (OSError, ValueError) as exc:
         raise _damaged(path, f"config.json cannot be read ({exc})") from None
     problems = config_problems(config)
@@ -292,16 +298,15 @@ def read_run(path: str | Path) -> Run:
     from probebench.errors import ProbebenchError
 
     path = Path(path)
-    problems = checksum_problems(path)
+    files, problems = checked_files(path)
     if problems:
         raise _damaged(path, "; ".join(problems))
-    config = read_config(path)
+    config = read_config(path, files["config.json"])
     classes = config["classes"]
     index = {c: i for i, c in enumerate(classes)}
     try:
-        metrics = json.loads((path / "metrics.json").read_text())
-        with (path / "predictions.csv").open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        metrics = json.loads(files["metrics.json"])
+        rows = list(csv.DictReader(io.StringIO(files["predictions.csv"].decode("utf-8"), newline="")))
         proba = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
         y_true = np.array([index[r["true"]] for r in rows], dtype=np.int64)
         written = np.array([index[r["pred"]] for r in rows], dtype=np.int64)

@@ -21,7 +21,8 @@ from probebench.errors import ProbebenchError, describe_error
 
 @dataclass
 class Finding:
-    """One checked item: ``state`` is ok, damaged, incomplete or leftover; ``action`` what ``repair`` did."""
+    """One checked item: ``state`` is ok, damaged, incomplete, leftover or unchecked (a run whose store could not
+    be read to check its ids: said, not counted as a problem); ``action`` what ``repair`` did."""
 
     kind: str  # "store" | "run" | "leftover"
     path: str
@@ -82,30 +83,31 @@ def check_store(path: Path, repair: bool) -> Finding:
     return finding
 
 
-def store_problems(run, indexes: dict | None = None) -> list[str]:
+def store_problems(run, indexes: dict | None = None) -> tuple[list[str], str]:
     """Whether a frozen run's predictions are the test split (or, cross-validated, every sample) of the store it
-    names, when that store is on this machine; nothing when it is not (runs are portable without the cache)."""
+    names, when that store is on this machine (runs are portable without the cache): the problems, and a note
+    when the store is here but cannot be read, so the ids went unchecked (the store's own finding says why)."""
     from probebench.features import cache as fcache
 
     where, key = run.config.get("cache_path"), run.config.get("cache_key")
     if not where or fcache.is_url(where) or not (Path(where) / "zarr.json").is_file():
-        return []
+        return [], ""
+    indexes = {} if indexes is None else indexes
     try:
-        indexes = {} if indexes is None else indexes
         if where not in indexes:  # one read per store, however many runs name it
             indexes[where] = fcache.read_index(where)
         ids, split, attrs = indexes[where]
-    except Exception:  # the store's own check reports it
-        return []
+    except (ProbebenchError, OSError, KeyError, ValueError) as exc:  # a damaged store: said, not hidden
+        return [], f"ids not checked: its store {where} cannot be read ({describe_error(exc)})"
     if key and attrs.get("key") != key:
-        return []  # the store at that path was rebuilt for other inputs: nothing to compare with
+        return [], ""  # the store at that path was rebuilt for other inputs: nothing to compare with
     expected = ids if run.config.get("cv") else ids[split == "test"]
     if set(run.sample_ids.tolist()) != set(expected.tolist()):
         extra = sorted(set(run.sample_ids.tolist()) - set(expected.tolist()))
         missing = sorted(set(expected.tolist()) - set(run.sample_ids.tolist()))
         return [f"its sample ids are not the {'samples' if run.config.get('cv') else 'test split'} of its store "
-                f"{where} ({len(extra)} foreign, e.g. {extra[:2]}; {len(missing)} missing, e.g. {missing[:2]})"]
-    return []
+                f"{where} ({len(extra)} foreign, e.g. {extra[:2]}; {len(missing)} missing, e.g. {missing[:2]})"], ""
+    return [], ""
 
 
 def check_run(path: Path, runs_dir: Path, repair: bool, indexes: dict | None = None) -> Finding:
@@ -119,7 +121,7 @@ def check_run(path: Path, runs_dir: Path, repair: bool, indexes: dict | None = N
         if n_test is not None and n_test != len(run.y_true):
             raise ProbebenchError(f"predictions.csv has {len(run.y_true)} rows, config.json says {n_test} "
                                   f"{'cross-validated' if cv else 'test'} samples")
-        problems = store_problems(run, indexes)
+        problems, note = store_problems(run, indexes)
         if problems:
             raise ProbebenchError("; ".join(problems))
     except ProbebenchError as exc:
@@ -130,8 +132,9 @@ def check_run(path: Path, runs_dir: Path, repair: bool, indexes: dict | None = N
             shutil.move(str(path), str(target))
             finding.action = f"moved to {target}"
         return finding
-    return Finding("run", str(path), "ok", f"{run.config.get('model')} {run.config.get('mode')} "
-                                           f"{run.config.get('head')}: {len(run.y_true)} test predictions")
+    return Finding("run", str(path), "unchecked" if note else "ok",
+                   f"{run.config.get('model')} {run.config.get('mode')} {run.config.get('head')}: "
+                   f"{len(run.y_true)} test predictions" + (f"; {note}" if note else ""))
 
 
 def leftovers(runs_dir: Path, cache_dir: Path) -> list[Path]:

@@ -20,11 +20,11 @@ def test_patience_stops_at_the_exact_epoch():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     batches = lambda epoch: [(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))]  # noqa: E731
     state = train_loop(model, opt, batches, lambda m: {"val_loss": 0.0, "val_accuracy": next(scores)}, epochs=7,
-                       seed=0, patience=3, state=LoopState())
+                       seed=0, select="val_accuracy", patience=3, state=LoopState())
     assert state.epoch == 5 and state.best_epoch == 2 and [r["epoch"] for r in state.history] == [1, 2, 3, 4, 5]
     scores = iter([0.5, 0.6, 0.6, 0.55, 0.58, 0.59, 0.7])
     state = train_loop(model, opt, batches, lambda m: {"val_loss": 0.0, "val_accuracy": next(scores)}, epochs=7,
-                       seed=0, state=LoopState())
+                       seed=0, select="val_accuracy", patience=None, state=LoopState())
     assert state.epoch == 7 and state.best_epoch == 7  # without patience every epoch runs
 
 
@@ -40,7 +40,8 @@ def test_the_best_epoch_is_chosen_on_validation_not_training():
         snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
         return {"val_loss": 0.0, "val_accuracy": next(val)}
 
-    state = train_loop(model, opt, lambda e: [(x, y)], validate, epochs=4, seed=0, state=LoopState())
+    state = train_loop(model, opt, lambda e: [(x, y)], validate, epochs=4, seed=0, select="val_accuracy",
+                       patience=None, state=LoopState())
     assert state.best_epoch == 2
     assert all(torch.equal(state.best_state[k], snapshots[1][k]) for k in snapshots[1])
     assert [r["train_accuracy"] for r in state.history] == sorted(r["train_accuracy"] for r in state.history)

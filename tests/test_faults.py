@@ -666,9 +666,9 @@ def test_the_option_rules_name_what_the_code_accepts():
     assert validate.STRATIFY_MODES == bootstrap.STRATIFY and validate.METRICS == metrics.ALL_METRICS
     assert validate.LEVELS == evaluate.LEVELS and validate.AGGREGATIONS == evaluate.AGGREGATIONS
     for name in validate.OPTIMIZERS:
-        training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], name)
+        training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], name, 1e-4, 0.0)
     with pytest.raises(ValueError):
-        training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], "adamm")
+        training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], "adamm", 1e-4, 0.0)
 
 
 # ---------------------------------------------------------------- integrity: memo, run files, names, identity
@@ -1067,3 +1067,10 @@ def test_a_report_into_a_link_replaces_the_folder_it_names_and_keeps_the_link(w)
         assert status == 0, text
     assert (w / "out").is_symlink() and (w / "real" / "tables.md").is_file()
     assert [p.name for p in w.iterdir() if "probebench" in p.name] == []
+
+
+def test_verify_says_when_a_runs_ids_could_not_be_checked_against_its_store(w):
+    (store_of(w) / "split" / "zarr.json").unlink()  # the store cannot give its splits
+    status, text = cli("verify")
+    assert status == 1 and re.search(r"unchecked +run .*ids not checked: its store .* cannot be read", text), text
+    assert "1 problem(s) left" in text  # the store's; the run is not called damaged

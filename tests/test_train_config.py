@@ -32,6 +32,9 @@ def test_every_training_signature_takes_its_defaults_from_the_protocol():
         for name, p in inspect.signature(fn).parameters.items():
             if name in expected and p.default is not inspect.Parameter.empty:
                 assert p.default == expected[name], (fn.__qualname__, name)
+    for fn in (loop.train_classifier, loop.make_optimizer, loop.train_loop):  # library code: no defaults to drift
+        assert all(p.default is inspect.Parameter.empty for n, p in inspect.signature(fn).parameters.items()
+                   if n in expected), fn.__qualname__
     commands = get_command(app).commands
     for command in ("fit", "finetune"):
         defaults = {p.name: p.default for p in commands[command].params}

@@ -62,18 +62,14 @@ def _open_memo() -> sqlite3.Connection | None:
         return None
 
 
-def forget(paths: list[str] | None = None) -> None:
-    """Drop the memo's records of ``paths`` (all of them when None): their next digest reads the files."""
+def forget() -> None:
+    """Drop every record of the memo (``--rehash``): the next digest of each file reads it."""
     con = _open_memo()
     if con is None:
         return
     try:
         with con:
-            if paths is None:
-                con.execute(f"DELETE FROM {TABLE}")
-            else:
-                con.executemany(f"DELETE FROM {TABLE} WHERE path = ?",
-                                [(_key(os.path.abspath(p)),) for p in paths])
+            con.execute(f"DELETE FROM {TABLE}")
     except sqlite3.Error:
         pass
     finally:

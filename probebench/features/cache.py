@@ -140,16 +140,14 @@ def create_store(path: Path | str, request: FeatureRequest, manifest, feature_di
         _lay_out(open_group(tmp, mode="w", zarr_format=3), request, manifest, feature_dim, chunk_size, extra_attrs)
         os.rename(tmp, path)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
         root = open_store(path, request, mode="a")  # another process created it first: fill that one
         if root is None:
             raise
         return root, False
-    except BaseException:
+    finally:  # the rename took it, or it is not wanted: never left beside the store
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return open_group(path, mode="a"), True
 
 
@@ -278,7 +276,6 @@ def read_features(path: Path | str) -> CachedFeatures:
     root = open_group(path, mode="r")
     attrs = dict(root.attrs)
     keep = _strings(root["skip_reason"]) == ""
-    names = {v: k for k, v in attrs["split_codes"].items()}
     repair = "rerun the same `probebench extract`, which recomputes the damaged chunks"
     try:
         features = np.asarray(root["features"][:], dtype=np.float32)
@@ -294,7 +291,7 @@ def read_features(path: Path | str) -> CachedFeatures:
     return CachedFeatures(
         features=features[keep],
         labels=np.asarray(root["labels"][:])[keep],
-        split=np.array([names[int(c)] for c in np.asarray(root["split"][:])[keep]]),
+        split=_split_names(root, attrs)[keep],
         sample_ids=sample_ids[keep],
         groups=_strings(root["groups"])[keep],
         attrs=attrs, path=path)
@@ -306,9 +303,13 @@ def read_index(path: Path | str) -> tuple[np.ndarray, np.ndarray, dict]:
     root = open_group(path, mode="r")
     attrs = dict(root.attrs)
     keep = _strings(root["skip_reason"]) == ""
+    return _strings(root["sample_ids"])[keep], _split_names(root, attrs)[keep], attrs
+
+
+def _split_names(root: zarr.Group, attrs: dict) -> np.ndarray:
+    """Every row's split name ("train", "val", "test") from the store's codes."""
     names = {v: k for k, v in attrs["split_codes"].items()}
-    split = np.array([names[int(c)] for c in np.asarray(root["split"][:])[keep]])
-    return _strings(root["sample_ids"])[keep], split, attrs
+    return np.array([names[int(c)] for c in np.asarray(root["split"][:])])
 
 
 def _comparable(key_material: dict) -> dict:

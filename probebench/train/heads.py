@@ -29,6 +29,7 @@ DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_WDS = (0.0, 1e-4, 1e-3, 1e-2)
 DEFAULT_CS = tuple(10.0 ** e for e in range(-4, 5))
 DEFAULT_KS = (10, 20, 50)
+DEFAULT_HIDDEN = 256  # the mlp head's width (--hidden)
 
 
 def softmax_proba(logits: torch.Tensor) -> np.ndarray:
@@ -93,7 +94,7 @@ class MLPHead(LinearHead):
     name = "mlp"
     takes = (*LinearHead.takes, "hidden")
 
-    def __init__(self, hidden: int = 256, **kwargs):
+    def __init__(self, hidden: int = DEFAULT_HIDDEN, **kwargs):
         super().__init__(**kwargs)
         self.hidden = hidden
 
@@ -115,8 +116,8 @@ class StudyMLPHead(MLPHead):
     name = "study_mlp"
     takes = (*LinearHead.takes, "hidden")  # accepted, and documented as ignored: the study's width is fixed
 
-    def __init__(self, hidden: int = 256, **kwargs):
-        super().__init__(hidden=256, **kwargs)
+    def __init__(self, hidden: int = DEFAULT_HIDDEN, **kwargs):
+        super().__init__(hidden=256, **kwargs)  # the study's width, whatever ``hidden`` says
 
     def describe(self) -> str:
         return "study mlp 256"
@@ -321,7 +322,7 @@ class GridHead:
     """Linear or MLP heads over learning rate x weight decay, trained together; the best on validation kept."""
 
     def __init__(self, kind: str = "linear", lrs=DEFAULT_LRS, wds=DEFAULT_WDS, epochs: int = PROTOCOL.epochs,
-                 batch_size: int = PROTOCOL.batch_size, seed: int = PROTOCOL.seed, hidden: int = 256,
+                 batch_size: int = PROTOCOL.batch_size, seed: int = PROTOCOL.seed, hidden: int = DEFAULT_HIDDEN,
                  class_weight: str | None = None, select: str = PROTOCOL.select_metric,
                  optimizer: str = PROTOCOL.optimizer, patience: int | None = PROTOCOL.patience):
         if kind not in ("linear", "mlp"):
@@ -402,7 +403,8 @@ class GridHead:
         loop_history: list = []
         state = train_loop(model, opt, batches, validate, epochs=self.epochs, seed=self.seed,
                            step=fast if self.kind == "linear" else step,
-                           select=self.select, on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
+                           select=self.select, patience=None,
+                           on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
         history = state.history
         sign = 1.0 if self.select == "val_accuracy" else -1.0
         chosen = int(np.argmax(np.where(np.isnan(best), -np.inf, sign * best)))  # first on ties: lr-major order
@@ -429,7 +431,8 @@ HEADS = {"linear": LinearHead, "mlp": MLPHead, "study_mlp": StudyMLPHead, "logre
 # refused only when it was set to something else, so `fit --head knn --lr 0.1` says so instead of ignoring it
 HEAD_DEFAULTS = {"epochs": PROTOCOL.epochs, "lr": PROTOCOL.lr, "batch_size": PROTOCOL.batch_size,
                  "weight_decay": PROTOCOL.weight_decay, "optimizer": PROTOCOL.optimizer,
-                 "select": PROTOCOL.select_metric, "patience": PROTOCOL.patience, "hidden": 256, "class_weight": None}
+                 "select": PROTOCOL.select_metric, "patience": PROTOCOL.patience, "hidden": DEFAULT_HIDDEN,
+                 "class_weight": None}
 GRID_TAKES = ("epochs", "batch_size", "seed", "class_weight", "select", "optimizer", "patience")  # lr x wd: the grid
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from probebench.train.config import PROTOCOL
 
 SELECT_METRICS = {"val_accuracy": max, "val_loss": min}
 
@@ -40,8 +39,7 @@ def seeded_init(module_factory, seed: int) -> nn.Module:
         return module_factory()
 
 
-def make_optimizer(params, name: str = PROTOCOL.optimizer, lr: float = PROTOCOL.lr,
-                   weight_decay: float = PROTOCOL.weight_decay):
+def make_optimizer(params, name: str, lr: float, weight_decay: float):
     """The study's Adam (or AdamW / SGD with momentum 0.9)."""
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
@@ -77,8 +75,7 @@ def improved(select: str, new, old):
 
 def train_loop(model: nn.Module, optimizer, train_batches: Callable[[int], Iterable[tuple]],
                validate: Callable[[nn.Module], dict], *, epochs: int, seed: int, step: Callable | None = None,
-               select: str = PROTOCOL.select_metric, patience: int | None = PROTOCOL.patience,
-               state: LoopState | None = None,
+               select: str, patience: int | None, state: LoopState | None = None,
                on_epoch: Callable[[LoopState, dict], None] | None = None) -> LoopState:
     """Train for ``epochs`` epochs (continuing from ``state``), keeping the best epoch by ``select``.
 
@@ -213,10 +210,8 @@ class LinearAdamStep:
 
 
 def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                     y_val: np.ndarray, *, epochs: int = PROTOCOL.epochs, lr: float = PROTOCOL.lr,
-                     batch_size: int = PROTOCOL.batch_size, weight_decay: float = PROTOCOL.weight_decay,
-                     optimizer: str = PROTOCOL.optimizer, seed: int = PROTOCOL.seed,
-                     select: str = PROTOCOL.select_metric, patience: int | None = PROTOCOL.patience,
+                     y_val: np.ndarray, *, epochs: int, lr: float, batch_size: int, weight_decay: float,
+                     optimizer: str, seed: int, select: str, patience: int | None,
                      class_weight: np.ndarray | None = None, on_epoch=None) -> tuple[nn.Module, LoopState]:
     """Train a head on arrays of cached features; returns it with the best epoch's weights.
 
