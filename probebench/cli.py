@@ -659,7 +659,7 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
     from dataclasses import asdict
 
     from probebench.models.registry import REGISTRY
-    from probebench.models.weights import hub_checkpoint_dir
+    from probebench.models.hub import hub_checkpoint_dir
 
     if model is not None:
         from probebench.features.spec import model_preprocessing
@@ -679,7 +679,7 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
             out.print(f"{model}: {pre.describe()}")
         return
     hub = hub_checkpoint_dir()
-    records = [{"name": c.name, "family": c.family, "taps": dict(c.taps), "default_tap": c.default_tap,
+    records = [{"name": c.name, "family": c.family.name, "taps": dict(c.taps), "default_tap": c.default_tap,
                 "weights": c.weights_label, "file": c.weight_file, "present": (hub / c.weight_file).is_file(),
                 "preprocessing": asdict(c.preprocessing)} for c in REGISTRY.values()]
     if as_json:

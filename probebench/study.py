@@ -136,20 +136,12 @@ def _weights_path(base: Path, value: str) -> str:
 
 
 def _model_problem(name) -> str | None:
-    """Why ``name`` is not a model the commands accept (None when it is): built-in, timm:<name>, timm:hf-hub:..."""
-    from probebench.models.registry import TIMM_PREFIX, get_config
+    """Why ``name`` is not a model the commands accept (None when it is)."""
+    from probebench.models.registry import name_problem
 
     if not isinstance(name, str) or not name:
         return f"{name!r} is not a model name"
-    if name.startswith(TIMM_PREFIX + "hf-hub:"):  # resolved when its cell runs (it may need the hub)
-        repo = name[len(TIMM_PREFIX + "hf-hub:"):]
-        return None if repo.count("/") == 1 and all(repo.split("/")) else \
-            f"{name!r}: expected timm:hf-hub:<org>/<repo>"
-    try:
-        get_config(name)
-    except ProbebenchError as exc:
-        return str(exc)
-    return None
+    return name_problem(name)
 
 
 def apply_overrides(raw: dict, assignments: list[str]) -> dict[tuple[str, str], str]:
@@ -191,7 +183,7 @@ def load_study(path: str | Path, overrides: list[str] = (), data_root: list[str 
     Paths in the file are relative to the file's folder. ``overrides`` (``section.key=value``, from ``run --set``)
     and ``data_root`` (``run --data-root``, relative to the current folder) replace what the file says and are
     checked like it; they are recorded in the study's state and report."""
-    from probebench.models.registry import Preprocessing, with_normalization
+    from probebench.models.config import Preprocessing, with_normalization
 
     path = Path(path)
     raw, text = read_toml(path, "study file")

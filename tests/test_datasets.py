@@ -224,7 +224,7 @@ def test_image_modes_become_rgb(tmp_path, mode, ext):
 
 def test_grayscale_fast_path_gives_the_same_tensor_as_rgb(tmp_path):
     from probebench.features.images import load_image, make_transform
-    from probebench.models.registry import Preprocessing
+    from probebench.models.config import Preprocessing
 
     rng = np.random.default_rng(1)
     path = tmp_path / "x.jpg"

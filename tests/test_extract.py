@@ -35,7 +35,8 @@ def test_extract_writes_a_complete_store(tiny, tmp_path):
 
 def test_features_equal_a_direct_forward_pass(tiny, tmp_path):
     from probebench.features.images import make_transform, preprocess
-    from probebench.models.registry import Preprocessing, create_model
+    from probebench.models.config import Preprocessing
+    from probebench.models.registry import create_model
 
     spec, root = tiny
     feats = read_features(extract("dinov2_s", str(spec), data_root=root, cache_dir=tmp_path / "c",

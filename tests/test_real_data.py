@@ -498,7 +498,7 @@ def test_a_global_group_in_a_shipped_test_split_and_the_unsplit_pool_is_refused(
 
 
 def test_bad_mean_std_values_are_refused_with_the_option_named():
-    from probebench.models.registry import Preprocessing, with_normalization
+    from probebench.models.config import Preprocessing, with_normalization
 
     assert with_normalization(Preprocessing(), 0.5, [2]).mean == (0.5, 0.5, 0.5)  # a bare number in a study file
     for mean, std, message in (((0.1, 0.2), None, r"--mean needs 1 or 3 numbers"),

@@ -12,7 +12,7 @@ import torchvision
 from probebench.models.dinov2 import resize_pos_embed_meta
 from probebench.errors import ProbebenchError
 from probebench.models.registry import REGISTRY, create_model
-from probebench.models.weights import hub_checkpoint_dir
+from probebench.models.hub import hub_checkpoint_dir
 
 from conftest import DATA
 

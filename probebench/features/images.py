@@ -12,7 +12,7 @@ import torch.utils.data
 from PIL import Image
 
 from probebench.data.pixels import DICOM_SUFFIXES, HDF5_SEP, PixelRules, check_finite, read_dicom, to_uint8
-from probebench.models.registry import Preprocessing
+from probebench.models.config import Preprocessing
 
 _H5_FILES: dict = {}  # (process id, path) -> open h5py.File: each DataLoader worker opens its own
 

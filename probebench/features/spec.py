@@ -20,9 +20,9 @@ import zarr
 from probebench.features import cache as fcache
 from probebench.data.datasets import Manifest, load_manifest, load_spec
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from probebench.models.registry import (ModelConfig, Preprocessing, checkpoint_info, create_model, get_config,
-                                 hf_preprocessing, random_seed, random_weights_info, tap_head_info,
-                                 with_normalization)
+from probebench.models.config import ModelConfig, Preprocessing, hf_preprocessing, with_normalization
+from probebench.models.registry import (checkpoint_info, create_model, get_config, random_seed, random_weights_info,
+                                        tap_head_info)
 from probebench.validate import check_options
 
 
@@ -134,9 +134,7 @@ def resolve_job(features: FeatureSpec | str, dataset: str, *, data_root=None, **
     tap = spec.tap or config.default_tap
     if tap not in config.taps:
         raise ProbebenchError(f"model {spec.model!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
-    channels_last = spec.channels_last
-    if channels_last is None:  # it helps the CNNs, on CPUs too; part of the key either way
-        channels_last = config.family == "torchvision"
+    channels_last = config.family.channels_last if spec.channels_last is None else spec.channels_last
     manifest = load_manifest(dataset, data_root, val_unit=spec.val_unit)
     seed = random_seed(spec.weights)
     if seed is not None:
@@ -214,8 +212,7 @@ def _matches(spec: FeatureSpec, config: ModelConfig, rec: dict) -> bool:
         return False
     if rec["store_dtype"] != spec.store_dtype or rec["val_unit"] != spec.val_unit:
         return False
-    default_cl = config.family == "torchvision"
-    if rec["channels_last"] != (default_cl if spec.channels_last is None else spec.channels_last):
+    if rec["channels_last"] != (config.family.channels_last if spec.channels_last is None else spec.channels_last):
         return False
     if rec["draft"] != spec.draft:
         return False

@@ -7,10 +7,6 @@ Checkpoints are accepted exactly as torchvision and Meta publish them and always
 from __future__ import annotations
 
 import hashlib
-import os
-import re
-import socket
-import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,19 +15,10 @@ from torch import nn
 
 from probebench.errors import NotOnThisMachine, ProbebenchError, did_you_mean
 from probebench.data.filehash import content_digests
+from probebench.models.hub import hub_file
 
 if TYPE_CHECKING:  # annotations only: the registry imports this module, not the other way round
-    from probebench.models.registry import ModelConfig
-
-
-def hub_checkpoint_dir() -> Path:
-    """``$TORCH_HOME/hub/checkpoints`` (torch's own rule for where hub downloads live)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def downloads_allowed() -> bool:
-    """Downloads are tried unless ``PROBEBENCH_OFFLINE=1``."""
-    return os.environ.get("PROBEBENCH_OFFLINE", "") not in ("1", "true", "yes")
+    from probebench.models.config import ModelConfig
 
 
 def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: bool | None = None) -> Path:
@@ -44,46 +31,20 @@ def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: 
                                    "checkpoint file, or a Hugging Face snapshot folder"
                                    + did_you_mean(str(weights), ("auto", "random", "pretrained")))
         return path
-    if config.family == "timm":
-        return resolve_timm_weights(config, downloads_allowed() if allow_download is None else allow_download)
-    return _hub_file(config.weight_file, config.url, config.hash_prefix, allow_download,
-                     f"no weights for {config.name}",
-                     "or pass --weights PATH, or --weights random for an untrained (random) backbone.")
-
-
-def _hub_file(file: str, url: str, hash_prefix: str | None, allow_download: bool | None, missing: str,
-              alternatives: str) -> Path:
-    """An official file in the torch hub cache, downloaded there when allowed; otherwise an error that says where
-    to put it (``missing`` starts the message, ``alternatives`` ends it)."""
-    cached = hub_checkpoint_dir() / file
-    if cached.is_file():
-        return cached
-    allow = downloads_allowed() if allow_download is None else allow_download
-    if allow and _reachable(url):
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, str(cached), hash_prefix=hash_prefix, progress=True)
-            return cached
-        except Exception as exc:  # network failures, hash mismatch: said in the error below
-            cached.unlink(missing_ok=True)
-            reason = f"the download from {url} failed ({exc})"
-    else:
-        reason = "no network to download it" if allow else "downloads are off (PROBEBENCH_OFFLINE=1)"
-    raise NotOnThisMachine(f"{missing}: {reason}.\nPut the official file {file} into {cached.parent}/ (from {url}),\n"
-                          f"{alternatives}")
+    return config.family.find_weights(config, allow_download)
 
 
 def resolve_tap_head(config: ModelConfig, tap: str, head_weights: str | None = None,
                      allow_download: bool | None = None) -> Path:
     """The checkpoint of a tap's pretrained layer (DINOv2's ``*_linear4_head.pth``): ``head_weights`` if given,
     else the hub cache under its official name, else a download; found like the backbone's."""
-    file, url = config.tap_heads[tap]
+    file, url, _ = config.tap_heads[tap]
     if head_weights:
         path = Path(head_weights).expanduser()
         if not path.is_file():
             raise NotOnThisMachine(f"--head-weights file not found: {path}")
         return path
-    return _hub_file(file, url, None, allow_download, f"no {tap} layer for {config.name}",
+    return hub_file(file, url, None, allow_download, f"no {tap} layer for {config.name}",
                      "or pass --head-weights PATH (or --weights random).")
 
 
@@ -105,54 +66,6 @@ def load_plain(module: nn.Module, state: dict, path: str | Path) -> None:
         raise ProbebenchError(f"{path} does not fit: it holds {got}, expected {want}")
     refuse_non_finite(state, path)
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-
-
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
-    """A timm model's pretrained file: the Hugging Face cache, timm's torch-hub cache, or a download."""
-    hub_id, url = config.arch.get("hf_hub_id"), config.url
-    if hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        for fname in HF_WEIGHT_FILES:
-            found = try_to_load_from_cache(hub_id, fname)
-            if isinstance(found, str):
-                return Path(found)
-    cached = hub_checkpoint_dir() / Path(urllib.parse.urlparse(url).path).name if url else None
-    if cached is not None and cached.is_file():
-        return cached
-    if allow_download:
-        try:
-            if hub_id:
-                from huggingface_hub import hf_hub_download
-
-                for fname in HF_WEIGHT_FILES:
-                    try:
-                        return Path(hf_hub_download(hub_id, fname))
-                    except Exception:
-                        continue
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                torch.hub.download_url_to_file(url, str(cached), progress=True)
-                return cached
-        except Exception as exc:
-            raise ProbebenchError(f"no weights for {config.name}: the download failed ({exc})") from exc
-    where = f"the Hugging Face cache (repo {hub_id})" if hub_id else ""
-    where += (" or " if where and cached else "") + (f"{cached}" if cached else "")
-    raise NotOnThisMachine(f"no weights for {config.name}: not found in {where or 'any local cache'}"
-                          f"{'' if allow_download else ' and downloads are off (PROBEBENCH_OFFLINE=1)'}; "
-                          "download it once with network, or pass --weights FILE (or --weights random)")
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    host = urllib.parse.urlparse(url).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def sha256_file(path: str | Path) -> str:
@@ -185,14 +98,9 @@ def safe_load(path: str | Path, what: str, remedy: str):
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from an official checkpoint (plain, or wrapped under ``state_dict`` / ``model``).
 
-    ``.safetensors`` files load without pickle; a Hugging Face DINOv2 snapshot folder (``config.json`` +
-    ``model.safetensors``) is converted to Meta's key format.
+    ``.safetensors`` files load without pickle (a Hugging Face snapshot folder is its family's ``load_snapshot``).
     """
     path = Path(path)
-    if path.is_dir():
-        from probebench.models.dinov2 import load_hf_snapshot
-
-        return load_hf_snapshot(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -209,39 +117,12 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-_DENSENET_LEGACY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-
-
-def convert_densenet_legacy(state: dict) -> dict:
-    """torchvision's own rename of the published DenseNet keys (``norm.1`` -> ``norm1``)."""
-    out = {}
-    for key, value in state.items():
-        m = _DENSENET_LEGACY.match(key)
-        out[m.group(1) + m.group(2) if m else key] = value
-    return out
-
-
 def load_into(model: nn.Module, config: ModelConfig, state: dict, path: str | Path) -> None:
     """Load an official state dict strictly; on mismatch name the keys, so a wrong file is obvious; a NaN or
     infinite weight (a damaged or diverged checkpoint) is refused: it would turn every feature into NaN."""
     refuse_non_finite(state, path)
-    if config.family == "torchvision" and config.arch["builder"].startswith("densenet"):
-        state = convert_densenet_legacy(state)
-    if config.family == "dinov2":
-        from probebench.models.dinov2 import convert_meta_state_dict
-
-        state = convert_meta_state_dict(state, model)
+    state = config.family.convert(state, model, config)
     own = model.state_dict()
-    if config.family == "timm" and set(state) != set(own):  # original-format files: timm's own key filter
-        import importlib
-
-        filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
-        if filter_fn is not None:
-            try:
-                state = filter_fn(state, model)
-            except Exception:
-                pass
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

@@ -36,7 +36,7 @@ from probebench.stats.metrics import point_metrics
 from probebench.features.precision import autocast_dtype
 from probebench.features.precision import resolve as resolve_precision
 from probebench.progress import make_progress
-from probebench.models.registry import REPLACED_LAYER, FeatureExtractor
+from probebench.models.registry import FeatureExtractor
 from probebench.train.config import TrainConfig, split_training
 from probebench.runs import RunRecord, check_writable, config_hash, identical_run, run_folder, write_run
 from probebench.train.loop import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
@@ -72,8 +72,7 @@ class Classifier(nn.Module):
                                       "(finetune --model vgg16 --freeze-backbone)")
             freeze_backbone = False  # torchvision's own forward, with vgg16.features frozen below
         self.freeze_backbone = freeze_backbone
-        family = extractor.config.family
-        self.head_name = REPLACED_LAYER.get(extractor.config.arch.get("builder")) if family == "torchvision" else None
+        self.head_name = extractor.config.family.finetune_layer(extractor.config)
         if head == "study_mlp":  # the study's DINOv2 head: 256 hidden units on the ImageNet logits
             if self.head_name:
                 raise ProbebenchError("--head study_mlp is the study's DINOv2 head; for the CNNs the study replaced "
@@ -241,7 +240,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     if grad_checkpointing and hasattr(extractor.backbone, "set_grad_checkpointing"):  # DINOv2 and timm models
         extractor.backbone.set_grad_checkpointing(True)
     net = Classifier(extractor, n_classes, seed, freeze_backbone, tuple(study_quirks), head).to(dev)
-    if dev.type == "cuda" and extractor.config.family == "torchvision":
+    if dev.type == "cuda" and extractor.config.family.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net.trainable_parameters(), optimizer, lr, weight_decay)
     scaler = torch.amp.GradScaler(dev.type, enabled=prec == "fp16")
@@ -272,7 +271,7 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
             i = int(np.flatnonzero(~ok.numpy())[0])
             raise bad_image_error(manifest.paths[int(idx[i])], errors[i], BAD_IMAGE_HINT)
         x = x.to(dev, non_blocking=True)
-        if dev.type == "cuda" and extractor.config.family == "torchvision":
+        if dev.type == "cuda" and extractor.config.family.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, labels[idx].to(dev)
 

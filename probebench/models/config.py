@@ -1,0 +1,199 @@
+"""What a model is: its registry entry (``ModelConfig``), its preprocessing, and the contract of a model family.
+
+A ``Family`` is everything that differs between model libraries (torchvision, Meta's DINOv2, timm): how the
+architecture is built, where official weights are found, how a checkpoint's keys are converted, and which
+tensor a feature tap reads. Each family lives in its own module and is one entry of ``registry.FAMILIES``;
+nothing outside a family's module asks which family a model belongs to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from probebench.errors import ProbebenchError
+
+if TYPE_CHECKING:  # annotations only: the family modules import torch, this module does not need to
+    import torch
+    from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, centre-crop, normalise: the study's pipeline, no augmentation."""
+
+    resize: int = 256
+    crop: int = 224
+    interpolation: str = "bilinear"  # "bilinear" (torchvision models) or "bicubic" (DINOv2)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    draft: bool = False  # JPEG: decode at a reduced scale near the resize target (PIL draft), much faster
+    source: str = "registry"  # where these settings came from (not part of the cache key: the numbers are)
+
+    def as_dict(self) -> dict:
+        return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std), "draft": self.draft}
+
+    def describe(self) -> str:
+        fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+        return (f"{self.resize}/{self.crop} {self.interpolation}, mean {fmt(self.mean)}, std {fmt(self.std)} "
+                f"[{self.source}]")
+
+
+HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's codes, as Hugging Face image processors store them
+
+
+def hf_preprocessing(folder, base: Preprocessing) -> Preprocessing:
+    """A Hugging Face snapshot's ``preprocessor_config.json`` (size, crop size, mean, std, resample) as our
+    Preprocessing; ``base`` when the snapshot has no such file."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "preprocessor_config.json"
+    if not path.is_file():
+        return base
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ProbebenchError(f"{path}: unreadable ({exc})") from exc
+
+    def edge(value, what):
+        if isinstance(value, (int, float)):
+            return int(value)
+        if isinstance(value, dict):
+            if "shortest_edge" in value:
+                return int(value["shortest_edge"])
+            if value.get("height") == value.get("width") and value.get("height"):
+                return int(value["height"])
+        raise ProbebenchError(f"{path}: {what} {value!r} is not a shortest edge or a square size; probebench "
+                              "resizes the shorter side and centre-crops (set --resize/--crop instead)")
+
+    if cfg.get("do_rescale", True) is False:
+        raise ProbebenchError(f"{path}: do_rescale = false (pixels in 0-255) is not supported")
+    resize = edge(cfg["size"], "size") if cfg.get("do_resize", True) and "size" in cfg else base.resize
+    crop = edge(cfg["crop_size"], "crop_size") if cfg.get("do_center_crop", True) and "crop_size" in cfg else resize
+    resample = cfg.get("resample", 3)
+    if resample not in HF_RESAMPLE:
+        raise ProbebenchError(f"{path}: resample {resample} is not bilinear (2) or bicubic (3)")
+    if cfg.get("do_normalize", True):
+        mean, std = tuple(cfg.get("image_mean", base.mean)), tuple(cfg.get("image_std", base.std))
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if len(mean) == 1:
+        mean, std = mean * 3, std * 3
+    if crop > resize:
+        raise ProbebenchError(f"{path}: crop_size {crop} is larger than size {resize}")
+    return replace(base, resize=resize, crop=crop, interpolation=HF_RESAMPLE[resample],
+                   mean=tuple(float(m) for m in mean), std=tuple(float(x) for x in std),
+                   source="preprocessor_config.json")
+
+
+def with_normalization(pre: Preprocessing, mean=None, std=None) -> Preprocessing:
+    """``pre`` with a user's mean/std (3 values, or 1 for all channels); both are checked."""
+    out = pre
+    for name, value in (("mean", mean), ("std", std)):
+        if value is None:
+            continue
+        try:
+            vals = (float(value),) if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ProbebenchError(f"--{name} {value!r}: expected 1 or 3 numbers") from None
+        if not all(math.isfinite(v) for v in vals):
+            raise ProbebenchError(f"--{name} values must be finite, got {list(vals)}")
+        if len(vals) == 1:
+            vals = vals * 3
+        if len(vals) != 3:
+            raise ProbebenchError(f"--{name} needs 1 or 3 numbers, got {len(vals)}: {list(value)}")
+        if name == "std" and min(vals) <= 0:
+            raise ProbebenchError(f"--std values must be positive, got {list(vals)}")
+        out = replace(out, **{name: vals}, source=f"{pre.source} + --mean/--std")
+    return out
+
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A registry entry, in the spirit of timm's pretrained configs."""
+
+    name: str
+    family: Family  # how the model is built, loaded and tapped (one of ``registry.FAMILIES``)
+    arch: dict  # builder arguments
+    taps: dict  # tap name -> feature dimension
+    default_tap: str
+    weight_file: str  # official file name in $TORCH_HOME/hub/checkpoints
+    url: str
+    weights_label: str  # what the weights are, for reports
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    hash_prefix: str | None = None  # torchvision puts the sha256 prefix in the file name
+    tap_heads: dict = field(default_factory=dict)  # tap -> (official file, url, input tap) of a pretrained layer
+
+    def feature_dim(self, tap: str | None = None) -> int:
+        return self.taps[tap or self.default_tap]
+
+
+class Family:
+    """The contract of a model family; subclasses override what differs from these defaults.
+
+    ``prefix`` names a family whose models are named ``<prefix><model>`` (``timm:``) and configured on the fly by
+    ``config_for``; the others' models are entries of the registry table. ``channels_last`` is the default memory
+    format of its models (part of the cache key). ``finetune_layer`` is the layer ``finetune`` replaces (None: a new
+    linear layer goes on the feature tap).
+    """
+
+    name = ""
+    prefix: str | None = None
+    channels_last = False
+    snapshots = False  # reads a Hugging Face snapshot folder as weights
+
+    def config_for(self, name: str) -> ModelConfig:
+        raise ProbebenchError(f"the {self.name} family has no models named by prefix")
+
+    def name_problem(self, name: str) -> str | None:
+        """Why a prefixed ``name`` is not one of this family's models (None when it is), without the network."""
+        try:
+            self.config_for(name)
+        except ProbebenchError as exc:
+            return str(exc)
+        return None
+
+    def with_arch(self, config: ModelConfig, overrides: dict) -> ModelConfig:
+        """``config`` with a changed architecture (tests build tiny models); the taps follow the architecture."""
+        return replace(config, arch={**config.arch, **overrides})
+
+    def build(self, config: ModelConfig, img_size: int) -> nn.Module:
+        """The bare architecture with its own (random) initialisation, sized for ``img_size`` crops."""
+        raise NotImplementedError
+
+    def features(self, backbone: nn.Module, config: ModelConfig, tap: str, images: torch.Tensor) -> torch.Tensor:
+        """(B, D) features of ``images`` at ``tap``."""
+        raise NotImplementedError
+
+    def feature_dim(self, config: ModelConfig, backbone: nn.Module, tap: str) -> int:
+        return config.feature_dim(tap)
+
+    def find_weights(self, config: ModelConfig, allow_download: bool | None) -> Path:
+        """The official weights file: the torch hub cache under its official name, else a download."""
+        from probebench.models.hub import hub_file
+
+        return hub_file(config.weight_file, config.url, config.hash_prefix, allow_download,
+                        f"no weights for {config.name}",
+                        "or pass --weights PATH, or --weights random for an untrained (random) backbone.")
+
+    def convert(self, state: dict, model: nn.Module, config: ModelConfig) -> dict:
+        """An official checkpoint's state dict in the keys of the model ``build`` made."""
+        return state
+
+    def load_snapshot(self, folder: Path, config: ModelConfig) -> dict:
+        """A Hugging Face snapshot folder as a state dict for ``convert`` (families with ``snapshots``)."""
+        raise ProbebenchError(f"{folder}: Hugging Face snapshots are read for the DINOv2 models only")
+
+    def finetune_layer(self, config: ModelConfig) -> str | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<model family {self.name}>"

@@ -1,0 +1,167 @@
+"""The timm family: any timm model by name (``timm:<model>[.<tag>]``) or from the Hugging Face hub
+(``timm:hf-hub:<org>/<repo>``); timm's pretrained config gives the preprocessing, the pre-logits features are
+the tap (the input of the classifier)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from probebench.errors import NotOnThisMachine, ProbebenchError
+from probebench.models.config import Family, ModelConfig, Preprocessing
+
+TIMM_PREFIX = "timm:"
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def timm_config(name: str) -> ModelConfig:
+    """A registry entry for ``timm:<model>[.<tag>]`` or ``timm:hf-hub:<org>/<repo>``."""
+    import difflib
+
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    arch = name[len(TIMM_PREFIX):]
+    if arch.startswith("hf-hub:"):
+        cfg = _hf_hub_timm_cfg(arch[len("hf-hub:"):])
+    else:
+        base = arch.split(".")[0]
+        if not timm.is_model(base):
+            close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
+            raise ProbebenchError(f"unknown timm model {base!r}" + (f"; did you mean: {', '.join(close)}?" if close
+                                                                   else "; see timm.list_models()"))
+        if "." in arch:
+            tags = list(timm.list_pretrained(f"{base}.*"))
+            if arch not in tags:
+                raise ProbebenchError(f"timm model {base!r} has no pretrained tag {arch.split('.', 1)[1]!r}; tags: "
+                                      + (", ".join(t.split(".", 1)[1] for t in tags) or "none (use timm:" + base + ")"))
+        pc = get_pretrained_cfg(arch) or get_pretrained_cfg(base)
+        cfg = pc.to_dict() if pc is not None else {}
+    from timm.data import resolve_data_config
+
+    data = resolve_data_config(pretrained_cfg={"architecture": arch, **cfg})  # timm's defaults where cfg is silent
+    crop, interp = int(data["input_size"][-1]), data["interpolation"]
+    pre = Preprocessing(resize=int(math.floor(crop / data["crop_pct"])), crop=crop,  # timm's eval resize rule
+                        interpolation=interp if interp in ("bilinear", "bicubic") else "bicubic",
+                        mean=tuple(data["mean"]), std=tuple(data["std"]))
+    return ModelConfig(name=name, family=TIMM, arch={"name": arch, "hf_hub_id": cfg.get("hf_hub_id"),
+                                                      "architecture": cfg.get("architecture"),
+                                                      "num_classes": cfg.get("num_classes")},
+                       taps={"pre_logits": 0}, default_tap="pre_logits", weight_file="", url=cfg.get("url") or "",
+                       weights_label=f"timm {cfg.get('tag') or cfg.get('hf_hub_id') or 'pretrained'}",
+                       preprocessing=pre)
+
+
+def _hf_hub_timm_cfg(repo: str) -> dict:
+    """``config.json`` of a hub-hosted timm model, from the local Hugging Face cache or a download."""
+    import json
+
+    from probebench.models.hub import downloads_allowed
+
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo, "config.json", local_files_only=not downloads_allowed())
+    except Exception as exc:
+        raise ProbebenchError(f"timm:hf-hub:{repo}: config.json is not in the local Hugging Face cache and cannot "
+                              f"be downloaded ({type(exc).__name__}); download the repo once with network") from exc
+    cfg = json.loads(open(path).read())
+    return {**cfg.get("pretrained_cfg", {}), "architecture": cfg.get("architecture"), "hf_hub_id": repo,
+            "num_classes": cfg.get("num_classes", cfg.get("pretrained_cfg", {}).get("num_classes", 1000))}
+
+
+def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
+    """A timm model's pretrained file: the Hugging Face cache, timm's torch-hub cache, or a download."""
+    import urllib.parse
+
+    import torch
+
+    from probebench.models.hub import hub_checkpoint_dir
+
+    hub_id, url = config.arch.get("hf_hub_id"), config.url
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for fname in HF_WEIGHT_FILES:
+            found = try_to_load_from_cache(hub_id, fname)
+            if isinstance(found, str):
+                return Path(found)
+    cached = hub_checkpoint_dir() / Path(urllib.parse.urlparse(url).path).name if url else None
+    if cached is not None and cached.is_file():
+        return cached
+    if allow_download:
+        try:
+            if hub_id:
+                from huggingface_hub import hf_hub_download
+
+                for fname in HF_WEIGHT_FILES:
+                    try:
+                        return Path(hf_hub_download(hub_id, fname))
+                    except Exception:
+                        continue
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(url, str(cached), progress=True)
+                return cached
+        except Exception as exc:
+            raise ProbebenchError(f"no weights for {config.name}: the download failed ({exc})") from exc
+    where = f"the Hugging Face cache (repo {hub_id})" if hub_id else ""
+    where += (" or " if where and cached else "") + (f"{cached}" if cached else "")
+    raise NotOnThisMachine(f"no weights for {config.name}: not found in {where or 'any local cache'}"
+                          f"{'' if allow_download else ' and downloads are off (PROBEBENCH_OFFLINE=1)'}; "
+                          "download it once with network, or pass --weights FILE (or --weights random)")
+
+
+class TimmFamily(Family):
+    name = "timm"
+    prefix = TIMM_PREFIX
+
+    def config_for(self, name):
+        return timm_config(name)
+
+    def name_problem(self, name):
+        if name.startswith(TIMM_PREFIX + "hf-hub:"):  # resolved when its cell runs (it may need the hub)
+            repo = name[len(TIMM_PREFIX + "hf-hub:"):]
+            return None if repo.count("/") == 1 and all(repo.split("/")) else \
+                f"{name!r}: expected timm:hf-hub:<org>/<repo>"
+        return super().name_problem(name)
+
+    def with_arch(self, config, overrides):
+        raise ProbebenchError("arch_overrides apply to the built-in models only")
+
+    def build(self, config, img_size):
+        import timm
+
+        arch = config.arch["name"]
+        if arch.startswith("hf-hub:"):  # the architecture its config.json names (read by timm_config), no hub calls
+            return timm.create_model(config.arch["architecture"], pretrained=False,
+                                     num_classes=config.arch["num_classes"] or 1000)
+        return timm.create_model(arch, pretrained=False)
+
+    def features(self, backbone, config, tap, images):  # timm's pre-logits features: the input of the classifier
+        return backbone.forward_head(backbone.forward_features(images), pre_logits=True)
+
+    def feature_dim(self, config, backbone, tap):
+        return getattr(backbone, "head_hidden_size", None) or backbone.num_features
+
+    def find_weights(self, config, allow_download):
+        from probebench.models.hub import downloads_allowed
+
+        return resolve_timm_weights(config, downloads_allowed() if allow_download is None else allow_download)
+
+    def convert(self, state, model, config):
+        """Original-format files go through the model module's own ``checkpoint_filter_fn``, as timm does."""
+        if set(state) == set(model.state_dict()):
+            return state
+        import importlib
+
+        filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            try:
+                return filter_fn(state, model)
+            except Exception:
+                pass
+        return state
+
+
+TIMM = TimmFamily()
