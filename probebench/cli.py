@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -18,7 +19,8 @@ from rich.text import Text
 
 from probebench.errors import ProbebenchError
 from probebench.train.config import PROTOCOL
-from probebench.validate import CACHE_ONLY, parse_floats, parse_ints
+from probebench.features.spec import CACHE_ONLY, FeatureSpec
+from probebench.validate import parse_floats, parse_ints
 
 # rich_markup_mode=None: help text is printed as written, so "[default: ...]" or "timm:<name>[.<tag>]" never
 # vanishes as markup; the consoles print messages literally too (markup=False), styled only through Text.
@@ -93,8 +95,6 @@ def float_tuple(text: str | None, what: str) -> tuple[float, ...] | None:
     return tuple(values) if values is not None else None
 
 
-ModelOpt = typer.Option(..., "--model", "-m", help="Registry name (vgg16 resnet50 densenet121 dinov2_s/b/l/g), "
-                        "or timm:<name>[.<tag>] or timm:hf-hub:<org>/<repo>; see `probebench models`.")
 DatasetOpt = typer.Option(..., "--dataset", "-d", help="Dataset spec name, or path to a spec .toml.")
 DataRootOpt = typer.Option(None, "--data-root", metavar="DIR", help="Folder holding one folder per dataset; give "
                            "it more than once to search several in order.",
@@ -103,29 +103,6 @@ RehashOpt = typer.Option(False, "--rehash", help="Read and hash every data file 
                          "memo of unchanged files (device, inode, size, mtime, ctime).")
 CacheOpt = typer.Option("cache", "--cache-dir", help="Feature cache root: a folder, or an fsspec URL "
                                                      "(file://, s3://, ...) that zarr accepts.")
-WeightsOpt = typer.Option("auto", "--weights", help="Checkpoint PATH, 'auto' (hub cache, then download) or "
-                                                    "'random[:SEED]' (untrained; flagged everywhere).")
-TapOpt = typer.Option(None, "--tap", help="Feature tap (see `probebench models`).", show_default="the model's")
-InterpOpt = typer.Option(None, "--interpolation", help="Resize interpolation, bilinear or bicubic (the study used "
-                         "bilinear for all); part of the cache key.",
-                         show_default="the model's: bicubic for DINOv2, bilinear for the CNNs")
-ValUnitOpt = typer.Option("group", "--val-unit", help="Carve validation from training 'group's (patients, "
-                          "lesions) or 'sample's (images, as the study's code did; validation turns optimistic).")
-HeadWeightsOpt = typer.Option(None, "--head-weights", help="With --tap imagenet_logits (DINOv2): Meta's linear "
-                              "layer file dinov2_vit*14_linear4_head.pth.", show_default="the hub cache, then download")
-ResizeOpt = typer.Option(None, "--resize", help="Shorter-side resize in px.", show_default="the model's, 256")
-CropOpt = typer.Option(None, "--crop", help="Centre crop in px.", show_default="the model's, 224")
-MeanOpt = typer.Option(None, "--mean", help="Normalisation mean, 3 comma-separated numbers (or 1 for all channels), "
-                       "replacing the model's own; part of the cache key.",
-                       show_default="the model's: ImageNet, or a snapshot's preprocessor_config.json")
-StdOpt = typer.Option(None, "--std", help="Normalisation std, like --mean; part of the cache key.",
-                      show_default="the model's")
-PrecisionOpt = typer.Option("fp32", "--precision", help="Forward precision: fp32, bf16, fp16 (autocast).")
-StoreOpt = typer.Option("float32", "--store-dtype", help="Cache dtype: float32 or float16.")
-ChannelsLastOpt = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last memory format; "
-                               "part of the cache key.", show_default="on for the CNNs")
-DraftOpt = typer.Option(False, "--draft", help="Decode JPEGs at a reduced scale near the resize target (much "
-                        "faster for large photographs); part of the cache key.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader workers.", show_default="CPUs - 1, max 8")
 SeedOpt = typer.Option(PROTOCOL.seed, "--seed", help="Seed for shuffling and head initialisation.")
 StudyBnOpt = typer.Option(False, "--study-bn-epoch1", help="The study's training loop: train mode until the first "
@@ -161,15 +138,24 @@ def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
     return tuple(q for q, on in (("bn_epoch1", bn_epoch1), ("vgg_features_only", vgg_features_only)) if on)
 
 
+def _feature_option(f: dataclasses.Field) -> tuple[type, typer.models.OptionInfo]:
+    """A ``FeatureSpec`` field as (annotation, Typer option), from the field's own declaration (``spec.option``)."""
+    optional = f.type.endswith(" | None")
+    base = {"str": str, "int": int, "bool": bool, "tuple[float, ...]": str}[f.type.removesuffix(" | None")]
+    flag = "--" + f.name.replace("_", "-")
+    flags = f.metadata["flags"] or ((f"{flag}/--no-{flag[2:]}",) if base is bool and optional else (flag,))
+    default = ... if f.default is dataclasses.MISSING else f.default
+    return (Optional[base] if optional else base), typer.Option(default, *flags, help=f.metadata["help"],
+                                                                show_default=f.metadata.get("show_default") or True)
+
+
 # FeatureSpec field -> (type, option): one group of options shared by every command that names a feature
-FEATURE_OPTIONS = {
-    "model": (str, ModelOpt), "weights": (str, WeightsOpt), "tap": (Optional[str], TapOpt),
-    "head_weights": (Optional[str], HeadWeightsOpt), "resize": (Optional[int], ResizeOpt),
-    "crop": (Optional[int], CropOpt), "mean": (Optional[str], MeanOpt), "std": (Optional[str], StdOpt),
-    "interpolation": (Optional[str], InterpOpt), "draft": (bool, DraftOpt), "precision": (str, PrecisionOpt),
-    "store_dtype": (str, StoreOpt), "channels_last": (Optional[bool], ChannelsLastOpt),
-    "val_unit": (str, ValUnitOpt),
-}
+FEATURE_OPTIONS = {f.name: _feature_option(f) for f in dataclasses.fields(FeatureSpec)}
+PARSED_FLOATS = tuple(f.name for f in dataclasses.fields(FeatureSpec) if f.type.startswith("tuple"))  # mean, std
+
+
+def feature_option(name: str) -> typer.models.OptionInfo:
+    return FEATURE_OPTIONS[name][1]
 
 
 # TrainConfig field -> (type, option), the defaults from the one protocol (train.config.PROTOCOL)
@@ -218,10 +204,8 @@ def feature_options(exclude: tuple[str, ...] = ()):
 
         @functools.wraps(fn)
         def wrapper(**kwargs):
-            from probebench.features.spec import FeatureSpec
-
             values = {n: kwargs.pop(n) for n in names}
-            for n in ("mean", "std"):
+            for n in PARSED_FLOATS:
                 values[n] = float_tuple(values.get(n), n)
             return fn(features=FeatureSpec(**values), **kwargs)
 
@@ -489,8 +473,8 @@ def bench_extract(model: str = typer.Option("resnet50", "--model", "-m", help="R
                                                                     "grayscale (chest X-ray-like)."),
                   batch_size: Optional[int] = typer.Option(None, help="Images per forward pass.",
                                                            show_default="8 on CPU, 64 on GPU"),
-                  precision: str = PrecisionOpt, channels_last: Optional[bool] = ChannelsLastOpt,
-                  draft: bool = DraftOpt,
+                  precision: str = feature_option("precision"), channels_last: Optional[bool] = feature_option("channels_last"),
+                  draft: bool = feature_option("draft"),
                   device: str = typer.Option("auto", help="auto (cuda > mps > cpu) or a torch device."),
                   workers: Optional[int] = WorkersOpt,
                   json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result to this file.")):
@@ -653,8 +637,8 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
                                                "with --weights (and --mean/--std, --resize/--crop)."),
            weights: str = typer.Option("auto", "--weights", help="With --model: a checkpoint or a Hugging Face "
                                        "snapshot folder, whose preprocessor_config.json is then used."),
-           resize: Optional[int] = ResizeOpt, crop: Optional[int] = CropOpt, mean: Optional[str] = MeanOpt,
-           std: Optional[str] = StdOpt, interpolation: Optional[str] = InterpOpt, as_json: bool = JsonOpt):
+           resize: Optional[int] = feature_option("resize"), crop: Optional[int] = feature_option("crop"), mean: Optional[str] = feature_option("mean"),
+           std: Optional[str] = feature_option("std"), interpolation: Optional[str] = feature_option("interpolation"), as_json: bool = JsonOpt):
     """The model registry: feature taps, dimensions, weights, where they are looked for, and preprocessing."""
     from dataclasses import asdict
 

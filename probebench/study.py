@@ -19,6 +19,7 @@ from pathlib import Path
 
 from probebench.atomic import write_json
 from probebench.features.cache import open_group, store_exists
+from probebench.features.spec import spec_fields
 from probebench.errors import ProbebenchError, describe_error, did_you_mean
 from probebench.train.config import PROTOCOL, TRAIN_FIELDS, TrainConfig
 from probebench.validate import MAX_FOLDS, RULES, component, line_of, problem, read_toml
@@ -31,8 +32,7 @@ SECTIONS = {
                  "label_fractions", "shots", "cv", "calibrate"},
     "unfrozen": {"epochs", "lr", "batch_size", "weight_decay", "optimizer", "accumulate", "precision",
                  "grad_checkpointing", "workers", "study_quirks"},
-    "extract": {"batch_size", "resize", "crop", "precision", "store_dtype", "tap", "workers", "skip_bad", "draft",
-                "channels_last", "mean", "std", "interpolation"},
+    "extract": {"batch_size", "workers", "skip_bad", *spec_fields("extract")},  # how to extract, then what
     "models": set(),  # [models.<name>]: per-model settings (MODEL_KEYS)
     "weights": set(),  # [weights]: model name -> auto / random[:SEED] / a checkpoint or snapshot path
     "report": {"resamples", "method", "unit", "stratify", "level", "aggregate", "metrics", "study_ci"},
@@ -117,8 +117,7 @@ MODEL_KEYS = {  # [models.<name>] key -> (test, what is allowed)
     **{k: (lambda v: isinstance(v, list) and len(v) in (1, 3) and all(isinstance(x, (int, float)) for x in v),
            "a list of 1 or 3 numbers") for k in ("mean", "std")},
 }
-FEATURE_KEYS = ("resize", "crop", "mean", "std", "precision", "store_dtype", "tap", "draft", "channels_last",
-                "interpolation", "head_weights")  # the settings that define a model's cached features
+FEATURE_KEYS = tuple(dict.fromkeys(spec_fields("extract") + spec_fields("models")))  # what defines a cached feature
 KEYWORD_WEIGHTS = ("auto", "pretrained", "random")
 
 
@@ -425,14 +424,13 @@ def feature_spec(study: Study, model: str):
     from probebench.features.spec import FeatureSpec
 
     e = {**study.extract, **{k: v for k, v in study.per_model.get(model, {}).items() if k in FEATURE_KEYS}}
-    options = {k: tuple(e[k]) if k in ("mean", "std") else e[k] for k in FEATURE_KEYS if k in e}
+    options = {k: tuple(e[k]) if isinstance(e[k], list) else e[k] for k in FEATURE_KEYS if k in e}
     return FeatureSpec(model, weights=study.weights_for(model), val_unit=study.val_unit, **options)
 
 
 def model_inputs(features):
     """What a fine-tuned model sees of a study's feature spec: the cache-only options are dropped."""
-    from probebench.validate import CACHE_ONLY
-    from probebench.features.spec import FeatureSpec
+    from probebench.features.spec import CACHE_ONLY, FeatureSpec
 
     return features.replace(**{k: getattr(FeatureSpec, k) for k in CACHE_ONLY})
 

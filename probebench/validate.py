@@ -13,7 +13,6 @@ from probebench.errors import ProbebenchError, did_you_mean
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SELECT_METRICS = ("val_accuracy", "val_loss")
 HEADS = ("linear", "mlp", "study_mlp", "logreg", "knn")
-CACHE_ONLY = ("precision", "store_dtype", "channels_last", "draft")  # FeatureSpec fields fine-tuning does not use
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes (precision.AUTOCAST)
 RUNTIME_PRECISIONS = ("auto", *PRECISIONS)  # where the device may choose: fine-tuning
 STORE_DTYPES = ("float32", "float16")

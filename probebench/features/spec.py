@@ -12,38 +12,91 @@ finds the store by what the stores record, so a cache made on a GPU server can b
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import zarr
-
-from probebench.features import cache as fcache
-from probebench.data.datasets import Manifest, load_manifest, load_spec
 from probebench.errors import NotOnThisMachine, ProbebenchError
 from probebench.models.config import ModelConfig, Preprocessing, hf_preprocessing, with_normalization
-from probebench.models.registry import (checkpoint_info, create_model, get_config, random_seed, random_weights_info,
-                                        tap_head_info)
 from probebench.validate import check_options
+
+if TYPE_CHECKING:  # the spec itself is light (the command line builds its options from it); these load torch, zarr
+    from probebench.data.datasets import Manifest
+    from probebench.features import cache as fcache
+    from probebench.models.registry import ResolvedModel
+
+
+def option(default, help: str, *, flags: tuple[str, ...] = (), show_default=None, study: tuple[str, ...] = (),
+           recorded=None, cache_only: bool = False):
+    """A ``FeatureSpec`` field and everything the other tables need of it, stated once:
+
+    ``help``/``flags``/``show_default``: its command-line option (flags default to ``--field-name``);
+    ``study``: where a study file sets it (``extract``: the [extract] table, ``models``: [models.<name>]);
+    ``recorded(attrs)``: its value as a store's attributes record it (how a store is found without the data);
+    ``cache_only``: it changes how features are computed and kept, not what a fine-tuned model sees.
+    """
+    return field(default=default, metadata={"help": help, "flags": flags, "show_default": show_default,
+                                            "study": study, "recorded": recorded, "cache_only": cache_only})
+
+
+def _pre(key, default=None):
+    return lambda attrs: attrs.get("preprocessing", {}).get(key, default)
+
+
+def _recorded_weights(attrs: dict) -> str | None:
+    w = attrs.get("weights", {})
+    return f"random:{w.get('seed')}" if w.get("sha256") == "random" else w.get("source")
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Everything besides the dataset that decides a cached feature's numbers (``None``: the model's default)."""
+    """Everything besides the dataset that decides a cached feature's numbers (``None``: the model's default).
 
-    model: str
-    weights: str = "auto"  # a checkpoint path, "auto" (hub cache, then download) or "random[:SEED]"
-    tap: str | None = None
-    head_weights: str | None = None  # the tap's pretrained layer (DINOv2 imagenet_logits)
-    resize: int | None = None
-    crop: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    interpolation: str | None = None
-    draft: bool = False
-    precision: str = "fp32"  # autocast of the forward pass
-    store_dtype: str = "float32"
-    channels_last: bool | None = None
-    val_unit: str = "group"  # how validation is carved from training (it changes the stored split)
+    Each field is declared with ``option``: the command-line option group, the study file's keys, the options
+    fine-tuning ignores and the search for a store by its record are all derived from these declarations.
+    """
+
+    model: str = field(metadata={"help": "Registry name (vgg16 resnet50 densenet121 dinov2_s/b/l/g), or "
+                                         "timm:<name>[.<tag>] or timm:hf-hub:<org>/<repo>; see `probebench models`.",
+                                 "flags": ("--model", "-m")})
+    weights: str = option("auto", "Checkpoint PATH, 'auto' (hub cache, then download) or 'random[:SEED]' "
+                          "(untrained; flagged everywhere).", recorded=_recorded_weights)
+    tap: str | None = option(None, "Feature tap (see `probebench models`).", show_default="the model's",
+                             study=("extract", "models"), recorded=lambda attrs: attrs.get("tap"))
+    head_weights: str | None = option(  # the tap's pretrained layer (DINOv2 imagenet_logits)
+        None, "With --tap imagenet_logits (DINOv2): Meta's linear layer file dinov2_vit*14_linear4_head.pth.",
+        show_default="the hub cache, then download", study=("models",),
+        recorded=lambda attrs: attrs.get("weights", {}).get("head_source"))
+    resize: int | None = option(None, "Shorter-side resize in px.", show_default="the model's, 256",
+                                study=("extract", "models"), recorded=_pre("resize"))
+    crop: int | None = option(None, "Centre crop in px.", show_default="the model's, 224",
+                              study=("extract", "models"), recorded=_pre("crop"))
+    mean: tuple[float, ...] | None = option(
+        None, "Normalisation mean, 3 comma-separated numbers (or 1 for all channels), replacing the model's own; "
+        "part of the cache key.", show_default="the model's: ImageNet, or a snapshot's preprocessor_config.json",
+        study=("extract", "models"), recorded=lambda attrs: tuple(_pre("mean", ())(attrs)))
+    std: tuple[float, ...] | None = option(
+        None, "Normalisation std, like --mean; part of the cache key.", show_default="the model's",
+        study=("extract", "models"), recorded=lambda attrs: tuple(_pre("std", ())(attrs)))
+    interpolation: str | None = option(
+        None, "Resize interpolation, bilinear or bicubic (the study used bilinear for all); part of the cache key.",
+        show_default="the model's: bicubic for DINOv2, bilinear for the CNNs", study=("extract", "models"),
+        recorded=_pre("interpolation"))
+    draft: bool = option(False, "Decode JPEGs at a reduced scale near the resize target (much faster for large "
+                         "photographs); part of the cache key.", flags=("--draft",), study=("extract",),
+                         recorded=lambda attrs: bool(_pre("draft", False)(attrs)), cache_only=True)
+    precision: str = option("fp32", "Forward precision: fp32, bf16, fp16 (autocast).", study=("extract",),
+                            recorded=lambda attrs: attrs.get("precision"), cache_only=True)
+    store_dtype: str = option("float32", "Cache dtype: float32 or float16.", study=("extract",),
+                              recorded=lambda attrs: attrs.get("store_dtype"), cache_only=True)
+    channels_last: bool | None = option(
+        None, "channels_last memory format; part of the cache key.", show_default="on for the CNNs",
+        study=("extract",), recorded=lambda attrs: attrs.get("key_material", {}).get("channels_last"),
+        cache_only=True)
+    val_unit: str = option(  # how validation is carved from training (it changes the stored split)
+        "group", "Carve validation from training 'group's (patients, lesions) or 'sample's (images, as the study's "
+        "code did; validation turns optimistic).", study=("study",),
+        recorded=lambda attrs: attrs.get("val_unit", "group"))
 
     def __post_init__(self) -> None:
         for name in ("mean", "std"):  # hashable, so the spec is a value; the numbers are checked in preprocessing
@@ -54,7 +107,7 @@ class FeatureSpec:
                 object.__setattr__(self, name, tuple(value))
         check_options(resize=self.resize, crop=self.crop, precision=self.precision, store_dtype=self.store_dtype,
                       tap=self.tap, weights=self.weights, interpolation=self.interpolation, val_unit=self.val_unit)
-        get_config(self.model)  # an unknown model name fails here, with the known names
+        self.config()  # an unknown model name fails here, with the known names
 
     @classmethod
     def of(cls, features: FeatureSpec | str, **options) -> FeatureSpec:
@@ -86,21 +139,72 @@ class FeatureSpec:
                 out.append(f"{flag} {value}")
         return " ".join(out)
 
+    def config(self) -> ModelConfig:
+        """The model's registry entry (``timm:`` names are configured by timm)."""
+        from probebench.models.registry import get_config
+
+        return get_config(self.model)
+
+    def defaults(self, config: ModelConfig | None = None) -> dict:
+        """The tap and memory format this spec means, the model's defaults filled in."""
+        config = config or self.config()
+        return {"tap": self.tap or config.default_tap,
+                "channels_last": config.family.channels_last if self.channels_last is None else self.channels_last}
+
+    def resolve(self, allow_download: bool | None = None) -> ResolvedFeature:
+        """Names, defaults, weights and preprocessing worked out once: what ``extract`` keys its cache by and
+        ``build_model`` builds."""
+        from probebench.models.registry import resolve_model
+
+        config = self.config()
+        model = resolve_model(config, self.weights, tap=self.defaults(config)["tap"], head_weights=self.head_weights,
+                              allow_download=allow_download)
+        pre = model_preprocessing(config, model.weights_path, self.resize, self.crop, self.mean, self.std,
+                                  self.draft, self.interpolation)
+        model = replace(model, config=replace(config, preprocessing=pre))
+        return ResolvedFeature(self, model, self.defaults(config)["channels_last"])
+
+
+@dataclass(frozen=True)
+class ResolvedFeature:
+    """A spec resolved: the model (entry with its final preprocessing, tap, weights) and the memory format."""
+
+    spec: FeatureSpec
+    model: ResolvedModel
+    channels_last: bool
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.model.config.preprocessing
+
+
+def spec_fields(where: str | None = None, **metadata) -> tuple[str, ...]:
+    """The names of the spec's fields that a study sets in ``where`` and whose metadata has these values."""
+    return tuple(f.name for f in fields(FeatureSpec) if (where is None or where in f.metadata.get("study", ()))
+                 and all(f.metadata.get(k) == v for k, v in metadata.items()))
+
+
+CACHE_ONLY = spec_fields(cache_only=True)  # the options fine-tuning does not use
+DISTINGUISHING = tuple(f.name for f in fields(FeatureSpec) if f.metadata.get("recorded"))  # what tells stores apart
+
 
 @dataclass
 class FeatureJob:
-    """A resolved request: the manifest, the model entry and the cache key inputs."""
+    """A resolved request: the manifest, the resolved feature and the cache key inputs."""
 
     manifest: Manifest
-    config: ModelConfig
+    feature: ResolvedFeature
     request: fcache.FeatureRequest
-    weights_arg: str  # what to pass to create_model: "random" or a checkpoint path
-    head_weights: str | None = None  # the tap's pretrained layer (imagenet_logits), a checkpoint path
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.feature.model.config
 
     def create_model(self):
         """The model this job's features come from (weights resolved once, here and in the key)."""
-        return create_model(self.request.model, self.weights_arg, tap=self.request.tap,
-                            img_size=self.config.preprocessing.crop, head_weights=self.head_weights)
+        from probebench.models.registry import build_model
+
+        return build_model(self.feature.model, img_size=self.config.preprocessing.crop)
 
     def cache_path(self, cache_dir: str | Path) -> Path | str:
         return self.request.path(cache_dir)
@@ -127,33 +231,17 @@ def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: 
 
 def resolve_job(features: FeatureSpec | str, dataset: str, *, data_root=None, **options) -> FeatureJob:
     """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
-    from probebench.models import weights as wts
+    from probebench.data.datasets import load_manifest
+    from probebench.features import cache as fcache
 
     spec = FeatureSpec.of(features, **options)
-    config = get_config(spec.model)
-    tap = spec.tap or config.default_tap
-    if tap not in config.taps:
-        raise ProbebenchError(f"model {spec.model!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
-    channels_last = config.family.channels_last if spec.channels_last is None else spec.channels_last
+    feature = spec.resolve()
     manifest = load_manifest(dataset, data_root, val_unit=spec.val_unit)
-    seed = random_seed(spec.weights)
-    if seed is not None:
-        path = None
-        winfo, weights_arg = random_weights_info(seed), spec.weights
-    else:
-        path = wts.resolve_weights(config, spec.weights)
-        winfo, weights_arg = checkpoint_info(config, path), str(path)
-    head_path = None
-    if tap in config.tap_heads and seed is None:  # the tap's pretrained layer is part of what the features are
-        head_path = str(wts.resolve_tap_head(config, tap, spec.head_weights))
-        winfo = {**winfo, **tap_head_info(head_path)}
-    pre = model_preprocessing(config, path, spec.resize, spec.crop, spec.mean, spec.std, spec.draft,
-                              spec.interpolation)
     request = fcache.FeatureRequest(
-        dataset=manifest.dataset, model=spec.model, tap=tap, weights=winfo, preprocessing=pre.as_dict(),
-        precision=spec.precision, store_dtype=spec.store_dtype, manifest_hash=manifest.hash(),
-        channels_last=channels_last)
-    return FeatureJob(manifest, replace(config, preprocessing=pre), request, weights_arg, head_path)
+        dataset=manifest.dataset, model=spec.model, tap=feature.model.tap, weights=feature.model.info,
+        preprocessing=feature.preprocessing.as_dict(), precision=spec.precision, store_dtype=spec.store_dtype,
+        manifest_hash=manifest.hash(), channels_last=feature.channels_last)
+    return FeatureJob(manifest, feature, request)
 
 
 def locate_store(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
@@ -164,6 +252,8 @@ def locate_store(features: FeatureSpec | str, dataset: str, *, data_root=None, c
     never served stale). Without them, it is the one complete store whose record matches the spec; a note
     says so, and several matches are an error listing them with the option that tells them apart.
     """
+    from probebench.features import cache as fcache
+
     spec = FeatureSpec.of(features, **options)
     try:
         job = resolve_job(spec, dataset, data_root=data_root)
@@ -186,33 +276,23 @@ def extract_command(spec: FeatureSpec, dataset: str, data_root=None, cache_dir: 
     return f"probebench extract --model {spec.model} --dataset {dataset}{roots}{cache} {spec.flags()}".strip()
 
 
-# what a store records for each option that can tell two stores of one dataset and model apart
-DISTINGUISHING = ("tap", "weights", "resize", "crop", "mean", "std", "interpolation", "draft", "precision",
-                  "store_dtype", "channels_last", "val_unit", "head_weights")
-
-
 def _recorded(attrs: dict) -> dict:
-    """The spec's options as a store records them."""
-    pre, w = attrs.get("preprocessing", {}), attrs.get("weights", {})
-    seed = w.get("seed")
-    return {"tap": attrs.get("tap"), "resize": pre.get("resize"), "crop": pre.get("crop"),
-            "mean": tuple(pre.get("mean", ())), "std": tuple(pre.get("std", ())),
-            "interpolation": pre.get("interpolation"), "draft": bool(pre.get("draft", False)),
-            "precision": attrs.get("precision"), "store_dtype": attrs.get("store_dtype"),
-            "channels_last": attrs.get("key_material", {}).get("channels_last"),
-            "val_unit": attrs.get("val_unit", "group"),
-            "weights": (f"random:{seed}" if w.get("sha256") == "random" else w.get("source")),
-            "weights_sha256": w.get("sha256"), "head_weights": w.get("head_source"),
-            "head_sha256": w.get("head_sha256")}
+    """The spec's options as a store records them, with the checksums of its weights."""
+    w = attrs.get("weights", {})
+    return {**{f.name: f.metadata["recorded"](attrs) for f in fields(FeatureSpec) if f.metadata.get("recorded")},
+            "weights_sha256": w.get("sha256"), "head_sha256": w.get("head_sha256")}
 
 
 def _matches(spec: FeatureSpec, config: ModelConfig, rec: dict) -> bool:
     """Does a store's record agree with every option the spec states (defaults resolved as ``resolve_job`` does)?"""
-    if rec["tap"] != (spec.tap or config.default_tap) or rec["precision"] != spec.precision:
+    from probebench.models.registry import random_seed
+
+    defaults = spec.defaults(config)
+    if rec["tap"] != defaults["tap"] or rec["precision"] != spec.precision:
         return False
     if rec["store_dtype"] != spec.store_dtype or rec["val_unit"] != spec.val_unit:
         return False
-    if rec["channels_last"] != (config.family.channels_last if spec.channels_last is None else spec.channels_last):
+    if rec["channels_last"] != defaults["channels_last"]:
         return False
     if rec["draft"] != spec.draft:
         return False
@@ -248,10 +328,15 @@ def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missi
     """The one complete store under ``cache_dir`` whose record matches ``spec``, found without data or weights."""
     from probebench.validate import path_name
 
+    import zarr
+
+    from probebench.data.datasets import load_spec
+    from probebench.features import cache as fcache
+
     if fcache.is_url(cache_dir):
         raise ProbebenchError(f"{missing}\nand a cache at a URL ({cache_dir}) is only found by its key, which needs "
                               "the data and the weights; copy the store to a local --cache-dir")
-    config = get_config(spec.model)
+    config = spec.config()
     name = load_spec(dataset).name
     folder = Path(cache_dir) / path_name(name) / path_name(spec.model)
     found, unreadable = [], []

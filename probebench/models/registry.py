@@ -8,6 +8,8 @@ built here is a ``FeatureExtractor``: ``forward(images) -> (B, D)`` features at 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -81,46 +83,72 @@ def random_seed(weights: str) -> int | None:
     return None
 
 
-def create_model(name: str, weights: str = "auto", *, tap: str | None = None, img_size: int | None = None,
-                 arch_overrides: dict | None = None, allow_download: bool | None = None,
-                 head_weights: str | None = None) -> FeatureExtractor:
-    """Build registry model ``name`` with weights from a file, the hub cache, a download, or ``"random"``.
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model with every name and default worked out once: its entry, the tap, and where its weights are (or the
+    seed of random weights). ``info`` is what caches and runs record about the weights."""
 
-    ``weights``: ``"auto"`` (hub cache, then download), ``"random"`` / ``"random:SEED"`` (seeded
-    initialisation, flagged everywhere), or a path to a checkpoint in the official format. ``arch_overrides`` changes the
-    architecture (tests use a tiny DINOv2); ``img_size`` is the crop the model will see.
-    """
+    config: ModelConfig
+    tap: str
+    seed: int | None  # random weights' seed, None for real weights
+    weights_path: Path | None
+    head_path: Path | None  # the tap's pretrained layer (DINOv2 imagenet_logits)
+    info: dict
+
+
+def resolve_model(name: str | ModelConfig, weights: str = "auto", *, tap: str | None = None,
+                  head_weights: str | None = None, allow_download: bool | None = None) -> ResolvedModel:
+    """Resolve a model name (or entry), its tap and its weights: an explicit file or snapshot, the hub cache, a
+    download, or ``"random"`` / ``"random:SEED"`` (seeded initialisation, flagged everywhere)."""
     from probebench.models import weights as wts
 
-    config = get_config(name)
-    if arch_overrides:
-        config = config.family.with_arch(config, arch_overrides)
+    config = name if isinstance(name, ModelConfig) else get_config(name)
     tap = tap or config.default_tap
     if tap not in config.taps:
-        raise ProbebenchError(f"model {name!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
-    img_size = img_size or config.preprocessing.crop
+        raise ProbebenchError(f"model {config.name!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
     seed = random_seed(weights)
-    with _seeded(seed or 0):
-        backbone = config.family.build(config, img_size)
     if seed is not None:
-        info = random_weights_info(seed)
-    else:
-        path = wts.resolve_weights(config, weights, allow_download=allow_download)
+        return ResolvedModel(config, tap, seed, None, None, random_weights_info(seed))
+    path = wts.resolve_weights(config, weights, allow_download=allow_download)
+    info, head = checkpoint_info(config, path), None
+    if tap in config.tap_heads:  # the tap's pretrained layer is part of what the features are
+        head = wts.resolve_tap_head(config, tap, head_weights, allow_download=allow_download)
+        info = {**info, **tap_head_info(head)}
+    return ResolvedModel(config, tap, None, path, head, info)
+
+
+def build_model(resolved: ResolvedModel, img_size: int | None = None) -> FeatureExtractor:
+    """The feature extractor a resolved model describes; ``img_size`` is the crop it will see (DINOv2's grid)."""
+    from probebench.models import weights as wts
+
+    config, tap, seed = resolved.config, resolved.tap, resolved.seed
+    with _seeded(seed or 0):
+        backbone = config.family.build(config, img_size or config.preprocessing.crop)
+    if seed is None:
+        path = resolved.weights_path
         state = config.family.load_snapshot(path, config) if path.is_dir() else wts.load_checkpoint(path)
         wts.load_into(backbone, config, state, path)
-        info = checkpoint_info(config, path)
     backbone.eval()
     tap_head = None
     if tap in config.tap_heads:
-        in_dim = config.taps[config.tap_heads[tap][2]]
         with _seeded(seed or 0):
-            tap_head = nn.Linear(in_dim, config.taps[tap])
+            tap_head = nn.Linear(config.taps[config.tap_heads[tap][2]], config.taps[tap])
         if seed is None:
-            path = wts.resolve_tap_head(config, tap, head_weights, allow_download=allow_download)
-            state = wts.load_checkpoint(path)
-            wts.load_plain(tap_head, state, path)
-            info = {**info, **tap_head_info(path)}
-    return FeatureExtractor(config, backbone, tap, info, tap_head).eval()
+            wts.load_plain(tap_head, wts.load_checkpoint(resolved.head_path), resolved.head_path)
+    return FeatureExtractor(config, backbone, tap, resolved.info, tap_head).eval()
+
+
+def create_model(name: str, weights: str = "auto", *, tap: str | None = None, img_size: int | None = None,
+                 arch_overrides: dict | None = None, allow_download: bool | None = None,
+                 head_weights: str | None = None) -> FeatureExtractor:
+    """Build model ``name`` with weights from a file, the hub cache, a download, or ``"random"`` (timm's
+    ``create_model``): ``resolve_model`` then ``build_model``. ``arch_overrides`` changes the architecture (tests
+    use a tiny DINOv2); ``img_size`` is the crop the model will see."""
+    config = get_config(name)
+    if arch_overrides:
+        config = config.family.with_arch(config, arch_overrides)
+    resolved = resolve_model(config, weights, tap=tap, head_weights=head_weights, allow_download=allow_download)
+    return build_model(resolved, img_size)
 
 
 def tap_head_info(path) -> dict:

@@ -28,7 +28,7 @@ from probebench.features.cache import versions
 from probebench.data.datasets import check_trainable
 from probebench.errors import ProbebenchError
 from probebench.features.extract import auto_device
-from probebench.features.spec import FeatureSpec, resolve_job
+from probebench.features.spec import CACHE_ONLY, FeatureSpec, resolve_job
 from probebench.stats.calibration import apply_temperature, bound_warning, fit_temperature
 from probebench.train.heads import softmax_proba
 from probebench.features.images import ImageDataset, bad_image_error, make_transform
@@ -40,7 +40,7 @@ from probebench.models.registry import FeatureExtractor
 from probebench.train.config import TrainConfig, split_training
 from probebench.runs import RunRecord, check_writable, config_hash, identical_run, run_folder, write_run
 from probebench.train.loop import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
-from probebench.validate import CACHE_ONLY, check_options
+from probebench.validate import check_options
 
 
 BAD_IMAGE_HINT = "remove or fix the file; finetune cannot skip images"
