@@ -424,7 +424,8 @@ def test_hdf5_pixels_follow_the_recorded_rules_exactly(tmp_path):
     alpha dropped."""
     import h5py
 
-    from probebench.data.pixels import PixelRules, hdf5_uri
+    from probebench.data.layouts.hdf5 import hdf5_uri
+    from probebench.data.pixels import PixelRules
     from probebench.features.images import load_image
 
     rng = np.random.default_rng(1)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,3 +51,104 @@ def test_names_are_resolved_by_prefix_or_table():
     assert "expected timm:hf-hub:<org>/<repo>" in name_problem("timm:hf-hub:nothing")
     assert "did you mean" in name_problem("resnet5") and "timm:<name>" in name_problem("resnet5")
     assert np.all([get_config(n).name == n for n in REGISTRY])
+
+
+# ---------------------------------------------------------------- heads
+
+def _blobs(n=60, d=5, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    x = (rng.normal(size=(n, d)) + 3 * np.eye(k, d)[y]).astype(np.float32)
+    return x, y
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp", "study_mlp", "logreg", "knn"])
+def test_head_contract(name):
+    from sklearn.base import clone
+
+    from probebench.train.heads import HEADS
+
+    assert set(HEADS) == {"linear", "mlp", "study_mlp", "logreg", "knn"}  # a new head needs a case here
+    options = {"epochs": 20, "lr": 0.05} if "lr" in HEADS[name].takes else {}
+    head = HEADS[name](seed=1, **options, **({"hidden": 8} if name == "mlp" else {}))
+    twin = clone(head)  # scikit-learn's own rule: every parameter is an __init__ argument stored as is
+    assert type(twin) is type(head) and twin.get_params() == head.get_params() and twin is not head
+    assert set(head.takes) <= set(head.get_params())
+    before = set(vars(head))
+    x, y = _blobs()
+    assert head.fit(x[:40], y[:40], x[40:], y[40:], 3) is head
+    learned = set(vars(head)) - before
+    assert learned >= {"history_", "best_epoch_", "selection_"} and all(a.endswith("_") for a in learned)
+    proba = head.predict_proba(x[40:])
+    assert proba.shape == (20, 3) and np.allclose(proba.sum(1), 1) and (proba >= 0).all()
+    assert (proba.argmax(1) == y[40:]).mean() > 0.6  # separable blobs are learned
+    again = clone(head).fit(x[:40], y[:40], x[40:], y[40:], 3)
+    assert np.array_equal(again.predict_proba(x[40:]), proba)  # seeded: the same head twice
+
+
+# ---------------------------------------------------------------- dataset layouts
+
+TRUTH = [("p0", "a"), ("p0", "b"), ("p1", "a"), ("p1", "b"), ("p2", "a"), ("p2", "b")]  # (group, class) per image
+
+
+def _folder_case(root):
+    from conftest import write_image
+
+    for i, (g, c) in enumerate(TRUTH):
+        write_image(root / c / f"{g}_{i}.png", i, size=12)
+    return {"group_regex": "^(?P<group>p\\d)_"}
+
+
+def _csv_case(root):
+    from conftest import write_image
+
+    lines = ["path,label,patient"]
+    for i, (g, c) in enumerate(TRUTH):
+        write_image(root / "img" / f"{i}.png", i, size=12)
+        lines.append(f"img/{i}.png,{c},{g}")
+    (root / "t.csv").write_text("\n".join(lines) + "\n")
+    return {"file": "t.csv", "group_column": "patient"}
+
+
+def _hdf5_case(root):
+    import h5py
+
+    root.mkdir(parents=True)
+    with h5py.File(root / "d.h5", "w") as fh:
+        fh["x"] = np.stack([np.full((12, 12), 40 * i, np.uint8) for i in range(len(TRUTH))])
+        fh["y"] = np.array(["ab".index(c) for _, c in TRUTH])
+        fh["g"] = np.array([g.encode() for g, _ in TRUTH])
+    return {"file": "d.h5", "images": "x", "labels": "y", "groups": "g"}
+
+
+LAYOUT_CASES = {"folder": _folder_case, "csv": _csv_case, "hdf5": _hdf5_case}
+
+
+def test_every_layout_has_a_contract_case():
+    from probebench.data.layouts import LAYOUTS
+
+    assert set(LAYOUT_CASES) == set(LAYOUTS)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYOUT_CASES))
+def test_layout_contract(kind, tmp_path):
+    from probebench.data.datasets import load_spec
+    from probebench.data.layouts import LAYOUTS, Row
+    from probebench.features.images import load_image
+
+    table = LAYOUT_CASES[kind](tmp_path / "data" / "ds")
+    lines = "".join(f"{k} = {v!r}\n".replace("'", '"') if isinstance(v, str) else f"{k} = {v}\n"
+                    for k, v in table.items())
+    spec_file = tmp_path / "ds.toml"
+    spec_file.write_text(f'kind = "{kind}"\nclasses = ["a", "b"]\n[{kind}]\n{lines}')
+    spec = load_spec(str(spec_file))
+    junk, notes = [], []
+    rows, source = LAYOUTS[kind].rows(spec, tmp_path / "data" / "ds", junk, notes)
+    assert all(isinstance(r, Row) for r in rows) and len(rows) == len(TRUTH) and junk == []
+    got = sorted((r.group, spec.classes[r.label]) for r in rows)
+    assert got == sorted(TRUTH) and all(r.split is None for r in rows)
+    assert len({r.sample_id for r in rows}) == len(rows)
+    for r in rows:
+        assert Path(r.path).is_file() == LAYOUTS[kind].files
+        img = load_image(r.path)
+        assert img.size == (12, 12) and img.mode in ("L", "RGB")

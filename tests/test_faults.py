@@ -628,9 +628,9 @@ def test_a_weights_file_with_nan_is_refused(w):
 def test_non_finite_features_stop_extraction_and_are_never_stored(w, monkeypatch):
     """A model that overflows (fp16) or is broken must not fill a store with NaN that fit would refuse and
     extract would recompute forever."""
-    import probebench.features.spec as ex
+    import probebench.models.registry as ex
 
-    real = ex.create_model
+    real = ex.build_model
 
     def overflowing(*args, **kwargs):
         net = real(*args, **kwargs)
@@ -638,7 +638,7 @@ def test_non_finite_features_stop_extraction_and_are_never_stored(w, monkeypatch
         net.forward = lambda x: forward(x) * float("inf")
         return net
 
-    monkeypatch.setattr(ex, "create_model", overflowing)
+    monkeypatch.setattr(ex, "build_model", overflowing)
     shutil.rmtree(w / "cache")
     status, text = cli(*EXTRACT)
     assert status == 2 and re.search(r"resnet50 gave non-finite features for 4 image\(s\) of this batch, e.g. "

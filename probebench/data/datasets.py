@@ -1,8 +1,8 @@
 """Dataset specs (TOML) -> one manifest: sample id, path, label, group, split; its hash is the version.
 
-Kinds: ``folder`` (one subfolder per class, optionally under split folders), ``csv`` (one or more
-tables naming images, labels as a column or one-hot columns, groups, splits) and ``hdf5``. Release
-clutter is skipped and counted; anything else unexpected is an error naming the file.
+A spec's ``kind`` names its layout (``data/layouts``: ``folder``, ``csv``, ``hdf5``), which reads the release into
+rows; everything after (ids, groups, splits, hashes) is done here the same way for all. Release clutter is
+skipped and counted; anything else unexpected is an error naming the file.
 
 Groups (patients, lesions) decide which samples may never be split apart. Their ids are either
 global (``group_scope = "global"``: one id is one patient everywhere) or numbered afresh inside each
@@ -12,11 +12,9 @@ case ids are compared only within their shipped split and repeats across shipped
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
-import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,25 +25,16 @@ import numpy as np
 
 from probebench.errors import NotOnThisMachine, ProbebenchError, did_you_mean
 from probebench.data.filehash import content_digests
-from probebench.data.pixels import PixelRules, hdf5_uri, is_junk
+from probebench.data.layouts import LAYOUTS
+from probebench.data.layouts.base import check_contained, is_str, relative
+from probebench.data.pixels import PixelRules
 from probebench.data.splits import SPLITS, check_disjoint, shared_groups, stratified_group_holdout
-from probebench.validate import VAL_UNITS, component, line_of, outside, printable, read_toml
+from probebench.validate import VAL_UNITS, component, line_of, printable, read_toml
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
-SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "group_scope", "shipped_overlap", "folder",
-             "csv", "split", "mri", "hdf5", "pixels", "allow_outside_root"}
+SPEC_KEYS = {"name", "description", "kind", "root", "classes", "group", "group_scope", "shipped_overlap", "split",
+             "mri", "pixels", "allow_outside_root"}  # and [<kind>]: each layout's own table
 GROUP_SCOPES = ("global", "split")
 SHIPPED_OVERLAP = ("error", "report")
-KINDS = ("folder", "csv", "hdf5")
-SOURCE_KEYS = {"file", "image_dirs", "id_column", "path_column", "label_column", "onehot_columns", "group_column",
-               "split", "split_column", "group_table"}
-GROUP_TABLE_KEYS = {"file", "id_column", "group_column"}
-TABLE_KEYS = {"folder": {"split_dirs", "group_regex"},
-              "split": {"seed", "val_fraction", "test_fraction", "test_count", "val_stratify"},
-              "csv": SOURCE_KEYS | {"sources", "label_map"},
-              "hdf5": {"file", "images", "labels", "groups", "splits", "ids", "float_rule"}}
-FLOAT_RULES = ("minmax", "unit")  # per-image min-max to 0-255, or values in [0, 1] times 255
 
 
 @dataclass
@@ -62,11 +51,9 @@ class DatasetSpec:
     group_scope: str = "global"  # "split": group ids are numbered afresh inside each shipped split
     shipped_overlap: str = "error"  # a global group id in two shipped splits: "error", or "report" it
     pixels: PixelRules = field(default_factory=PixelRules)
-    folder: dict = field(default_factory=dict)
-    csv: dict = field(default_factory=dict)
+    layout: dict = field(default_factory=dict)  # the [<kind>] table, read by the layout
     split: dict = field(default_factory=dict)
     mri: dict = field(default_factory=dict)  # prepare-mri settings (read by probebench.data.mri)
-    hdf5: dict = field(default_factory=dict)
     allow_outside_root: bool = False  # files (CSV paths, symlink targets) may lie outside the dataset folder
 
 
@@ -147,69 +134,32 @@ def find_spec(name_or_path: str | Path) -> Path:
     return known[str(name_or_path)]
 
 
-def _is_str(v) -> bool:
-    return isinstance(v, str) and v != ""
-
-
-def _str_or_alternatives(v) -> bool:
-    return _is_str(v) or (isinstance(v, list) and len(v) > 0 and all(_is_str(x) for x in v))
-
-
-def _str_map(v) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) and _is_str(x) for k, x in v.items())
-
-
 def _fraction(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
 
 
-def _relative(v) -> bool:
-    """A path inside the dataset folder: relative, no ``..`` part."""
-    return _is_str(v) and not Path(v).is_absolute() and ".." not in Path(v).parts and "\\" not in v
-
-
-SPEC_TYPES = {  # table ("" for the top level) -> key -> (test, what is allowed)
-    "": {"name": (_is_str, "a dataset name"), "description": (lambda v: isinstance(v, str), "text"),
-         "kind": (_is_str, "one of " + ", ".join(KINDS)), "root": (_relative, "a folder inside the data root "
-                                                                  "(relative, no ..)"),
-         "classes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(_is_str(c) for c in v)
+SPEC_TYPES = {  # table ("" for the top level) -> key -> (test, what is allowed); each layout states its own table's
+    "": {"name": (is_str, "a dataset name"), "description": (lambda v: isinstance(v, str), "text"),
+         "kind": (is_str, "one of " + ", ".join(LAYOUTS)), "root": (relative, "a folder inside the data root "
+                                                                "(relative, no ..)"),
+         "classes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(is_str(c) for c in v)
                      and len(set(v)) == len(v), "a list of at least two distinct class names"),
-         "group": (_is_str, "a word such as patient or lesion"),
+         "group": (is_str, "a word such as patient or lesion"),
          "group_scope": (lambda v: v in GROUP_SCOPES, "one of " + ", ".join(GROUP_SCOPES)),
          "shipped_overlap": (lambda v: v in SHIPPED_OVERLAP, "one of " + ", ".join(SHIPPED_OVERLAP)),
          "allow_outside_root": (lambda v: isinstance(v, bool), "true or false")},
-    "folder": {"split_dirs": (lambda v: isinstance(v, dict) and all(
-                   isinstance(x, list) and all(isinstance(f, str) and (f == "" or _relative(f)) for f in x)
-                   for x in v.values()),
-                   "a table of split -> list of folders, e.g. { train = [\"train\"], test = [\"test\"] } (a key "
-                   "that is not train/val/test, such as pool, is an unsplit pool)"),
-               "group_regex": (_is_str, "a regular expression with a named group (?P<group>...)")},
     "split": {"seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
               "val_fraction": (_fraction, "a number between 0 and 1"),
               "test_fraction": (_fraction, "a number between 0 and 1"),
               "test_count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                              "an integer >= 1"),
               "val_stratify": (lambda v: isinstance(v, bool), "true or false")},
-    "source": {"file": (lambda v: _str_or_alternatives(v) and all(_relative(x) for x in ([v] if isinstance(v, str)
-                                                                                          else v)),
-                        "a table file inside the dataset folder, or a list of alternative names"),
-               "image_dirs": (lambda v: isinstance(v, list) and len(v) > 0 and all(
-                   _str_or_alternatives(x) and all(_relative(y) for y in ([x] if isinstance(x, str) else x))
-                   for x in v), "a list of image folders inside the dataset folder"),
-               "id_column": (_is_str, "a column name"), "path_column": (_is_str, "a column name"),
-               "label_column": (_is_str, "a column name"), "group_column": (_is_str, "a column name"),
-               "split_column": (_is_str, "a column name"),
-               "split": (lambda v: isinstance(v, str) and v.lower() in SPLIT_ALIASES, "train, val or test"),
-               "onehot_columns": (lambda v: _str_map(v) and len(v) >= 2, "a table of column -> class"),
-               "label_map": (_str_map, "a table of raw label -> class"),
-               "group_table": (lambda v: isinstance(v, dict) and "file" in v and all(
-                   _str_or_alternatives(x) for x in v.values()), "a table with file, id_column, group_column"),
-               "sources": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, dict) for x in v),
-                           "a list of [[csv.sources]] tables")},
-    "hdf5": {k: (_is_str, "a name") for k in ("images", "labels", "groups", "splits", "ids")} | {
-        "file": (_relative, "a file inside the dataset folder"),
-        "float_rule": (lambda v: v in FLOAT_RULES, "one of " + ", ".join(FLOAT_RULES))},
 }
+
+
+def _spec_types() -> dict:
+    """The spec's tables and their keys' types: the fixed ones and each layout's own (read when a spec is)."""
+    return {**SPEC_TYPES, **{name: layout.keys for name, layout in LAYOUTS.items()}}
 
 
 def _check_spec(raw: dict, path: Path, text: str) -> None:
@@ -217,50 +167,36 @@ def _check_spec(raw: dict, path: Path, text: str) -> None:
     def fail(section, key, message):
         raise ProbebenchError(f"{path}, line {line_of(text, section, key)}: {message}")
 
-    unknown = set(raw) - SPEC_KEYS
+    tables = _spec_types()
+    allowed_top = SPEC_KEYS | set(LAYOUTS)
+    unknown = set(raw) - allowed_top
     if unknown:
-        fail(None, sorted(unknown)[0], f"unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+        fail(None, sorted(unknown)[0], f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed_top)}")
     for key in ("kind", "classes"):
         if key not in raw:
             fail(None, None, f"missing required key {key!r}")
-    for key in set(TABLE_KEYS) | {"pixels", "mri"}:
+    for key in set(tables) - {""} | {"pixels", "mri"}:
         if key in raw and not isinstance(raw[key], dict):
             fail(None, key, f"{key} must be a [{key}] table, not {raw[key]!r}")
-    csv_table = raw.get("csv", {})
-    sources = csv_table.get("sources", [])
-    if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
-        fail("csv", "sources", "sources must be a list of [[csv.sources]] tables")
-    tables = [("", None, raw, set(SPEC_TYPES[""]))] + [(t, t, raw.get(t, {}), TABLE_KEYS[t]) for t in TABLE_KEYS] + [
-        (f"csv.sources[{i}]", "csv.sources", src, SOURCE_KEYS) for i, src in enumerate(sources)]
-    for name, section, content, allowed in tables:
-        if name and set(content) - allowed:
-            extra = sorted(set(content) - allowed)
-            fail(section, extra[0], f"unknown keys {extra} in [{name}]; allowed: {sorted(allowed)}")
-        types = SPEC_TYPES["source" if name == "csv" or name.startswith("csv.") else name]
+    for name, types in tables.items():
+        content = raw if not name else raw.get(name, {})
+        if name and set(content) - set(types):
+            extra = sorted(set(content) - set(types))
+            fail(name, extra[0], f"unknown keys {extra} in [{name}]; allowed: {sorted(types)}")
         for key, value in content.items():
             if key in types and not types[key][0](value):
-                where = f"[{name}] " if name else ""
-                fail(section, key, f"{where}{key} must be {types[key][1]}, not {value!r}")
-        if isinstance(content.get("group_table"), dict) and set(content["group_table"]) - GROUP_TABLE_KEYS:
-            fail(section, "group_table", f"unknown keys {sorted(set(content['group_table']) - GROUP_TABLE_KEYS)} in "
-                                         f"[{name}.group_table]; allowed: {sorted(GROUP_TABLE_KEYS)}")
-    if raw["kind"] not in KINDS:
-        fail(None, "kind", f"kind {raw['kind']!r} is not one of: {', '.join(KINDS)}")
-    regex = raw.get("folder", {}).get("group_regex")
-    if regex is not None:
-        try:
-            compiled = re.compile(regex)
-        except re.error as exc:
-            fail("folder", "group_regex", f"group_regex {regex!r} is not a valid regular expression ({exc})")
-        if "group" not in compiled.groupindex:
-            fail("folder", "group_regex", f"group_regex {regex!r} has no named group (?P<group>...) to take the "
-                                          "group id from")
-    labels = set(raw["classes"])
-    for name, _, content, _ in tables[1:]:
-        mapped = list(content.get("label_map", {}).values()) + list(content.get("onehot_columns", {}).values())
-        if set(mapped) - labels:
-            fail(name.split("[")[0], "label_map" if "label_map" in content else "onehot_columns",
-                 f"[{name}] maps to {sorted(set(mapped) - labels)}, which are not among the classes {raw['classes']}")
+                fail(name or None, key, f"{f'[{name}] ' if name else ''}{key} must be {types[key][1]}, not {value!r}")
+        if name in LAYOUTS:
+            LAYOUTS[name].check(content, lambda key, message, section=None, name=name:
+                                fail(section or name, key, message))
+    if raw["kind"] not in LAYOUTS:
+        fail(None, "kind", f"kind {raw['kind']!r} is not one of: {', '.join(LAYOUTS)}")
+    for name, layout in LAYOUTS.items():
+        mapped = set(layout.labels_named(raw.get(name, {})))
+        if mapped - set(raw["classes"]):
+            fail(name, "label_map" if "label_map" in raw.get(name, {}) else "onehot_columns",
+                 f"[{name}] maps to {sorted(mapped - set(raw['classes']))}, which are not among the classes "
+                 f"{raw['classes']}")
 
 
 def load_spec(name_or_path: str | Path) -> DatasetSpec:
@@ -276,8 +212,7 @@ def load_spec(name_or_path: str | Path) -> DatasetSpec:
                        group_scope=raw.get("group_scope", "global"),
                        shipped_overlap=raw.get("shipped_overlap", "error"),
                        pixels=PixelRules.from_spec(raw.get("pixels", {}), str(path)),
-                       folder=raw.get("folder", {}), csv=raw.get("csv", {}), split=raw.get("split", {}),
-                       mri=raw.get("mri", {}), hdf5=raw.get("hdf5", {}),
+                       layout=raw.get(raw["kind"], {}), split=raw.get("split", {}), mri=raw.get("mri", {}),
                        allow_outside_root=raw.get("allow_outside_root", False))
 
 
@@ -346,35 +281,33 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
     junk: list[str] = []
     source: dict = {}
     notes: list[str] = []
-    if spec.kind == "hdf5":
-        rows, source = _hdf5_rows(spec, root)
-    else:
-        rows = _folder_rows(spec, root, junk) if spec.kind == "folder" else _csv_rows(spec, root, junk, notes)
+    layout = LAYOUTS[spec.kind]
+    rows, source = layout.rows(spec, root, junk, notes)
     if not rows:
         raise ProbebenchError(f"dataset {spec.name!r}: no images found under {root}")
-    if spec.kind != "hdf5":
-        check_contained(spec, root, [r[1] for r in rows], "image")
+    if layout.files:
+        check_contained(spec, root, [r.path for r in rows], "image")
     # ids and groups are text in every output (zarr, CSV, JSON): a name that is not UTF-8 is carried escaped
-    rows = [(printable(r[0]), r[1], r[2], printable(str(r[3])), r[4]) for r in rows]
-    rows.sort(key=lambda r: r[0])
-    ids = [r[0] for r in rows]
+    rows = sorted((r._replace(sample_id=printable(r.sample_id), group=printable(str(r.group))) for r in rows),
+                  key=lambda r: r.sample_id)
+    ids = [r.sample_id for r in rows]
     if len(set(ids)) != len(ids):
         dup = sorted(i for i, k in Counter(ids).items() if k > 1)
-        paths = [f"{i}: {', '.join(r[1] for r in rows if r[0] == i)}" for i in dup[:3]]
+        paths = [f"{i}: {', '.join(r.path for r in rows if r.sample_id == i)}" for i in dup[:3]]
         raise ProbebenchError(f"dataset {spec.name!r}: {len(dup)} sample id(s) listed more than once: "
                               + "; ".join(paths) + (" …" if len(dup) > 3 else ""))
-    shipped = np.array([r[4] or "" for r in rows], dtype=object)
-    groups = np.array([r[3] for r in rows], dtype=object)
+    shipped = np.array([r.split or "" for r in rows], dtype=object)
+    groups = np.array([r.group for r in rows], dtype=object)
     overlap, overlap_note = _shipped_overlap(spec, groups, shipped)
     if spec.group_scope == "split":  # the same id in two shipped splits is two groups
         groups = np.array([f"{s}/{g}" if s else g for g, s in zip(groups, shipped)], dtype=object)
     manifest = Manifest(
         dataset=spec.name, classes=spec.classes, root=root,
-        sample_ids=np.array(ids, dtype=str), paths=[r[1] for r in rows],
-        labels=np.array([r[2] for r in rows], dtype=np.int64), groups=groups.astype(str),
+        sample_ids=np.array(ids, dtype=str), paths=[r.path for r in rows],
+        labels=np.array([r.label for r in rows], dtype=np.int64), groups=groups.astype(str),
         splits=shipped.copy(),
-        digests=np.array([""] * len(rows) if spec.kind == "hdf5"  # the HDF5 file's sha256 is in ``source``
-                         else content_digests([r[1] for r in rows]), dtype=str),
+        digests=np.array(content_digests([r.path for r in rows]) if layout.files  # else the layout's ``source``
+                         else [""] * len(rows), dtype=str),
         junk=sorted(junk), group_kind=spec.group, source=source, pixels=spec.pixels, data_root=base,
         group_scope=spec.group_scope, shipped_overlap=overlap, notes=notes, overlap_note=overlap_note)
     if val_unit not in VAL_UNITS:
@@ -399,19 +332,6 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
     if not quiet:
         say_notes(manifest)
     return manifest
-
-
-def check_contained(spec: DatasetSpec, root: Path, paths: list[str], what: str) -> None:
-    """Refuse files that resolve outside the dataset folder (``../`` in a table, a symlink to elsewhere) unless
-    the spec says ``allow_outside_root = true``: a spec must not read the rest of the machine by accident."""
-    if spec.allow_outside_root:
-        return
-    bad = outside(paths, root)
-    if bad:
-        shown = "; ".join(f"{p} -> {real}" for p, real in bad[:3]) + (" …" if len(bad) > 3 else "")
-        raise ProbebenchError(f"dataset {spec.name!r}: {len(bad)} {what} file(s) resolve outside the dataset folder "
-                              f"{root}: {shown}. Move them inside, or set allow_outside_root = true in {spec.source} "
-                              "if that is intended")
 
 
 def check_trainable(dataset: str, classes: list[str], counts: dict[str, list[int]]) -> None:
@@ -457,259 +377,6 @@ def _split_hint(spec: DatasetSpec, split: str) -> str:
     if split == "test":
         return "no test folder or rows, and neither split.test_fraction nor split.test_count carved one"
     return "every group went to validation or test"
-
-
-def _label_index(spec: DatasetSpec, raw: str, where: str) -> int:
-    mapped = spec.csv.get("label_map", {}).get(raw, raw)
-    if mapped not in spec.classes:
-        raise ProbebenchError(f"{where}: label {raw!r} is not one of the classes {spec.classes}")
-    return spec.classes.index(mapped)
-
-
-def _group_of(spec: DatasetSpec, regex: re.Pattern | None, path: Path, default: str) -> str:
-    if regex is None:
-        return default
-    m = regex.search(path.stem)
-    if not m:
-        raise ProbebenchError(f"{path}: file name does not match the group pattern {regex.pattern!r} "
-                              f"of spec {spec.source}")
-    return m.group("group")
-
-
-def _folder_rows(spec: DatasetSpec, root: Path, junk: list[str]) -> list[tuple]:
-    """One subfolder per class, optionally under split folders (``folder.split_dirs``)."""
-    regex = re.compile(spec.folder["group_regex"]) if "group_regex" in spec.folder else None
-    split_dirs = spec.folder.get("split_dirs") or {"": [""]}
-    rows = []
-    for split, dirs in split_dirs.items():
-        for d in dirs:
-            base = root / d
-            if not base.is_dir():
-                raise ProbebenchError(f"dataset {spec.name!r}: split folder {base} is missing")
-            for sub in sorted(p for p in base.iterdir()):
-                if sub.is_dir() and sub.name not in spec.classes:
-                    if sub.name == "__MACOSX" or sub.name.startswith("."):
-                        junk.extend(str(p) for p in sub.rglob("*") if p.is_file())
-                        continue
-                    raise ProbebenchError(f"{sub}: folder {sub.name!r} is not one of the classes {spec.classes}")
-                if sub.is_file():
-                    junk.append(str(sub))
-            for label, cls in enumerate(spec.classes):
-                folder = base / cls
-                if not folder.is_dir():
-                    raise ProbebenchError(f"dataset {spec.name!r}: class folder {folder} is missing")
-                n_before = len(rows)
-                for p in sorted(folder.rglob("*")):
-                    if not p.is_file():
-                        continue
-                    if is_junk(p.relative_to(root)):
-                        junk.append(str(p))
-                        continue
-                    sid = p.relative_to(root).as_posix()
-                    rows.append((sid, str(p), label, _group_of(spec, regex, p, sid),
-                                 SPLIT_ALIASES.get(split.lower()) if split else None))
-                if len(rows) == n_before:
-                    raise ProbebenchError(f"dataset {spec.name!r}: class folder {folder} holds no images")
-    return rows
-
-
-def _csv_sources(spec: DatasetSpec) -> list[dict]:
-    return spec.csv.get("sources") or [spec.csv]
-
-
-def _first_present(root: Path, names: str | list[str], is_dir: bool = False) -> Path:
-    """``root / name`` for the first of the alternative ``names`` that exists (releases differ in naming:
-    the ISIC site's ``ISIC2018_Task3_Test_Input`` is Dataverse's ``ISIC2018_Task3_Test_Images``); the first
-    name when none does, so that errors name the expected one."""
-    options = [names] if isinstance(names, str) else list(names)
-    for name in options:
-        if ((root / name).is_dir() if is_dir else (root / name).is_file()):
-            return root / name
-    return root / options[0]
-
-
-def _describe(root: Path, names: str | list[str]) -> str:
-    options = [names] if isinstance(names, str) else list(names)
-    return str(root / options[0]) + (f" (or {', '.join(options[1:])})" if len(options) > 1 else "")
-
-
-def _image_index(root: Path, dirs: list, junk: list[str]) -> dict[str, Path]:
-    """File stem -> image path over the source's image folders; a stem found twice is an error naming both."""
-    index: dict[str, Path] = {}
-    for d in dirs:
-        base = _first_present(root, d, is_dir=True)
-        if not base.is_dir():
-            raise ProbebenchError(f"image folder {_describe(root, d)} is missing")
-        for p in sorted(base.rglob("*")):
-            if p.is_file():
-                if is_junk(p.relative_to(root)):
-                    junk.append(str(p))
-                elif p.stem in index:
-                    raise ProbebenchError(f"image id {p.stem!r} is found twice: {index[p.stem]} and {p}; the table "
-                                          "names images by id, so only one file may carry it (remove the copy)")
-                else:
-                    index[p.stem] = p
-    return index
-
-
-def _read_table(table: Path, needed: dict[str, str], spec: DatasetSpec) -> list[dict]:
-    """Rows of a CSV (a UTF-8 byte-order mark, as Excel writes, is fine); ``needed`` maps each column the spec
-    names to the spec key that names it, so a missing column is reported with both."""
-    try:
-        with table.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            found = [c for c in (reader.fieldnames or [])]
-            missing = [c for c in needed if c not in found]
-            if missing:
-                keys = ", ".join(f"{c!r} ({needed[c]})" for c in missing)
-                raise ProbebenchError(f"{table}: missing column(s) {keys} named by spec {spec.source}; the file has "
-                                      f"columns {found}")
-            return list(reader)
-    except UnicodeDecodeError as exc:
-        raise ProbebenchError(f"{table}: not UTF-8 text ({exc}); save it as UTF-8 CSV") from exc
-
-
-def _group_table(src: dict, root: Path, spec: DatasetSpec, notes: list[str], images_of: str) -> dict[str, str] | None:
-    """Image id -> group id from a separate table (ISIC's lesion groupings), or None when the file is absent."""
-    g = src.get("group_table")
-    if not g:
-        return None
-    table = _first_present(root, g["file"])
-    check_contained(spec, root, [table], "group table")
-    if not table.is_file():
-        notes.append(f"{table.name} not found in {root}: each image of {images_of} is its own {spec.group}, "
-                     f"so a {spec.group} shared with another split cannot be detected (put the file there to use it)")
-        return None
-    id_col, group_col = g.get("id_column", "image"), g.get("group_column", "lesion_id")
-    rows = _read_table(table, {id_col: "group_table.id_column", group_col: "group_table.group_column"}, spec)
-    return {r[id_col]: r[group_col].strip() for r in rows if r[group_col] and r[group_col].strip()}
-
-
-def _csv_rows(spec: DatasetSpec, root: Path, junk: list[str], notes: list[str]) -> list[tuple]:
-    """Rows of one or more CSV tables: path or image id, label or one-hot columns, group, split."""
-    rows = []
-    for src in _csv_sources(spec):
-        table = _first_present(root, src.get("file", "manifest.csv"))
-        if not table.is_file():
-            raise ProbebenchError(f"dataset {spec.name!r}: table {_describe(root, src.get('file', 'manifest.csv'))} "
-                                  "is missing")
-        check_contained(spec, root, [table], "table")
-        index = _image_index(root, src["image_dirs"], junk) if "image_dirs" in src else None
-        id_col = src.get("id_column", "image_id") if index is not None else src.get("path_column", "path")
-        needed = {id_col: "id_column" if index is not None else "path_column"}
-        if "onehot_columns" in src:
-            needed.update({c: "onehot_columns" for c in src["onehot_columns"]})
-        else:
-            needed[src.get("label_column", "label")] = "label_column"
-        if src.get("group_column"):
-            needed[src["group_column"]] = "group_column"
-        if "split_column" in src and not src.get("split"):
-            needed[src["split_column"]] = "split_column"
-        lesions = _group_table(src, root, spec, notes, table.name)
-        ungrouped = 0
-        listed = set()
-        for line, rec in enumerate(_read_table(table, needed, spec), start=2):
-            where = f"{table}, line {line}"
-            if index is not None:
-                key = rec[id_col]
-                if key not in index:
-                    raise ProbebenchError(f"{where}: no image named {key!r} in {src['image_dirs']}")
-                path = index[key]
-                listed.add(key)
-            else:
-                key = rec[id_col]
-                path = root / key
-                if not path.is_file():
-                    raise ProbebenchError(f"{where}: image {path} does not exist")
-            if "onehot_columns" in src:
-                try:
-                    hot = [c for c in src["onehot_columns"] if float(rec[c] or 0) == 1.0]
-                except ValueError as exc:
-                    raise ProbebenchError(f"{where}: one-hot columns must hold numbers ({exc})") from exc
-                if len(hot) != 1:
-                    raise ProbebenchError(f"{where}: expected exactly one 1 among the one-hot columns "
-                                          f"{list(src['onehot_columns'])}, found {hot}")
-                raw = src["onehot_columns"][hot[0]]
-            else:
-                raw = rec[src.get("label_column", "label")]
-            label = _label_index(spec, raw, where)
-            sid = Path(os.path.relpath(path, root)).as_posix()  # lexical: outside files are refused below
-            group = rec[src["group_column"]] if src.get("group_column") else sid
-            if lesions is not None:
-                if key in lesions:
-                    group = lesions[key]
-                else:
-                    ungrouped += 1
-            split = src.get("split") or (rec.get(src.get("split_column", "split")) or None)
-            if split is not None and split.lower() not in SPLIT_ALIASES:
-                raise ProbebenchError(f"{where}: split {split!r} is not one of train, val, test")
-            rows.append((sid, str(path), label, group, SPLIT_ALIASES.get(split.lower()) if split else None))
-        if ungrouped:
-            notes.append(f"{ungrouped} image(s) of {table.name} have no {spec.group} in the group table; each is "
-                         f"its own {spec.group}")
-        if index is not None:  # images the table does not label: skipped and counted, never guessed
-            junk.extend(f"{index[k]} (no row in {table.name})" for k in sorted(set(index) - listed))
-    return rows
-
-
-def _hdf5_rows(spec: DatasetSpec, root: Path) -> tuple[list[tuple], dict]:
-    """One HDF5 file: an image array (N x H x W [x C]), labels, optional ids, groups and splits."""
-    import h5py
-
-    h = spec.hdf5
-    path = root / h.get("file", "data.h5")
-    if not path.is_file():
-        raise ProbebenchError(f"dataset {spec.name!r}: HDF5 file {path} is missing")
-    check_contained(spec, root, [path], "HDF5")
-    rule = h.get("float_rule", "minmax")
-    if rule not in FLOAT_RULES:
-        raise ProbebenchError(f"{spec.source}: float_rule {rule!r} is not one of {', '.join(FLOAT_RULES)}")
-    names = {k: h.get(k, d) for k, d in (("images", "images"), ("labels", "labels"), ("groups", None),
-                                          ("splits", None), ("ids", None))}
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as exc:
-        raise ProbebenchError(f"cannot open HDF5 file {path}: {exc}") from exc
-    with fh:
-        missing = [v for v in names.values() if v is not None and v not in fh]
-        if missing:
-            raise ProbebenchError(f"{path}: no dataset(s) {missing} (the spec names them); the file holds: "
-                                  f"{sorted(fh.keys())}")
-        images = fh[names["images"]]
-        if images.ndim not in (3, 4):
-            raise ProbebenchError(f"{path}: {names['images']} has shape {images.shape}; expected N x H x W [x C]")
-        n = images.shape[0]
-
-        def column(key):
-            if names[key] is None:
-                return None
-            values = fh[names[key]][()]
-            if len(values) != n:
-                raise ProbebenchError(f"{path}: {names[key]} has {len(values)} entries but {names['images']} has {n}")
-            return [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
-
-        labels, groups, splits, ids = (column(k) for k in ("labels", "groups", "splits", "ids"))
-        source = {"hdf5_sha256": content_digests([str(path.resolve())])[0], "images": names["images"], "shape": list(images.shape),
-                  "dtype": str(images.dtype), "float_rule": rule}
-    rows = []
-    for i in range(n):
-        raw = labels[i]
-        if isinstance(raw, str):
-            label = _label_index(spec, raw, f"{path}, {names['labels']}[{i}]")
-        elif 0 <= int(raw) < len(spec.classes):
-            label = int(raw)
-        else:
-            raise ProbebenchError(f"{path}, {names['labels']}[{i}]: label {raw} is outside 0..{len(spec.classes) - 1}")
-        sid = str(ids[i]) if ids is not None else f"{i:06d}"
-        split = splits[i] if splits is not None else None
-        if isinstance(split, int):
-            split = ("train", "val", "test")[split]
-        if split is not None and str(split).lower() not in SPLIT_ALIASES:
-            raise ProbebenchError(f"{path}, {names['splits']}[{i}]: split {split!r} is not one of train, val, test")
-        rows.append((sid, hdf5_uri(path, names["images"], i, rule), label,
-                     str(groups[i]) if groups is not None else sid,
-                     SPLIT_ALIASES[str(split).lower()] if split is not None else None))
-    return rows, source
 
 
 def _assign_splits(m: Manifest, spec: DatasetSpec, val_unit: str = "group") -> None:

@@ -24,14 +24,6 @@ def is_junk(path: Path) -> bool:
             or "__MACOSX" in path.parts or path.suffix.lower() not in IMAGE_SUFFIXES)
 
 
-HDF5_SEP = "::"
-
-
-def hdf5_uri(path: Path, dataset: str, index: int, float_rule: str) -> str:
-    """How a manifest names image ``index`` of an HDF5 array: ``file.h5::dataset::index::rule``."""
-    return HDF5_SEP.join([str(path), dataset, str(index), float_rule])
-
-
 DICOM_DECODERS_HINT = ("pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle "
                        "(or python-gdcm)")
 

@@ -3,7 +3,6 @@ registry's preprocessing. Pixels deeper than 8 bits follow the dataset's ``Pixel
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,36 +10,9 @@ import torch
 import torch.utils.data
 from PIL import Image
 
-from probebench.data.pixels import DICOM_SUFFIXES, HDF5_SEP, PixelRules, check_finite, read_dicom, to_uint8
+from probebench.data.layouts import decoder_for
+from probebench.data.pixels import DICOM_SUFFIXES, PixelRules, read_dicom, to_uint8
 from probebench.models.config import Preprocessing
-
-_H5_FILES: dict = {}  # (process id, path) -> open h5py.File: each DataLoader worker opens its own
-
-
-def _hdf5_image(uri: str, rules: PixelRules) -> Image.Image:
-    """One image from an HDF5 array, read lazily through a per-process file handle."""
-    import h5py
-
-    path, dataset, index, rule = uri.rsplit(HDF5_SEP, 3)
-    key = (os.getpid(), path)
-    if key not in _H5_FILES:
-        _H5_FILES[key] = h5py.File(path, "r")
-    arr = np.asarray(_H5_FILES[key][dataset][int(index)])
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if np.issubdtype(arr.dtype, np.floating):  # the spec's recorded float rule
-        check_finite(arr)
-        if rule == "unit":
-            arr = np.rint(np.clip(arr, 0, 1) * 255.0).astype(np.uint8)
-        else:
-            arr = to_uint8(arr, PixelRules(intensity="minmax"))
-    elif arr.dtype != np.uint8:  # deeper integers: the dataset's intensity rule
-        arr = to_uint8(arr, rules)
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    img = Image.fromarray(arr)
-    return img if img.mode == "L" else img.convert("RGB")
-
 
 def load_rgb(path: str | Path, draft: int | None = None, rules: PixelRules = PixelRules()) -> Image.Image:
     """Decode any supported image to 8-bit RGB (deeper data by ``rules``)."""
@@ -56,8 +28,9 @@ def load_image(path: str | Path, draft: int | None = None, rules: PixelRules = P
     least ``draft`` pixels (PIL's ``Image.draft``), which makes large photographs far cheaper to decode.
     16-bit and 32-bit integer images, float images and DICOM files follow the dataset's pixel ``rules``.
     """
-    if HDF5_SEP in str(path):
-        return _hdf5_image(str(path), rules)
+    layout = decoder_for(str(path))
+    if layout is not None:  # an image that is not a file (an HDF5 array's row): its layout decodes it
+        return layout.decode(str(path), rules)
     if Path(path).suffix.lower() in DICOM_SUFFIXES:
         arr = read_dicom(path, rules)
         return Image.fromarray(arr, mode="L" if arr.ndim == 2 else "RGB")

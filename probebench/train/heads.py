@@ -47,7 +47,43 @@ def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
     return float((proba.argmax(axis=1) == y).mean())
 
 
-class LinearHead:
+class Head:
+    """The contract every entry of ``HEADS`` keeps (scikit-learn's estimator rules): every parameter is an argument of
+    ``__init__`` stored under its own name (``get_params``, so ``sklearn.base.clone`` works); ``fit(x, y, x_val,
+    y_val, n_classes)`` returns the head and sets only attributes ending in ``_`` (``history_``, ``best_epoch_``,
+    ``selection_`` at least); ``predict_proba(x)`` gives (n, n_classes) rows summing to 1; ``takes`` lists the
+    protocol options (``TrainConfig`` fields and ``class_weight``) the head uses, and ``make_head`` refuses others."""
+
+    name = ""
+    takes: tuple[str, ...] = ()
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        import inspect
+
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                names += [p.name for p in inspect.signature(klass.__init__).parameters.values()
+                          if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names]
+        return names
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> Head:
+        unknown = sorted(set(params) - set(self._param_names()))
+        if unknown:
+            raise ProbebenchError(f"the {self.name} head has no parameter(s) {unknown}")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+
+class LinearHead(Head):
     """The study's head: one new linear layer trained with Adam; the best validation epoch is kept."""
 
     name = "linear"
@@ -123,7 +159,7 @@ class StudyMLPHead(MLPHead):
         return "study mlp 256"
 
 
-class LogRegHead:
+class LogRegHead(Head):
     """Multinomial logistic regression (scikit-learn, L-BFGS); C from a log grid chosen on validation."""
 
     name = "logreg"
@@ -194,7 +230,7 @@ def knn_proba(train: np.ndarray, labels: np.ndarray, query: np.ndarray, k: int, 
     return torch.cat(out).numpy()
 
 
-class KNNHead:
+class KNNHead(Head):
     """Weighted kNN on cosine similarity; k chosen on validation from ``ks``."""
 
     name = "knn"
