@@ -7,6 +7,7 @@ A run is written to a temporary folder and renamed when complete, so readers nev
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -44,6 +45,10 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def _section(key: str, doc: str) -> property:
+    return property(lambda self: self.details.get(key), doc=doc)
+
+
 @dataclass
 class RunRecord:
     """What every run's ``config.json`` holds, the same fields whether ``fit`` or ``finetune`` wrote it.
@@ -75,6 +80,35 @@ class RunRecord:
     versions: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)  # what one path alone has: cache key, grid selection, seed group...
 
+    # The sections one path or option alone writes (merged flat through ``details``), read typed: None when absent.
+    run_id = _section("run_id", "the run folder's name (written by ``write_run``)")
+    cache_key = _section("cache_key", "the feature store's key (cache path)")
+    cache_path = _section("cache_path", "where the feature store was (cache path)")
+    feature_dim = _section("feature_dim", "the feature dimension")
+    precision = _section("precision", "the forward pass's autocast precision")
+    store_dtype = _section("store_dtype", "the feature store's dtype (cache path)")
+    features = _section("features", "feature options of the head (normalisation)")
+    select_metric = _section("select_metric", "what chose the kept epoch: val_accuracy or val_loss")
+    selection = _section("selection", "a grid's or a chosen hyper-parameter's validation record")
+    budget = _section("budget", "a label budget: {label_fraction: f} or {shots: k}")
+    train_used = _section("train_used", "the training samples and groups a label budget used")
+    cv = _section("cv", "cross-validation: folds, samples, per-fold metrics")
+    calibration = _section("calibration", "temperature scaling: method, temperature, NLL before and after")
+    seed_group = _section("seed_group", "the id shared by the seeds of one fit")
+    fit_group = _section("fit_group", "the id shared by every run of one fit command")
+    seeds_asked = _section("seeds_asked", "every seed the fit was asked for")
+    seed_position = _section("seed_position", "this seed's place among seeds_asked")
+    study_quirks = _section("study_quirks", "the study's training quirks reproduced (fine-tuning)")
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights.get("sha256") == "random"
+
+    @property
+    def kind(self) -> tuple:
+        """What sets a run apart beyond dataset x model x mode x head: its label budget and cross-validation."""
+        return (tuple(sorted((self.budget or {}).items())), (self.cv or {}).get("folds", 0))
+
     def as_config(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "details"}
         return {**self.details, **out}
@@ -85,10 +119,10 @@ class RunRecord:
         known = {k: config[k] for k in names if k in config}
         if "device" not in known and config.get("extract_device"):  # runs written before the record was shared
             known["device"] = config["extract_device"]
-        for key, default in (("seed", None), ("tap", None), ("preprocessing", {}), ("manifest_hash", None),
-                             ("n", {}), ("counts", {})):
+        for key, default in (("path", None), ("seed", None), ("tap", None), ("preprocessing", {}),
+                             ("manifest_hash", None), ("n", {}), ("counts", {})):
             known.setdefault(key, default)
-        return cls(**known, details={k: v for k, v in config.items() if k not in names and k != "run_id"})
+        return cls(**known, details={k: v for k, v in config.items() if k not in names})
 
 
 def budget_text(budget: dict) -> str:
@@ -197,8 +231,9 @@ class Run:
     def classes(self) -> list[str]:
         return self.config["classes"]
 
-    @property
+    @functools.cached_property
     def record(self) -> RunRecord:
+        """The run's config read typed (the sections one path alone writes as properties)."""
         return RunRecord.from_config(self.config)
 
 

@@ -89,7 +89,7 @@ def store_problems(run, indexes: dict | None = None) -> tuple[list[str], str]:
     when the store is here but cannot be read, so the ids went unchecked (the store's own finding says why)."""
     from probebench.features import cache as fcache
 
-    where, key = run.config.get("cache_path"), run.config.get("cache_key")
+    where, key = run.record.cache_path, run.record.cache_key
     if not where or fcache.is_url(where) or not (Path(where) / "zarr.json").is_file():
         return [], ""
     indexes = {} if indexes is None else indexes
@@ -101,11 +101,11 @@ def store_problems(run, indexes: dict | None = None) -> tuple[list[str], str]:
         return [], f"ids not checked: its store {where} cannot be read ({describe_error(exc)})"
     if key and attrs.get("key") != key:
         return [], ""  # the store at that path was rebuilt for other inputs: nothing to compare with
-    expected = ids if run.config.get("cv") else ids[split == "test"]
+    expected = ids if run.record.cv else ids[split == "test"]
     if set(run.sample_ids.tolist()) != set(expected.tolist()):
         extra = sorted(set(run.sample_ids.tolist()) - set(expected.tolist()))
         missing = sorted(set(expected.tolist()) - set(run.sample_ids.tolist()))
-        return [f"its sample ids are not the {'samples' if run.config.get('cv') else 'test split'} of its store "
+        return [f"its sample ids are not the {'samples' if run.record.cv else 'test split'} of its store "
                 f"{where} ({len(extra)} foreign, e.g. {extra[:2]}; {len(missing)} missing, e.g. {missing[:2]})"], ""
     return [], ""
 
@@ -116,8 +116,8 @@ def check_run(path: Path, runs_dir: Path, repair: bool, indexes: dict | None = N
 
     try:
         run = read_run(path)
-        cv = run.config.get("cv")  # cross-validated: every sample is predicted once, out of fold
-        n_test = cv.get("samples") if cv else (run.config.get("n") or {}).get("test")
+        cv = run.record.cv  # cross-validated: every sample is predicted once, out of fold
+        n_test = cv.get("samples") if cv else run.record.n.get("test")
         if n_test is not None and n_test != len(run.y_true):
             raise ProbebenchError(f"predictions.csv has {len(run.y_true)} rows, config.json says {n_test} "
                                   f"{'cross-validated' if cv else 'test'} samples")
@@ -133,7 +133,7 @@ def check_run(path: Path, runs_dir: Path, repair: bool, indexes: dict | None = N
             finding.action = f"moved to {target}"
         return finding
     return Finding("run", str(path), "unchecked" if note else "ok",
-                   f"{run.config.get('model')} {run.config.get('mode')} {run.config.get('head')}: "
+                   f"{run.record.model} {run.record.mode} {run.record.head}: "
                    f"{len(run.y_true)} test predictions" + (f"; {note}" if note else ""))
 
 

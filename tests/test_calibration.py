@@ -169,7 +169,11 @@ def test_a_temperature_at_its_search_bound_is_flagged_and_marked():
     assert found["temperature"] < 0.05 and found["at_bound"]  # as low as the bound allows, to numerical precision
     assert T_BOUNDS == (0.01, 100.0)
     assert "its search bound" in bound_warning(found) and "one-hot" in bound_warning(found)
-    row = SimpleNamespace(run=SimpleNamespace(config={"calibration": found}, path=Path("r")))
+    from probebench.runs import RunRecord
+
+    record = RunRecord.from_config({"dataset": "d", "model": "m", "mode": "frozen", "head": "linear",
+                                    "classes": ["a", "b"], "weights": {"sha256": "random"}, "calibration": found})
+    row = SimpleNamespace(run=SimpleNamespace(record=record, path=Path("r")))
     assert "at its search bound" in _temperature(row)
     mixed = np.array([0, 1] * 10)
     mixed[:3] = 1 - mixed[:3]  # some mistakes: an interior optimum

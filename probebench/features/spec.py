@@ -148,7 +148,10 @@ class FeatureSpec:
     def defaults(self, config: ModelConfig | None = None) -> dict:
         """The tap and memory format this spec means, the model's defaults filled in."""
         config = config or self.config()
-        return {"tap": self.tap or config.default_tap,
+        tap = self.tap or config.default_tap
+        if tap not in config.taps:
+            raise ProbebenchError(f"model {self.model!r} has no feature tap {tap!r}; taps: {', '.join(config.taps)}")
+        return {"tap": tap,
                 "channels_last": config.family.channels_last if self.channels_last is None else self.channels_last}
 
     def resolve(self, allow_download: bool | None = None) -> ResolvedFeature:
@@ -235,8 +238,9 @@ def resolve_job(features: FeatureSpec | str, dataset: str, *, data_root=None, **
     from probebench.features import cache as fcache
 
     spec = FeatureSpec.of(features, **options)
-    feature = spec.resolve()
+    spec.defaults()  # a tap the model lacks is refused before the data is read
     manifest = load_manifest(dataset, data_root, val_unit=spec.val_unit)
+    feature = spec.resolve()
     request = fcache.FeatureRequest(
         dataset=manifest.dataset, model=spec.model, tap=feature.model.tap, weights=feature.model.info,
         preprocessing=feature.preprocessing.as_dict(), precision=spec.precision, store_dtype=spec.store_dtype,

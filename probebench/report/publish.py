@@ -38,9 +38,9 @@ def distribution(rows: list[ReportRow]) -> dict[str, dict]:
     """Tables I/II: per dataset, samples per split and class (from the runs' manifests)."""
     out = {}
     for r in rows:
-        c = r.run.config
-        if c["dataset"] not in out and "counts" in c:
-            out[c["dataset"]] = {"classes": c["classes"], "counts": c["counts"], "group_kind": c.get("group_kind")}
+        c = r.run.record
+        if c.dataset not in out and c.counts:
+            out[c.dataset] = {"classes": c.classes, "counts": c.counts, "group_kind": c.group_kind}
     return out
 
 
@@ -189,7 +189,7 @@ def curve_figure(rows: list[ReportRow], dataset: str, metric: str = "accuracy"):
     for (d, model, mode, head), points in curve_groups(rows).items():
         if d != dataset:
             continue
-        x = np.array([float((p.run.config.get("train_used") or {}).get("samples", np.nan)) for p in points])
+        x = np.array([float((p.run.record.train_used or {}).get("samples", np.nan)) for p in points])
         v = np.array([[p.values[metric].value, p.values[metric].low, p.values[metric].high] for p in points]) * f
         name = f"{model} · {head}" + ("" if mode == "frozen" else " · fine-tuned")
         bars = ax.errorbar(x, v[:, 0], yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], fmt="o-", capsize=3,
@@ -230,7 +230,7 @@ def reliability_figure(rows: list[ReportRow], dataset: str):
         ax.errorbar(conf, hit, yerr=[hit - bounds[:, 0], bounds[:, 1] - hit], fmt="o", markersize=3,
                     color="#1f77b4", ecolor="#9ecae1", elinewidth=1, capsize=0)
         name = (f"{r.model_label} · {r.head_label if r.mode == 'frozen' else 'fine-tuned'}"
-                + (" · T-scaled" if r.run.config.get("calibration") else ""))
+                + (" · T-scaled" if r.run.record.calibration else ""))
         ax.set_title(f"{name}\nECE {100 * r.values['ece'].value:.1f}% · {len(size)} bins of ≥{int(size.min())}",
                      fontsize=7)
         ax.set_xlim(0, 1)
@@ -305,7 +305,7 @@ def at_bound(calibration: dict) -> bool:
 
 
 def _temperature(r: ReportRow) -> str:
-    c = r.run.config.get("calibration")
+    c = r.run.record.calibration
     if not c:
         return "—"
     if "per_fold" in c:
@@ -470,11 +470,11 @@ def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, setting
         dist_html.append(f"<h4>{html.escape(d)}</h4>" + _html_table(
             ["Split"] + info["classes"] + ["Total"],
             [[s] + info["counts"][s] + [sum(info["counts"][s])] for s in ("train", "val", "test")]))
-    version_sets = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.run.config.get("versions", {}).items()))
+    version_sets = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.run.record.versions.items()))
                            for r in rows})
     provenance = ["versions:"] + [f"  {v}" for v in version_sets]
-    provenance += ["weights:"] + sorted({f"  {r.model}: {r.run.config['weights'].get('label')} sha256 "
-                                         f"{r.run.config['weights']['sha256']}" for r in rows})
+    provenance += ["weights:"] + sorted({f"  {r.model}: {r.run.record.weights.get('label')} sha256 "
+                                         f"{r.run.record.weights['sha256']}" for r in rows})
     provenance += ["runs:"] + [f"  {r.run.path} (device "
                                f"{r.run.record.device})" for r in everything]
     if study_file is not None:

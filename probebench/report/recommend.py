@@ -130,9 +130,9 @@ def across_datasets(panels: list[DatasetPanel], metric: str = "accuracy", alpha:
 
 
 def _cost(r: ReportRow) -> tuple[str, str]:
-    c, cost = r.run.config, run_cost(r)
+    c, cost = r.run.record, run_cost(r)
     rate = cost["extract_img_s"]
-    total = sum((c.get("n") or {}).values()) if c.get("n") else None
+    total = sum(c.n.values()) if c.n else None
     if r.mode == "frozen" and rate:
         extraction = f"{rate:g} img/s" + (f" ({total / rate:.3g} s for {total} images)" if total else "")
     elif r.mode == "unfrozen":
@@ -140,7 +140,7 @@ def _cost(r: ReportRow) -> tuple[str, str]:
         extraction = f"fine-tuning {secs:.0f} s" if secs is not None else "fine-tuning"
     else:
         extraction = "n/a"
-    return extraction, str(c.get("feature_dim") or "n/a")
+    return extraction, str(c.feature_dim or "n/a")
 
 
 def panel_lines(panel: DatasetPanel, opts: ReportOptions, metric: str) -> tuple[list[str], list[list[str]]]:
@@ -270,8 +270,8 @@ def recommendation_record(rows: list[ReportRow], opts: ReportOptions, metric: st
              "difference_from_reference": c.diff and {"difference": number(c.diff.diff), "low": number(c.diff.low),
                                                       "high": number(c.diff.high), "p": number(c.diff.p),
                                                       "p_holm": number(c.p_holm)},
-             "extract_img_s": c.row.run.config.get("extract_img_s"),
-             "feature_dim": c.row.run.config.get("feature_dim"), "note": c.note} for c in p.choices]}
+             "extract_img_s": c.row.run.record.extract_img_s,
+             "feature_dim": c.row.run.record.feature_dim, "note": c.note} for c in p.choices]}
         for p in panels]}
     if across:
         out["across_datasets"] = {

@@ -25,7 +25,7 @@ from probebench.errors import ProbebenchError, did_you_mean
 from probebench.stats.evaluate import eval_data
 from probebench.stats.calibration import CALIBRATION_METRICS, ECE_BINS
 from probebench.stats.metrics import ALL_METRICS, LABELS, STUDY_METRICS, scale
-from probebench.runs import Run, budget_text, find_runs, read_config, read_run
+from probebench.runs import Run, RunRecord, budget_text, find_runs, read_config, read_run
 from probebench.supervise import step
 
 FORMATS = ("table", "md", "csv")
@@ -111,12 +111,12 @@ class ReportRow:
 
     @property
     def missing_seeds(self) -> list:
-        done = set(self.seeds["seeds"]) if self.seeds else {self.run.config.get("seed")}
+        done = set(self.seeds["seeds"]) if self.seeds else {self.run.record.seed}
         return [s for s in (self.seeds_asked or []) if s not in done]
 
 
 def _unit_label(run: Run, unit: str, level: str) -> str:
-    kind = run.config.get("group_kind", "group")
+    kind = run.record.group_kind
     return kind if (unit == "group" or level == "patient") else "sample"
 
 
@@ -132,36 +132,33 @@ def evaluate_run(run: Run, opts: ReportOptions, repeats: list[Run] | None = None
     step(f"report: the bootstrap of {run.path} ({opts.bootstrap.n_resamples:,} replicates)")
     data = eval_data(run, opts.level, opts.aggregate)
     values, drawn = bootstrap(data, opts.bootstrap)
-    c = run.config
+    c = run.record
     seeds = None
     if repeats and len(repeats) > 1:
         points = [{k: float(v[0]) for k, v in eval_data(r, opts.level, opts.aggregate).metrics().items()}
                   for r in repeats]
-        seeds = {"seeds": [r.config.get("seed") for r in repeats],
+        seeds = {"seeds": [r.record.seed for r in repeats],
                  "mean": {m: float(np.mean([p[m] for p in points])) for m in points[0]},
                  "sd": {m: float(np.std([p[m] for p in points], ddof=1)) for m in points[0]}}
-    label = c.get("head_label", c["head"]) + (f" · {c['cv']['folds']}-fold CV" if c.get("cv") else "")
-    return ReportRow(dataset=c["dataset"], model=c["model"], mode=c["mode"],
-                     head=c["head"], random_weights=c["weights"]["sha256"] == "random", n_test=len(data.y_true),
+    label = (c.head_label or c.head) + (f" · {c.cv['folds']}-fold CV" if c.cv else "")
+    return ReportRow(dataset=c.dataset, model=c.model, mode=c.mode,
+                     head=c.head, random_weights=c.random_weights, n_test=len(data.y_true),
                      values=values, unit=_unit_label(run, drawn.unit, opts.level), run=run,
-                     skipped=c.get("skipped", []), head_label=label, seeds=seeds,
+                     skipped=c.skipped, head_label=label, seeds=seeds,
                      repeats=repeats, n_units=drawn.n_units, stratified=drawn.stratified,
-                     seeds_asked=c.get("seeds_asked"), budget=c.get("budget"), cv=c.get("cv"))
+                     seeds_asked=c.seeds_asked, budget=c.budget, cv=c.cv)
 
 
-def variant(config: dict) -> dict[str, str]:
+def variant(c: RunRecord) -> dict[str, str]:
     """What a run measures beyond its cell (dataset, model, mode, head), flattened to ``name: value`` text: the
     options that change its numbers (tap, preprocessing, weights, precision, feature options, head and training
     options except the seed, the data version, calibration, the study's quirks). Runs that differ here are
     different results and get rows of their own; runs that agree are repeats of one."""
-    c = config
-    head = {k: v for k, v in (c.get("head_params") or {}).items() if k != "seed"}
-    raw = {"tap": c.get("tap"), "preprocessing": c.get("preprocessing"),
-           "weights": (c.get("weights") or {}).get("sha256"), "precision": c.get("precision"),
-           "store_dtype": c.get("store_dtype"), "features": c.get("features"), "head": head,
-           "data": c.get("manifest_hash"), "calibrate": (c.get("calibration") or {}).get("method"),
-           "study_quirks": c.get("study_quirks"), "select": c.get("select_metric"),
-           "grid": bool(c.get("selection")) or None}
+    head = {k: v for k, v in (c.head_params or {}).items() if k != "seed"}
+    raw = {"tap": c.tap, "preprocessing": c.preprocessing, "weights": (c.weights or {}).get("sha256"),
+           "precision": c.precision, "store_dtype": c.store_dtype, "features": c.features, "head": head,
+           "data": c.manifest_hash, "calibrate": (c.calibration or {}).get("method"),
+           "study_quirks": c.study_quirks, "select": c.select_metric, "grid": bool(c.selection) or None}
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value) -> None:
@@ -180,12 +177,6 @@ def _differences(variants: list[dict[str, str]]) -> list[str]:
     """The flattened option names whose values are not the same in every one of ``variants``."""
     keys = sorted(set().union(*variants))
     return [k for k in keys if len({v.get(k) for v in variants}) > 1]
-
-
-def run_kind(config: dict) -> tuple:
-    """What sets a run apart beyond dataset x model x mode x head: its label budget and cross-validation."""
-    budget = config.get("budget") or {}
-    return (tuple(sorted(budget.items())), (config.get("cv") or {}).get("folds", 0))
 
 
 class Rows(list):
@@ -223,17 +214,16 @@ def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = 
 
     for p in find_runs(runs_dir):
         try:
-            configs[p] = read_config(p)
+            configs[p] = RunRecord.from_config(read_config(p))
         except ProbebenchError as exc:
             leave_out(p, exc)
     if datasets:
-        configs = {p: c for p, c in configs.items() if c["dataset"] in datasets}
+        configs = {p: c for p, c in configs.items() if c.dataset in datasets}
     if only is not None:
         wanted = {Path(x).resolve() for x in only}
-        groups = {c.get(k) for p, c in configs.items() if p.resolve() in wanted
-                  for k in ("seed_group", "fit_group")} - {None}
-        configs = {p: c for p, c in configs.items() if p.resolve() in wanted or c.get("seed_group") in groups
-                   or c.get("fit_group") in groups}
+        groups = {g for p, c in configs.items() if p.resolve() in wanted for g in (c.seed_group, c.fit_group)} - {None}
+        configs = {p: c for p, c in configs.items() if p.resolve() in wanted or c.seed_group in groups
+                   or c.fit_group in groups}
     runs = {}
     for p in list(configs):
         try:
@@ -243,35 +233,35 @@ def collect_rows(runs_dir: str | Path = "runs", *, datasets: list[str] | None = 
             del configs[p]
     by_group: dict[str, list[Path]] = {}
     for p, c in configs.items():
-        if c.get("seed_group"):
-            by_group.setdefault(c["seed_group"], []).append(p)
+        if c.seed_group:
+            by_group.setdefault(c.seed_group, []).append(p)
     variants = {p: variant(c) for p, c in configs.items()}
-    cell = {p: (c["dataset"], c["model"], c["mode"], c["head"], run_kind(c)) for p, c in configs.items()}
+    cell = {p: (c.dataset, c.model, c.mode, c.head, c.kind) for p, c in configs.items()}
     key = {p: cell[p] + (tuple(sorted(variants[p].items())),) for p in configs}
     by_key: dict[tuple, list[Path]] = {}
-    for p in sorted(configs, key=lambda p: configs[p]["run_id"]):
+    for p in sorted(configs, key=lambda p: configs[p].run_id):
         by_key.setdefault(key[p], []).append(p)
     # one row per key (the latest run, by run id: the time it was written), unless every run is asked for
     chosen = [ps[-1] for ps in by_key.values()] if latest_only else list(configs)
     chosen_set = set(chosen)
     rows = []
-    for p in sorted(chosen, key=lambda p: tuple(configs[p][k] for k in ("dataset", "model", "mode", "head"))
-                    + run_kind(configs[p]) + (configs[p]["run_id"],)):
+    for p in sorted(chosen, key=lambda p: (configs[p].dataset, configs[p].model, configs[p].mode, configs[p].head,
+                                           *configs[p].kind, configs[p].run_id)):
         repeats = None
-        if configs[p].get("seed_group"):
+        if configs[p].seed_group:
             siblings = {}
-            for s in sorted(by_group[configs[p]["seed_group"]], key=lambda s: configs[s]["run_id"]):
-                siblings[configs[s]["seed_position"]] = s  # the latest run for each seed
+            for s in sorted(by_group[configs[p].seed_group], key=lambda s: configs[s].run_id):
+                siblings[configs[s].seed_position] = s  # the latest run for each seed
             repeats = [runs[siblings[k]] for k in sorted(siblings)]  # intervals from the first seed
         row = evaluate_run(repeats[0] if repeats else runs[p], opts, repeats)
-        group = set(by_group.get(configs[p].get("seed_group"), [p]))
+        group = set(by_group.get(configs[p].seed_group, [p]))
         row.hidden = len([q for q in by_key[key[p]] if q not in group]) if latest_only else 0
         shown = [q for q in chosen_set if cell[q] == cell[p]]
         if len({key[q] for q in shown}) > 1:  # other settings in the same cell: say what sets this row apart
             differ = _differences([variants[q] for q in shown])
             row.head_label += " · " + ", ".join(f"{k}={variants[p].get(k, '—')}" for k in differ)
         if not latest_only and len([q for q in shown if key[q] == key[p]]) > 1:
-            row.head_label += f" · run {configs[p]['run_id']}"
+            row.head_label += f" · run {configs[p].run_id}"
         rows.append(row)
     return Rows(rows, skipped)
 
@@ -520,7 +510,7 @@ def cv_note(r: ReportRow, metric: str = "accuracy") -> str:
     per = ", ".join(f"{100 * v:.1f}" for v in folds)
     spread = (f"{100 * np.mean(folds):.2f} ± {100 * np.std(folds, ddof=1):.2f} ({per})" if len(folds) > 1 else per)
     return (f"{r.dataset}/{r.model_label} {r.head_label}: {c['folds']}-fold cross-validation by "
-            f"{r.run.config.get('group_kind', 'group')} over all {c.get('samples', r.n_test)} samples (splits "
+            f"{r.run.record.group_kind} over all {c.get('samples', r.n_test)} samples (splits "
             f"{'/'.join(c.get('splits_pooled', []))} pooled; validation the next fold); the value and interval are "
             f"computed on the pooled out-of-fold predictions, resampled by {r.unit}; per-fold {LABELS[metric]} "
             f"{spread}: the spread between folds, not a confidence interval.")
@@ -583,12 +573,12 @@ def report_record(rows: list[ReportRow], opts: ReportOptions, comps: list[Compar
                                         "mean": {m: _number(x) for m, x in r.seeds["mean"].items()},
                                         "sd": {m: _number(x) for m, x in r.seeds["sd"].items()}},
                   "missing_seeds": r.missing_seeds, "label_budget": r.budget,
-                  "labels_used": r.run.config.get("train_used") if r.budget else None,
+                  "labels_used": r.run.record.train_used if r.budget else None,
                   "cv": r.cv and {**r.cv, "per_fold": [{"fold": f["fold"], "n_test": f["n_test"],
                                                         **{m: _number(f["test"][m]) for m in f["test"]
                                                            if not isinstance(f["test"][m], list)}}
                                                        for f in r.run.metrics.get("folds", [])]},
-                  "calibration": r.run.config.get("calibration")}
+                  "calibration": r.run.record.calibration}
                  for r in rows],
         "comparisons": [{"dataset": c.dataset, "label": c.label, "metric": compare_metric,
                          **({"a": _number(c.diff.a), "b": _number(c.diff.b), "difference": _number(c.diff.diff),
@@ -608,13 +598,13 @@ def run_cost(row: ReportRow) -> dict:
 
 def labels_used(r: ReportRow) -> str:
     """Training samples (and groups) a label-budget run used; a range when its seeds drew different numbers."""
-    used = [x.config.get("train_used", {}) for x in (r.repeats or [r.run])]
+    used = [x.record.train_used or {} for x in (r.repeats or [r.run])]
     samples = sorted({u.get("samples") for u in used if u})
     groups = sorted({u.get("groups") for u in used if u})
     if not samples:
         return "n/a"
     text = str(samples[0]) if len(samples) == 1 else f"{samples[0]}–{samples[-1]}"
-    return text + (f" ({groups[0]} {r.run.config.get('group_kind', 'group')}s)" if len(groups) == 1 else "")
+    return text + (f" ({groups[0]} {r.run.record.group_kind}s)" if len(groups) == 1 else "")
 
 
 def curve_groups(rows: list[ReportRow]) -> dict[tuple, list[ReportRow]]:

@@ -63,15 +63,16 @@ def run_summary(run_dir: str | Path) -> dict:
     run = read_run(run_dir)
     c = run.config
     params = {k: c[k] for k in PARAMS if isinstance(c.get(k), (str, int, float, bool))}
-    params.update({k: v for k, v in (c.get("head_params") or {}).items() if isinstance(v, (str, int, float, bool))})
-    params["weights_sha256"] = str((c.get("weights") or {}).get("sha256", ""))
+    record = run.record
+    params.update({k: v for k, v in (record.head_params or {}).items() if isinstance(v, (str, int, float, bool))})
+    params["weights_sha256"] = str(record.weights.get("sha256", ""))
     row = evaluate_run(run, ReportOptions())
     final = {}
     for metric, v in row.values.items():
         final.update({f"test/{metric}": v.value, f"test/{metric}_low": v.low, f"test/{metric}_high": v.high})
     curves = [(int(r.get("epoch", i + 1)), {f"epoch/{k}": x for k, x in r.items() if k != "epoch"})
               for i, r in enumerate(_history(Path(run_dir)))]
-    return {"run_id": c.get("run_id", Path(run_dir).name), "params": params, "curves": curves, "final": final,
+    return {"run_id": record.run_id or Path(run_dir).name, "params": params, "curves": curves, "final": final,
             "config": c}
 
 
