@@ -109,6 +109,116 @@ def default_batch_size(device: torch.device) -> int:
     return 8 if device.type == "cpu" else 64
 
 
+def _open(path, job, force: bool, rank: int):
+    """The store at ``path`` as ``extract`` may continue it (None when it must be created), and whether it is whole
+    already; a complete store whose chunk files were damaged since has those chunks marked undone (rank 0 writes;
+    every rank reads the same answer)."""
+    from probebench import distributed
+
+    if rank == 0:
+        if force:
+            fcache.remove_store(path)
+        elif fcache.unfinished(path):  # its creation was interrupted: nothing in it was computed
+            sys.stderr.write(f"note: {path} was left half-created by an interrupted extract; creating it again\n")
+            fcache.remove_store(path)
+        root = fcache.open_store(path, job.request, mode="a")
+    distributed.barrier()
+    if rank != 0:
+        root = fcache.open_store(path, job.request, mode="a")
+    if root is not None and root.attrs.get("complete"):
+        damaged = fcache.damaged_chunks(root)
+        if not damaged:
+            return root, True
+        if rank == 0:  # damaged after the fact (deleted or corrupt chunk files): recompute exactly those
+            sys.stderr.write(f"note: {path}: {len(damaged)} damaged chunk(s) {damaged[:10]}; recomputing them\n")
+            for c in damaged:
+                root["chunk_done"][c] = 0
+            root.attrs.update({"complete": False, "repaired_chunks": damaged})
+    return root, False
+
+
+def _create(path, job, feature_dim: int, chunk_size: int, info: dict):
+    """A new store for the job; when an earlier version of the dataset was extracted with the same options, the
+    chunks whose images did not change are copied from it."""
+    root, created = fcache.create_store(path, job.request, job.manifest, feature_dim, chunk_size, info)
+    donors = fcache.donor_stores(path, job.request, job.manifest.pixels.as_dict()) if created else []
+    for where, donor in donors:
+        copied = fcache.reuse_chunks(root, donor, job.manifest.digests)
+        if copied:  # the dataset changed: only the chunks holding new or changed images are computed
+            root.attrs["reused"] = {"from": str(where), "chunks": copied}
+            sys.stderr.write(f"note: {len(copied)} of {root.attrs['n_chunks']} chunk(s) copied from the cache "
+                             "of an earlier version of the dataset (same images, same options)\n")
+            break
+    return root
+
+
+def _features(net, images: torch.Tensor, ok: torch.Tensor, idx: list[int], job, dev, autocast) -> np.ndarray:
+    """One batch's features; NaN rows for images that failed to decode; non-finite features are an error."""
+    images = images.to(dev, non_blocking=True)
+    if job.request.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+        out = net(images).float().cpu().numpy()
+    broken = ok.numpy() & ~np.isfinite(out).all(axis=1)
+    if broken.any():  # never store them: fit would refuse the store, extract would redo it forever
+        first = job.manifest.paths[idx[int(np.flatnonzero(broken)[0])]]
+        precision = job.request.precision
+        raise ProbebenchError(
+            f"{job.request.model} gave non-finite features for {int(broken.sum())} image(s) of this batch, e.g. "
+            f"{first}" + (f", in --precision {precision} (values overflow it; use bf16 or fp32)"
+                          if precision == "fp16" else "; the weights or the model are broken"))
+    out[~ok.numpy()] = np.nan
+    return out
+
+
+def _fill(root, job, net, loader, batches, dev, skip_bad: bool, progress: bool, done_chunks: int) -> None:
+    """Compute the pending chunks and hand each, once whole, to the chunk writer (which writes it in a thread)."""
+    chunk_size, n = root.attrs["chunk_size"], len(job.manifest)
+    buffers: dict[int, np.ndarray] = {}
+    reasons: dict[int, list[str]] = {}
+    filled: dict[int, int] = {}
+    autocast = autocast_dtype(job.request.precision)
+    writer = ChunkWriter(root, job.request.store_dtype)
+    try:
+        with make_progress(progress) as bar, torch.inference_mode():
+            task = bar.add_task(f"extract {job.request.model} × {job.manifest.dataset}",
+                                total=sum(len(b) for b in batches),
+                                info=f"{done_chunks}/{root.attrs['n_chunks']} chunks cached")
+            for images, idx, ok, errors in loader:
+                idx = idx.tolist()
+                c = idx[0] // chunk_size
+                if c not in buffers:
+                    rows = min(n, (c + 1) * chunk_size) - c * chunk_size
+                    buffers[c], reasons[c], filled[c] = np.empty((rows, net.feature_dim), np.float32), [""] * rows, 0
+                for i, good, err in zip(idx, ok.tolist(), errors):
+                    if not good:
+                        if not skip_bad:
+                            raise bad_image_error(job.manifest.paths[i], err)
+                        reasons[c][i - c * chunk_size] = err
+                out = _features(net, images, ok, idx, job, dev, autocast)
+                buffers[c][idx[0] - c * chunk_size: idx[-1] + 1 - c * chunk_size] = out
+                filled[c] += len(idx)
+                if filled[c] == len(buffers[c]):
+                    writer.put((c, c * chunk_size, buffers.pop(c), reasons.pop(c)))
+                    if chunk_written is not _no_hook:  # a test seam: the chunk is on disk before it runs
+                        writer.flush()
+                        chunk_written(c)
+                bar.update(task, advance=len(idx))
+    finally:
+        writer.close()
+
+
+def _finish(root, job, seconds: float, world: int) -> None:
+    """The final metadata, once every rank's chunks are written: complete or not, and the images skipped."""
+    done = np.asarray(root["chunk_done"][:], dtype=bool)
+    skip = fcache._strings(root["skip_reason"])
+    skipped = [{"index": int(i), "sample_id": str(job.manifest.sample_ids[i]),
+                "path": printable(job.manifest.paths[i]),
+                "error": str(skip[i])} for i in np.flatnonzero(skip != "")]
+    root.attrs.update({"complete": bool(done.all()), "complete_chunks": np.flatnonzero(done).tolist(),
+                       "skipped": skipped, "extract_seconds": round(seconds, 3), "world_size": world})
+
+
 def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
             device: str = "auto", batch_size: int | None = None, chunk_size: int = 256, workers: int | None = None,
             force: bool = False, skip_bad: bool = False, progress: bool = True, rehash: bool = False,
@@ -128,116 +238,39 @@ def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_
 
         forget()
     job = resolve_job(spec, dataset, data_root=data_root)
-    model, precision = spec.model, spec.precision
     path = job.cache_path(cache_dir)
     rank, world = distributed.setup()
     dev = auto_device(distributed.rank_device(device))
     batch_size = batch_size or default_batch_size(dev)
     chunk_size = max(batch_size, (chunk_size // batch_size) * batch_size)
-    if rank == 0:
-        if force:
-            fcache.remove_store(path)
-        elif fcache.unfinished(path):  # its creation was interrupted: nothing in it was computed
-            sys.stderr.write(f"note: {path} was left half-created by an interrupted extract; creating it again\n")
-            fcache.remove_store(path)
-        root = fcache.open_store(path, job.request, mode="a")
-    distributed.barrier()
-    if rank != 0:
-        root = fcache.open_store(path, job.request, mode="a")
-    if root is not None and root.attrs.get("complete"):
-        damaged = fcache.damaged_chunks(root)  # every rank reads the same answer; rank 0 writes it below
-        if not damaged:
-            distributed.cleanup()
-            return path
-        # a complete store was damaged after the fact (deleted or corrupt chunk files): recompute exactly those
-        if rank == 0:
-            sys.stderr.write(f"note: {path}: {len(damaged)} damaged chunk(s) {damaged[:10]}; recomputing them\n")
-            for c in damaged:
-                root["chunk_done"][c] = 0
-            root.attrs.update({"complete": False, "repaired_chunks": damaged})
+    root, whole = _open(path, job, force, rank)
+    if whole:  # complete and undamaged: nothing to do
+        distributed.cleanup()
+        return path
     net = job.create_model().to(dev)
     if job.request.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if root is None and rank == 0:
         dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-        root, created = fcache.create_store(path, job.request, job.manifest, net.feature_dim, chunk_size,
-                                            {"device": dev_name, "batch_size": batch_size, "world_size": world,
-                                             "val_unit": spec.val_unit})
-        donors = fcache.donor_stores(path, job.request, job.manifest.pixels.as_dict()) if created else []
-        for where, donor in donors:
-            copied = fcache.reuse_chunks(root, donor, job.manifest.digests)
-            if copied:  # the dataset changed: only the chunks holding new or changed images are computed
-                root.attrs["reused"] = {"from": str(where), "chunks": copied}
-                sys.stderr.write(f"note: {len(copied)} of {root.attrs['n_chunks']} chunk(s) copied from the cache "
-                                 "of an earlier version of the dataset (same images, same options)\n")
-                break
+        root = _create(path, job, net.feature_dim, chunk_size, {"device": dev_name, "batch_size": batch_size,
+                                                                "world_size": world, "val_unit": spec.val_unit})
     distributed.barrier()
     if root is None:
         root = fcache.open_store(path, job.request, mode="a")
-    chunk_size, n_chunks, n = root.attrs["chunk_size"], root.attrs["n_chunks"], len(job.manifest)
     done = np.asarray(root["chunk_done"][:], dtype=bool)
-    pending = shard_chunks(done, rank, world)
-    batches = _chunk_batches(pending, chunk_size, n, batch_size)
+    batches = _chunk_batches(shard_chunks(done, rank, world), root.attrs["chunk_size"], len(job.manifest), batch_size)
     n_workers = workers if workers is not None else default_workers()
     pre = job.config.preprocessing
     loader = DataLoader(ImageDataset(job.manifest.paths, make_transform(pre), pre.crop,
                                      draft=pre.resize if pre.draft else None, rules=job.manifest.pixels),
                         batch_sampler=batches, num_workers=n_workers, pin_memory=dev.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if n_workers else None)
-    buffers: dict[int, np.ndarray] = {}
-    reasons: dict[int, list[str]] = {}
-    filled: dict[int, int] = {}
-    autocast = autocast_dtype(precision)
     start = time.perf_counter()
-    writer = ChunkWriter(root, job.request.store_dtype)
-    try:
-        with make_progress(progress and rank == 0) as bar, torch.inference_mode():
-            task = bar.add_task(f"extract {model} × {job.manifest.dataset}", total=sum(len(b) for b in batches),
-                                info=f"{int(done.sum())}/{n_chunks} chunks cached")
-            for images, idx, ok, errors in loader:
-                idx = idx.tolist()
-                c = idx[0] // chunk_size
-                if c not in buffers:
-                    rows = min(n, (c + 1) * chunk_size) - c * chunk_size
-                    buffers[c], reasons[c], filled[c] = np.empty((rows, net.feature_dim), np.float32), [""] * rows, 0
-                for i, good, err in zip(idx, ok.tolist(), errors):
-                    if not good:
-                        if not skip_bad:
-                            raise bad_image_error(job.manifest.paths[i], err)
-                        reasons[c][i - c * chunk_size] = err
-                images = images.to(dev, non_blocking=True)
-                if job.request.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
-                    out = net(images).float().cpu().numpy()
-                broken = ok.numpy() & ~np.isfinite(out).all(axis=1)
-                if broken.any():  # never store them: fit would refuse the store, extract would redo it forever
-                    first = job.manifest.paths[idx[int(np.flatnonzero(broken)[0])]]
-                    raise ProbebenchError(
-                        f"{model} gave non-finite features for {int(broken.sum())} image(s) of this batch, e.g. "
-                        f"{first}" + (f", in --precision {precision} (values overflow it; use bf16 or fp32)"
-                                      if precision == "fp16" else "; the weights or the model are broken"))
-                out[~ok.numpy()] = np.nan
-                buffers[c][idx[0] - c * chunk_size: idx[-1] + 1 - c * chunk_size] = out
-                filled[c] += len(idx)
-                if filled[c] == len(buffers[c]):
-                    writer.put((c, c * chunk_size, buffers.pop(c), reasons.pop(c)))
-                    if chunk_written is not _no_hook:  # a test seam: the chunk is on disk before it runs
-                        writer.flush()
-                        chunk_written(c)
-                bar.update(task, advance=len(idx))
-    finally:
-        writer.close()
+    _fill(root, job, net, loader, batches, dev, skip_bad, progress and rank == 0, int(done.sum()))
     seconds = time.perf_counter() - start
     distributed.barrier()
-    if rank == 0:  # the final metadata, once every rank's chunks are written
-        done = np.asarray(root["chunk_done"][:], dtype=bool)
-        skip = fcache._strings(root["skip_reason"])
-        skipped = [{"index": int(i), "sample_id": str(job.manifest.sample_ids[i]),
-                    "path": printable(job.manifest.paths[i]),
-                    "error": str(skip[i])} for i in np.flatnonzero(skip != "")]
-        root.attrs.update({"complete": bool(done.all()), "complete_chunks": np.flatnonzero(done).tolist(),
-                           "skipped": skipped, "extract_seconds": round(seconds, 3), "world_size": world})
+    if rank == 0:
+        _finish(root, job, seconds, world)
     distributed.barrier()
     distributed.cleanup()
     return path

@@ -360,34 +360,24 @@ REPORT_FILES = ("tables.md", "tables.tex", "results.csv", "figures", "report.htm
                 ".DS_Store", "Thumbs.db")  # and the file managers' clutter, which a new report may drop
 
 
-def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, settings, only, study_file,
-                 study_overrides) -> None:
-    """The report's files, written into the staging folder ``out``."""
-    from probebench.supervise import step
+def _write_figure(out: Path, stem: str, fig) -> bytes:
+    """``figures/<stem>.png`` and ``.svg``; the PNG bytes, for the page."""
+    png, svg = _figure_bytes(fig)
+    write_bytes(out / "figures" / f"{stem}.png", png)
+    write_bytes(out / "figures" / f"{stem}.svg", svg)
+    return png
 
-    step(f"report: writing tables, figures and report.html for {runs_dir}")
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    if opts is None:
-        opts = ReportOptions.of(**(settings or {}))
-    if rows is None:
-        rows = collect_rows(runs_dir, opts=opts, only=only)
-    if not rows:
-        raise ProbebenchError(f"no runs under {runs_dir}; run `probebench fit` first")
-    from probebench.report.recommend import (across_datasets, across_lines, dataset_panels, panel_lines,
-                                             panel_notes, render_recommendation)
 
-    comps = comps if comps is not None else comparisons(rows, opts, compare_metric)
-    everything, rows = rows, main_rows(rows)  # label-budget rows feed the curves only
-    metric = opts.metrics[0]
-    calib_opts = ReportOptions(opts.bootstrap, opts.level, opts.aggregate, CALIBRATION_METRICS)
-    calib_header = ["Dataset", "Model", "Freeze", "Head"] + metric_headers(calib_opts, " [CI]") + ["Temperature"]
-    calib_body = [row + [_temperature(r)] for row, r in zip(body_rows(rows, calib_opts, False), rows)]
+def _text_files(out: Path, everything, rows, opts, comps, compare_metric, calib) -> None:
+    """tables.md (recommendation, results, calibration, data), tables.tex and results.csv (patient-level rows too)."""
+    from probebench.report.recommend import render_recommendation
+
     md = ["# probebench results", ""]
     if rows:
-        md += [render_recommendation(rows, opts, metric, "md")]
+        md += [render_recommendation(rows, opts, opts.metrics[0], "md")]
     md += ["## Results", "", render(everything, "md", opts, comps, compare_metric)]
     if rows:
-        md += ["### Calibration", ""] + md_table(calib_header, calib_body)
+        md += ["### Calibration", ""] + md_table(*calib)
         md += ["", f"- {CALIBRATION_NOTE}", ""]
     md += ["## Data distribution (Tables I/II)", "", markdown_distribution(everything)]
     write_text(out / "tables.md", "\n".join(md))
@@ -401,63 +391,53 @@ def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, setting
         csv_text += "".join(render(patient_rows, "csv", patient_opts).splitlines(keepends=True)[1:])
     write_text(out / "results.csv", csv_text)
 
-    sections, reliabilities = [], []
+
+def _figures(out: Path, rows, everything, metric: str) -> tuple[list[str], list[str], list[str]]:
+    """Per dataset the forest plot, confusion matrices and reliability diagrams, and the label-efficiency curves:
+    written as PNG and SVG; their HTML (sections, reliability panels, curves)."""
+    sections, reliabilities, curves = [], [], []
     for dataset in sorted({r.dataset for r in rows}):
-        png, svg = _figure_bytes(forest_plot(rows, dataset, opts.metrics[0]))
-        write_bytes(out / "figures" / f"forest_{path_name(dataset)}.png", png)
-        write_bytes(out / "figures" / f"forest_{path_name(dataset)}.svg", svg)
+        png = _write_figure(out, f"forest_{path_name(dataset)}", forest_plot(rows, dataset, metric))
         confusions = []
         for r in (r for r in rows if r.dataset == dataset):
-            fig, _ = confusion_figure(r)
-            cpng, csvg = _figure_bytes(fig)
             stem = (f"confusion_{path_name(dataset)}_{path_name(r.model)}_"
                     f"{r.mode}_{r.head}" + (f"_cv{r.cv['folds']}" if r.cv else ""))
-            write_bytes(out / "figures" / f"{stem}.png", cpng)
-            write_bytes(out / "figures" / f"{stem}.svg", csvg)
-            confusions.append(_img(cpng, stem))
+            confusions.append(_img(_write_figure(out, stem, confusion_figure(r)[0]), stem))
         sections.append(f"<h3>{html.escape(dataset)}</h3>{_img(png, 'forest plot ' + dataset)}"
                         f"<div>{''.join(confusions)}</div>")
-        rpng, rsvg = _figure_bytes(reliability_figure(rows, dataset))
-        write_bytes(out / "figures" / f"reliability_{path_name(dataset)}.png", rpng)
-        write_bytes(out / "figures" / f"reliability_{path_name(dataset)}.svg", rsvg)
+        rpng = _write_figure(out, f"reliability_{path_name(dataset)}", reliability_figure(rows, dataset))
         reliabilities.append(_img(rpng, "reliability diagram " + dataset))
-    curves = []
     for dataset in sorted({key[0] for key in curve_groups(everything)}):
-        cpng, csvg = _figure_bytes(curve_figure(everything, dataset, metric))
-        write_bytes(out / "figures" / f"label_efficiency_{path_name(dataset)}.png", cpng)
-        write_bytes(out / "figures" / f"label_efficiency_{path_name(dataset)}.svg", csvg)
+        cpng = _write_figure(out, f"label_efficiency_{path_name(dataset)}", curve_figure(everything, dataset, metric))
         curves.append(_img(cpng, "label efficiency " + dataset))
+    return sections, reliabilities, curves
+
+
+def _recommendation_html(out: Path, rows, opts, metric: str) -> str:
+    """The recommendation section: per dataset the panel, then the comparison across datasets (with its figure)."""
+    from probebench.report.recommend import across_datasets, across_lines, dataset_panels, panel_lines, panel_notes
+
     panels = dataset_panels(rows, opts, metric) if rows else []
     across = across_datasets(panels, metric, 1 - opts.bootstrap.confidence)
-    recommend_html = []
+    parts = []
     for p in panels:
         header_p, body_p = panel_lines(p, opts, metric)
-        recommend_html.append(f"<h3>{html.escape(p.dataset + (f' ({p.evaluation})' if p.evaluation else ''))}</h3>"
-                              + _html_table(header_p, body_p))
-    notes_p = panel_notes(panels, metric)
-    recommend_html.append(f"<p class=\"note\">{'<br>'.join(html.escape(n) for n in notes_p)}</p>")
+        parts.append(f"<h3>{html.escape(p.dataset + (f' ({p.evaluation})' if p.evaluation else ''))}</h3>"
+                     + _html_table(header_p, body_p))
+    parts.append(f"<p class=\"note\">{'<br>'.join(html.escape(n) for n in panel_notes(panels, metric))}</p>")
     if across:
         header_a, body_a, notes_a = across_lines(across)
-        apng, asvg = _figure_bytes(critical_difference_figure(across))
-        write_bytes(out / "figures" / "critical_difference.png", apng)
-        write_bytes(out / "figures" / "critical_difference.svg", asvg)
-        recommend_html.append("<h3>Across datasets</h3>" + _html_table(header_a, body_a)
-                              + _img(apng, "critical difference diagram")
-                              + f"<p class=\"note\">{'<br>'.join(html.escape(n) for n in notes_a)}</p>")
+        apng = _write_figure(out, "critical_difference", critical_difference_figure(across))
+        parts.append("<h3>Across datasets</h3>" + _html_table(header_a, body_a)
+                     + _img(apng, "critical difference diagram")
+                     + f"<p class=\"note\">{'<br>'.join(html.escape(n) for n in notes_a)}</p>")
     else:
-        recommend_html.append('<p class="note">Across datasets: needs at least two datasets with two common '
-                              "backbones.</p>")
-    curve_header, curve_body = curve_table(everything, metric)
-    import matplotlib.pyplot as plt
+        parts.append('<p class="note">Across datasets: needs at least two datasets with two common backbones.</p>')
+    return "".join(parts)
 
-    plt.close("all")
-    header = ["Dataset", "Model", "Freeze", "Head"] + metric_headers(opts, " [CI]") + ["CI unit"]
-    body = [row + [r.unit] for row, r in zip(body_rows(rows, opts, False), rows)]
-    red = {i for i, r in enumerate(rows) if r.random_weights}
-    comp_header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
-    comp_body = comparison_lines(comps, compare_metric)
-    comp_red = {i for i, c in enumerate(comps) if "†" in c.label}
-    warnings = [n for n in footnotes(rows, opts) if n[:1] in ("‡", "§", "¶")]
+
+def _cost_and_data_html(rows, red: set) -> str:
+    """The data distribution (Tables I/II) and the cost of each cell, as HTML sections."""
     cost_body = []
     for r in rows:
         cost = run_cost(r)
@@ -470,6 +450,14 @@ def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, setting
         dist_html.append(f"<h4>{html.escape(d)}</h4>" + _html_table(
             ["Split"] + info["classes"] + ["Total"],
             [[s] + info["counts"][s] + [sum(info["counts"][s])] for s in ("train", "val", "test")]))
+    cost_header = ["Dataset", "Model", "Freeze", "Head", "Extraction img/s", "Training s", "Peak memory GiB",
+                   "Device"]
+    return (f"<h2>Data distribution (Tables I/II)</h2>{''.join(dist_html)}\n"
+            f"<h2>Cost per cell</h2>{_html_table(cost_header, cost_body, red)}")
+
+
+def _provenance(rows, everything, study_file, study_overrides) -> list[str]:
+    """Versions, weights (label and sha256), every run with its device, and the study file as run."""
     version_sets = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.run.record.versions.items()))
                            for r in rows})
     provenance = ["versions:"] + [f"  {v}" for v in version_sets]
@@ -481,10 +469,47 @@ def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, setting
         provenance += [f"study file {study_file}:", Path(study_file).read_text()]
         if study_overrides:
             provenance += ["overridden on the command line: " + "; ".join(study_overrides)]
+    return provenance
+
+
+def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, settings, only, study_file,
+                 study_overrides) -> None:
+    """The report's files, written into the staging folder ``out``."""
+    from probebench.supervise import step
+
+    step(f"report: writing tables, figures and report.html for {runs_dir}")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    if opts is None:
+        opts = ReportOptions.of(**(settings or {}))
+    if rows is None:
+        rows = collect_rows(runs_dir, opts=opts, only=only)
+    if not rows:
+        raise ProbebenchError(f"no runs under {runs_dir}; run `probebench fit` first")
+    comps = comps if comps is not None else comparisons(rows, opts, compare_metric)
+    everything, rows = rows, main_rows(rows)  # label-budget rows feed the curves only
+    metric = opts.metrics[0]
+    calib_opts = ReportOptions(opts.bootstrap, opts.level, opts.aggregate, CALIBRATION_METRICS)
+    calib_header = ["Dataset", "Model", "Freeze", "Head"] + metric_headers(calib_opts, " [CI]") + ["Temperature"]
+    calib_body = [row + [_temperature(r)] for row, r in zip(body_rows(rows, calib_opts, False), rows)]
+    _text_files(out, everything, rows, opts, comps, compare_metric, (calib_header, calib_body))
+    sections, reliabilities, curves = _figures(out, rows, everything, metric)
+    recommend_html = _recommendation_html(out, rows, opts, metric)
+    curve_header, curve_body = curve_table(everything, metric)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    header = ["Dataset", "Model", "Freeze", "Head"] + metric_headers(opts, " [CI]") + ["CI unit"]
+    body = [row + [r.unit] for row, r in zip(body_rows(rows, opts, False), rows)]
+    red = {i for i, r in enumerate(rows) if r.random_weights}
+    comp_header = [h.format(metric=LABELS[compare_metric]) for h in COMPARE_HEADER]
+    comp_body = comparison_lines(comps, compare_metric)
+    comp_red = {i for i, c in enumerate(comps) if "†" in c.label}
+    warnings = [n for n in footnotes(rows, opts) if n[:1] in ("‡", "§", "¶")]
+    provenance = _provenance(rows, everything, study_file, study_overrides)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>probebench report</title><style>{CSS}</style></head><body>
 <h1>probebench report</h1>
-<h2>Recommendation ({html.escape(LABELS[metric])})</h2>{''.join(recommend_html)}
+<h2>Recommendation ({html.escape(LABELS[metric])})</h2>{recommend_html}
 <h2>Results (Tables III/IV)</h2>{''.join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings)}
 {_html_table(header, body, red)}
 <p class="note">{'<br>'.join(html.escape(n) for n in footnotes(rows, opts))}</p>
@@ -495,9 +520,7 @@ def _write_files(out: Path, runs_dir, opts, rows, comps, compare_metric, setting
 {f"<h2>Label efficiency</h2>{_html_table(curve_header, curve_body)}<p class='note'>{html.escape(CURVE_NOTE)}</p>"
  f"<div>{''.join(curves)}</div>" if curve_body else ""}
 <h2>Figures</h2>{''.join(sections)}
-<h2>Data distribution (Tables I/II)</h2>{''.join(dist_html)}
-<h2>Cost per cell</h2>{_html_table(['Dataset', 'Model', 'Freeze', 'Head', 'Extraction img/s', 'Training s',
-                                    'Peak memory GiB', 'Device'], cost_body, red)}
+{_cost_and_data_html(rows, red)}
 <h2>Provenance</h2><pre>{html.escape(chr(10).join(provenance))}</pre>
 </body></html>
 """

@@ -163,6 +163,219 @@ def _resume_from(path: Path, numbers: dict, resume: bool | str) -> dict | None:
     return checkpoint
 
 
+def _refuse(spec: FeatureSpec, head: str, train: TrainConfig, accumulate: int, precision: str, workers, device,
+            grad_checkpointing: bool, calibrate, study_quirks, freeze_backbone: bool) -> None:
+    """Every option checked before any work: values, the study's quirks, and the cache-only feature options."""
+    check_options(finetune_head=head, accumulate=accumulate, finetune_precision=precision, workers=workers,
+                  device=device, grad_checkpointing=grad_checkpointing, calibrate=calibrate)
+    unknown = set(study_quirks) - set(STUDY_QUIRKS)
+    if unknown:
+        raise ProbebenchError(f"unknown study quirks {sorted(unknown)}; known: {', '.join(STUDY_QUIRKS)}")
+    if "vgg_features_only" in study_quirks and not freeze_backbone:
+        raise ProbebenchError("--study-vgg-features-only concerns the study's frozen VGG16: add --freeze-backbone")
+    if train.batch_size % accumulate:
+        raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {train.batch_size}")
+    cache_only = [f"--{k.replace('_', '-')}" for k in CACHE_ONLY if getattr(spec, k) != getattr(FeatureSpec, k)]
+    if cache_only:
+        raise ProbebenchError(f"{', '.join(cache_only)} describe(s) the feature cache, not fine-tuning (its "
+                              "precision is --precision, a runtime choice)")
+
+
+def _numbers(job, mode: str, head: str, train: TrainConfig, accumulate: int, prec: str, study_quirks,
+             calibrate) -> dict:
+    """Everything that changes a fine-tuned run's numbers: its identity, and what a resume must match exactly."""
+    req = job.request
+    return {
+        "mode": mode, "path": "end-to-end", "dataset": job.manifest.dataset, "model": req.model, "head": head,
+        "tap": req.tap, "weights_sha256": req.weights["sha256"], "preprocessing": req.preprocessing,
+        "manifest_hash": req.manifest_hash, "epochs": train.epochs, "lr": train.lr, "batch_size": train.batch_size,
+        "weight_decay": train.weight_decay, "optimizer": train.optimizer, "select_metric": train.select_metric,
+        "patience": train.patience, "accumulate": accumulate, "precision": prec, "seed": train.seed,
+        **({"head_sha256": req.weights["head_sha256"]} if req.weights.get("head_sha256") else {}),
+        **({"study_quirks": sorted(study_quirks)} if study_quirks else {}),
+        **({"calibrate": calibrate} if calibrate else {})}
+
+
+class EndToEnd:
+    """One fine-tuning run on one device (one rank of a distributed run): the model, its optimiser and the batches
+    of each split. ``train_loop`` calls ``train_batches``, ``step`` and ``validate``; checkpoints after each epoch."""
+
+    def __init__(self, job, net: Classifier, dev: torch.device, prec: str, train: TrainConfig, accumulate: int,
+                 workers: int | None, checkpoint: dict | None, numbers: dict, work: Path, ranks: tuple[int, int],
+                 on_epoch=None):
+        self.manifest, self.net, self.dev, self.train, self.accumulate = job.manifest, net, dev, train, accumulate
+        self.numbers, self.work, self.on_epoch = numbers, work, on_epoch
+        self.rank, self.world = ranks
+        self.channels_last = dev.type == "cuda" and job.config.family.channels_last
+        self.opt = make_optimizer(net.trainable_parameters(), train.optimizer, train.lr, train.weight_decay)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=prec == "fp16")
+        self.state = LoopState()
+        if checkpoint is not None:
+            net.load_state_dict(checkpoint["model"])
+            self.opt.load_state_dict(checkpoint["optimizer"])
+            self.scaler.load_state_dict(checkpoint["scaler"])
+            self.state = LoopState(**checkpoint["loop"])
+            net._validated = self.state.epoch >= 1  # bn_epoch1: train mode ended at the first validation
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+        self.trained = nn.parallel.DistributedDataParallel(net) if self.world > 1 else net
+        splits = self.manifest.splits
+        self.train_idx, self.val_idx, self.test_idx = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
+        self.labels = torch.as_tensor(self.manifest.labels)
+        pre = job.config.preprocessing
+        self.images = ImageDataset(self.manifest.paths, make_transform(pre), pre.crop, rules=self.manifest.pixels)
+        self.workers = workers if workers is not None else default_workers()
+        self.autocast = autocast_dtype(prec)
+        self.global_batch = 0  # size of the global batch whose shard this rank is training on
+        self.bar, self.epoch_task = None, None
+
+    def loader(self, batches) -> DataLoader:
+        return DataLoader(self.images, batch_sampler=batches, num_workers=self.workers,
+                          pin_memory=self.dev.type == "cuda")
+
+    def checked(self, batch):
+        x, idx, ok, errors = batch
+        if not bool(ok.all()):
+            i = int(np.flatnonzero(~ok.numpy())[0])
+            raise bad_image_error(self.manifest.paths[int(idx[i])], errors[i], BAD_IMAGE_HINT)
+        x = x.to(self.dev, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[idx].to(self.dev)
+
+    def forward(self, x, module=None):
+        with torch.autocast(self.dev.type, dtype=self.autocast, enabled=self.autocast is not None):
+            return (module or self.net)(x).float()
+
+    def train_batches(self, epoch):
+        rank, world = self.rank, self.world
+        batches = [self.train_idx[b] for b in epoch_batches(len(self.train_idx), self.train.batch_size,
+                                                            self.train.seed, epoch)]
+        shards = [b[rank::world] if len(b[rank::world]) else b[:1] for b in batches]  # never an empty shard
+        for batch, shard in zip(batches, self.loader([s.tolist() for s in shards])):
+            self.global_batch = len(batch)
+            x, y = self.checked(shard)
+            yield x, y if len(batch[rank::world]) else y[:0]  # an empty shard keeps its place, weight 0
+
+    def step(self, m, x, y, optim):
+        optim.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
+        correct = torch.zeros((), dtype=torch.long, device=self.dev)
+        chunks = list(zip(x.chunk(self.accumulate), y.chunk(self.accumulate))) if len(y) else [(x, y)]
+        for i, (xs, ys) in enumerate(chunks):
+            sync = self.world == 1 or i == len(chunks) - 1  # all-reduce gradients once per optimiser step
+            with (contextlib.nullcontext() if sync else self.trained.no_sync()):
+                logits = self.forward(xs, self.trained)
+                if len(ys):  # mean over the global batch, whatever the shard and micro-batch sizes
+                    loss = nn.functional.cross_entropy(logits, ys) * (len(ys) * self.world / self.global_batch)
+                else:
+                    loss = logits.sum() * 0.0
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach().double() * self.global_batch / self.world
+            correct += (logits.detach().argmax(1) == ys).sum() if len(ys) else 0
+        self.scaler.step(optim)
+        self.scaler.update()
+        loss_sum, correct, seen = distributed.all_sum(loss_sum.cpu(), correct.cpu(), torch.tensor(len(y)))
+        self.bar.update(self.epoch_task, advance=int(seen))
+        return loss_sum, correct.long(), int(seen)
+
+    @torch.no_grad()
+    def predict(self, indices) -> torch.Tensor:
+        size = 2 * self.train.batch_size
+        batches = [indices[i:i + size].tolist() for i in range(0, len(indices), size)]
+        self.net.eval()
+        return (torch.cat([self.forward(self.checked(b)[0]).cpu() for b in self.loader(batches)]) if batches
+                else torch.empty(0))
+
+    def validate(self, m):
+        return val_metrics(self.predict(self.val_idx), self.labels[self.val_idx])
+
+    def after_epoch(self, s: LoopState, row: dict):
+        if self.rank == 0:  # only rank 0 writes
+            snapshot = {"numbers": self.numbers, "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                        "scaler": self.scaler.state_dict(), "loop": asdict(s),
+                        "rng": {"torch": torch.get_rng_state()}}
+            if row.get("best"):
+                _save_atomic({"model": s.best_state, "epoch": s.best_epoch, "metric": s.best_metric},
+                             self.work / "best.pt")
+            _save_atomic(snapshot, self.work / "last.pt")
+        self.bar.update(self.epoch_task, info=f"loss {row['train_loss']:.4f} · val acc {row['val_accuracy']:.3f}")
+        if self.on_epoch is not None:
+            self.on_epoch(s, row)
+        self.new_epoch_bar(s.epoch + 1)
+
+    def new_epoch_bar(self, epoch: int) -> None:
+        if epoch <= self.train.epochs:
+            self.epoch_task = self.bar.add_task(f"{self.numbers['mode']} {self.numbers['model']} × "
+                                                f"{self.manifest.dataset} epoch {epoch}/{self.train.epochs}",
+                                                total=len(self.train_idx), info="")
+
+    def run(self, progress: bool) -> LoopState:
+        """Train to the end (or early stop) and load the kept epoch's weights."""
+        t = self.train
+        self.bar = make_progress(progress and self.rank == 0)
+        try:
+            with self.bar:
+                self.new_epoch_bar(self.state.epoch + 1)
+                self.state = train_loop(self.net, self.opt, self.train_batches, self.validate, epochs=t.epochs,
+                                        seed=t.seed, step=self.step, select=t.select_metric, patience=t.patience,
+                                        state=self.state, on_epoch=self.after_epoch)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise ProbebenchError(f"out of GPU memory with --batch-size {t.batch_size}: use a smaller micro-batch "
+                                  "with --accumulate N (same effective batch), or --grad-checkpointing for the ViTs, "
+                                  f"or --precision bf16/fp16 ({exc})") from exc
+        self.net.load_state_dict(self.state.best_state)
+        return self.state
+
+
+def _prepare_work(base: Path, numbers: dict, resume: bool | str, main: bool) -> tuple[Path, dict | None]:
+    """The in-progress folder and the checkpoint to resume from (None: start afresh, the folder emptied)."""
+    work = base / "_inprogress"
+    checkpoint = _resume_from(work / "last.pt", numbers, resume) if resume else None
+    if main and checkpoint is None and work.exists():
+        shutil.rmtree(work)
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    return work, checkpoint
+
+
+def _write(runs_dir, e: EndToEnd, job, head: str, calibrate, grad_checkpointing: bool, digest: str,
+           seconds: float) -> Path:
+    """Test predictions (temperature-scaled on validation when asked), the record and the metrics, as one run."""
+    manifest, numbers, dev = e.manifest, e.numbers, e.dev
+    proba = softmax_proba(e.predict(e.test_idx))
+    y_test = manifest.labels[e.test_idx]
+    calibration = None
+    if calibrate == "temperature":  # fitted on validation only, then applied to the test probabilities
+        calibration = fit_temperature(softmax_proba(e.predict(e.val_idx)), manifest.labels[e.val_idx])
+        sys.stderr.write(bound_warning(calibration))
+        proba = apply_temperature(proba, calibration["temperature"])
+    if not np.isfinite(proba).all():
+        raise ProbebenchError(f"fine-tuned {numbers['model']} on {manifest.dataset} gives non-finite probabilities: "
+                              "training diverged; lower --lr or use --precision fp32; no run was written")
+    shared = {"mode", "path", "dataset", "model", "head", "tap", "preprocessing", "manifest_hash", "seed"}
+    record = RunRecord(
+        **{k: numbers[k] for k in shared}, classes=manifest.classes, weights=job.request.weights,
+        n={"train": len(e.train_idx), "val": len(e.val_idx), "test": len(e.test_idx)}, counts=manifest.counts(),
+        head_label=head, head_params={k: numbers[k] for k in ("epochs", "lr", "batch_size", "weight_decay",
+                                                              "optimizer", "seed", "accumulate")},
+        group_kind=manifest.group_kind, device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
+        junk_files=len(manifest.junk), versions=versions(),
+        details={**{k: v for k, v in numbers.items() if k not in shared},
+                 "grad_checkpointing": grad_checkpointing, "world_size": e.world,
+                 **({"calibration": calibration} if calibration else {})})
+    state = e.state
+    best_row = next((r for r in state.history if r.get("epoch") == state.best_epoch), {})
+    metrics = {"test": point_metrics(y_test, proba.argmax(1), len(manifest.classes), proba),
+               "best_epoch": state.best_epoch, "val_accuracy": best_row.get("val_accuracy"),
+               "best_" + numbers["select_metric"]: state.best_metric, "epochs_run": state.epoch,
+               "train_seconds": round(seconds, 3),
+               "peak_memory_gib": (round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda"
+                                   else None)}
+    return write_run(runs_dir, record, sample_ids=manifest.sample_ids[e.test_idx], groups=manifest.groups[e.test_idx],
+                     y_true=y_test, proba=proba, history=state.history, metrics=metrics, run_suffix=digest)
+
+
 def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_dir: str | Path = "runs",
              head: str = "linear", train: TrainConfig | None = None, freeze_backbone: bool = False,
              accumulate: int = 1, grad_checkpointing: bool = False, precision: str = "auto", device: str = "auto",
@@ -185,206 +398,40 @@ def finetune(features: FeatureSpec | str, dataset: str, *, data_root=None, runs_
     """
     overrides, options = split_training(options)
     train = TrainConfig.of(train, **overrides)
-    epochs, lr, batch_size, weight_decay = train.epochs, train.lr, train.batch_size, train.weight_decay
-    optimizer, select_metric, patience, seed = train.optimizer, train.select_metric, train.patience, train.seed
-    check_options(finetune_head=head, accumulate=accumulate, finetune_precision=precision, workers=workers,
-                  device=device, grad_checkpointing=grad_checkpointing, calibrate=calibrate)
-    unknown = set(study_quirks) - set(STUDY_QUIRKS)
-    if unknown:
-        raise ProbebenchError(f"unknown study quirks {sorted(unknown)}; known: {', '.join(STUDY_QUIRKS)}")
-    if "vgg_features_only" in study_quirks and not freeze_backbone:
-        raise ProbebenchError("--study-vgg-features-only concerns the study's frozen VGG16: add --freeze-backbone")
-    if batch_size % accumulate:
-        raise ProbebenchError(f"--accumulate {accumulate} must divide --batch-size {batch_size}")
-    check_writable(runs_dir)
     spec = FeatureSpec.of(features, **options)
-    cache_only = [f"--{k.replace('_', '-')}" for k in CACHE_ONLY if getattr(spec, k) != getattr(FeatureSpec, k)]
-    if cache_only:
-        raise ProbebenchError(f"{', '.join(cache_only)} describe(s) the feature cache, not fine-tuning (its "
-                              "precision is --precision, a runtime choice)")
-    model = spec.model
+    _refuse(spec, head, train, accumulate, precision, workers, device, grad_checkpointing, calibrate, study_quirks,
+            freeze_backbone)
+    check_writable(runs_dir)
     job = resolve_job(spec, dataset, data_root=data_root)
     rank, world = distributed.setup()
-    main = rank == 0
     dev = auto_device(distributed.rank_device(device))
     prec = resolve_precision(precision, dev)
-    manifest, req = job.manifest, job.request
+    manifest = job.manifest
     check_trainable(manifest.dataset, manifest.classes, manifest.counts())
     mode = "frozen" if freeze_backbone else "unfrozen"
-    numbers = {  # everything that changes the numbers: a resume must match it exactly
-        "mode": mode, "path": "end-to-end", "dataset": manifest.dataset, "model": model, "head": head,
-        "tap": req.tap, "weights_sha256": req.weights["sha256"], "preprocessing": req.preprocessing,
-        "manifest_hash": req.manifest_hash, "epochs": epochs, "lr": lr, "batch_size": batch_size,
-        "weight_decay": weight_decay, "optimizer": optimizer, "select_metric": select_metric,
-        "patience": patience, "accumulate": accumulate, "precision": prec, "seed": seed,
-        **({"head_sha256": req.weights["head_sha256"]} if req.weights.get("head_sha256") else {}),
-        **({"study_quirks": sorted(study_quirks)} if study_quirks else {}),
-        **({"calibrate": calibrate} if calibrate else {})}
-    base = run_folder(runs_dir, manifest.dataset, model, mode)
+    numbers = _numbers(job, mode, head, train, accumulate, prec, study_quirks, calibrate)
+    base = run_folder(runs_dir, manifest.dataset, spec.model, mode)
     digest = config_hash(numbers)
     done = None if force else identical_run(base, digest)
     if done is not None:
         if existing == "reuse":  # the study runner: an identical complete run counts as done
             return done
         raise ProbebenchError(f"this run is already complete: {done} (use --force to run it again)")
-    work = base / "_inprogress"
-    checkpoint = _resume_from(work / "last.pt", numbers, resume) if resume else None
-    if main and checkpoint is None and work.exists():
-        shutil.rmtree(work)
-    if main:
-        work.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
-
-    n_classes = len(manifest.classes)
+    work, checkpoint = _prepare_work(base, numbers, resume, rank == 0)
     extractor = job.create_model()
     if grad_checkpointing and hasattr(extractor.backbone, "set_grad_checkpointing"):  # DINOv2 and timm models
         extractor.backbone.set_grad_checkpointing(True)
-    net = Classifier(extractor, n_classes, seed, freeze_backbone, tuple(study_quirks), head).to(dev)
+    net = Classifier(extractor, len(manifest.classes), train.seed, freeze_backbone, tuple(study_quirks), head).to(dev)
     if dev.type == "cuda" and extractor.config.family.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    opt = make_optimizer(net.trainable_parameters(), optimizer, lr, weight_decay)
-    scaler = torch.amp.GradScaler(dev.type, enabled=prec == "fp16")
-    state = LoopState()
-    if checkpoint is not None:
-        net.load_state_dict(checkpoint["model"])
-        opt.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state = LoopState(**checkpoint["loop"])
-        net._validated = state.epoch >= 1  # bn_epoch1: train mode ended at the first validation
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-    trained = nn.parallel.DistributedDataParallel(net) if world > 1 else net
-
-    splits = manifest.splits
-    train_idx, val_idx, test_idx = (np.flatnonzero(splits == s) for s in ("train", "val", "test"))
-    labels = torch.as_tensor(manifest.labels)
-    images = ImageDataset(manifest.paths, make_transform(job.config.preprocessing), job.config.preprocessing.crop,
-                          rules=manifest.pixels)
-    n_workers = workers if workers is not None else default_workers()
-    autocast = autocast_dtype(prec)
-
-    def loader(batches):
-        return DataLoader(images, batch_sampler=batches, num_workers=n_workers, pin_memory=dev.type == "cuda")
-
-    def checked(batch):
-        x, idx, ok, errors = batch
-        if not bool(ok.all()):
-            i = int(np.flatnonzero(~ok.numpy())[0])
-            raise bad_image_error(manifest.paths[int(idx[i])], errors[i], BAD_IMAGE_HINT)
-        x = x.to(dev, non_blocking=True)
-        if dev.type == "cuda" and extractor.config.family.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, labels[idx].to(dev)
-
-    def forward(x, module=net):
-        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
-            return module(x).float()
-
-    global_batch = [0]  # size of the global batch whose shard this rank is training on
-
-    def train_batches(epoch):
-        batches = [train_idx[b] for b in epoch_batches(len(train_idx), batch_size, seed, epoch)]
-        shards = [b[rank::world] if len(b[rank::world]) else b[:1] for b in batches]  # never an empty shard
-        for batch, shard in zip(batches, loader([s.tolist() for s in shards])):
-            global_batch[0] = len(batch)
-            x, y = checked(shard)
-            yield x, y if len(batch[rank::world]) else y[:0]  # an empty shard keeps its place, weight 0
-
-    def step(m, x, y, optim):
-        optim.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        correct = torch.zeros((), dtype=torch.long, device=dev)
-        chunks = list(zip(x.chunk(accumulate), y.chunk(accumulate))) if len(y) else [(x, y)]
-        for i, (xs, ys) in enumerate(chunks):
-            sync = world == 1 or i == len(chunks) - 1  # all-reduce gradients once per optimiser step
-            with (contextlib.nullcontext() if sync else trained.no_sync()):
-                logits = forward(xs, trained)
-                if len(ys):  # mean over the global batch, whatever the shard and micro-batch sizes
-                    loss = nn.functional.cross_entropy(logits, ys) * (len(ys) * world / global_batch[0])
-                else:
-                    loss = logits.sum() * 0.0
-                scaler.scale(loss).backward()
-            loss_sum += loss.detach().double() * global_batch[0] / world
-            correct += (logits.detach().argmax(1) == ys).sum() if len(ys) else 0
-        scaler.step(optim)
-        scaler.update()
-        loss_sum, correct, seen = distributed.all_sum(loss_sum.cpu(), correct.cpu(), torch.tensor(len(y)))
-        bar.update(epoch_task, advance=int(seen))
-        return loss_sum, correct.long(), int(seen)
-
-    @torch.no_grad()
-    def predict(indices):
-        batches = [indices[i:i + 2 * batch_size].tolist() for i in range(0, len(indices), 2 * batch_size)]
-        net.eval()
-        return torch.cat([forward(checked(b)[0]).cpu() for b in loader(batches)]) if batches else torch.empty(0)
-
-    def validate(m):
-        return val_metrics(predict(val_idx), labels[val_idx])
-
-    def after_epoch(s: LoopState, row: dict):
-        if main:  # only rank 0 writes
-            snapshot = {"numbers": numbers, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                        "scaler": scaler.state_dict(), "loop": asdict(s), "rng": {"torch": torch.get_rng_state()}}
-            if row.get("best"):
-                _save_atomic({"model": s.best_state, "epoch": s.best_epoch, "metric": s.best_metric},
-                             work / "best.pt")
-            _save_atomic(snapshot, work / "last.pt")
-        bar.update(epoch_task, info=f"loss {row['train_loss']:.4f} · val acc {row['val_accuracy']:.3f}")
-        if on_epoch is not None:
-            on_epoch(s, row)
-        new_epoch_bar(s.epoch + 1)
-
-    def new_epoch_bar(epoch):
-        nonlocal epoch_task
-        if epoch <= epochs:
-            epoch_task = bar.add_task(f"{mode} {model} × {manifest.dataset} epoch {epoch}/{epochs}",
-                                      total=len(train_idx), info="")
-
+    e = EndToEnd(job, net, dev, prec, train, accumulate, workers, checkpoint, numbers, work, (rank, world), on_epoch)
     start = time.perf_counter()
-    bar, epoch_task = make_progress(progress and main), None
-    try:
-        with bar:
-            new_epoch_bar(state.epoch + 1)
-            state = train_loop(net, opt, train_batches, validate, epochs=epochs, seed=seed, step=step,
-                               select=select_metric, patience=patience, state=state, on_epoch=after_epoch)
-    except torch.cuda.OutOfMemoryError as exc:
-        raise ProbebenchError(f"out of GPU memory with --batch-size {batch_size}: use a smaller micro-batch with "
-                              "--accumulate N (same effective batch), or --grad-checkpointing for the ViTs, or "
-                              f"--precision bf16/fp16 ({exc})") from exc
-    net.load_state_dict(state.best_state)
-    if not main:
+    e.run(progress)
+    if rank != 0:
         distributed.barrier()
         distributed.cleanup()
         return None
-    proba = softmax_proba(predict(test_idx))
-    y_test = manifest.labels[test_idx]
-    calibration = None
-    if calibrate == "temperature":  # fitted on validation only, then applied to the test probabilities
-        calibration = fit_temperature(softmax_proba(predict(val_idx)), manifest.labels[val_idx])
-        sys.stderr.write(bound_warning(calibration))
-        proba = apply_temperature(proba, calibration["temperature"])
-    shared = {"mode", "path", "dataset", "model", "head", "tap", "preprocessing", "manifest_hash", "seed"}
-    record = RunRecord(
-        **{k: numbers[k] for k in shared}, classes=manifest.classes, weights=req.weights,
-        n={"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}, counts=manifest.counts(),
-        head_label=head, head_params={k: numbers[k] for k in ("epochs", "lr", "batch_size", "weight_decay",
-                                                              "optimizer", "seed", "accumulate")},
-        group_kind=manifest.group_kind, device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
-        junk_files=len(manifest.junk), versions=versions(),
-        details={**{k: v for k, v in numbers.items() if k not in shared},
-                 "grad_checkpointing": grad_checkpointing, "world_size": world,
-                 **({"calibration": calibration} if calibration else {})})
-    if not np.isfinite(proba).all():
-        raise ProbebenchError(f"fine-tuned {model} on {manifest.dataset} gives non-finite probabilities: training "
-                              "diverged; lower --lr or use --precision fp32; no run was written")
-    best_row = next((r for r in state.history if r.get("epoch") == state.best_epoch), {})
-    metrics = {"test": point_metrics(y_test, proba.argmax(1), n_classes, proba), "best_epoch": state.best_epoch,
-               "val_accuracy": best_row.get("val_accuracy"),
-               "best_" + select_metric: state.best_metric, "epochs_run": state.epoch,
-               "train_seconds": round(time.perf_counter() - start, 3),
-               "peak_memory_gib": (round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda"
-                                   else None)}
-    run = write_run(runs_dir, record, sample_ids=manifest.sample_ids[test_idx], groups=manifest.groups[test_idx],
-                    y_true=y_test, proba=proba, history=state.history, metrics=metrics, run_suffix=digest)
+    run = _write(runs_dir, e, job, head, calibrate, grad_checkpointing, digest, time.perf_counter() - start)
     shutil.rmtree(work)
     if on_run is not None:
         on_run(run)

@@ -98,8 +98,6 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     """
     overrides, options = split_training(options)
     train = TrainConfig.of(train, **overrides)
-    epochs, lr, batch_size, weight_decay = train.epochs, train.lr, train.batch_size, train.weight_decay
-    optimizer, select_metric, patience, seed = train.optimizer, train.select_metric, train.patience, train.seed
     check_options(head=head, hidden=hidden, normalize=normalize, standardize=standardize, class_weight=class_weight,
                   seeds=seeds, grid=grid, label_fractions=label_fractions, shots=shots, cv=cv, calibrate=calibrate)
     if cv and (label_fractions or shots):
@@ -110,31 +108,15 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     model = spec.model
     path = locate_store(spec, dataset, data_root=data_root, cache_dir=cache_dir)
     feats = fcache.read_features(path)
-    split = feats.split
     n_classes = len(feats.attrs["classes"])
-    counts = {s: np.bincount(feats.labels[split == s], minlength=n_classes).tolist()
-              for s in ("train", "val", "test")}
-    if not cv:
-        check_trainable(feats.attrs["dataset"], feats.attrs["classes"], counts)
-    if calibrate and not cv and not (split == "val").any():
-        raise ProbebenchError("--calibrate temperature fits the temperature on the validation split, and this "
-                              "dataset has no validation samples")
-    seed_list = list(seeds) if seeds else [seed]
-    options = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, hidden=hidden,
-                   class_weight=class_weight, select=select_metric, optimizer=optimizer, patience=patience)
+    shared, cache_details = _store_record(feats, path, model, {"normalize": normalize, "standardize": standardize},
+                                          data_root)
+    _check_store(feats, shared["counts"], cv, calibrate)
+    seed_list = list(seeds) if seeds else [train.seed]
+    options = dict(epochs=train.epochs, lr=train.lr, batch_size=train.batch_size, weight_decay=train.weight_decay,
+                   hidden=hidden, class_weight=class_weight, select=train.select_metric, optimizer=train.optimizer,
+                   patience=train.patience)
     attrs = feats.attrs
-    shared = dict(  # the fields of the run record that do not depend on the head or the seed
-        mode="frozen", path="cache", dataset=attrs["dataset"], model=model, classes=attrs["classes"],
-        weights=attrs["weights"], tap=attrs["tap"], preprocessing=attrs["preprocessing"],
-        manifest_hash=attrs["manifest_hash"], n={s: int((split == s).sum()) for s in ("train", "val", "test")},
-        counts=counts, group_kind=attrs.get("group_kind", "group"), device=attrs.get("device"),
-        extract_img_s=(round(attrs["n_samples"] / attrs["extract_seconds"], 2) if attrs.get("extract_seconds")
-                       else None),
-        skipped=attrs["skipped"], junk_files=attrs.get("junk_files", 0), versions=fcache.versions())
-    cache_details = {"precision": attrs["precision"], "store_dtype": attrs["store_dtype"], "cache_key": attrs["key"],
-                     "cache_path": str(path), "features": {"normalize": normalize, "standardize": standardize},
-                     "feature_dim": int(feats.features.shape[1]),
-                     "data_root": [str(r) for r in data_roots(data_root)]}
     base = {**shared, **cache_details}
     extra = {k: v for k, v in (("cv", cv), ("calibrate", calibrate)) if v}  # absent when unused: older digests hold
     budgets = budgets_of(label_fractions, shots)
@@ -142,8 +124,7 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
                          **({"budgets": budgets} if budgets != [None] else {})})
     prep = dict(normalize=normalize, standardize=standardize, calibrate=calibrate, progress=progress)
     first = None
-    identity = {k: v for k, v in base.items()  # inputs only: not where files lie, not a measured speed
-                if k not in ("data_root", "cache_path", "feature_dim", "extract_img_s")}
+    identity = {k: v for k, v in base.items() if k not in VARYING}
     for budget in budgets:
         seed_group = config_hash({"group": group, "budget": budget}) if budget else group
         for position, s in enumerate(seed_list):
@@ -171,13 +152,49 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
                 on_run(run)
             first = first or run
             if progress:
-                t = metrics["test"]
-                sys.stderr.write(f"{title} {estimator.describe()}{f' {cv}-fold CV' if cv else ''}: test accuracy "
-                                 f"{100 * t['accuracy']:.2f}, F1 {100 * t['f1']:.2f}, AUROC "
-                                 f"{100 * t['auroc_macro']:.2f} (validation accuracy "
-                                 f"{100 * (metrics['val_accuracy'] or float('nan')):.2f}); intervals: "
-                                 "probebench report\n")
+                sys.stderr.write(_summary(title, estimator, cv, metrics))
     return first
+
+
+VARYING = ("data_root", "cache_path", "feature_dim", "extract_img_s")  # not inputs: where files lie, a speed
+
+
+def _check_store(feats, counts: dict, cv: int | None, calibrate: str | None) -> None:
+    """A store a head can be fitted on: every class in training (cross-validation draws its own), and validation
+    samples when a temperature is to be fitted on them."""
+    if not cv:
+        check_trainable(feats.attrs["dataset"], feats.attrs["classes"], counts)
+    if calibrate and not cv and not (feats.split == "val").any():
+        raise ProbebenchError("--calibrate temperature fits the temperature on the validation split, and this "
+                              "dataset has no validation samples")
+
+
+def _store_record(feats, path, model: str, features: dict, data_root) -> tuple[dict, dict]:
+    """What a frozen run records of its store: the run record's fields that depend on neither head nor seed, and
+    the cache's own details (key, path, dtype, feature options and dimension, data roots)."""
+    split, attrs = feats.split, feats.attrs
+    n_classes = len(attrs["classes"])
+    counts = {s: np.bincount(feats.labels[split == s], minlength=n_classes).tolist() for s in ("train", "val", "test")}
+    shared = dict(
+        mode="frozen", path="cache", dataset=attrs["dataset"], model=model, classes=attrs["classes"],
+        weights=attrs["weights"], tap=attrs["tap"], preprocessing=attrs["preprocessing"],
+        manifest_hash=attrs["manifest_hash"], n={s: int((split == s).sum()) for s in ("train", "val", "test")},
+        counts=counts, group_kind=attrs.get("group_kind", "group"), device=attrs.get("device"),
+        extract_img_s=(round(attrs["n_samples"] / attrs["extract_seconds"], 2) if attrs.get("extract_seconds")
+                       else None),
+        skipped=attrs["skipped"], junk_files=attrs.get("junk_files", 0), versions=fcache.versions())
+    cache_details = {"precision": attrs["precision"], "store_dtype": attrs["store_dtype"], "cache_key": attrs["key"],
+                     "cache_path": str(path), "features": features, "feature_dim": int(feats.features.shape[1]),
+                     "data_root": [str(r) for r in data_roots(data_root)]}
+    return shared, cache_details
+
+
+def _summary(title: str, estimator, cv: int | None, metrics: dict) -> str:
+    """The line a fit prints per run: test accuracy, F1 and AUROC, and the kept model's validation accuracy."""
+    t = metrics["test"]
+    return (f"{title} {estimator.describe()}{f' {cv}-fold CV' if cv else ''}: test accuracy "
+            f"{100 * t['accuracy']:.2f}, F1 {100 * t['f1']:.2f}, AUROC {100 * t['auroc_macro']:.2f} (validation "
+            f"accuracy {100 * (metrics['val_accuracy'] or float('nan')):.2f}); intervals: probebench report\n")
 
 
 def _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title):
