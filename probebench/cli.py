@@ -540,41 +540,14 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
     from probebench.report.tracking import check_tracker
     from probebench.study import load_study, parse_shard, plan_record
     from probebench.study import run_study as run
+    from probebench.study.launch import launch
 
     t0 = time.perf_counter()
     check_tracker(track)
     share = parse_shard(shard)
-    if devices:
-        from probebench.study import run_on_devices
-
-        if shard or dry_run:
-            raise ProbebenchError("--devices runs every shard itself: use it without --shard and --dry-run")
-        chosen = [d.strip() for d in devices.split(",") if d.strip()]
-        load_study(study_file, overrides=assignments or [], data_root=data_root)  # refuse a bad file before forking
-        failed_shards = run_on_devices(study_file, chosen, overrides=assignments or [], data_root=data_root,
-                                       only=only, track=track)
-        if failed_shards:
-            err.print(styled("red", "failed", f" {failed_shards} of {len(chosen)} shard(s); the summary follows"))
-    if launcher is not None:
-        from probebench.study import run_with_submitit
-
-        if launcher != "submitit":
-            raise ProbebenchError(f"--launcher {launcher!r}: the launcher is submitit")
-        if shard or dry_run or devices:
-            raise ProbebenchError("--launcher submits every shard itself: use it without --shard, --devices and "
-                                  "--dry-run")
-        if jobs < 1:
-            raise ProbebenchError(f"--jobs {jobs}: must be 1 or more")
-        params = {}
-        for item in slurm or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ProbebenchError(f"--slurm {item!r}: expected KEY=VALUE, e.g. slurm_partition=gpu")
-            params[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
-        cluster = os.environ.get("PROBEBENCH_SUBMITIT_CLUSTER") or None  # "local" in the tests
-        for line in run_with_submitit(study_file, jobs, overrides=assignments or [], data_root=data_root, only=only,
-                                      track=track, cluster=cluster, slurm=params):
-            err.print(styled("red", "failed", f" {line}"))
+    for line in launch(study_file, devices=devices, launcher=launcher, jobs=jobs, slurm=slurm or [], shard=shard,
+                       dry_run=dry_run, overrides=assignments or [], data_root=data_root, only=only, track=track):
+        err.print(styled("red", "failed", f" {line}"))
     study = load_study(study_file, overrides=assignments or [], data_root=data_root)
     if as_json and not dry_run:
         raise ProbebenchError("--json prints the plan: use it with --dry-run")

@@ -52,6 +52,7 @@ UTILITIES = {"errors", "validate", "atomic", "progress", "distributed", "runs", 
 ALLOWED = {  # stage -> stages it may import (besides the utilities); a later stage never below an earlier one
     "models": {"models", "data"}, "data": {"data"}, "features": {"features", "data", "models"},
     "train": {"train", "features", "data", "models", "stats"}, "stats": {"stats"}, "report": {"report", "stats"},
+    "study": {"study", "train", "features", "data", "models", "stats", "report"},  # the orchestrator: above all
 }
 
 
@@ -87,8 +88,9 @@ def test_no_import_cycles_and_no_stage_imports_a_later_one():
         stage = parts[1]
         for dep in deps:
             dparts = dep.split(".")
-            if len(dparts) == 2:
-                assert dparts[1] in UTILITIES, f"{module} imports the top-level {dep}"
+            if len(dparts) == 2:  # the study orchestrates: it may use the top-level helpers (demo data) too
+                assert dparts[1] in UTILITIES or (stage == "study" and dparts[1] != "cli"), \
+                    f"{module} imports the top-level {dep}"
             else:
                 assert dparts[1] in ALLOWED[stage], f"{module} ({stage}) imports {dep} ({dparts[1]})"
 
