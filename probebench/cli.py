@@ -610,35 +610,23 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
                                                "with --weights (and --mean/--std, --resize/--crop)."),
            weights: str = typer.Option("auto", "--weights", help="With --model: a checkpoint or a Hugging Face "
                                        "snapshot folder, whose preprocessor_config.json is then used."),
-           resize: Optional[int] = feature_option("resize"), crop: Optional[int] = feature_option("crop"), mean: Optional[str] = feature_option("mean"),
-           std: Optional[str] = feature_option("std"), interpolation: Optional[str] = feature_option("interpolation"), as_json: bool = JsonOpt):
+           resize: Optional[int] = feature_option("resize"), crop: Optional[int] = feature_option("crop"),
+           mean: Optional[str] = feature_option("mean"), std: Optional[str] = feature_option("std"),
+           interpolation: Optional[str] = feature_option("interpolation"), as_json: bool = JsonOpt):
     """The model registry: feature taps, dimensions, weights, where they are looked for, and preprocessing."""
     from dataclasses import asdict
 
-    from probebench.models.registry import REGISTRY
-    from probebench.models.hub import hub_checkpoint_dir
+    from probebench.models.registry import REGISTRY, preprocessing_of, registry_records
 
     if model is not None:
-        from probebench.features.spec import model_preprocessing
-        from probebench.models.registry import get_config, random_seed
-
-        config = get_config(model)
-        path = None
-        if random_seed(weights) is None and weights not in ("auto", "pretrained", ""):
-            path = Path(weights)
-            if not path.exists():
-                raise ProbebenchError(f"--weights {weights!r}: no such file or snapshot folder")
-        pre = model_preprocessing(config, path, resize, crop, float_tuple(mean, "mean"), float_tuple(std, "std"),
-                                  interpolation=interpolation)
+        pre = preprocessing_of(model, weights, resize=resize, crop=crop, mean=float_tuple(mean, "mean"),
+                               std=float_tuple(std, "std"), interpolation=interpolation)
         if as_json:
             print_json("model", {"name": model, "weights": weights, "preprocessing": asdict(pre)})
         else:
             out.print(f"{model}: {pre.describe()}")
         return
-    hub = hub_checkpoint_dir()
-    records = [{"name": c.name, "family": c.family.name, "taps": dict(c.taps), "default_tap": c.default_tap,
-                "weights": c.weights_label, "file": c.weight_file, "present": (hub / c.weight_file).is_file(),
-                "preprocessing": asdict(c.preprocessing)} for c in REGISTRY.values()]
+    hub, records = registry_records()
     if as_json:
         print_json("models", {"hub": str(hub), "models": records})
         return
@@ -688,32 +676,11 @@ def datasets(data_root: Optional[list[Path]] = DataRootOpt,
         from probebench.data.filehash import forget
 
         forget()
-    from probebench.data.datasets import (INTERNAL_SPECS, data_roots, find_dataset_root, list_specs, load_manifest,
-                                          load_spec)
-    from probebench.errors import describe_error
+    from probebench.data.catalog import dataset_records
+    from probebench.data.datasets import data_roots
 
     roots = data_roots(data_root)
-    records = []
-    for name, path in list_specs().items():
-        if name in INTERNAL_SPECS:
-            continue
-        spec = load_spec(path)
-        base = find_dataset_root(spec, data_root)
-        r = {"name": name, "kind": spec.kind, "folder": spec.root, "spec": str(path), "classes": list(spec.classes),
-             "description": spec.description, "present": base is not None,
-             "data_root": str(base) if base is not None else None}
-        if check and base is not None:
-            try:
-                m = load_manifest(spec, data_root, quiet=True)
-                c = m.counts()
-                r.update(found_in=str(m.data_root), images=len(m), groups=len(set(m.groups.tolist())),
-                         group_kind=m.group_kind,
-                         splits={s: int(sum(c[s])) for s in ("train", "val", "test")},
-                         per_class={s: dict(zip(spec.classes, map(int, c[s]))) for s in ("train", "val", "test")},
-                         clutter=len(m.junk), shipped_overlap=m.shipped_overlap or None, notes=list(m.notes))
-            except Exception as exc:  # one unreadable dataset never hides the others
-                r["error"] = describe_error(exc)
-        records.append(r)
+    records = dataset_records(data_root, check)
     if as_json:
         print_json("datasets", {"data_roots": [str(r) for r in roots], "datasets": records})
         return

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from probebench.models.config import ModelConfig, Preprocessing, hf_preprocessing, with_normalization
+from probebench.models.config import ModelConfig, Preprocessing, model_preprocessing
 from probebench.validate import check_options
 
 if TYPE_CHECKING:  # the spec itself is light (the command line builds its options from it); these load torch, zarr
@@ -211,25 +211,6 @@ class FeatureJob:
 
     def cache_path(self, cache_dir: str | Path) -> Path | str:
         return self.request.path(cache_dir)
-
-
-def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: int | None = None,
-                        crop: int | None = None, mean=None, std=None, draft: bool = False,
-                        interpolation: str | None = None) -> Preprocessing:
-    """The preprocessing a model gets: its registry entry, a Hugging Face snapshot's
-    ``preprocessor_config.json`` when the weights are one, then the user's resize/crop and mean/std."""
-    pre: Preprocessing = config.preprocessing
-    if weights_path is not None and Path(weights_path).is_dir():
-        pre = hf_preprocessing(weights_path, pre)
-    if resize or crop:
-        crop = crop or pre.crop
-        pre = replace(pre, resize=resize or max(pre.resize, crop), crop=crop)
-    if pre.crop > pre.resize:
-        raise ProbebenchError(f"crop {pre.crop} is larger than resize {pre.resize}")
-    check_options(interpolation=interpolation)
-    if interpolation:  # e.g. the study's one bilinear resize for every model
-        pre = replace(pre, interpolation=interpolation, source=f"{pre.source} + --interpolation")
-    return replace(with_normalization(pre, mean, std), draft=draft)
 
 
 def resolve_job(features: FeatureSpec | str, dataset: str, *, data_root=None, **options) -> FeatureJob:

@@ -116,6 +116,27 @@ def with_normalization(pre: Preprocessing, mean=None, std=None) -> Preprocessing
 
 
 
+def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: int | None = None,
+                        crop: int | None = None, mean=None, std=None, draft: bool = False,
+                        interpolation: str | None = None) -> Preprocessing:
+    """The preprocessing a model gets: its registry entry, a Hugging Face snapshot's
+    ``preprocessor_config.json`` when the weights are one, then the user's resize/crop and mean/std."""
+    pre: Preprocessing = config.preprocessing
+    if weights_path is not None and Path(weights_path).is_dir():
+        pre = hf_preprocessing(weights_path, pre)
+    if resize or crop:
+        crop = crop or pre.crop
+        pre = replace(pre, resize=resize or max(pre.resize, crop), crop=crop)
+    if pre.crop > pre.resize:
+        raise ProbebenchError(f"crop {pre.crop} is larger than resize {pre.resize}")
+    from probebench.validate import check_options
+
+    check_options(interpolation=interpolation)
+    if interpolation:  # e.g. the study's one bilinear resize for every model
+        pre = replace(pre, interpolation=interpolation, source=f"{pre.source} + --interpolation")
+    return replace(with_normalization(pre, mean, std), draft=draft)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A registry entry, in the spirit of timm's pretrained configs."""

@@ -174,3 +174,31 @@ def _seeded(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def registry_records() -> tuple[Path, list[dict]]:
+    """The registry as plain data (``probebench models``): each entry's family, taps, default tap, weights, official
+    file, whether that file is in the hub cache, and preprocessing; with the hub cache folder."""
+    from dataclasses import asdict
+
+    from probebench.models.hub import hub_checkpoint_dir
+
+    hub = hub_checkpoint_dir()
+    return hub, [{"name": c.name, "family": c.family.name, "taps": dict(c.taps), "default_tap": c.default_tap,
+                  "weights": c.weights_label, "file": c.weight_file, "present": (hub / c.weight_file).is_file(),
+                  "preprocessing": asdict(c.preprocessing)} for c in REGISTRY.values()]
+
+
+def preprocessing_of(name: str, weights: str = "auto", *, resize=None, crop=None, mean=None, std=None,
+                     interpolation=None):
+    """The preprocessing model ``name`` gets with ``weights`` (a snapshot's preprocessor_config.json) and the
+    user's overrides, without loading any weights."""
+    from probebench.models.config import model_preprocessing
+
+    config = get_config(name)
+    path = None
+    if random_seed(weights) is None and weights not in ("auto", "pretrained", ""):
+        path = Path(weights)
+        if not path.exists():
+            raise ProbebenchError(f"--weights {weights!r}: no such file or snapshot folder")
+    return model_preprocessing(config, path, resize, crop, mean, std, interpolation=interpolation)
