@@ -12,7 +12,6 @@ from probebench.errors import ProbebenchError, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SELECT_METRICS = ("val_accuracy", "val_loss")
-HEADS = ("linear", "mlp", "study_mlp", "logreg", "knn")
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes (precision.AUTOCAST)
 RUNTIME_PRECISIONS = ("auto", *PRECISIONS)  # where the device may choose: fine-tuning
 STORE_DTYPES = ("float32", "float16")
@@ -35,6 +34,30 @@ def _choice(options):
         return v in options
     test.options = options
     return test, "one of " + ", ".join(str(o) for o in options)
+
+
+def _choice_of(module: str, attr: str):
+    """A rule allowing one of the names its owner lists (``module.attr``), read when a value is checked: the owner
+    keeps the one list (heads, metrics, ...) and may be heavy, so it is imported only then."""
+    def options():
+        import importlib
+
+        return tuple(getattr(importlib.import_module(module), attr))
+
+    def test(v):
+        return v in options()
+    test.options = options
+    return test, lambda: "one of " + ", ".join(options())
+
+
+def _choices_of(module: str, attr: str, what: str):
+    """A rule allowing a non-empty list drawn from the names its owner lists (read when a value is checked)."""
+    options = _choice_of(module, attr)[0].options
+
+    def test(v):
+        return isinstance(v, list) and v and all(x in options() for x in v)
+    test.options = options
+    return test, lambda: f"a non-empty list of {what} from " + ", ".join(options())
 
 
 def _choices(options, what: str):
@@ -69,7 +92,7 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
     "weight_decay": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),
     "optimizer": _choice(OPTIMIZERS),
     "select_metric": _choice(SELECT_METRICS),
-    "head": _choice(HEADS),
+    "head": _choice_of("probebench.train.heads", "HEADS"),
     "precision": _choice(PRECISIONS),
     "finetune_precision": _choice(RUNTIME_PRECISIONS),
     "store_dtype": _choice(STORE_DTYPES),
@@ -99,22 +122,16 @@ RULES = {  # option -> (test, what is allowed); None is allowed only where the o
 }
 
 
-# light copies of the statistics' vocabularies (a test checks they equal stats.bootstrap / evaluate / metrics)
-CI_METHODS = ("percentile", "bca")
-RESAMPLING_UNITS = ("auto", "group", "sample")
-STRATIFY_MODES = ("auto", "class", "none")
-LEVELS = ("sample", "patient")
-AGGREGATIONS = ("mean", "vote")
-METRICS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro", "f1_macro",
-           "balanced_accuracy", "kappa_quadratic", "auroc_macro", "auroc_weighted", "ece", "ece_mass", "brier", "nll")
-RULES.update({
+RULES.update({  # the statistics' vocabularies, each read from its owner
     "resamples": (lambda v: _int(v) and 2 <= v <= MAX_RESAMPLES,
                   f"an integer from 2 to {MAX_RESAMPLES:,} (at 10^6 replicates the Monte-Carlo error of a 95% "
                   "bound is far below the 0.01 points printed; more cannot change a table and would take hours)"),
-    "method": _choice(CI_METHODS),
-    "unit": _choice(RESAMPLING_UNITS), "stratify": _choice(STRATIFY_MODES), "level": _choice(LEVELS),
-    "aggregate": _choice(AGGREGATIONS),
-    "metrics": _choices(METRICS, "metrics")})
+    "method": _choice_of("probebench.stats.bootstrap", "METHODS"),
+    "unit": _choice_of("probebench.stats.bootstrap", "UNITS"),
+    "stratify": _choice_of("probebench.stats.bootstrap", "STRATIFY"),
+    "level": _choice_of("probebench.stats.evaluate", "LEVELS"),
+    "aggregate": _choice_of("probebench.stats.evaluate", "AGGREGATIONS"),
+    "metrics": _choices_of("probebench.stats.metrics", "ALL_METRICS", "metrics")})
 OPTIONAL = {"interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight",
             "tap", "batch_size", "channels_last", "label_fractions", "shots", "cv", "calibrate"}
 
@@ -127,6 +144,7 @@ def flag(key: str) -> str:
 def problem(key: str, value, *, optional: bool | None = None) -> str | None:
     """What is wrong with ``value`` for option ``key`` (None when it is fine)."""
     test, allowed = RULES[key]
+    allowed = allowed() if callable(allowed) else allowed
     if value is None and (key in OPTIONAL if optional is None else optional):
         return None
     try:
@@ -136,6 +154,7 @@ def problem(key: str, value, *, optional: bool | None = None) -> str | None:
     if ok:
         return None
     hint, options = "", getattr(test, "options", None)
+    options = options() if callable(options) else options
     if options is not None:
         wrong = [v for v in (value if isinstance(value, list) else [value]) if v not in options]
         hint = did_you_mean(wrong[0], options) if wrong else ""

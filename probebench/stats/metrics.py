@@ -19,14 +19,28 @@ STUDY_METRICS = ("accuracy", "precision", "recall", "f1")  # precision/recall/F1
 CONFUSION_METRICS = STUDY_METRICS + ("precision_macro", "recall_macro", "f1_macro", "balanced_accuracy",
                                      "kappa_quadratic")
 AUROC_METRICS = ("auroc_macro", "auroc_weighted")
-ALL_METRICS = CONFUSION_METRICS + AUROC_METRICS + CALIBRATION_METRICS
-LOWER_IS_BETTER = frozenset(CALIBRATION_METRICS)
+ALL_METRICS = [*CONFUSION_METRICS, *AUROC_METRICS, *CALIBRATION_METRICS]  # grows by ``register_metric``
+LOWER_IS_BETTER = set(CALIBRATION_METRICS)
+FROM_CONFUSION: dict = {}  # metrics added with ``register_metric``: name -> function of (R, K, K) confusion counts
 LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1",
           "precision_macro": "Precision (macro)", "recall_macro": "Recall (macro)", "f1_macro": "F1 (macro)",
           "balanced_accuracy": "Balanced acc.", "kappa_quadratic": "Kappa (quadratic)",
           "auroc_macro": "AUROC (macro)", "auroc_weighted": "AUROC (weighted)", "ece": "ECE",
           "ece_mass": "ECE (equal-mass)", "brier": "Brier",
           "nll": "NLL"}
+
+
+def register_metric(name: str, label: str, of_confusion, *, lower_is_better: bool = False) -> None:
+    """Add a metric computed from the confusion counts: ``of_confusion`` takes the (R, K, K) float array of counts
+    [true, predicted] of R replicates and returns R values. It then has intervals, comparisons and a column like
+    every built-in metric (``--metrics NAME``); ``label`` is how the literature names it."""
+    if name in ALL_METRICS:
+        raise ValueError(f"metric {name!r} exists already")
+    FROM_CONFUSION[name] = of_confusion
+    ALL_METRICS.append(name)
+    LABELS[name] = label
+    if lower_is_better:
+        LOWER_IS_BETTER.add(name)
 
 
 def scale(metric: str) -> float:
@@ -76,6 +90,7 @@ def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         out["kappa_quadratic"] = np.where(expected_w > 0, 1 - observed_w / np.where(expected_w > 0, expected_w, 1),
                                           np.nan)
+    out.update({name: np.asarray(fn(cm), dtype=np.float64) for name, fn in FROM_CONFUSION.items()})
     return out
 
 

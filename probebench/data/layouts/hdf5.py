@@ -120,8 +120,9 @@ class Hdf5Layout(Layout):
     def rows(self, spec, root, junk, notes):
         return _hdf5_rows(spec, root)
 
-    def owns(self, path):
-        return HDF5_SEP in path
+    def owns(self, path):  # file.h5::dataset::index::rule
+        parts = path.rsplit(HDF5_SEP, 3)
+        return len(parts) == 4 and parts[2].isdigit() and parts[3] in FLOAT_RULES
 
     def decode(self, path, rules):
         return read_image(path, rules)
