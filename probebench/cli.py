@@ -519,6 +519,10 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
                                                               help="Override a setting of the file, e.g. --set "
                                                               "training.lr=3e-4 (repeatable; recorded in the state "
                                                               "and the report)."),
+              weights: Optional[list[str]] = typer.Option(
+                  None, "--weights", metavar="WEIGHTS|MODEL=WEIGHTS", help="Weights for every model (random, "
+                  "random:SEED, a checkpoint or snapshot path) or for one, e.g. --weights dinov2_b=/models/vitb14.pth "
+                  "(repeatable); recorded like --set."),
               as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON "
                                                                  "(schema: docs/json.md)."),
               track: Optional[str] = TrackOpt,
@@ -542,9 +546,12 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
     from probebench.study import run_study as run
     from probebench.study.launch import launch
 
+    from probebench.study.config import weights_assignments
+
     t0 = time.perf_counter()
     check_tracker(track)
     share = parse_shard(shard)
+    assignments = [*(assignments or []), *weights_assignments(weights or [])]
     for line in launch(study_file, devices=devices, launcher=launcher, jobs=jobs, slurm=slurm or [], shard=shard,
                        dry_run=dry_run, overrides=assignments or [], data_root=data_root, only=only, track=track):
         err.print(styled("red", "failed", f" {line}"))

@@ -91,3 +91,37 @@ def test_with_the_data_here_a_changed_dataset_is_never_served_from_the_old_store
     write_image(root / "tiny" / "a" / "p000_0.png", seed=12345)
     with pytest.raises(ProbebenchError, match="does not exist; run first"):
         locate_store("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", weights="random", **SMALL)
+
+
+def test_after_extract_fit_and_export_find_the_store_without_repeating_the_weights(tiny, tmp_path, capsys):
+    """The data is here, no weights are: the one complete store of exactly this data and model is used, and the note
+    says it was made with random weights; two such stores are listed with --weights; a changed image means none."""
+    from typer.testing import CliRunner
+
+    from conftest import write_image
+    from probebench.cli import app
+
+    spec, root = tiny
+    common = ["--dataset", str(spec), "--data-root", str(root), "--cache-dir", str(tmp_path / "c"), "--resize", "40",
+              "--crop", "32"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["extract", "--model", "resnet50", "--weights", "random", "--workers", "0", *common])
+    assert res.exit_code == 0, res.output
+    capsys.readouterr()
+    store = locate_store("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", resize=40, crop=32)
+    note = capsys.readouterr().err
+    assert store.suffix == ".zarr" and "random weights (random:0, untrained)" in note and "crop=32" in note
+    res = runner.invoke(app, ["fit", "--model", "resnet50", "--runs-dir", str(tmp_path / "r"), "--epochs", "2",
+                              *common])
+    assert res.exit_code == 0, res.output
+    assert read_run(next((tmp_path / "r").rglob("config.json")).parent).record.random_weights
+    res = runner.invoke(app, ["export", "--model", "resnet50", *common, "--out", str(tmp_path / "f.npz")])
+    assert res.exit_code == 0 and np.load(tmp_path / "f.npz")["features"].shape == (40, 2048), res.output
+    extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", weights="random:1", resize=40, crop=32,
+            **RUN)
+    with pytest.raises(ProbebenchError, match=r"2 feature caches of resnet50 × tiny match(.|\n)*choose one with "
+                                              r"--weights"):
+        locate_store("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", resize=40, crop=32)
+    write_image(root / "tiny" / "a" / "p000_0.png", seed=12345)  # the data changed: neither store is of it
+    with pytest.raises(ProbebenchError, match=r"no complete feature cache .* matches"):
+        locate_store("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", resize=40, crop=32)

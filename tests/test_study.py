@@ -151,6 +151,39 @@ def test_cli_run_dry_run_and_exit_code(tmp_path):
     assert res.exit_code == 1 and "blocked" in res.output
 
 
+def test_run_weights_option_sets_every_model_or_one_and_is_recorded(tmp_path):
+    """An offline study without weights: every cell blocked, and the message names `run --weights`; `--weights
+    random` plans them all, `--weights MODEL=PATH` one model (a path relative to the current folder), and both are
+    recorded with the plan like --set."""
+    import json
+
+    import torch
+    import torchvision
+    from typer.testing import CliRunner
+
+    from probebench.cli import app
+
+    runner = CliRunner()
+    study = write(tmp_path / "w.toml", SMALL_STUDY.replace('weights = "random"', 'weights = "auto"')
+                  .replace('modes = ["frozen", "unfrozen"]', 'modes = ["frozen"]'))
+    res = runner.invoke(app, ["run", str(study), "--dry-run", "--json"])
+    cells = json.loads(res.output)["cells"]
+    assert {c["status"] for c in cells} == {"blocked"} and "--weights random" in cells[0]["detail"]
+    text = runner.invoke(app, ["run", str(study), "--dry-run"]).output  # the URL whole, on a line of its own
+    assert "(from https://download.pytorch.org/models/resnet50-0676ba61.pth)" in text
+    res = runner.invoke(app, ["run", str(study), "--dry-run", "--json", "--weights", "random:3"])
+    plan_ = json.loads(res.output)
+    assert {c["status"] for c in plan_["cells"]} == {"todo"} and plan_["overrides"] == ['study.weights="random:3"']
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
+    res = runner.invoke(app, ["run", str(study), "--dry-run", "--json", "--weights", "resnet50=r50.pth"])
+    status = {c["model"]: c["status"] for c in json.loads(res.output)["cells"]}
+    assert status == {"resnet50": "todo", "dinov2_s": "blocked"}
+    loaded = load_study(study, overrides=['weights."resnet50"="r50.pth"'])
+    assert loaded.weights_for("resnet50") == "r50.pth" and loaded.weights_for("dinov2_s") == "auto"
+    res = runner.invoke(app, ["run", str(study), "--dry-run", "--weights", "resnet5=r50.pth"])
+    assert res.exit_code == 2 and "[weights] 'resnet5' is not in [study] models" in res.output
+
+
 def test_paper_faithful_plans_the_studys_dinov2_setup():
     study = load_study(REPO / "configs" / "paper-faithful.toml")
     cells = plan(study)

@@ -239,11 +239,17 @@ def locate_store(features: FeatureSpec | str, dataset: str, *, data_root=None, c
     """
     from probebench.features import cache as fcache
 
+    from probebench.data.datasets import load_manifest
+
     spec = FeatureSpec.of(features, **options)
     try:
-        job = resolve_job(spec, dataset, data_root=data_root)
-    except NotOnThisMachine as missing:
+        manifest = load_manifest(dataset, data_root, val_unit=spec.val_unit)
+    except NotOnThisMachine as missing:  # the data is elsewhere: the store's record alone
         return recorded_store(spec, dataset, cache_dir, missing)
+    try:
+        job = resolve_job(spec, dataset, data_root=data_root)
+    except NotOnThisMachine as missing:  # the data is here, the weights are not: the stores of this very data
+        return recorded_store(spec, dataset, cache_dir, missing, manifest_hash=manifest.hash())
     path = job.cache_path(cache_dir)
     root = fcache.open_store(path, job.request)
     if root is None or not root.attrs.get("complete"):
@@ -268,7 +274,7 @@ def _recorded(attrs: dict) -> dict:
             "weights_sha256": w.get("sha256"), "head_sha256": w.get("head_sha256")}
 
 
-def _matches(spec: FeatureSpec, config: ModelConfig, rec: dict) -> bool:
+def _matches(spec: FeatureSpec, config: ModelConfig, rec: dict, any_weights: bool = False) -> bool:
     """Does a store's record agree with every option the spec states (defaults resolved as ``resolve_job`` does)?"""
     from probebench.models.registry import random_seed
 
@@ -291,6 +297,8 @@ def _matches(spec: FeatureSpec, config: ModelConfig, rec: dict) -> bool:
     seed = random_seed(spec.weights)
     if seed is not None:
         return rec["weights"] == f"random:{seed}"
+    if any_weights:
+        return _same_file(spec.head_weights, rec["head_weights"], rec["head_sha256"])
     if rec["weights_sha256"] == "random" or not _same_file(spec.weights, rec["weights"], rec["weights_sha256"]):
         return False
     return _same_file(spec.head_weights, rec["head_weights"], rec["head_sha256"])
@@ -309,11 +317,16 @@ def _same_file(given: str | None, recorded: str | None, sha256: str | None) -> b
     return recorded is not None and Path(recorded).name == path.name
 
 
-def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missing: Exception) -> Path:
-    """The one complete store under ``cache_dir`` whose record matches ``spec``, found without data or weights."""
-    from probebench.validate import path_name
+def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missing: Exception,
+                   manifest_hash: str | None = None) -> Path:
+    """The one complete store under ``cache_dir`` whose record matches ``spec``, found without data or weights.
 
+    With ``manifest_hash`` (the data is here) only stores of exactly this data qualify, and weights left at
+    ``auto`` accept any weights the store was made with, random ones included: the note names them, and runs
+    from random weights are marked as such everywhere."""
     import zarr
+
+    from probebench.validate import path_name
 
     from probebench.data.datasets import load_spec
     from probebench.features import cache as fcache
@@ -332,7 +345,10 @@ def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missi
             unreadable.append(f"{store} ({type(exc).__name__}: {exc})")
             continue
         rec = _recorded(attrs)
-        if attrs.get("complete") and attrs.get("model") == spec.model and _matches(spec, config, rec):
+        if manifest_hash is not None and attrs.get("key_material", {}).get("manifest_hash") != manifest_hash:
+            continue
+        any_weights = manifest_hash is not None and spec.weights in ("auto", "pretrained", "")
+        if attrs.get("complete") and attrs.get("model") == spec.model and _matches(spec, config, rec, any_weights):
             found.append((store, rec))
     if unreadable:
         sys.stderr.write("note: unreadable feature cache(s) left out of the search (`probebench verify` checks "
@@ -347,6 +363,9 @@ def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missi
                               f"that would tell them apart are not here: {str(missing).split(':')[0]}):\n{lines}\n"
                               f"choose one with {', '.join('--' + k.replace('_', '-') for k in differ)}")
     store, rec = found[0]
-    sys.stderr.write(f"note: {str(missing).splitlines()[0]}; using the feature cache {store}, extracted from the "
-                     f"data and weights it records (weights sha256 {str(rec['weights_sha256'])[:12]}…)\n")
+    weights = (f"random weights ({rec['weights']}, untrained)" if rec["weights_sha256"] == "random" else
+               f"weights {rec['weights']} (sha256 {str(rec['weights_sha256'])[:12]}…)")
+    options = ", ".join(f"{k}={rec[k]}" for k in ("tap", "resize", "crop", "interpolation", "precision"))
+    sys.stderr.write(f"note: {str(missing).splitlines()[0]}; using the feature cache {store}, extracted from "
+                     f"{'this data' if manifest_hash else 'the data it records'} with {weights}; {options}\n")
     return store

@@ -17,7 +17,6 @@ from probebench.validate import MAX_FOLDS, RULES, component, line_of, problem, r
 MODES = ("frozen", "unfrozen")
 
 
-
 SECTIONS = {
     "study": {"name", "datasets", "models", "modes", "heads", "grid", "seeds", "weights", "data_root", "cache_dir",
               "runs_dir", "report_dir", "synthetic", "val_unit"},
@@ -30,7 +29,6 @@ SECTIONS = {
     "weights": set(),  # [weights]: model name -> auto / random[:SEED] / a checkpoint or snapshot path
     "report": {"resamples", "method", "unit", "stratify", "level", "aggregate", "metrics", "study_ci"},
 }
-
 
 
 @dataclass
@@ -84,7 +82,6 @@ class Study:
         return [Path(r) for r in ([self.data_root] if isinstance(self.data_root, str) else self.data_root)]
 
 
-
 STUDY_TYPES = {  # [study] key -> (test, what is allowed)
     "name": (lambda v: isinstance(v, str), "a name"),
     "datasets": (lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x for x in v),
@@ -103,7 +100,6 @@ STUDY_TYPES = {  # [study] key -> (test, what is allowed)
 }
 
 
-
 MODEL_KEYS = {  # [models.<name>] key -> (test, what is allowed)
     "tap": (lambda v: problem("tap", v) is None, "a tap name (see `probebench models`)"),
     "heads": (lambda v: isinstance(v, list) and v and all(problem("head", h) is None for h in v),
@@ -117,13 +113,10 @@ MODEL_KEYS = {  # [models.<name>] key -> (test, what is allowed)
 }
 
 
-
 FEATURE_KEYS = tuple(dict.fromkeys(spec_fields("extract") + spec_fields("models")))  # what defines a cached feature
 
 
-
 KEYWORD_WEIGHTS = ("auto", "pretrained", "random")
-
 
 
 def _relative_to(base: Path, value: str) -> str:
@@ -134,11 +127,24 @@ def _relative_to(base: Path, value: str) -> str:
     return value if p.is_absolute() else os.path.normpath(base / p)
 
 
+def weights_assignments(values: list[str]) -> list[str]:
+    """``run --weights``: ``random``, ``random:SEED`` or a path for every model, ``MODEL=VALUE`` for one (repeatable),
+    as the ``--set`` assignments they stand for (``study.weights=...``, ``weights."MODEL"=...``)."""
+    import json
+
+    out = []
+    for v in values:
+        model, sep, value = v.partition("=")
+        if sep and model and "/" not in model and not model.startswith("."):
+            out.append(f"weights.{json.dumps(model.strip())}={json.dumps(value.strip())}")
+        else:
+            out.append(f"study.weights={json.dumps(v.strip())}")
+    return out
+
 
 def _weights_path(base: Path, value: str) -> str:
     """A weights value: keywords (auto, random[:SEED]) as given, a path relative to the study file."""
     return value if value in KEYWORD_WEIGHTS or value.startswith("random:") else _relative_to(base, value)
-
 
 
 def _model_problem(name) -> str | None:
@@ -150,17 +156,20 @@ def _model_problem(name) -> str | None:
     return name_problem(name)
 
 
-
 def apply_overrides(raw: dict, assignments: list[str]) -> dict[tuple[str, str], str]:
     """``section.key=value`` assignments (``run --set``) written into the parsed file ``raw``; the value is read as
     TOML (``lr=3e-4``, ``models=["resnet50"]``) and as a string when it is not TOML. Returns (section, key) ->
     the assignment, for error messages."""
+    import json
+    import re
     import tomllib
 
     applied = {}
     for a in assignments:
         target, sep, value = a.partition("=")
-        section, dot, key = target.strip().rpartition(".")
+        quoted = re.fullmatch(r'(.+)\.("(?:[^"\\]|\\.)*")', target.strip())  # weights."timm:convnext_tiny.fb_in1k"
+        section, dot, key = (quoted.group(1), ".", json.loads(quoted.group(2))) if quoted else \
+            target.strip().rpartition(".")
         if not sep or not dot or not section or not key:
             raise ProbebenchError(f"--set {a!r}: expected section.key=value, e.g. training.lr=3e-4 or "
                                   "study.models='[\"resnet50\"]'")
@@ -178,12 +187,10 @@ def apply_overrides(raw: dict, assignments: list[str]) -> dict[tuple[str, str], 
     return applied
 
 
-
 SECTION_RULES = {"study": ("seeds", "grid", "weights", "val_unit"),
                  "extract": tuple(SECTIONS["extract"] - {"mean", "std"}),
                  "training": tuple(SECTIONS["training"] - {"cv"}), "report": tuple(SECTIONS["report"]),
                  "unfrozen": tuple(SECTIONS["unfrozen"] - {"precision"})}
-
 
 
 def _check_sections(raw: dict, fail) -> None:

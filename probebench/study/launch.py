@@ -36,12 +36,10 @@ def run_on_devices(study_file: str | Path, devices: list[str], *, overrides: lis
     return sum(p.wait() != 0 for p in procs)
 
 
-
 def _shard_job(study_file: str, overrides: list[str], data_root, only, track, shard: tuple[int, int]) -> None:
     """What one submitit job runs: the study's shard, without the report (written once all jobs are done)."""
     study = load_study(study_file, overrides=overrides, data_root=data_root)
     run_study(study, only=only, shard=shard, progress=False, write_report=False, echo=lambda t: None, track=track)
-
 
 
 def run_with_submitit(study_file: str | Path, jobs: int, *, overrides: list[str] = (), data_root: list | None = None,

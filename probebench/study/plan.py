@@ -36,7 +36,6 @@ class Cell:
         return f"{self.dataset}/{self.model}/{self.mode}/{self.head}"
 
 
-
 def _select(cells: list[Cell], only: str | None) -> list[Cell]:
     """``dataset=t1,model=dinov2_b`` keeps the matching cells (several values: ``model=a|b``)."""
     if not only:
@@ -62,7 +61,6 @@ def _select(cells: list[Cell], only: str | None) -> list[Cell]:
     return chosen
 
 
-
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """``"2/4"`` -> (2, 4): the second of four shares of the study's cells."""
     if text is None:
@@ -76,7 +74,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-
 def _shard(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
     """The cells of shard I of N: the dataset x model units (one extraction each) dealt round-robin in plan
     order, so a unit's frozen and unfrozen cells stay together and no two shards write one feature cache."""
@@ -85,7 +82,6 @@ def _shard(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
     units = list(dict.fromkeys((c.dataset, c.model) for c in cells))
     mine = {u for j, u in enumerate(units) if j % shard[1] == shard[0] - 1}
     return [c for c in cells if (c.dataset, c.model) in mine]
-
 
 
 def feature_spec(study: Study, model: str):
@@ -98,13 +94,11 @@ def feature_spec(study: Study, model: str):
     return FeatureSpec(model, weights=study.weights_for(model), val_unit=study.val_unit, **options)
 
 
-
 def model_inputs(features):
     """What a fine-tuned model sees of a study's feature spec: the cache-only options are dropped."""
     from probebench.features.spec import CACHE_ONLY, FeatureSpec
 
     return features.replace(**{k: getattr(FeatureSpec, k) for k in CACHE_ONLY})
-
 
 
 def plan(study: Study, only: str | None = None, shard: tuple[int, int] | None = None) -> list[Cell]:
@@ -158,7 +152,6 @@ def plan(study: Study, only: str | None = None, shard: tuple[int, int] | None = 
     return cells
 
 
-
 def _whole(run: str) -> bool:
     """A recorded run still reads back whole (the same checks as ``verify``); otherwise its cell is redone."""
     from probebench.runs import read_run
@@ -170,13 +163,11 @@ def _whole(run: str) -> bool:
         return False
 
 
-
 def _complete(store: Path | str) -> bool:
     try:
         return bool(open_group(store, mode="r").attrs.get("complete"))
     except Exception:
         return False
-
 
 
 def _ensure_synthetic(study: Study) -> None:
@@ -186,7 +177,6 @@ def _ensure_synthetic(study: Study) -> None:
     root = (study.data_roots() or [Path("data")])[0]
     if not (root / "demo_shapes").is_dir():
         make_demo_dataset(root)
-
 
 
 def render_plan(cells: list[Cell]) -> str:
@@ -200,13 +190,18 @@ def render_plan(cells: list[Cell]) -> str:
     for c in cells:
         work = f"{c.images:,} img + head" if c.mode == "frozen" else f"{c.images:,} img-passes ({c.epochs} ep)"
         feats = ("cached" if c.cached else "to extract") if c.mode == "frozen" else "end to end"
-        status = c.status + (f": {c.detail}" if c.detail else "")
+        status = c.status + (f": {c.detail}" if c.detail and c.status != "blocked" else "")
+        status += " (see below)" if c.status == "blocked" else ""
         table.add_row(c.dataset, c.model, c.mode, c.head, work if c.status != "blocked" else "", feats
                       if c.status != "blocked" else "", c.evaluation, status)
     with console.capture() as cap:
         console.print(table)
-    return cap.get()
-
+    reasons: dict[str, list[str]] = {}  # printed whole, never cut by the table: paths and URLs can be copied
+    for c in cells:
+        if c.status == "blocked":
+            reasons.setdefault(c.detail, []).append(f"{c.dataset} × {c.model}")
+    blocked = "".join(f"blocked: {', '.join(dict.fromkeys(units))}:\n  {why}\n" for why, units in reasons.items())
+    return cap.get() + blocked
 
 
 def plan_record(study: Study, cells: list[Cell]) -> dict:

@@ -68,7 +68,6 @@ class StudyResult:
         return [c for c in self.cells if c.status in ("failed", "blocked")]
 
 
-
 def run_study(study: Study, *, only: str | None = None, dry_run: bool = False, progress: bool = True,
               write_report: bool = True, echo=print, track: str | None = None,
               shard: tuple[int, int] | None = None) -> StudyResult:

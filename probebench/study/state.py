@@ -18,14 +18,12 @@ def _state_path(study: Study, shard: tuple[int, int] | None = None) -> Path:
     return Path(study.runs_dir) / "_studies" / f"{study.name}{suffix}.json"
 
 
-
 def _read_state(p: Path) -> dict:
     try:
         return json.loads(p.read_text()) if p.is_file() else {}
     except (ValueError, OSError) as exc:  # only a record of finished cells: the runs themselves are checked
         sys.stderr.write(f"note: study state {p} is unreadable ({exc}); its cells are checked afresh\n")
         return {}
-
 
 
 def _load_state(study: Study) -> dict:
@@ -39,11 +37,9 @@ def _load_state(study: Study) -> dict:
     return state
 
 
-
 def study_runs(study: Study) -> list[str]:
     """The run folders of the study's finished cells, from its state files (its report shows these only)."""
     return [r for cell in _load_state(study).values() if cell.get("status") == "done" for r in cell.get("runs", [])]
-
 
 
 def _save_state(study: Study, records: dict, shard: tuple[int, int] | None = None) -> None:
