@@ -684,36 +684,44 @@ def datasets(data_root: Optional[list[Path]] = DataRootOpt,
 
         forget()
     from probebench.data.catalog import dataset_records
-    from probebench.data.datasets import data_roots
+    from probebench.data.datasets import data_roots, spec_dirs
 
     roots = data_roots(data_root)
+    folders = spec_dirs(data_root)
     records = dataset_records(data_root, check)
     if as_json:
-        print_json("datasets", {"data_roots": [str(r) for r in roots], "datasets": records})
+        print_json("datasets", {"data_roots": [str(r) for r in roots], "spec_dirs": [str(d) for d in folders],
+                                "datasets": records})
         return
-    table = Table(title=f"datasets (data roots: {', '.join(str(r) for r in roots)})")
-    for col in ("name", "kind", "folder", "present", "classes", "description") + (("train/val/test",) if check else ()):
-        table.add_column(col)
+    # plain lines, not a table: readable at 80 columns, in logs and through pipes, names never cut
+    out.print(f"data roots: {', '.join(str(r) for r in roots)}")
+    out.print(f"spec folders (first match wins): {', '.join(str(d) for d in folders)}")
     for r in records:
-        present = (f"yes ({r['data_root']})" if len(roots) > 1 else "yes") if r["present"] else "no"
-        row = [r["name"], r["kind"], r["folder"], present, ", ".join(r["classes"]), r["description"]]
-        if check:
-            row.append(Text(r["error"], style="red") if "error" in r else
-                       "/".join(str(r["splits"][s]) for s in ("train", "val", "test")) if "splits" in r else "")
-        table.add_row(*row)
-    out.print(table)
-    for r in records:
-        if "splits" not in r:
-            continue
-        lines = [f"found in {r['found_in']}", f"{r['images']} images, {r['groups']} {r['group_kind']}s"
-                 + (f", {r['clutter']} clutter file(s) skipped" if r["clutter"] else "")]
-        if o := r["shipped_overlap"]:
-            what = ("ids numbered per shipped split, treated as different groups" if o["scope"] == "split"
-                    else "shared by the release's own splits, kept as shipped")
-            lines.append(f"{o['count']} {r['group_kind']} id(s) in more than one shipped split ({what}): "
-                         + ", ".join(o["examples"][:3]))
-        lines += [f"note: {n}" for n in r["notes"]]
-        out.print(styled("bold", r["name"], ": " + "\n  ".join(lines)))
+        where = (f" in {r['data_root']}" if len(roots) > 1 else "") if r["present"] else ""
+        out.print(Text.assemble((r["name"], "bold"), f"  {r['kind']}, folder {r['folder']}: "
+                                f"{'present' + where if r['present'] else 'not present'}; classes "
+                                f"{', '.join(r['classes'])}"))
+        if r["description"]:
+            out.print(f"  {r['description']}")
+        if check and "error" in r:
+            out.print(Text(f"  error: {r['error']}", style="red"))
+        elif check and "splits" in r:
+            out.print("  " + "\n  ".join(_check_lines(r)))
+
+
+def _check_lines(r: dict) -> list[str]:
+    """What `datasets --check` says of a resolved dataset: images (and groups) per split, overlap, notes."""
+    kind = r["group_kind"]
+    per = lambda d: "/".join(f"{d[s]:,}" for s in ("train", "val", "test"))  # noqa: E731
+    lines = [f"found in {r['found_in']}", f"train/val/test: {per(r['splits'])} images"
+             + (f", {per(r['split_groups'])} {kind}s ({r['groups']:,} in all)" if kind != "image" else "")
+             + (f"; {r['clutter']} clutter file(s) skipped" if r["clutter"] else "")]
+    if o := r["shipped_overlap"]:
+        what = ("ids numbered per shipped split, treated as different groups" if o["scope"] == "split"
+                else "shared by the release's own splits, kept as shipped")
+        lines.append(f"{o['count']} {kind} id(s) in more than one shipped split ({what}): "
+                     + ", ".join(o["examples"][:3]))
+    return lines + [f"note: {n}" for n in r["notes"]]
 
 
 def entry() -> None:

@@ -138,6 +138,20 @@ def test_datasets_json_counts_what_is_on_disk(tiny, tmp_path):
     assert tiny_doc["groups"] == 20 and tiny_doc["group_kind"] == "patient"
     assert sum(tiny_doc["splits"].values()) == 40
     assert {c: sum(tiny_doc["per_class"][s][c] for s in ("train", "val", "test")) for c in on_disk} == on_disk
+    groups = {s: len({p.name.split("_")[0] for p in (root / "tiny").rglob("*.png")
+                      if p.relative_to(root / "tiny").as_posix() in ids}) for s, ids in _split_ids(root).items()}
+    assert tiny_doc["split_groups"] == groups and sum(groups.values()) == 20  # patients per split, disjoint
+    text = invoke("datasets", "--data-root", root, "--check", COLUMNS="80").output  # as in an 80-column log
+    assert "\nchest_xray  folder, folder chest_xray: not present" in text  # names whole, one dataset a line
+    assert f"train/val/test: 20/8/12 images, {groups['train']}/{groups['val']}/{groups['test']} patients (20 in all)" \
+        in text
+
+
+def _split_ids(root) -> dict:
+    from probebench.data.datasets import load_manifest
+
+    m = load_manifest("tiny", root)
+    return {s: set(m.sample_ids[m.splits == s].tolist()) for s in ("train", "val", "test")}
 
 
 def test_report_json_values_equal_sklearn(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,25 @@ def test_an_unstratified_validation_split_draws_groups_from_all_classes_at_once(
     strat = stratified_group_holdout(labels, groups, fraction=0.2, seed=3)
     n_rare = len(set(groups[labels == 1].tolist()))
     assert len(set(groups[strat & (labels == 1)].tolist())) == max(1, round(0.2 * n_rare))
+
+
+def test_specs_are_found_where_users_keep_them_in_a_stated_order(tiny, tmp_path, monkeypatch):
+    """A spec named without a path: $PROBEBENCH_SPECS, then the working folder, ./configs/datasets, the data roots,
+    then the shipped specs (first match wins); other TOML files there are not datasets; the error names the folders."""
+    from probebench.data.datasets import list_specs, load_manifest, load_spec, spec_dirs
+
+    spec, root = tiny  # tiny.toml in the working folder (the test's tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    assert "pyproject" not in list_specs() and load_spec("tiny").source == spec
+    assert len(load_manifest("tiny", root)) == 40
+    (root / "beside.toml").write_text(spec.read_text().replace('name = "tiny"', 'name = "beside"'))
+    assert load_spec("beside", root).name == "beside"  # a spec next to the data, found through --data-root
+    mine = tmp_path / "specs"
+    mine.mkdir()
+    (mine / "tiny.toml").write_text(spec.read_text().replace("test_fraction = 0.3", "test_fraction = 0.4"))
+    monkeypatch.setenv("PROBEBENCH_SPECS", str(mine))
+    assert load_spec("tiny").source == mine / "tiny.toml"  # $PROBEBENCH_SPECS first
+    assert spec_dirs(root)[:4] == [mine, tmp_path, tmp_path / "configs" / "datasets", root]
+    with pytest.raises(ProbebenchError, match=r"unknown dataset 'tinny' \(did you mean 'tiny'\?\)(.|\n)*looked for, "
+                                              r"first match winning, in: " + re.escape(str(mine))):
+        load_spec("tinny")

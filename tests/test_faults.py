@@ -169,7 +169,8 @@ def test_csv_with_byte_order_mark_is_read(w):
     os.makedirs(w / "configs" / "datasets")
     shutil.copy(w / spec, w / "configs" / "datasets" / "tinycsv.toml")
     status, text = cli("datasets", "--check", "--data-root", "data")
-    assert status == 0 and re.search(r"tinycsv: found in data 40 images", text), text
+    assert status == 0 and re.search(r"tinycsv csv, folder tiny: present; classes a, b found in data "
+                                     r"train/val/test: 20/8/12 images", text), text
 
 
 def test_csv_missing_column(w):
@@ -315,7 +316,7 @@ def test_planner_records_any_failure_and_goes_on(w, monkeypatch):
     (w / "s.toml").write_text(STUDY.replace('["tiny.toml"]', '["tiny.toml", "broken.toml"]'))
     status, text = cli("run", "s.toml", "--dry-run")
     assert status == 0, text
-    assert re.search(r"broken\.toml .*blocked: UnicodeDecodeError", text) and "todo" in text, text
+    assert re.search(r"blocked: broken\.toml × resnet50: UnicodeDecodeError", text) and "todo" in text, text
 
 
 # ---------------------------------------------------------------- option values

@@ -11,7 +11,7 @@ def dataset_records(data_root=None, check: bool = False) -> list[dict]:
     with ``check``, the resolved dataset's images, groups, split and class counts, clutter, shipped overlap and
     notes, or the error that stopped it (one unreadable dataset never hides the others)."""
     records = []
-    for name, path in list_specs().items():
+    for name, path in list_specs(data_root).items():
         if name in INTERNAL_SPECS:
             continue
         spec = load_spec(path)
@@ -33,5 +33,6 @@ def _resolved(spec, data_root) -> dict:
     c = m.counts()
     return dict(found_in=str(m.data_root), images=len(m), groups=len(set(m.groups.tolist())), group_kind=m.group_kind,
                 splits={s: int(sum(c[s])) for s in ("train", "val", "test")},
+                split_groups={s: len(set(m.groups[m.splits == s].tolist())) for s in ("train", "val", "test")},
                 per_class={s: dict(zip(spec.classes, map(int, c[s]))) for s in ("train", "val", "test")},
                 clutter=len(m.junk), shipped_overlap=m.shipped_overlap or None, notes=list(m.notes))

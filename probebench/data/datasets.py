@@ -104,33 +104,54 @@ def packaged_spec_dir() -> Path:
     return Path(str(resources.files("probebench") / "configs" / "datasets"))
 
 
-def spec_dirs() -> list[Path]:
-    """Where named specs are looked up: ``./configs/datasets`` first, then the ones shipped in the package."""
-    return [Path.cwd() / "configs" / "datasets", packaged_spec_dir()]
+def spec_dirs(data_root=None) -> list[Path]:
+    """Where a dataset named without a path is looked up, first match wins: the folders of ``$PROBEBENCH_SPECS``
+    (``:``-separated), the working folder, ``./configs/datasets``, each data root, then the specs shipped with
+    probebench."""
+    env = [Path(p).expanduser() for p in os.environ.get("PROBEBENCH_SPECS", "").split(os.pathsep) if p]
+    return [*env, Path.cwd(), Path.cwd() / "configs" / "datasets", *data_roots(data_root), packaged_spec_dir()]
 
 
 INTERNAL_SPECS = ("demo_shapes",)  # shipped for `probebench demo`; usable by name, not listed
 
 
-def list_specs() -> dict[str, Path]:
+def _is_spec(path: Path) -> bool:
+    """A TOML file with a dataset spec's required keys: the working folder and the data roots hold other TOML
+    files too (pyproject.toml, study files), which are not datasets."""
+    import tomllib
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return "kind" in raw and "classes" in raw
+
+
+def list_specs(data_root=None) -> dict[str, Path]:
+    """Dataset name -> spec file, for every spec in ``spec_dirs`` (an earlier folder's spec hides a later one's)."""
+    dedicated = {Path.cwd() / "configs" / "datasets", packaged_spec_dir(),
+                 *(Path(p).expanduser() for p in os.environ.get("PROBEBENCH_SPECS", "").split(os.pathsep) if p)}
     found: dict[str, Path] = {}
-    for d in reversed(spec_dirs()):
+    for d in reversed(spec_dirs(data_root)):
         for p in sorted(d.glob("*.toml")) if d.is_dir() else []:
-            found[p.stem] = p
+            if d in dedicated or _is_spec(p):
+                found[p.stem] = p
     return dict(sorted(found.items()))
 
 
-def find_spec(name_or_path: str | Path) -> Path:
+def find_spec(name_or_path: str | Path, data_root=None) -> Path:
     p = Path(name_or_path)
     if p.suffix == ".toml":
         if not p.is_file():
             raise ProbebenchError(f"dataset spec file not found: {p}")
         return p
-    known = list_specs()
+    known = list_specs(data_root)
     if str(name_or_path) not in known:
+        searched = ", ".join(str(d) for d in spec_dirs(data_root))
         raise ProbebenchError(f"unknown dataset {name_or_path!r}{did_you_mean(str(name_or_path), known)}; known "
                               f"datasets: {', '.join(k for k in known if k not in INTERNAL_SPECS)} "
-                              "(or give the path to a spec .toml)")
+                              f"(or give the path to a spec .toml; specs are looked for, first match winning, in: "
+                              f"{searched})")
     return known[str(name_or_path)]
 
 
@@ -199,10 +220,10 @@ def _check_spec(raw: dict, path: Path, text: str) -> None:
                  f"{raw['classes']}")
 
 
-def load_spec(name_or_path: str | Path) -> DatasetSpec:
+def load_spec(name_or_path: str | Path, data_root=None) -> DatasetSpec:
     """Parse and check a spec; unknown keys and wrong types are errors naming the line, so a typo never
     silently changes a dataset; names and paths are checked to stay in their folders."""
-    path = find_spec(name_or_path)
+    path = find_spec(name_or_path, data_root)
     raw, text = read_toml(path, "dataset spec")
     _check_spec(raw, path, text)
     name = raw.get("name", path.stem)
@@ -270,7 +291,7 @@ def load_manifest(dataset: str | Path | DatasetSpec, data_root_dir=None, *, quie
     ``data_root_dir``: one folder or a list (the first that holds the dataset wins). Notes (an optional
     release file that is absent, ids repeated across shipped splits) go to stderr once unless ``quiet``.
     """
-    spec = dataset if isinstance(dataset, DatasetSpec) else load_spec(dataset)
+    spec = dataset if isinstance(dataset, DatasetSpec) else load_spec(dataset, data_root_dir)
     base = find_dataset_root(spec, data_root_dir)
     if base is None:
         tried = ", ".join(str(r / spec.root) for r in data_roots(data_root_dir))

@@ -245,11 +245,11 @@ def locate_store(features: FeatureSpec | str, dataset: str, *, data_root=None, c
     try:
         manifest = load_manifest(dataset, data_root, val_unit=spec.val_unit)
     except NotOnThisMachine as missing:  # the data is elsewhere: the store's record alone
-        return recorded_store(spec, dataset, cache_dir, missing)
+        return recorded_store(spec, dataset, cache_dir, missing, data_root=data_root)
     try:
         job = resolve_job(spec, dataset, data_root=data_root)
     except NotOnThisMachine as missing:  # the data is here, the weights are not: the stores of this very data
-        return recorded_store(spec, dataset, cache_dir, missing, manifest_hash=manifest.hash())
+        return recorded_store(spec, dataset, cache_dir, missing, manifest_hash=manifest.hash(), data_root=data_root)
     path = job.cache_path(cache_dir)
     root = fcache.open_store(path, job.request)
     if root is None or not root.attrs.get("complete"):
@@ -318,7 +318,7 @@ def _same_file(given: str | None, recorded: str | None, sha256: str | None) -> b
 
 
 def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missing: Exception,
-                   manifest_hash: str | None = None) -> Path:
+                   manifest_hash: str | None = None, data_root=None) -> Path:
     """The one complete store under ``cache_dir`` whose record matches ``spec``, found without data or weights.
 
     With ``manifest_hash`` (the data is here) only stores of exactly this data qualify, and weights left at
@@ -335,7 +335,7 @@ def recorded_store(spec: FeatureSpec, dataset: str, cache_dir: str | Path, missi
         raise ProbebenchError(f"{missing}\nand a cache at a URL ({cache_dir}) is only found by its key, which needs "
                               "the data and the weights; copy the store to a local --cache-dir")
     config = spec.config()
-    name = load_spec(dataset).name
+    name = load_spec(dataset, data_root).name
     folder = Path(cache_dir) / path_name(name) / path_name(spec.model)
     found, unreadable = [], []
     for store in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
