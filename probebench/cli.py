@@ -103,6 +103,8 @@ RehashOpt = typer.Option(False, "--rehash", help="Read and hash every data file 
                          "memo of unchanged files (device, inode, size, mtime, ctime).")
 CacheOpt = typer.Option("cache", "--cache-dir", help="Feature cache root: a folder, or an fsspec URL "
                                                      "(file://, s3://, ...) that zarr accepts.")
+RunsOpt = typer.Option(Path("runs"), "--runs-dir", help="Runs folder: one folder per run under "
+                       "<runs-dir>/<dataset>/<model>/<mode>/.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader workers.", show_default="CPUs - 1, max 8")
 SeedOpt = typer.Option(PROTOCOL.seed, "--seed", help="Seed for shuffling and head initialisation.")
 StudyBnOpt = typer.Option(False, "--study-bn-epoch1", help="The study's training loop: train mode until the first "
@@ -244,7 +246,7 @@ def extract(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]]
 @feature_options()
 @train_options
 def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
-        cache_dir: str = CacheOpt, runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+        cache_dir: str = CacheOpt, runs_dir: Path = RunsOpt,
         head: str = typer.Option("linear", help="linear (the study's layer for the CNNs), mlp, study_mlp (the "
                                  "study's DINOv2 head, 256 hidden, on --tap imagenet_logits), logreg or knn."),
         grid: bool = typer.Option(False, "--grid", help="linear/mlp: train heads over lr x weight decay "
@@ -264,14 +266,14 @@ def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Pat
             None, "--cv", help="K-fold cross-validation by patient over every sample (no test split needed): "
             "out-of-fold predictions pooled into one run, per-fold metrics beside them."),
         calibrate: Optional[str] = CalibrateOpt,
-        study_bn_epoch1: bool = StudyBnOpt, study_vgg_features_only: bool = StudyVggOpt,
+        study_bn_epoch1: bool = typer.Option(False, "--study-bn-epoch1", hidden=True),  # said: finetune only
+        study_vgg_features_only: bool = typer.Option(False, "--study-vgg-features-only", hidden=True),
         force: bool = typer.Option(False, "--force", help="Train again even if an identical run exists (same "
                                    "cache, settings and seed); otherwise that run is reused."),
         track: Optional[str] = TrackOpt):
     """Train a head on cached features (frozen backbone) and write a run directory."""
+    from probebench.report.tracking import check_tracker, track_run, tracker_location
     from probebench.train.fit import fit as run
-
-    from probebench.report.tracking import check_tracker, track_run
 
     check_tracker(track)
     seed_list = parse_ints(seeds, "seeds")
@@ -290,6 +292,8 @@ def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Pat
                label_fractions=fractions, shots=shot_list, cv=cv, calibrate=calibrate,
                force=force, on_run=lambda run: track_run(run, track))
     out.print(f"run: {path}")
+    if track:
+        out.print(f"logged to {tracker_location(track, runs_dir)}")
 
 
 @app.command()
@@ -297,7 +301,7 @@ def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Pat
 @feature_options(exclude=CACHE_ONLY)
 @train_options
 def finetune(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Path]] = DataRootOpt,
-             runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+             runs_dir: Path = RunsOpt,
              head: str = typer.Option("linear", help="The new layer: linear, or study_mlp (256 hidden; the study's "
                                       "DINOv2 head, with --tap imagenet_logits)."),
              freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Train only the new layer, "
@@ -317,7 +321,7 @@ def finetune(features, train, dataset: str = DatasetOpt, data_root: Optional[lis
              calibrate: Optional[str] = CalibrateOpt,
              track: Optional[str] = TrackOpt):
     """Fine-tune end to end (all weights trained: the study's unfrozen setting) and write a run directory."""
-    from probebench.report.tracking import check_tracker, track_run
+    from probebench.report.tracking import check_tracker, track_run, tracker_location
     from probebench.train.finetune import finetune as run
 
     check_tracker(track)
@@ -328,6 +332,8 @@ def finetune(features, train, dataset: str = DatasetOpt, data_root: Optional[lis
                on_run=lambda run: track_run(run, track))
     if path is not None:  # under torchrun only rank 0 writes
         out.print(f"run written to {path}")
+        if track:
+            out.print(f"logged to {tracker_location(track, runs_dir)}")
 
 
 def _report_options(n_resamples: int, method: str, unit: str, seed: int, level: str, aggregate: str,
@@ -351,7 +357,7 @@ StratifyOpt = typer.Option("auto", "--stratify", help="Resample within each clas
 
 @app.command()
 @friendly
-def report(runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+def report(runs_dir: Path = RunsOpt,
            dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
            fmt: str = typer.Option("table", "--format", "-f", help="table, md or csv."),
            metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated columns; csv always has "

@@ -415,6 +415,7 @@ def test_tensorboard_tracking_logs_curves_metrics_and_config(tiny, tmp_path):
     res = invoke("fit", *common, "--runs-dir", tmp_path / "runs", "--epochs", "3", "--seeds", "0,1",
                  "--track", "tensorboard")
     assert res.exit_code == 0, res.output
+    assert f"logged to {tmp_path / 'runs' / '_tensorboard'} (tensorboard --logdir" in flat(res.output)
     runs = sorted((tmp_path / "runs" / "tiny" / "resnet50" / "frozen").iterdir())
     assert len(runs) == 2  # both seeds logged
     for run in runs:

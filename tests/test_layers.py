@@ -118,3 +118,13 @@ def test_the_public_api_is_small_lazy_and_complete():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "'FeatureSpec'" in res.stdout and "'report_rows'" in res.stdout
+
+
+def test_the_command_line_answers_a_misspelt_option_without_loading_torch(tmp_path):
+    """Options are checked before any heavy library is imported: a typo is answered at once, not after torch."""
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom probebench.cli import app\n"
+            "res = CliRunner().invoke(app, ['fit', '--modle', 'resnet50'])\n"
+            "assert res.exit_code == 2 and 'No such option' in res.output, res.output\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'zarr', 'sklearn') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

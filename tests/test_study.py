@@ -283,8 +283,9 @@ def test_submitit_launcher_runs_the_shards_as_jobs_and_writes_the_whole_report(t
     res = CliRunner().invoke(app, ["run", str(study), "--launcher", "submitit", "--jobs", "2"])
     assert res.exit_code == 0, res.output
     assert "2/2 cells done" in res.output
-    logs = list((tmp_path / "runs" / "_submitit").glob("*/*_result.pkl"))
-    assert len(logs) == 2  # one result per job
+    logs = list((tmp_path / "runs" / "_submitit").glob("*_result.pkl"))
+    assert len(logs) == 2  # one result per job, named by its job id
+    assert not any("%" in p.name for p in (tmp_path / "runs").rglob("*"))  # no folder named by a pattern
     states = sorted(p.name for p in (tmp_path / "runs" / "_studies").iterdir())
     assert states == ["small.shard-1-of-2.json", "small.shard-2-of-2.json"]
     md = (tmp_path / "report" / "tables.md").read_text()

@@ -76,6 +76,16 @@ def run_summary(run_dir: str | Path) -> dict:
             "config": c}
 
 
+def tracker_location(kind: str, runs_dir: str | Path) -> str:
+    """Where ``track_run`` logs the runs under ``runs_dir``: the TensorBoard log folder, or the MLflow store."""
+    import os
+
+    if kind == "tensorboard":
+        return f"{Path(runs_dir) / '_tensorboard'} (tensorboard --logdir {Path(runs_dir) / '_tensorboard'})"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(runs_dir) / "_mlruns").resolve().as_uri()
+    return f"MLflow experiment 'probebench' at {uri} (mlflow ui --backend-store-uri {uri})"
+
+
 def track_run(run_dir: str | Path, kind: str | None) -> None:
     """Log the written run ``run_dir`` to ``kind`` (nothing when None)."""
     if kind is None:

@@ -54,7 +54,7 @@ def run_with_submitit(study_file: str | Path, jobs: int, *, overrides: list[str]
         raise ProbebenchError('--launcher submitit needs the submitit package: pip install "probebench[submitit]" '
                               "(or pip install submitit)") from None
     study = load_study(study_file, overrides=overrides, data_root=data_root)
-    executor = submitit.AutoExecutor(folder=Path(study.runs_dir) / "_submitit" / "%j", cluster=cluster)
+    executor = submitit.AutoExecutor(folder=Path(study.runs_dir) / "_submitit", cluster=cluster)  # logs by job id
     executor.update_parameters(name=f"probebench-{study.name}", **(slurm or {}))
     roots = [str(r) for r in data_root] if data_root else None
     submitted = [executor.submit(_shard_job, str(study_file), list(overrides), roots, only, track, (i, jobs))

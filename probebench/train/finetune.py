@@ -298,7 +298,7 @@ class EndToEnd:
                 _save_atomic({"model": s.best_state, "epoch": s.best_epoch, "metric": s.best_metric},
                              self.work / "best.pt")
             _save_atomic(snapshot, self.work / "last.pt")
-        self.bar.update(self.epoch_task, info=f"loss {row['train_loss']:.4f} · val acc {row['val_accuracy']:.3f}")
+        self.bar.update(self.epoch_task, info=f"loss {row['train_loss']:.4f} · this epoch's val acc {row['val_accuracy']:.3f}")
         if self.on_epoch is not None:
             self.on_epoch(s, row)
         self.new_epoch_bar(s.epoch + 1)

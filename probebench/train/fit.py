@@ -55,7 +55,7 @@ def _train_head(head: str, grid: bool, seed: int, options: dict, x_tr, y_tr, x_v
     with make_progress(progress and trains(head, grid), unit="epoch") as bar:
         task = bar.add_task(f"fit {estimator.name} on {title}", total=options["epochs"], info="")
         estimator.fit(x_tr, y_tr, x_va, y_va, n_classes, on_epoch=lambda r: bar.update(
-            task, advance=1, info=f"val acc {r['val_accuracy']:.3f}"))
+            task, advance=1, info=f"this epoch's val acc {r['val_accuracy']:.3f}"))
     seconds = time.perf_counter() - start
     proba = estimator.predict_proba(x_te)
     val_proba = estimator.predict_proba(x_va)
@@ -194,7 +194,8 @@ def _summary(title: str, estimator, cv: int | None, metrics: dict) -> str:
     t = metrics["test"]
     return (f"{title} {estimator.describe()}{f' {cv}-fold CV' if cv else ''}: test accuracy "
             f"{100 * t['accuracy']:.2f}, F1 {100 * t['f1']:.2f}, AUROC {100 * t['auroc_macro']:.2f} (validation "
-            f"accuracy {100 * (metrics['val_accuracy'] or float('nan')):.2f}); intervals: probebench report\n")
+            f"accuracy of the kept model {100 * (metrics['val_accuracy'] or float('nan')):.2f}); intervals: "
+            "probebench report\n")
 
 
 def _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title):
