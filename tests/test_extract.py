@@ -113,13 +113,17 @@ def test_weights_file_checksum_is_part_of_the_key(tiny, tmp_path):
     assert len(attrs["weights"]["sha256"]) == 64 and attrs["weights"]["label"] == "IMAGENET1K_V1"
 
 
-def test_corrupt_image_is_named_or_skipped_and_recorded(tiny, tmp_path):
+def test_corrupt_image_is_named_or_skipped_and_recorded(tiny, tmp_path, capsys):
     spec, root = tiny
     bad = root / "tiny" / "b" / "p105_1.png"
     bad.write_bytes(b"not a png at all")
     with pytest.raises(ProbebenchError, match=r"cannot read image .*p105_1.png.*--skip-bad"):
         extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", **OPTS)
+    capsys.readouterr()
     path = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", skip_bad=True, **OPTS)
+    said = capsys.readouterr().err  # said, not only recorded
+    assert "note: 1 of 40 image(s) (2%) could not be read and were skipped (--skip-bad)" in said
+    assert "UnidentifiedImageError" in said and str(bad) in said
     attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     assert [s["sample_id"] for s in attrs["skipped"]] == ["b/p105_1.png"] and attrs["complete"]
     (record,) = attrs["skipped"]

@@ -357,14 +357,52 @@ def test_dicom_that_cannot_be_read_gets_a_clear_error(tmp_path):
     from pydicom.uid import JPEG2000Lossless
 
     frames = write_dicom(tmp_path / "multi.dcm", np.zeros((2, 8, 8), np.uint16), frames=2)
-    with pytest.raises(ValueError, match=r"multi-frame DICOM \(2 frames\)"):
+    with pytest.raises(ValueError, match=r"multi-frame DICOM \(2 frames\).*\[pixels\] dicom_frame = \"middle\""):
         read_dicom(frames)
     compressed = write_dicom(tmp_path / "j2k.dcm", np.zeros((8, 8), np.uint16), syntax=JPEG2000Lossless)
-    with pytest.raises(ValueError, match=r"compressed as JPEG 2000.*pip install pylibjpeg"):
+    with pytest.raises(ValueError, match=r"compressed as JPEG 2000.*pip install \"probebench\[dicom\]\""):
         read_dicom(compressed)
     (tmp_path / "text.dcm").write_text("not a dicom")
     with pytest.raises(ValueError, match=r"not a DICOM file"):
         read_dicom(tmp_path / "text.dcm")
+
+
+def test_pydicoms_own_files_palette_colour_multi_frame_undecodable_and_damaged_headers():
+    """Files from pydicom's own test set, as real scanners and PACS wrote them: PALETTE COLOR through its lookup
+    tables, a 2-frame RLE file by the spec's frame choice, JPEG-LS without a decoder (the error names the extra),
+    and a header with an invalid value (no pydicom warning printed; a clear error)."""
+    import warnings
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut
+
+    palette = get_testdata_file("examples_palette.dcm")
+    ds = pydicom.dcmread(palette)
+    lut = apply_color_lut(ds.pixel_array, ds).astype(np.float64)  # 16-bit table entries (descriptor [256, 0, 16])
+    got = read_dicom(palette)
+    assert got.shape == (*ds.pixel_array.shape, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, np.rint(lut * 255 / 65535).astype(np.uint8))
+    two = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    frames = pydicom.dcmread(two).pixel_array  # (2, H, W, 3)
+    for choice, i in (("first", 0), ("middle", 1), (1, 1)):
+        assert np.array_equal(read_dicom(two, PixelRules(dicom_frame=choice)), frames[i])
+    with pytest.raises(ValueError, match=r"dicom_frame 2 is outside this file's 2 frames"):
+        read_dicom(two, PixelRules(dicom_frame=2))
+    with pytest.raises(ValueError, match=r"JPEG-LS Lossless.*install a decoder: pip install \"probebench\[dicom\]\""):
+        read_dicom(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning reaching the caller fails the test
+        with pytest.raises(ValueError, match=r"NumberOfFrames '1A' is not a number"):
+            read_dicom(get_testdata_file("badVR.dcm"))
+
+
+def test_the_frame_rule_is_checked_and_leaves_older_manifests_unchanged():
+    assert PixelRules().as_dict() == {"intensity": "minmax", "percentiles": [0.5, 99.5], "bits": None,
+                                      "dicom_window": True}  # as before dicom_frame existed: same manifest hashes
+    assert PixelRules.from_spec({"dicom_frame": "middle"}, "s.toml").as_dict()["dicom_frame"] == "middle"
+    with pytest.raises(ProbebenchError, match=r"s.toml: \[pixels\] dicom_frame must be"):
+        PixelRules.from_spec({"dicom_frame": "last"}, "s.toml")
 
 
 # the tiny spec's grouping and splits, for an X-ray folder of DICOM or 16-bit PNG files

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 INTENSITY_RULES = ("minmax", "percentile", "bits", "full16")
-PIXEL_KEYS = {"intensity", "percentiles", "bits", "dicom_window"}
+PIXEL_KEYS = {"intensity", "percentiles", "bits", "dicom_window", "dicom_frame"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"} | DICOM_SUFFIXES
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
@@ -24,8 +24,8 @@ def is_junk(path: Path) -> bool:
             or "__MACOSX" in path.parts or path.suffix.lower() not in IMAGE_SUFFIXES)
 
 
-DICOM_DECODERS_HINT = ("pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle "
-                       "(or python-gdcm)")
+DICOM_DECODERS_HINT = ('pip install "probebench[dicom]" (pylibjpeg with its libjpeg, openjpeg and rle plugins: '
+                       "JPEG lossless, JPEG-LS, JPEG 2000, RLE; or pip install python-gdcm)")
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,13 @@ class PixelRules:
     percentiles: tuple[float, float] = (0.5, 99.5)
     bits: int | None = None
     dicom_window: bool = True  # apply the file's VOI LUT / WindowCenter+Width when present
+    dicom_frame: str | int | None = None  # multi-frame DICOM: "first", "middle" or a 0-based index; None refuses
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["percentiles"] = list(self.percentiles)
+        if self.dicom_frame is None:  # absent unless set: manifests (and cache keys) made before it stay the same
+            del d["dicom_frame"]
         return d
 
     @classmethod
@@ -72,7 +75,12 @@ class PixelRules:
         window = table.get("dicom_window", True)
         if not isinstance(window, bool):
             raise ProbebenchError(f"{where}: [pixels] dicom_window must be true or false, not {window!r}")
-        return cls(intensity=rule, percentiles=pct, bits=bits, dicom_window=window)
+        frame = table.get("dicom_frame")
+        if frame is not None and frame not in ("first", "middle") and not (
+                isinstance(frame, int) and not isinstance(frame, bool) and frame >= 0):
+            raise ProbebenchError(f"{where}: [pixels] dicom_frame must be \"first\", \"middle\" or a frame index "
+                                  f">= 0, not {frame!r}")
+        return cls(intensity=rule, percentiles=pct, bits=bits, dicom_window=window, dicom_frame=frame)
 
 
 def check_finite(arr: np.ndarray) -> None:
@@ -136,14 +144,56 @@ def _first(value) -> float:
         return float(value)
 
 
+def _count(ds, key: str, default: int) -> int:
+    value = getattr(ds, key, default)
+    try:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} {value!r} is not a number (a damaged or non-conformant header)") from None
+
+
+def _frame(ds, arr: np.ndarray, rules: PixelRules) -> np.ndarray:
+    """One frame of a multi-frame file, as the spec's ``[pixels] dicom_frame`` chooses (refused when unset)."""
+    frames = _count(ds, "NumberOfFrames", 1)
+    if frames <= 1:
+        return arr
+    if rules.dicom_frame is None:
+        raise ValueError(f"multi-frame DICOM ({frames} frames): a sample is one 2D image; choose the frame with "
+                         '[pixels] dicom_frame = "middle" (or "first", or an index) in the spec, or export the frames '
+                         "as separate files")
+    i = {"first": 0, "middle": frames // 2}.get(rules.dicom_frame, rules.dicom_frame)
+    if not 0 <= i < frames:
+        raise ValueError(f"[pixels] dicom_frame {i} is outside this file's {frames} frames")
+    return arr[i]
+
+
+def _palette(ds, arr: np.ndarray) -> np.ndarray:
+    """PALETTE COLOR through the file's own lookup tables (pydicom's ``apply_color_lut``), as 8-bit RGB."""
+    from pydicom.pixels import apply_color_lut
+
+    rgb = np.asarray(apply_color_lut(arr, ds), dtype=np.float64)
+    bits = int(ds.RedPaletteColorLookupTableDescriptor[2])  # 8 or 16: the entries' depth
+    return np.rint(rgb * (255.0 / (2 ** bits - 1))).astype(np.uint8)
+
+
 def read_dicom(path, rules: PixelRules = PixelRules()) -> np.ndarray:
     """One DICOM image as uint8, (H, W) for grayscale or (H, W, 3) for colour.
 
     Grayscale: modality LUT (RescaleSlope/Intercept or a Modality LUT Sequence), then the VOI LUT
     Sequence or WindowCenter/WindowWidth when present and ``rules.dicom_window``, else the spec's
     intensity rule (8-bit data with no rescale is kept as stored); ``MONOCHROME1`` is inverted so that
-    high values are always bright.
+    high values are always bright. PALETTE COLOR through its lookup tables; RGB and YBR as RGB; a multi-frame
+    file by ``rules.dicom_frame``. pydicom's warnings about non-conformant headers are not printed: a value that
+    matters and cannot be read is an error naming it.
     """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _read_dicom(path, rules)
+
+
+def _read_dicom(path, rules: PixelRules) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi
@@ -154,24 +204,25 @@ def read_dicom(path, rules: PixelRules = PixelRules()) -> np.ndarray:
         raise ValueError(f"not a DICOM file ({exc})") from exc
     if "PixelData" not in ds:
         raise ValueError("DICOM file without pixel data (PixelData element missing)")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ValueError(f"multi-frame DICOM ({frames} frames) is not supported: a sample must be one 2D image; "
-                         "export the frames as separate files")
+    _count(ds, "NumberOfFrames", 1)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # compressed transfer syntax without a decoder, truncated data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name, reason = getattr(syntax, "name", str(syntax)), " ".join(str(exc).split())
         if syntax is not None and getattr(syntax, "is_compressed", False):
-            raise ValueError(f"cannot decode pixel data compressed as {name} ({reason}); install a decoder: "
-                             f"{DICOM_DECODERS_HINT}") from exc
+            raise ValueError(f"cannot decode pixel data compressed as {name}; install a decoder: "
+                             f"{DICOM_DECODERS_HINT} ({reason[:200]})") from exc
         raise ValueError(f"cannot decode pixel data (transfer syntax {name}): {reason}") from exc
+    arr = _frame(ds, arr, rules)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:  # RGB (pydicom converts YBR to RGB)
+    if _count(ds, "SamplesPerPixel", 1) == 3:  # RGB (pydicom converts YBR to RGB)
         return arr if arr.dtype == np.uint8 else to_uint8(arr, rules)
+    if photometric == "PALETTE COLOR":
+        return _palette(ds, arr)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"PhotometricInterpretation {photometric} is not supported (MONOCHROME1/2, RGB)")
+        raise ValueError(f"PhotometricInterpretation {photometric} is not supported (MONOCHROME1/2, RGB, YBR, "
+                         "PALETTE COLOR)")
     rescaled = "ModalityLUTSequence" in ds or float(getattr(ds, "RescaleSlope", 1) or 1) != 1 \
         or float(getattr(ds, "RescaleIntercept", 0) or 0) != 0
     values = apply_modality_lut(arr, ds)

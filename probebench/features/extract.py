@@ -217,6 +217,13 @@ def _finish(root, job, seconds: float, world: int) -> None:
                 "error": str(skip[i])} for i in np.flatnonzero(skip != "")]
     root.attrs.update({"complete": bool(done.all()), "complete_chunks": np.flatnonzero(done).tolist(),
                        "skipped": skipped, "extract_seconds": round(seconds, 3), "world_size": world})
+    if skipped:  # said, never only recorded: a quarter of a hospital export may be files the install cannot read
+        n = len(job.manifest)
+        kinds = sorted({s["error"].split(" (")[0].split(";")[0][:100] for s in skipped})
+        sys.stderr.write(f"note: {len(skipped)} of {n} image(s) ({100 * len(skipped) / n:.0f}%) could not be read "
+                         f"and were skipped (--skip-bad); fit and report leave them out. Reasons: "
+                         + "; ".join(kinds[:5]) + (" …" if len(kinds) > 5 else "")
+                         + f". First: {skipped[0]['path']}\n")
 
 
 def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir: str | Path = "cache",
