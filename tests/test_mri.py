@@ -228,3 +228,25 @@ def test_prepare_then_extract_fit_report_on_t1(tmp_path):
     assert runner.invoke(app, ["fit", *common, "--epochs", "3"]).exit_code == 0
     res = runner.invoke(app, ["report", "--format", "md", "--level", "patient"])
     assert res.exit_code == 0 and "| t1 | resnet50 † | Y |" in res.output and "[CI by patient]" in res.output
+
+
+def test_a_modality_without_usable_volumes_leaves_the_others_prepared(tmp_path):
+    """Every t2 volume is 4D: t1 is still written, t2 is named with the reason and the flag that takes the first
+    volume; the same reason for several patients is said once."""
+    from probebench.data.mri import render_summary
+
+    cohort, labels = make_cohort(tmp_path, n_per_grade=2, modalities=("t1", "t2"))
+    for pid in [p.name for p in cohort.iterdir()]:
+        data, _ = volume_and_mask((64, 64, 6), radius=10.0)
+        save(cohort / pid / "t2.nii.gz", np.stack([data, data], -1), affine_for((0.5, 0.5, 3.0), data.shape))
+    summary = prepare_mri(cohort, labels, tmp_path / "out", modalities=("t1", "t2"), workers=1, progress=False)
+    assert list(summary["modalities"]) == ["t1"] and read_manifest(tmp_path / "out" / "t1" / "manifest.csv")
+    assert not (tmp_path / "out" / "t2").exists()
+    reasons = {s["reason"] for s in summary["modalities_without_volumes"]["t2"]}
+    assert reasons == {"t2.nii.gz: 4D image with 2 volumes (prepare-mri --allow-4d, or allow_4d = true in the "
+                       "spec's [mri], takes the first)"}
+    text = render_summary(summary)
+    assert "t2: no usable volume, not written" in text and text.count("4D image with 2 volumes") == 1
+    assert "6 patients (P000, P001, P100, …): t2.nii.gz: 4D image" in text
+    with pytest.raises(ProbebenchError, match=r"no usable volume in .* for any modality; t2: P000: t2.nii.gz: 4D"):
+        prepare_mri(cohort, labels, tmp_path / "out2", modalities=("t2",), workers=1, progress=False)

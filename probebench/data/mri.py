@@ -151,7 +151,8 @@ def _load(path: Path, what: str, settings: MriSettings, notes: list[str]):
         img = nib.load(str(path))
         if img.ndim == 4:
             if img.shape[3] > 1 and not settings.allow_4d:
-                raise SkipVolume(f"{path.name}: 4D {what} with {img.shape[3]} volumes (allow_4d takes the first)")
+                raise SkipVolume(f"{path.name}: 4D {what} with {img.shape[3]} volumes (prepare-mri --allow-4d, or "
+                                 "allow_4d = true in the spec's [mri], takes the first)")
             notes.append(f"{path.name}: 4D {what}, first volume used")
             img = img.slicer[..., 0]
         elif img.ndim != 3:
@@ -366,9 +367,10 @@ def prepare_mri(cohort: str | Path, labels_csv: str | Path, out: str | Path, *, 
             skipped.sort(key=lambda s: s["patient"])
             if strict and skipped:
                 raise ProbebenchError(f"{modality}: " + "; ".join(f"{s['patient']}: {s['reason']}" for s in skipped))
-            if not rows:
-                raise ProbebenchError(f"{modality}: no usable volume in {cohort}; skipped: "
-                                      + "; ".join(f"{s['patient']}: {s['reason']}" for s in skipped[:5]))
+            if not rows:  # this modality is left out; the others are still prepared (the summary says why)
+                summary.setdefault("modalities_without_volumes", {})[modality] = skipped
+                shutil.rmtree(tmp)
+                continue
             rows.sort(key=lambda r: (r["patient_id"], r["slice_index"]))
             check_disjoint(np.array([r["patient_id"] for r in rows]), np.array([r["split"] for r in rows]),
                            where=f"{modality}: ")
@@ -381,6 +383,11 @@ def prepare_mri(cohort: str | Path, labels_csv: str | Path, out: str | Path, *, 
             (tmp / "summary.json").write_text(json.dumps(mod_summary, indent=1, sort_keys=True) + "\n")
             summary["modalities"][modality] = mod_summary
             staged[modality] = tmp
+    if not staged:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ProbebenchError(f"no usable volume in {cohort} for any modality; " + "; ".join(
+            f"{m}: " + "; ".join(f"{s['patient']}: {s['reason']}" for s in sk[:3])
+            for m, sk in summary.get("modalities_without_volumes", {}).items()))
     (staging / "prepare_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     publish_generation(out, staging, list(staged))
     return summary
@@ -436,6 +443,15 @@ def _modality_summary(rows, skipped, notes, intensity, settings: MriSettings) ->
             "intensity": intensity}
 
 
+def _grouped(items: list[dict], key: str) -> dict[str, str]:
+    """The same message for several patients said once: message -> "P01" or "12 patients: P01, P02, …"."""
+    by: dict[str, list[str]] = {}
+    for item in items:
+        by.setdefault(item[key], []).append(item["patient"])
+    return {text: ps[0] if len(ps) == 1 else f"{len(ps)} patients ({', '.join(ps[:3])}{', …' if len(ps) > 3 else ''})"
+            for text, ps in by.items()}
+
+
 def render_summary(summary: dict) -> str:
     """The study's Tables I and II: patients and slices per split, slices per grade per split, and skips."""
     from rich.console import Console
@@ -452,10 +468,14 @@ def render_summary(summary: dict) -> str:
                               *[f"{v['slices_per_grade'][g]} ({v['patients_per_grade'][g]})" for g in GRADES])
         console.print(table)
         for m, ms in summary["modalities"].items():
-            for s in ms["skipped"]:
-                console.print(f"[yellow]skipped[/] {m} {s['patient']}: {s['reason']}", highlight=False)
-            for n in ms["notes"]:
-                console.print(f"note {m} {n['patient']}: {n['note']}", highlight=False)
+            for reason, patients in _grouped(ms["skipped"], "reason").items():
+                console.print(f"[yellow]skipped[/] {m} {patients}: {reason}", highlight=False)
+            for note, patients in _grouped(ms["notes"], "note").items():
+                console.print(f"note {m} {patients}: {note}", highlight=False)
+        for m, skipped in summary.get("modalities_without_volumes", {}).items():
+            console.print(f"[red]{m}: no usable volume, not written[/]", highlight=False)
+            for reason, patients in _grouped(skipped, "reason").items():
+                console.print(f"  {patients}: {reason}", highlight=False)
         if summary["unlabelled_folders"]:
             console.print(f"[yellow]folders without a grade (not used):[/] {', '.join(summary['unlabelled_folders'])}")
         if summary["labels_without_images"]:
