@@ -211,6 +211,11 @@ def _read_dicom(path, rules: PixelRules) -> np.ndarray:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name, reason = getattr(syntax, "name", str(syntax)), " ".join(str(exc).split())
         if syntax is not None and getattr(syntax, "is_compressed", False):
+            import importlib.util
+
+            if any(importlib.util.find_spec(m) for m in ("pylibjpeg", "gdcm")):  # a decoder is here and failed
+                raise ValueError(f"cannot decode pixel data compressed as {name}: the installed decoders failed "
+                                 f"on it ({reason[:200]})") from exc
             raise ValueError(f"cannot decode pixel data compressed as {name}; install a decoder: "
                              f"{DICOM_DECODERS_HINT} ({reason[:200]})") from exc
         raise ValueError(f"cannot decode pixel data (transfer syntax {name}): {reason}") from exc
