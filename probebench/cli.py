@@ -14,7 +14,6 @@ from typing import Optional
 import click
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from probebench.errors import ProbebenchError
@@ -643,14 +642,12 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
     if as_json:
         print_json("models", {"hub": str(hub), "models": records})
         return
-    table = Table(title=f"models (weights looked for in {hub})")
-    for col in ("name", "taps (dim)", "weights", "file", "present", "preprocessing"):
-        table.add_column(col)
+    out.print(f"models (weights looked for in {hub}):")  # plain lines: readable at 80 columns, names never cut
     for c, r in zip(REGISTRY.values(), records):
         taps = ", ".join(f"{t}{'*' if t == c.default_tap else ''} ({d})" for t, d in c.taps.items())
-        table.add_row(c.name, taps, c.weights_label, c.weight_file, "yes" if r["present"] else "no",
-                      c.preprocessing.describe())
-    out.print(table)
+        out.print(Text.assemble((c.name, "bold"), f"  {c.family.name}; taps {taps}"))
+        out.print(f"  weights {c.weights_label}: {c.weight_file} ({'present' if r['present'] else 'not present'})")
+        out.print(f"  preprocessing {c.preprocessing.describe()}")
     out.print("* default tap. Any timm model works too: --model timm:<name>[.<tag>] (e.g. "
               "timm:convnext_tiny.fb_in1k) or timm:hf-hub:<org>/<repo>; its pre-logits features are the tap and "
               "its pretrained config gives the preprocessing. DINOv2 models also read a Hugging Face snapshot "

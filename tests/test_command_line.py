@@ -500,3 +500,16 @@ def test_any_error_message_is_printed_verbatim(monkeypatch, tmp_path):
     monkeypatch.setattr(study_module, "load_study", refuse)
     res = invoke("run", tmp_path / "x.toml")
     assert res.exit_code == 2 and res.output == f"error: {text}\n"
+
+
+def test_models_and_the_plan_stay_readable_at_80_columns(tmp_path):
+    """Plain lines, names whole: what a log or an 80-column terminal shows of `models` and `run --dry-run`."""
+    from probebench.models.registry import REGISTRY
+
+    text = invoke("models", COLUMNS="80").output
+    for name, c in REGISTRY.items():
+        assert f"\n{name}  {c.family.name}; taps " in text and c.weight_file in text
+    study = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
+    text = invoke("run", study, "--dry-run", COLUMNS="80").output
+    assert "  todo    demo_shapes × resnet50 · frozen · linear: 72 img + head" in text
+    assert "  todo    demo_shapes × dinov2_s · unfrozen · linear: 72 img-passes (2 ep), end to end" in text

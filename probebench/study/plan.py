@@ -180,28 +180,24 @@ def _ensure_synthetic(study: Study) -> None:
 
 
 def render_plan(cells: list[Cell]) -> str:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(record=True, width=150)
-    table = Table(title=f"study plan: {len(cells)} cells, {sum(c.status == 'done' for c in cells)} done")
-    for col in ("dataset", "model", "mode", "head", "images x epochs", "features", "evaluation", "status"):
-        table.add_column(col)
+    """The plan as plain lines, one cell each (readable at 80 columns and in logs; names never cut), then why each
+    blocked unit is blocked, whole (paths and URLs can be copied)."""
+    lines = [f"study plan: {len(cells)} cells, {sum(c.status == 'done' for c in cells)} done"]
     for c in cells:
-        work = f"{c.images:,} img + head" if c.mode == "frozen" else f"{c.images:,} img-passes ({c.epochs} ep)"
-        feats = ("cached" if c.cached else "to extract") if c.mode == "frozen" else "end to end"
-        status = c.status + (f": {c.detail}" if c.detail and c.status != "blocked" else "")
-        status += " (see below)" if c.status == "blocked" else ""
-        table.add_row(c.dataset, c.model, c.mode, c.head, work if c.status != "blocked" else "", feats
-                      if c.status != "blocked" else "", c.evaluation, status)
-    with console.capture() as cap:
-        console.print(table)
-    reasons: dict[str, list[str]] = {}  # printed whole, never cut by the table: paths and URLs can be copied
+        if c.status == "blocked":
+            work = "(see below)"
+        elif c.mode == "frozen":
+            work = f"{c.images:,} img + head, features {'cached' if c.cached else 'to extract'}, {c.evaluation}"
+        else:
+            work = f"{c.images:,} img-passes ({c.epochs} ep), end to end, {c.evaluation}"
+        detail = f" ({c.detail})" if c.detail and c.status != "blocked" else ""
+        lines.append(f"  {c.status:7s} {c.dataset} × {c.model} · {c.mode} · {c.head}: {work}{detail}")
+    reasons: dict[str, list[str]] = {}
     for c in cells:
         if c.status == "blocked":
             reasons.setdefault(c.detail, []).append(f"{c.dataset} × {c.model}")
-    blocked = "".join(f"blocked: {', '.join(dict.fromkeys(units))}:\n  {why}\n" for why, units in reasons.items())
-    return cap.get() + blocked
+    lines += [f"blocked: {', '.join(dict.fromkeys(units))}:\n  {why}" for why, units in reasons.items()]
+    return "\n".join(lines) + "\n"
 
 
 def plan_record(study: Study, cells: list[Cell]) -> dict:
