@@ -80,12 +80,11 @@ def test_recipe_a_head(monkeypatch, tiny, tmp_path):
         def describe(self):
             return "centroid"
 
-        def fit(self, x, y, x_val, y_val, n_classes, on_epoch=None):
+        def _fit(self, x, y, x_val, y_val, n_classes, on_epoch):
             self.centroids_ = np.stack([x[y == c].mean(0) for c in range(n_classes)])
             self.history_, self.best_epoch_, self.selection_ = [], None, None
-            return self
 
-        def predict_proba(self, x):
+        def _proba(self, x):
             d = ((x[:, None, :] - self.centroids_[None]) ** 2).sum(-1)
             return np.eye(len(self.centroids_))[d.argmin(1)]
 

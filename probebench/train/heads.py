@@ -1,4 +1,5 @@
-"""Heads on cached features, scikit-learn style: ``fit(X, y, X_val, y_val, n_classes)``, ``predict_proba(X)``.
+"""Heads on cached features, scikit-learn estimators (``Head``): ``fit(X, y[, X_val, y_val, n_classes])``,
+``predict_proba(X)``, ``predict``, ``score``; ``clone`` and scikit-learn's own estimator checks pass.
 
 - ``linear``: the study's new layer, trained by the study's protocol (``train.config.PROTOCOL``: Adam, lr 1e-4,
   batch 32, 100 epochs, best validation epoch kept);
@@ -48,14 +49,29 @@ def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
 
 
 class Head:
-    """The contract every entry of ``HEADS`` keeps (scikit-learn's estimator rules): every parameter is an argument of
-    ``__init__`` stored under its own name (``get_params``, so ``sklearn.base.clone`` works); ``fit(x, y, x_val,
-    y_val, n_classes)`` returns the head and sets only attributes ending in ``_`` (``history_``, ``best_epoch_``,
-    ``selection_`` at least); ``predict_proba(x)`` gives (n, n_classes) rows summing to 1; ``takes`` lists the
-    protocol options (``TrainConfig`` fields and ``class_weight``) the head uses, and ``make_head`` refuses others."""
+    """The contract every entry of ``HEADS`` keeps, scikit-learn's estimator rules: every parameter is an argument of
+    ``__init__`` stored under its own name (``get_params``, so ``sklearn.base.clone`` works); ``fit`` returns the head
+    and sets only attributes ending in ``_`` (``classes_``, ``n_features_in_``, ``history_``, ``best_epoch_``,
+    ``selection_`` at least); ``predict_proba`` gives (n, n_classes) rows summing to 1, ``predict`` the classes and
+    ``score`` the accuracy; ``takes`` lists the protocol options (``TrainConfig`` fields and ``class_weight``) the
+    head uses, and ``make_head`` refuses others.
+
+    ``fit(X, y)`` alone works as in scikit-learn: labels of any kind, encoded into ``classes_``; without validation
+    arrays nothing is selected on data the head has not seen: the trained heads keep their last epoch (``patience``
+    is not used), logistic regression takes C = 1 (scikit-learn's default) and kNN the first k of its grid.
+    probebench itself passes ``n_classes`` (labels 0..K-1, a class may be absent from a label budget's training
+    part) and the validation split. A subclass implements ``_fit`` and ``_proba``.
+    """
 
     name = ""
     takes: tuple[str, ...] = ()
+    _estimator_type = "classifier"
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import ClassifierTags, Tags, TargetTags
+
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags())
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -74,13 +90,52 @@ class Head:
     def set_params(self, **params) -> Head:
         unknown = sorted(set(params) - set(self._param_names()))
         if unknown:
-            raise ProbebenchError(f"the {self.name} head has no parameter(s) {unknown}")
+            raise ValueError(f"the {self.name} head has no parameter(s) {unknown}")
         for name, value in params.items():
             setattr(self, name, value)
         return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+    def fit(self, x, y, x_val=None, y_val=None, n_classes: int | None = None, on_epoch=None) -> Head:
+        from sklearn.utils.multiclass import check_classification_targets
+        from sklearn.utils.validation import validate_data
+
+        x, y = validate_data(self, x, y, dtype=(np.float32, np.float64))
+        check_classification_targets(y)
+        if n_classes is None:  # scikit-learn's use: any labels, encoded
+            self.classes_, y = np.unique(y, return_inverse=True)
+            if y_val is not None:
+                y_val = np.searchsorted(self.classes_, y_val)
+            n_classes = len(self.classes_)
+        else:  # probebench's own: labels 0..n_classes-1
+            self.classes_ = np.arange(n_classes)
+        if x_val is not None:
+            x_val = validate_data(self, x_val, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=0)
+        self._fit(x, np.asarray(y, dtype=np.int64), x_val, None if y_val is None else np.asarray(y_val, np.int64),
+                  n_classes, on_epoch)
+        return self
+
+    def predict_proba(self, x) -> np.ndarray:
+        from sklearn.utils.validation import check_is_fitted, validate_data
+
+        check_is_fitted(self, "classes_")
+        x = validate_data(self, x, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=0)
+        return self._proba(x) if len(x) else np.zeros((0, len(self.classes_)))
+
+    def predict(self, x) -> np.ndarray:
+        proba = self.predict_proba(x)  # first: an unfitted head says so
+        return self.classes_[proba.argmax(axis=1)]
+
+    def score(self, x, y) -> float:
+        return float((self.predict(x) == np.asarray(y)).mean())
+
+    def _fit(self, x, y, x_val, y_val, n_classes: int, on_epoch) -> None:
+        raise NotImplementedError
+
+    def _proba(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
 
 class LinearHead(Head):
@@ -109,7 +164,7 @@ class LinearHead(Head):
     def build(self, dim: int, n_classes: int) -> nn.Module:
         return nn.Linear(dim, n_classes)
 
-    def fit(self, x, y, x_val, y_val, n_classes: int, on_epoch=None):
+    def _fit(self, x, y, x_val, y_val, n_classes: int, on_epoch) -> None:
         weight = balanced_weights(y, n_classes) if self.class_weight == "balanced" else None
         self.model_ = seeded_init(lambda: self.build(x.shape[1], n_classes), self.seed)
         self.model_, state = train_classifier(
@@ -117,10 +172,9 @@ class LinearHead(Head):
             weight_decay=self.weight_decay, optimizer=self.optimizer, seed=self.seed, select=self.select,
             patience=self.patience, class_weight=weight, on_epoch=on_epoch)
         self.history_, self.best_epoch_, self.selection_ = state.history, state.best_epoch, None
-        return self
 
     @torch.no_grad()
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def _proba(self, x: np.ndarray) -> np.ndarray:
         return softmax_proba(self.model_(torch.as_tensor(x, dtype=torch.float32)))
 
 
@@ -130,8 +184,11 @@ class MLPHead(LinearHead):
     name = "mlp"
     takes = (*LinearHead.takes, "hidden")
 
-    def __init__(self, hidden: int = DEFAULT_HIDDEN, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, hidden: int = DEFAULT_HIDDEN, epochs: int = PROTOCOL.epochs, lr: float = PROTOCOL.lr,
+                 batch_size: int = PROTOCOL.batch_size, weight_decay: float = PROTOCOL.weight_decay,
+                 seed: int = PROTOCOL.seed, class_weight: str | None = None, select: str = PROTOCOL.select_metric,
+                 optimizer: str = PROTOCOL.optimizer, patience: int | None = PROTOCOL.patience):
+        super().__init__(epochs, lr, batch_size, weight_decay, seed, class_weight, select, optimizer, patience)
         self.hidden = hidden
 
     def params(self) -> dict:
@@ -152,8 +209,18 @@ class StudyMLPHead(MLPHead):
     name = "study_mlp"
     takes = (*LinearHead.takes, "hidden")  # accepted, and documented as ignored: the study's width is fixed
 
-    def __init__(self, hidden: int = DEFAULT_HIDDEN, **kwargs):
-        super().__init__(hidden=256, **kwargs)  # the study's width, whatever ``hidden`` says
+    def __init__(self, hidden: int = DEFAULT_HIDDEN, epochs: int = PROTOCOL.epochs, lr: float = PROTOCOL.lr,
+                 batch_size: int = PROTOCOL.batch_size, weight_decay: float = PROTOCOL.weight_decay,
+                 seed: int = PROTOCOL.seed, class_weight: str | None = None, select: str = PROTOCOL.select_metric,
+                 optimizer: str = PROTOCOL.optimizer, patience: int | None = PROTOCOL.patience):
+        super().__init__(hidden, epochs, lr, batch_size, weight_decay, seed, class_weight, select, optimizer,
+                         patience)
+
+    def build(self, dim: int, n_classes: int) -> nn.Module:  # the study's width, whatever ``hidden`` says
+        return nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, n_classes))
+
+    def params(self) -> dict:
+        return {**super().params(), "hidden": 256}
 
     def describe(self) -> str:
         return "study mlp 256"
@@ -168,7 +235,7 @@ class LogRegHead(Head):
 
     def __init__(self, cs=DEFAULT_CS, class_weight: str | None = None, max_iter: int = 1000,
                  seed: int = PROTOCOL.seed):
-        self.cs, self.class_weight, self.max_iter, self.seed = tuple(cs), class_weight, max_iter, seed
+        self.cs, self.class_weight, self.max_iter, self.seed = cs, class_weight, max_iter, seed
 
     def params(self) -> dict:
         return {"C_grid": list(self.cs), "class_weight": self.class_weight, "solver": "lbfgs",
@@ -182,7 +249,7 @@ class LogRegHead(Head):
 
         return LogisticRegression(C=c, solver="lbfgs", max_iter=self.max_iter, class_weight=self.class_weight)
 
-    def fit(self, x, y, x_val, y_val, n_classes: int, on_epoch=None):
+    def _fit(self, x, y, x_val, y_val, n_classes: int, on_epoch) -> None:
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -190,16 +257,15 @@ class LogRegHead(Head):
         grid, best = [], None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            for c in self.cs:
+            for c in tuple(self.cs) if x_val is not None else (1.0,):  # no validation: scikit-learn's default C
                 model = self._model(c).fit(x, y)
-                score = _accuracy(self._full_proba(model, x_val, n_classes), y_val)
+                score = _accuracy(self._full_proba(model, x_val, n_classes), y_val) if x_val is not None else None
                 grid.append({"C": c, "val_accuracy": score})
                 if best is None or score > best[0]:
                     best = (score, c, model)
-        self.model_, self.n_classes_ = best[2], n_classes
+        self.model_, self.n_classes_, self.n_iter_ = best[2], n_classes, best[2].n_iter_
         self.selection_ = {"grid": grid, "chosen": {"C": best[1], "val_accuracy": best[0]}}
         self.history_, self.best_epoch_ = [], None
-        return self
 
     @staticmethod
     def _full_proba(model, x, n_classes: int) -> np.ndarray:
@@ -208,7 +274,7 @@ class LogRegHead(Head):
         out[:, model.classes_] = model.predict_proba(x)
         return out
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def _proba(self, x: np.ndarray) -> np.ndarray:
         return self._full_proba(self.model_, x, self.n_classes_)
 
 
@@ -238,7 +304,7 @@ class KNNHead(Head):
     takes = ("seed",)
 
     def __init__(self, ks=DEFAULT_KS, temperature: float = 0.07, seed: int = PROTOCOL.seed):
-        self.ks, self.temperature, self.seed = tuple(ks), temperature, seed
+        self.ks, self.temperature, self.seed = ks, temperature, seed
 
     def params(self) -> dict:
         return {"k_grid": list(self.ks), "temperature": self.temperature, "metric": "cosine",
@@ -247,17 +313,19 @@ class KNNHead(Head):
     def describe(self) -> str:
         return f"knn k={self.selection_['chosen']['k']}"
 
-    def fit(self, x, y, x_val, y_val, n_classes: int, on_epoch=None):
-        ks = sorted({min(k, len(x)) for k in self.ks})  # a few labels (--shots): k is at most the training set
-        grid = [{"k": k, "val_accuracy": _accuracy(knn_proba(x, y, x_val, k, n_classes, self.temperature), y_val)}
-                for k in ks]
-        best = max(grid, key=lambda g: (g["val_accuracy"], -g["k"]))
+    def _fit(self, x, y, x_val, y_val, n_classes: int, on_epoch) -> None:
+        ks = sorted({min(k, len(x)) for k in tuple(self.ks)})  # a few labels (--shots): k is at most the training set
+        if x_val is None:  # no validation: the first k of the grid
+            grid = [{"k": min(tuple(self.ks)[0], len(x)), "val_accuracy": None}]
+        else:
+            grid = [{"k": k, "val_accuracy": _accuracy(knn_proba(x, y, x_val, k, n_classes, self.temperature),
+                                                       y_val)} for k in ks]
+        best = max(grid, key=lambda g: (g["val_accuracy"] or 0, -g["k"]))
         self.train_, self.labels_, self.n_classes_ = x, y, n_classes
         self.selection_ = {"grid": grid, "chosen": best}
         self.history_, self.best_epoch_ = [], None
-        return self
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def _proba(self, x: np.ndarray) -> np.ndarray:
         return knn_proba(self.train_, self.labels_, x, self.selection_["chosen"]["k"], self.n_classes_,
                          self.temperature)
 

@@ -209,16 +209,25 @@ class LinearAdamStep:
         return loss_sum, int((z.argmax(axis=1) == y).sum()), len(y)
 
 
-def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                     y_val: np.ndarray, *, epochs: int, lr: float, batch_size: int, weight_decay: float,
+def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
+                     y_val: np.ndarray | None, *, epochs: int, lr: float, batch_size: int, weight_decay: float,
                      optimizer: str, seed: int, select: str, patience: int | None,
                      class_weight: np.ndarray | None = None, on_epoch=None) -> tuple[nn.Module, LoopState]:
-    """Train a head on arrays of cached features; returns it with the best epoch's weights.
+    """Train a head on arrays of cached features; returns it with the best validation epoch's weights (without
+    validation arrays, the last epoch's).
 
     A linear layer trained with Adam or AdamW takes ``LinearAdamStep`` (the same arithmetic, without autograd);
     any other model or optimiser takes autograd and ``torch.optim``.
     """
-    xv, yv = torch.as_tensor(x_val, dtype=torch.float32), torch.as_tensor(y_val, dtype=torch.long)
+    if x_val is None:  # no validation: nothing to select on, so the full epochs run and the last is kept
+        def validate(m):
+            return {"val_loss": float("nan"), "val_accuracy": float("nan")}
+        patience = None
+    else:
+        xv, yv = torch.as_tensor(x_val, dtype=torch.float32), torch.as_tensor(y_val, dtype=torch.long)
+
+        def validate(m):
+            return val_metrics(logits_in_batches(m, xv), yv)
     if isinstance(model, nn.Linear) and optimizer in ("adam", "adamw"):
         step = LinearAdamStep(model, lr, weight_decay, optimizer == "adamw", class_weight)
         xn, yn = step.inputs(np.asarray(x_train, dtype=np.float32)), np.asarray(y_train, dtype=np.int64)
@@ -238,9 +247,11 @@ def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                 idx = torch.from_numpy(idx)
                 yield xt[idx], yt[idx]
 
-    state = train_loop(model, opt, batches, lambda m: val_metrics(logits_in_batches(m, xv), yv), epochs=epochs,
-                       seed=seed, select=select, patience=patience, step=step,
-                       on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
-    model.load_state_dict(state.best_state)
+    state = train_loop(model, opt, batches, validate, epochs=epochs, seed=seed, select=select, patience=patience,
+                       step=step, on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
+    if x_val is None:
+        state.best_epoch, state.best_metric = state.epoch, None
+    else:
+        model.load_state_dict(state.best_state)
     model.eval()
     return model, state
