@@ -169,6 +169,7 @@ def test_run_weights_option_sets_every_model_or_one_and_is_recorded(tmp_path):
     res = runner.invoke(app, ["run", str(study), "--dry-run", "--json"])
     cells = json.loads(res.output)["cells"]
     assert {c["status"] for c in cells} == {"blocked"} and "--weights random" in cells[0]["detail"]
+    assert {f"with `run`: --weights {c['model']}=PATH" in c["detail"] for c in cells} == {True}  # the form run takes
     text = runner.invoke(app, ["run", str(study), "--dry-run"]).output  # the URL whole, on a line of its own
     assert "(from https://download.pytorch.org/models/resnet50-0676ba61.pth)" in text
     res = runner.invoke(app, ["run", str(study), "--dry-run", "--json", "--weights", "random:3"])

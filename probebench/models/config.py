@@ -203,7 +203,8 @@ class Family:
 
         return hub_file(config.weight_file, config.url, config.hash_prefix, allow_download,
                         f"no weights for {config.name}",
-                        "or pass --weights PATH, or --weights random for an untrained (random) backbone.")
+                        f"or pass --weights PATH (with `run`: --weights {config.name}=PATH), or --weights random "
+                        "for an untrained (random) backbone.")
 
     def convert(self, state: dict, model: nn.Module, config: ModelConfig) -> dict:
         """An official checkpoint's state dict in the keys of the model ``build`` made."""

@@ -109,7 +109,8 @@ def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
     where += (" or " if where and cached else "") + (f"{cached}" if cached else "")
     raise NotOnThisMachine(f"no weights for {config.name}: not found in {where or 'any local cache'}"
                           f"{'' if allow_download else ' and downloads are off (PROBEBENCH_OFFLINE=1)'}; "
-                          "download it once with network, or pass --weights FILE (or --weights random)")
+                          f"download it once with network, or pass --weights FILE (with `run`: --weights "
+                          f"{config.name}=FILE), or --weights random")
 
 
 class TimmFamily(Family):
