@@ -20,6 +20,7 @@ COMMANDS = {
     "--help": ["--help"],
     "fit --help": ["fit", "--help"],
     "unknown model (extract -m resnet5)": ["extract", "-m", "resnet5", "-d", "chest_xray"],
+    "unknown dataset (fit -d chest_xra)": ["fit", "-m", "resnet50", "-d", "chest_xra"],
 }
 
 

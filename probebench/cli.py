@@ -208,7 +208,12 @@ def feature_options(exclude: tuple[str, ...] = ()):
             values = {n: kwargs.pop(n) for n in names}
             for n in PARSED_FLOATS:
                 values[n] = float_tuple(values.get(n), n)
-            return fn(features=FeatureSpec(**values), **kwargs)
+            features = FeatureSpec(**values)  # a misspelt model is said here, before torch loads
+            if kwargs.get("dataset") is not None:  # so is a misspelt dataset or a broken spec
+                from probebench.data.datasets import load_spec
+
+                load_spec(kwargs["dataset"], kwargs.get("data_root"))
+            return fn(features=features, **kwargs)
 
         # --model first, then the command's own options, then the rest of the feature options
         wrapper.__signature__ = inspect.Signature([added.pop("model"), *own, *added.values()])

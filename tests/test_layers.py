@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import fake_run
 
@@ -120,11 +121,16 @@ def test_the_public_api_is_small_lazy_and_complete():
     assert "'FeatureSpec'" in res.stdout and "'report_rows'" in res.stdout
 
 
-def test_the_command_line_answers_a_misspelt_option_without_loading_torch(tmp_path):
-    """Options are checked before any heavy library is imported: a typo is answered at once, not after torch."""
+@pytest.mark.parametrize("args,said", [(["fit", "--modle", "resnet50"], "No such option"),
+                                       (["extract", "-m", "resnet5", "-d", "chest_xray"], "did you mean 'resnet50'"),
+                                       (["fit", "-m", "resnet50", "-d", "chest_xra"], "did you mean 'chest_xray'"),
+                                       (["finetune", "-m", "resnet50", "-d", "no.toml"], "spec file not found")])
+def test_the_command_line_answers_a_misspelt_option_or_name_without_loading_torch(tmp_path, args, said):
+    """Options, model names and dataset names are checked before any heavy library is imported: a typo is answered
+    at once, not after torch."""
     code = ("import sys\nfrom typer.testing import CliRunner\nfrom probebench.cli import app\n"
-            "res = CliRunner().invoke(app, ['fit', '--modle', 'resnet50'])\n"
-            "assert res.exit_code == 2 and 'No such option' in res.output, res.output\n"
+            f"res = CliRunner().invoke(app, {args!r})\n"
+            f"assert res.exit_code == 2 and {said!r} in res.output, res.output\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'zarr', 'sklearn') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

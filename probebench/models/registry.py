@@ -7,22 +7,22 @@ built here is a ``FeatureExtractor``: ``forward(images) -> (B, D)`` features at 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from probebench.errors import ProbebenchError, did_you_mean
-from probebench.models import dinov2, torchvision_models
+from probebench.models import dinov2_family, torchvision_models
 from probebench.models.config import Family, ModelConfig
-from probebench.models.dinov2 import DINOV2
+from probebench.models.dinov2_family import DINOV2
 from probebench.models.timm_models import TIMM
 from probebench.models.torchvision_models import TORCHVISION
 
+if TYPE_CHECKING:  # the table and the names are light (a misspelt name is answered before torch loads)
+    from probebench.models.extractor import FeatureExtractor
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (TORCHVISION, DINOV2, TIMM)}
-REGISTRY: dict[str, ModelConfig] = {**torchvision_models.ENTRIES, **dinov2.ENTRIES}
+REGISTRY: dict[str, ModelConfig] = {**torchvision_models.ENTRIES, **dinov2_family.ENTRIES}
 
 
 def get_config(name: str) -> ModelConfig:
@@ -50,25 +50,6 @@ def name_problem(name: str) -> str | None:
     except ProbebenchError as exc:
         return str(exc)
     return None
-
-
-class FeatureExtractor(nn.Module):
-    """A backbone plus a feature tap: ``forward(images) -> (B, D)``; records where its weights came from.
-    ``tap_head``: a pretrained layer on another tap (DINOv2's ImageNet linear layer for ``imagenet_logits``)."""
-
-    def __init__(self, config: ModelConfig, backbone: nn.Module, tap: str, weights: dict,
-                 tap_head: nn.Module | None = None):
-        super().__init__()
-        self.config, self.backbone, self.tap, self.weights = config, backbone, tap, weights
-        self.tap_head = tap_head
-        self.feature_dim = config.family.feature_dim(config, backbone, tap)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        family = self.config.family
-        if self.tap_head is not None:  # e.g. Meta's _LinearClassifierWrapper(layers=4): logits of cls4_patchmean
-            on_tap = self.config.tap_heads[self.tap][2]
-            return self.tap_head(family.features(self.backbone, self.config, on_tap, images))
-        return family.features(self.backbone, self.config, self.tap, images)
 
 
 def random_seed(weights: str) -> int | None:
@@ -119,7 +100,10 @@ def resolve_model(name: str | ModelConfig, weights: str = "auto", *, tap: str | 
 
 def build_model(resolved: ResolvedModel, img_size: int | None = None) -> FeatureExtractor:
     """The feature extractor a resolved model describes; ``img_size`` is the crop it will see (DINOv2's grid)."""
+    from torch import nn
+
     from probebench.models import weights as wts
+    from probebench.models.extractor import FeatureExtractor, _seeded
 
     config, tap, seed = resolved.config, resolved.tap, resolved.seed
     with _seeded(seed or 0):
@@ -166,14 +150,6 @@ def checkpoint_info(config: ModelConfig, path) -> dict:
     from probebench.models.weights import sha256_file
 
     return {"source": str(path), "sha256": sha256_file(path), "label": config.weights_label}
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Run initialisation under a fixed seed without disturbing the caller's global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def registry_records() -> tuple[Path, list[dict]]:

@@ -7,12 +7,14 @@ one place (``REPLACED_LAYER``): ``finetune`` swaps the layer, ``extract`` reads 
 from __future__ import annotations
 
 import re
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from probebench.errors import ProbebenchError
 from probebench.models.config import Family, ModelConfig
+
+if TYPE_CHECKING:  # the entries are light; torchvision loads when a model is built
+    import torch
+    from torch import nn
 
 # The layer the study replaces in each torchvision model; its input is the model's feature tap.
 REPLACED_LAYER = {"vgg16": "classifier.6", "resnet50": "fc", "densenet121": "classifier"}

@@ -36,7 +36,7 @@ from probebench.stats.metrics import point_metrics
 from probebench.features.precision import autocast_dtype
 from probebench.features.precision import resolve as resolve_precision
 from probebench.progress import make_progress
-from probebench.models.registry import FeatureExtractor
+from probebench.models.extractor import FeatureExtractor
 from probebench.train.config import TrainConfig, split_training
 from probebench.runs import RunRecord, check_writable, config_hash, identical_run, run_folder, write_run
 from probebench.train.loop import LoopState, epoch_batches, make_optimizer, seeded_init, train_loop, val_metrics
