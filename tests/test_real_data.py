@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -547,3 +548,28 @@ def test_bad_mean_std_values_are_refused_with_the_option_named():
             with_normalization(Preprocessing(), mean, std)
     res = CliRunner().invoke(app, ["models", "--model", "resnet50", "--mean", "0.5,abc"])
     assert res.exit_code == 2 and "--mean '0.5,abc': expected numbers" in res.output
+
+
+def test_extract_says_each_kind_of_decoder_warning_once_with_its_count(tiny, tmp_path, capsys):
+    """Two files from pydicom's test set that decode with warnings (excess padding; explicit VR announced, implicit
+    found), the first copied twice: each kind said once, with how many files, and recorded in the store."""
+    import shutil
+
+    import zarr
+    from pydicom.data import get_testdata_file
+
+    spec, root = tiny
+    padded, implicit = get_testdata_file("MR_small_padded.dcm"), get_testdata_file("SC_rgb_jpeg.dcm")
+    shutil.copy(padded, root / "tiny" / "a" / "p000_9.dcm")
+    shutil.copy(padded, root / "tiny" / "b" / "p100_9.dcm")
+    shutil.copy(implicit, root / "tiny" / "a" / "p001_9.dcm")
+    capsys.readouterr()
+    store = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", workers=0, progress=False,
+                    **OPTS)
+    said = capsys.readouterr().err
+    assert said.count("excess padding") == 1 and said.count("using implicit VR") == 1, said
+    assert re.search(r"note: the decoder warned for 2 image\(s\), read nonetheless: The pixel data is N bytes long, "
+                     r"which indicates it contains N bytes of excess padding", said), said
+    recorded = zarr.open_group(str(store), mode="r").attrs["decode_warnings"]
+    assert sorted(v["files"] for v in recorded.values()) == [1, 2]
+    assert "UserWarning" not in said  # nothing raw from pydicom reaches the terminal

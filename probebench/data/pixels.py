@@ -176,21 +176,35 @@ def _palette(ds, arr: np.ndarray) -> np.ndarray:
     return np.rint(rgb * (255.0 / (2 ** bits - 1))).astype(np.uint8)
 
 
-def read_dicom(path, rules: PixelRules = PixelRules()) -> np.ndarray:
+def warning_kind(message: str) -> str:
+    """A warning's kind: its text without quoted values, numbers and links, so that one kind is said once."""
+    import re
+
+    text = re.sub(r"<https?://[^>]*>|https?://\S+", "", message)
+    text = re.sub(r"'[^']*'", "'…'", text)
+    return " ".join(re.sub(r"\d+", "N", text).split())[:160]
+
+
+def read_dicom(path, rules: PixelRules = PixelRules(), warned: list | None = None) -> np.ndarray:
     """One DICOM image as uint8, (H, W) for grayscale or (H, W, 3) for colour.
 
     Grayscale: modality LUT (RescaleSlope/Intercept or a Modality LUT Sequence), then the VOI LUT
     Sequence or WindowCenter/WindowWidth when present and ``rules.dicom_window``, else the spec's
     intensity rule (8-bit data with no rescale is kept as stored); ``MONOCHROME1`` is inverted so that
     high values are always bright. PALETTE COLOR through its lookup tables; RGB and YBR as RGB; a multi-frame
-    file by ``rules.dicom_frame``. pydicom's warnings about non-conformant headers are not printed: a value that
-    matters and cannot be read is an error naming it.
+    file by ``rules.dicom_frame``. pydicom's warnings about non-conformant files are not printed: their kinds go
+    to ``warned`` (``extract`` says each kind once, with a count), and a value that matters and cannot be read is
+    an error naming it.
     """
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _read_dicom(path, rules)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _read_dicom(path, rules)
+        finally:
+            if warned is not None:
+                warned.extend(dict.fromkeys(warning_kind(str(w.message)) for w in caught))
 
 
 def _read_dicom(path, rules: PixelRules) -> np.ndarray:

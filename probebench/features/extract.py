@@ -171,8 +171,10 @@ def _features(net, images: torch.Tensor, ok: torch.Tensor, idx: list[int], job, 
     return out
 
 
-def _fill(root, job, net, loader, batches, dev, skip_bad: bool, progress: bool, done_chunks: int) -> None:
-    """Compute the pending chunks and hand each, once whole, to the chunk writer (which writes it in a thread)."""
+def _fill(root, job, net, loader, batches, dev, skip_bad: bool, progress: bool, done_chunks: int,
+          warned: dict) -> None:
+    """Compute the pending chunks and hand each, once whole, to the chunk writer (which writes it in a thread);
+    the decoders' warnings go to ``warned`` (kind -> [count, first file])."""
     chunk_size, n = root.attrs["chunk_size"], len(job.manifest)
     buffers: dict[int, np.ndarray] = {}
     reasons: dict[int, list[str]] = {}
@@ -191,7 +193,10 @@ def _fill(root, job, net, loader, batches, dev, skip_bad: bool, progress: bool, 
                     rows = min(n, (c + 1) * chunk_size) - c * chunk_size
                     buffers[c], reasons[c], filled[c] = np.empty((rows, net.feature_dim), np.float32), [""] * rows, 0
                 for i, good, err in zip(idx, ok.tolist(), errors):
-                    if not good:
+                    if good and err:  # read, with warnings: each kind counted, said once at the end
+                        for kind in err.split("; "):
+                            warned.setdefault(kind, [0, job.manifest.paths[i]])[0] += 1
+                    elif not good:
                         if not skip_bad:
                             raise bad_image_error(job.manifest.paths[i], err)
                         reasons[c][i - c * chunk_size] = err
@@ -208,15 +213,19 @@ def _fill(root, job, net, loader, batches, dev, skip_bad: bool, progress: bool, 
         writer.close()
 
 
-def _finish(root, job, seconds: float, world: int) -> None:
-    """The final metadata, once every rank's chunks are written: complete or not, and the images skipped."""
+def _finish(root, job, seconds: float, world: int, warned: dict) -> None:
+    """The final metadata, once every rank's chunks are written: complete or not, the images skipped, and the
+    kinds of decoder warnings (each said once, with how many files; rank 0's files under torchrun)."""
     done = np.asarray(root["chunk_done"][:], dtype=bool)
     skip = fcache._strings(root["skip_reason"])
     skipped = [{"index": int(i), "sample_id": str(job.manifest.sample_ids[i]),
                 "path": printable(job.manifest.paths[i]),
                 "error": str(skip[i])} for i in np.flatnonzero(skip != "")]
     root.attrs.update({"complete": bool(done.all()), "complete_chunks": np.flatnonzero(done).tolist(),
-                       "skipped": skipped, "extract_seconds": round(seconds, 3), "world_size": world})
+                       "skipped": skipped, "extract_seconds": round(seconds, 3), "world_size": world,
+                       "decode_warnings": {k: {"files": n, "first": printable(p)} for k, (n, p) in warned.items()}})
+    for kind, (n, first) in warned.items():
+        sys.stderr.write(f"note: the decoder warned for {n} image(s), read nonetheless: {kind} (first: {first})\n")
     if skipped:  # said, never only recorded: a quarter of a hospital export may be files the install cannot read
         n = len(job.manifest)
         kinds = sorted({s["error"].split(" (")[0].split(";")[0][:100] for s in skipped})
@@ -273,11 +282,12 @@ def extract(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_
                         batch_sampler=batches, num_workers=n_workers, pin_memory=dev.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if n_workers else None)
     start = time.perf_counter()
-    _fill(root, job, net, loader, batches, dev, skip_bad, progress and rank == 0, int(done.sum()))
+    warned: dict = {}
+    _fill(root, job, net, loader, batches, dev, skip_bad, progress and rank == 0, int(done.sum()), warned)
     seconds = time.perf_counter() - start
     distributed.barrier()
     if rank == 0:
-        _finish(root, job, seconds, world)
+        _finish(root, job, seconds, world, warned)
     distributed.barrier()
     distributed.cleanup()
     return path

@@ -20,7 +20,8 @@ def load_rgb(path: str | Path, draft: int | None = None, rules: PixelRules = Pix
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_image(path: str | Path, draft: int | None = None, rules: PixelRules = PixelRules()) -> Image.Image:
+def load_image(path: str | Path, draft: int | None = None, rules: PixelRules = PixelRules(),
+               warned: list | None = None) -> Image.Image:
     """Decode to 8-bit ``L`` (grayscale sources) or ``RGB``; grayscale becomes 3 channels after resizing.
 
     Resizing one band instead of three identical ones gives the same numbers at a third of the cost.
@@ -32,7 +33,7 @@ def load_image(path: str | Path, draft: int | None = None, rules: PixelRules = P
     if layout is not None:  # an image that is not a file (an HDF5 array's row): its layout decodes it
         return layout.decode(str(path), rules)
     if Path(path).suffix.lower() in DICOM_SUFFIXES:
-        arr = read_dicom(path, rules)
+        arr = read_dicom(path, rules, warned)
         return Image.fromarray(arr, mode="L" if arr.ndim == 2 else "RGB")
     with Image.open(path) as img:
         if draft and img.format == "JPEG":
@@ -71,12 +72,13 @@ def make_transform(pre: Preprocessing) -> ImageTransform:
 
 
 def preprocess(path: str | Path, transform, draft: int | None = None,
-               rules: PixelRules = PixelRules()) -> torch.Tensor:
-    return transform(load_image(path, draft, rules))
+               rules: PixelRules = PixelRules(), warned: list | None = None) -> torch.Tensor:
+    return transform(load_image(path, draft, rules, warned))
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Preprocessed images by manifest index: (image, index, ok, error); a bad file gives ok=False.
+    """Preprocessed images by manifest index: (image, index, ok, error); a bad file gives ok=False, a good one
+    whose decoder warned (pydicom on a non-conformant file) gives ok=True and the warnings' kinds as its text.
 
     Errors travel back as data so that the main process can name the file (or skip it), whatever
     the number of DataLoader workers. ``rules`` (the manifest's pixel rules) is required, so that no
@@ -90,8 +92,10 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        try:
-            return preprocess(self.paths[i], self.transform, self.draft, self.rules), i, True, ""
+        warned: list[str] = []
+        try:  # a decoder's warnings travel in the error slot of a good image ("; "-joined kinds)
+            return preprocess(self.paths[i], self.transform, self.draft, self.rules, warned), i, True, \
+                "; ".join(warned)
         except Exception as exc:  # reported, with the file name, by the main process
             return torch.zeros(3, self.crop, self.crop), i, False, f"{type(exc).__name__}: {exc}"
 
