@@ -655,7 +655,9 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
         out.print(f"  preprocessing {c.preprocessing.describe()}")
     out.print("* default tap. Any timm model works too: --model timm:<name>[.<tag>] (e.g. "
               "timm:convnext_tiny.fb_in1k) or timm:hf-hub:<org>/<repo>; its pre-logits features are the tap and "
-              "its pretrained config gives the preprocessing. DINOv2 models also read a Hugging Face snapshot "
+              "its pretrained config gives the preprocessing. Hugging Face vision models (DINOv2, DINOv3, ViT, SigLIP, "
+              "CLIP): --model hf:<org>/<repo> or hf:<snapshot folder> (pip install \"probebench[hf]\"). DINOv2 "
+              "models also read a Hugging Face snapshot "
               "folder (config.json + model.safetensors) given as --weights DIR, with the preprocessing of its "
               "preprocessor_config.json. --mean/--std override any model's normalisation; "
               "`probebench models --model NAME --weights W` shows what a model will get.")

@@ -11,11 +11,22 @@ import torch
 
 from probebench.models.registry import FAMILIES, REGISTRY, create_model, get_config
 
-# family -> (a model of it, architecture changes that make it tiny, crop)
+def _hf_snapshot(tmp_path) -> str:
+    """A tiny Hugging Face DINOv2 snapshot in the official format (config.json + model.safetensors)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.Dinov2Model(transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                               intermediate_size=64, image_size=28, patch_size=14))
+    model.save_pretrained(tmp_path / "hf-snapshot")
+    return f"hf:{tmp_path / 'hf-snapshot'}"
+
+
+# family -> (a model of it, or a function of tmp_path that makes one; architecture changes that make it tiny; crop)
 FAMILY_CASES = {
     "torchvision": ("resnet50", None, 32),
     "dinov2": ("dinov2_s", {"embed_dim": 32, "depth": 4, "num_heads": 2}, 28),
     "timm": ("timm:test_vit", None, 32),
+    "hf": (_hf_snapshot, None, 28),
 }
 
 
@@ -24,13 +35,15 @@ def test_every_family_has_a_contract_case():
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CASES))
-def test_family_contract(family):
+def test_family_contract(family, tmp_path):
     name, arch, crop = FAMILY_CASES[family]
+    name = name(tmp_path) if callable(name) else name
     config = get_config(name)
     assert config.family is FAMILIES[family] and config.default_tap in config.taps
     assert (FAMILIES[family].prefix is not None) == (name not in REGISTRY)  # prefixed names are not table entries
     for tap in config.taps if family != "dinov2" else ("cls", "cls_patchmean", "cls4_patchmean"):
         model = create_model(name, "random:3", tap=tap, img_size=crop, arch_overrides=arch)
+        assert model.feature_dim == (model.config.taps[tap] or model.feature_dim)  # timm states its dimension on build
         x = torch.rand(2, 3, crop, crop)
         with torch.no_grad():
             a, b = model(x), model(x)

@@ -57,7 +57,8 @@ class FeatureSpec:
     """
 
     model: str = field(metadata={"help": "Registry name (vgg16 resnet50 densenet121 dinov2_s/b/l/g), or "
-                                         "timm:<name>[.<tag>] or timm:hf-hub:<org>/<repo>; see `probebench models`.",
+                                         "timm:<name>[.<tag>], timm:hf-hub:<org>/<repo>, or hf:<org>/<repo> or "
+                                         "hf:<snapshot folder> (transformers); see `probebench models`.",
                                  "flags": ("--model", "-m")})
     weights: str = option("auto", "Checkpoint PATH, 'auto' (hub cache, then download) or 'random[:SEED]' "
                           "(untrained; flagged everywhere).", recorded=_recorded_weights)

@@ -206,6 +206,14 @@ class Family:
                         f"or pass --weights PATH (with `run`: --weights {config.name}=PATH), or --weights random "
                         "for an untrained (random) backbone.")
 
+    def load(self, backbone: nn.Module, config: ModelConfig, path: Path) -> None:
+        """Official weights (a checkpoint file or a snapshot folder) into the built model, strictly: a file made
+        for another architecture is refused with the keys that do not fit."""
+        from probebench.models import weights as wts
+
+        state = self.load_snapshot(path, config) if Path(path).is_dir() else wts.load_checkpoint(path)
+        wts.load_into(backbone, config, state, path)
+
     def convert(self, state: dict, model: nn.Module, config: ModelConfig) -> dict:
         """An official checkpoint's state dict in the keys of the model ``build`` made."""
         return state

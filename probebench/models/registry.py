@@ -15,13 +15,14 @@ from probebench.errors import ProbebenchError, did_you_mean
 from probebench.models import dinov2_family, torchvision_models
 from probebench.models.config import Family, ModelConfig
 from probebench.models.dinov2_family import DINOV2
+from probebench.models.hf_models import HF
 from probebench.models.timm_models import TIMM
 from probebench.models.torchvision_models import TORCHVISION
 
 if TYPE_CHECKING:  # the table and the names are light (a misspelt name is answered before torch loads)
     from probebench.models.extractor import FeatureExtractor
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (TORCHVISION, DINOV2, TIMM)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (TORCHVISION, DINOV2, TIMM, HF)}
 REGISTRY: dict[str, ModelConfig] = {**torchvision_models.ENTRIES, **dinov2_family.ENTRIES}
 
 
@@ -109,9 +110,7 @@ def build_model(resolved: ResolvedModel, img_size: int | None = None) -> Feature
     with _seeded(seed or 0):
         backbone = config.family.build(config, img_size or config.preprocessing.crop)
     if seed is None:
-        path = resolved.weights_path
-        state = config.family.load_snapshot(path, config) if path.is_dir() else wts.load_checkpoint(path)
-        wts.load_into(backbone, config, state, path)
+        config.family.load(backbone, config, resolved.weights_path)
     backbone.eval()
     tap_head = None
     if tap in config.tap_heads:

@@ -1,4 +1,5 @@
-"""Find, verify and load pretrained weights: explicit file, torch hub cache, or a download.
+"""Find, verify and load pretrained weights: explicit file, torch hub cache, or a download (``config`` is a
+``models.config.ModelConfig``, not imported here: the family contract there calls this module).
 
 Checkpoints are accepted exactly as torchvision and Meta publish them and always loaded with
 ``weights_only=True``. A checkpoint for the wrong architecture is refused with the mismatching keys.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,11 +17,9 @@ from probebench.errors import NotOnThisMachine, ProbebenchError, did_you_mean
 from probebench.data.filehash import content_digests
 from probebench.models.hub import hub_file
 
-if TYPE_CHECKING:  # annotations only: the registry imports this module, not the other way round
-    from probebench.models.config import ModelConfig
 
 
-def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: bool | None = None) -> Path:
+def resolve_weights(config, weights: str = "auto", allow_download: bool | None = None) -> Path:
     """The checkpoint file to load: ``weights`` if it is a path, else the hub cache, else a download."""
     if weights not in ("auto", "pretrained", "", None):
         path = Path(weights).expanduser()
@@ -34,7 +32,7 @@ def resolve_weights(config: ModelConfig, weights: str = "auto", allow_download: 
     return config.family.find_weights(config, allow_download)
 
 
-def resolve_tap_head(config: ModelConfig, tap: str, head_weights: str | None = None,
+def resolve_tap_head(config, tap: str, head_weights: str | None = None,
                      allow_download: bool | None = None) -> Path:
     """The checkpoint of a tap's pretrained layer (DINOv2's ``*_linear4_head.pth``): ``head_weights`` if given,
     else the hub cache under its official name, else a download; found like the backbone's."""
@@ -117,7 +115,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_into(model: nn.Module, config: ModelConfig, state: dict, path: str | Path) -> None:
+def load_into(model: nn.Module, config, state: dict, path: str | Path) -> None:
     """Load an official state dict strictly; on mismatch name the keys, so a wrong file is obvious; a NaN or
     infinite weight (a damaged or diverged checkpoint) is refused: it would turn every feature into NaN."""
     refuse_non_finite(state, path)
