@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from probebench.errors import ProbebenchError
-from probebench.train.config import PROTOCOL
+from probebench.train.config import PROTOCOL, check_fit_options
 from probebench.features.spec import CACHE_ONLY, FeatureSpec
 from probebench.validate import parse_floats, parse_ints
 
@@ -139,6 +139,14 @@ def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
     return tuple(q for q, on in (("bn_epoch1", bn_epoch1), ("vgg_features_only", vgg_features_only)) if on)
 
 
+def check_dataset(dataset: str, data_root) -> None:
+    """A misspelt dataset or a broken spec is said before any heavy library loads (after the options' own
+    checks)."""
+    from probebench.data.datasets import load_spec
+
+    load_spec(dataset, data_root)
+
+
 def _feature_option(f: dataclasses.Field) -> tuple[type, typer.models.OptionInfo]:
     """A ``FeatureSpec`` field as (annotation, Typer option), from the field's own declaration (``spec.option``)."""
     optional = f.type.endswith(" | None")
@@ -208,12 +216,7 @@ def feature_options(exclude: tuple[str, ...] = ()):
             values = {n: kwargs.pop(n) for n in names}
             for n in PARSED_FLOATS:
                 values[n] = float_tuple(values.get(n), n)
-            features = FeatureSpec(**values)  # a misspelt model is said here, before torch loads
-            if kwargs.get("dataset") is not None:  # so is a misspelt dataset or a broken spec
-                from probebench.data.datasets import load_spec
-
-                load_spec(kwargs["dataset"], kwargs.get("data_root"))
-            return fn(features=features, **kwargs)
+            return fn(features=FeatureSpec(**values), **kwargs)  # a misspelt model is said here, before torch
 
         # --model first, then the command's own options, then the rest of the feature options
         wrapper.__signature__ = inspect.Signature([added.pop("model"), *own, *added.values()])
@@ -237,6 +240,7 @@ def extract(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]]
             skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images and record them."),
             rehash: bool = RehashOpt):
     """Fill the feature cache: one forward pass per image through the frozen backbone (resumable)."""
+    check_dataset(dataset, data_root)
     from probebench.features.extract import extract as run
 
     t0 = time.perf_counter()
@@ -277,7 +281,6 @@ def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Pat
         track: Optional[str] = TrackOpt):
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.report.tracking import check_tracker, track_run, tracker_location
-    from probebench.train.fit import fit as run
 
     check_tracker(track)
     seed_list = parse_ints(seeds, "seeds")
@@ -290,6 +293,12 @@ def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Pat
                               + "; ".join(f"--study-{q.replace('_', '-')}: {STUDY_QUIRKS[q]}" for q in quirks)
                               + " — changes what the backbone computes or trains, so no cache can hold it. Use "
                               "`probebench finetune --freeze-backbone` with the same flag.")
+    check_fit_options(hidden=hidden, normalize=normalize, standardize=standardize,
+                      class_weight=class_weight, seeds=seed_list, grid=grid, label_fractions=fractions,
+                      shots=shot_list, cv=cv, calibrate=calibrate)
+    check_dataset(dataset, data_root)
+    from probebench.train.fit import fit as run
+
     path = run(features, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, head=head, grid=grid,
                train=train, hidden=hidden, normalize=normalize, standardize=standardize, class_weight=class_weight,
                seeds=seed_list,
@@ -326,9 +335,11 @@ def finetune(features, train, dataset: str = DatasetOpt, data_root: Optional[lis
              track: Optional[str] = TrackOpt):
     """Fine-tune end to end (all weights trained: the study's unfrozen setting) and write a run directory."""
     from probebench.report.tracking import check_tracker, track_run, tracker_location
-    from probebench.train.finetune import finetune as run
 
     check_tracker(track)
+    check_dataset(dataset, data_root)
+    from probebench.train.finetune import finetune as run
+
     path = run(features, dataset, data_root=data_root, runs_dir=runs_dir, head=head, train=train,
                freeze_backbone=freeze_backbone, accumulate=accumulate, grad_checkpointing=grad_checkpointing,
                precision=precision, device=device, workers=workers, resume=resume, force=force,
@@ -464,6 +475,7 @@ def export(features, dataset: str = DatasetOpt,
                                              show_default="from the suffix of --out"),
            data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt):
     """Write cached features with labels, ids, groups and splits to HDF5, NumPy or PyTorch."""
+    check_dataset(dataset, data_root)
     from probebench.features.export import export_features
 
     path = export_features(features, dataset, out_file, fmt=fmt, data_root=data_root, cache_dir=cache_dir)

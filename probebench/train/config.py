@@ -47,3 +47,14 @@ def split_training(options: dict) -> tuple[dict, dict]:
     """``options`` split into training fields and the rest (feature options, for ``FeatureSpec.of``)."""
     return ({k: v for k, v in options.items() if k in TRAIN_FIELDS},
             {k: v for k, v in options.items() if k not in TRAIN_FIELDS})
+
+
+def check_fit_options(*, hidden, normalize, standardize, class_weight, seeds, grid, label_fractions, shots, cv,
+                      calibrate) -> None:
+    """``fit``'s own options, checked before any work (and, from the command line, before any heavy import: the
+    head's name is checked where the heads are, ``train.heads``)."""
+    check_options(hidden=hidden, normalize=normalize, standardize=standardize, class_weight=class_weight,
+                  seeds=seeds, grid=grid, label_fractions=label_fractions, shots=shots, cv=cv, calibrate=calibrate)
+    if cv and (label_fractions or shots):
+        raise ProbebenchError("--cv cannot be combined with --label-fraction / --shots: a label curve keeps the "
+                              "dataset's validation and test splits; run them as two fits")

@@ -13,13 +13,13 @@ from probebench.data.datasets import check_trainable, data_roots
 from probebench.data.splits import cv_folds, label_subset
 from probebench.errors import ProbebenchError
 from probebench.features.spec import FeatureSpec, locate_store
-from probebench.train.config import TrainConfig, split_training
+from probebench.train.config import TrainConfig, check_fit_options, split_training
+from probebench.validate import check_options
 from probebench.train.heads import make_head, trains
 from probebench.stats.calibration import apply_temperature, bound_warning, fit_temperature
 from probebench.stats.metrics import point_metrics
 from probebench.progress import make_progress
 from probebench.runs import RunRecord, budget_text, check_writable, config_hash, identical_run, run_folder, write_run
-from probebench.validate import check_options
 
 NORMALIZE = (None, "l2")
 
@@ -98,11 +98,10 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     """
     overrides, options = split_training(options)
     train = TrainConfig.of(train, **overrides)
-    check_options(head=head, hidden=hidden, normalize=normalize, standardize=standardize, class_weight=class_weight,
-                  seeds=seeds, grid=grid, label_fractions=label_fractions, shots=shots, cv=cv, calibrate=calibrate)
-    if cv and (label_fractions or shots):
-        raise ProbebenchError("--cv cannot be combined with --label-fraction / --shots: a label curve keeps the "
-                              "dataset's validation and test splits; run them as two fits")
+    check_options(head=head)
+    check_fit_options(hidden=hidden, normalize=normalize, standardize=standardize,
+                      class_weight=class_weight, seeds=seeds, grid=grid, label_fractions=label_fractions, shots=shots,
+                      cv=cv, calibrate=calibrate)
     check_writable(runs_dir)
     spec = FeatureSpec.of(features, **options)
     model = spec.model
