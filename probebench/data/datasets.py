@@ -104,12 +104,16 @@ def packaged_spec_dir() -> Path:
     return Path(str(resources.files("probebench") / "configs" / "datasets"))
 
 
+def _env_spec_dirs() -> list[Path]:
+    return [Path(p).expanduser() for p in os.environ.get("PROBEBENCH_SPECS", "").split(os.pathsep) if p]
+
+
 def spec_dirs(data_root=None) -> list[Path]:
     """Where a dataset named without a path is looked up, first match wins: the folders of ``$PROBEBENCH_SPECS``
     (``:``-separated), the working folder, ``./configs/datasets``, each data root, then the specs shipped with
     probebench."""
-    env = [Path(p).expanduser() for p in os.environ.get("PROBEBENCH_SPECS", "").split(os.pathsep) if p]
-    return [*env, Path.cwd(), Path.cwd() / "configs" / "datasets", *data_roots(data_root), packaged_spec_dir()]
+    return [*_env_spec_dirs(), Path.cwd(), Path.cwd() / "configs" / "datasets", *data_roots(data_root),
+            packaged_spec_dir()]
 
 
 INTERNAL_SPECS = ("demo_shapes",)  # shipped for `probebench demo`; usable by name, not listed
@@ -129,8 +133,7 @@ def _is_spec(path: Path) -> bool:
 
 def list_specs(data_root=None) -> dict[str, Path]:
     """Dataset name -> spec file, for every spec in ``spec_dirs`` (an earlier folder's spec hides a later one's)."""
-    dedicated = {Path.cwd() / "configs" / "datasets", packaged_spec_dir(),
-                 *(Path(p).expanduser() for p in os.environ.get("PROBEBENCH_SPECS", "").split(os.pathsep) if p)}
+    dedicated = {Path.cwd() / "configs" / "datasets", packaged_spec_dir(), *_env_spec_dirs()}
     found: dict[str, Path] = {}
     for d in reversed(spec_dirs(data_root)):
         for p in sorted(d.glob("*.toml")) if d.is_dir() else []:

@@ -161,12 +161,13 @@ class FeatureSpec:
         from probebench.models.registry import resolve_model
 
         config = self.config()
-        model = resolve_model(config, self.weights, tap=self.defaults(config)["tap"], head_weights=self.head_weights,
+        defaults = self.defaults(config)
+        model = resolve_model(config, self.weights, tap=defaults["tap"], head_weights=self.head_weights,
                               allow_download=allow_download)
         pre = model_preprocessing(config, model.weights_path, self.resize, self.crop, self.mean, self.std,
                                   self.draft, self.interpolation)
         model = replace(model, config=replace(config, preprocessing=pre))
-        return ResolvedFeature(self, model, self.defaults(config)["channels_last"])
+        return ResolvedFeature(self, model, defaults["channels_last"])
 
 
 @dataclass(frozen=True)
@@ -214,14 +215,17 @@ class FeatureJob:
         return self.request.path(cache_dir)
 
 
-def resolve_job(features: FeatureSpec | str, dataset: str, *, data_root=None, **options) -> FeatureJob:
-    """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads."""
+def resolve_job(features: FeatureSpec | str, dataset: str, *, data_root=None, manifest: Manifest | None = None,
+                **options) -> FeatureJob:
+    """Resolve names, data and weights into the cache key that ``extract`` writes and ``fit`` reads (``manifest``:
+    the dataset's, when the caller has read it already)."""
     from probebench.data.datasets import load_manifest
     from probebench.features import cache as fcache
 
     spec = FeatureSpec.of(features, **options)
     spec.defaults()  # a tap the model lacks is refused before the data is read
-    manifest = load_manifest(dataset, data_root, val_unit=spec.val_unit)
+    if manifest is None:
+        manifest = load_manifest(dataset, data_root, val_unit=spec.val_unit)
     feature = spec.resolve()
     request = fcache.FeatureRequest(
         dataset=manifest.dataset, model=spec.model, tap=feature.model.tap, weights=feature.model.info,
@@ -248,7 +252,7 @@ def locate_store(features: FeatureSpec | str, dataset: str, *, data_root=None, c
     except NotOnThisMachine as missing:  # the data is elsewhere: the store's record alone
         return recorded_store(spec, dataset, cache_dir, missing, data_root=data_root)
     try:
-        job = resolve_job(spec, dataset, data_root=data_root)
+        job = resolve_job(spec, dataset, data_root=data_root, manifest=manifest)
     except NotOnThisMachine as missing:  # the data is here, the weights are not: the stores of this very data
         return recorded_store(spec, dataset, cache_dir, missing, manifest_hash=manifest.hash(), data_root=data_root)
     path = job.cache_path(cache_dir)

@@ -89,6 +89,7 @@ def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
     cached = hub_checkpoint_dir() / Path(urllib.parse.urlparse(url).path).name if url else None
     if cached is not None and cached.is_file():
         return cached
+    failed = ""  # why the hub download of each file name failed, said in the error below
     if allow_download:
         try:
             if hub_id:
@@ -97,8 +98,8 @@ def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
                 for fname in HF_WEIGHT_FILES:
                     try:
                         return Path(hf_hub_download(hub_id, fname))
-                    except Exception:
-                        continue
+                    except Exception as exc:  # the repo may hold the other file name
+                        failed += f"; {fname}: {type(exc).__name__}"
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 torch.hub.download_url_to_file(url, str(cached), progress=True)
@@ -108,7 +109,8 @@ def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
     where = f"the Hugging Face cache (repo {hub_id})" if hub_id else ""
     where += (" or " if where and cached else "") + (f"{cached}" if cached else "")
     raise NotOnThisMachine(f"no weights for {config.name}: not found in {where or 'any local cache'}"
-                          f"{'' if allow_download else ' and downloads are off (PROBEBENCH_OFFLINE=1)'}; "
+                          f"{'' if allow_download else ' and downloads are off (PROBEBENCH_OFFLINE=1)'}"
+                          f"{f' (download{failed})' if failed else ''}; "
                           f"download it once with network, or pass --weights FILE (with `run`: --weights "
                           f"{config.name}=FILE), or --weights random")
 

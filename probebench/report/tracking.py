@@ -76,13 +76,21 @@ def run_summary(run_dir: str | Path) -> dict:
             "config": c}
 
 
-def tracker_location(kind: str, runs_dir: str | Path) -> str:
-    """Where ``track_run`` logs the runs under ``runs_dir``: the TensorBoard log folder, or the MLflow store."""
+TENSORBOARD_DIR, MLFLOW_DIR = "_tensorboard", "_mlruns"  # under the runs folder
+
+
+def mlflow_uri(runs_dir: str | Path) -> str:
+    """``MLFLOW_TRACKING_URI``, else the store under the runs folder."""
     import os
 
+    return os.environ.get("MLFLOW_TRACKING_URI") or (Path(runs_dir) / MLFLOW_DIR).resolve().as_uri()
+
+
+def tracker_location(kind: str, runs_dir: str | Path) -> str:
+    """Where ``track_run`` logs the runs under ``runs_dir``: the TensorBoard log folder, or the MLflow store."""
     if kind == "tensorboard":
-        return f"{Path(runs_dir) / '_tensorboard'} (tensorboard --logdir {Path(runs_dir) / '_tensorboard'})"
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(runs_dir) / "_mlruns").resolve().as_uri()
+        return f"{Path(runs_dir) / TENSORBOARD_DIR} (tensorboard --logdir {Path(runs_dir) / TENSORBOARD_DIR})"
+    uri = mlflow_uri(runs_dir)
     return f"MLflow experiment 'probebench' at {uri} (mlflow ui --backend-store-uri {uri})"
 
 
@@ -97,7 +105,7 @@ def track_run(run_dir: str | Path, kind: str | None) -> None:
     if kind == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=str(runs_root / "_tensorboard" / run_dir.relative_to(runs_root)))
+        writer = SummaryWriter(log_dir=str(runs_root / TENSORBOARD_DIR / run_dir.relative_to(runs_root)))
         try:
             for step, values in s["curves"]:
                 for name, value in values.items():
@@ -108,12 +116,9 @@ def track_run(run_dir: str | Path, kind: str | None) -> None:
         finally:
             writer.close()
     elif kind == "mlflow":
-        import os
-
         import mlflow
 
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            mlflow.set_tracking_uri((runs_root / "_mlruns").resolve().as_uri())
+        mlflow.set_tracking_uri(mlflow_uri(runs_root))
         mlflow.set_experiment("probebench")
         with mlflow.start_run(run_name=s["run_id"]):
             mlflow.log_params(s["params"])
