@@ -663,14 +663,21 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
     for c, r in zip(REGISTRY.values(), records):
         taps = ", ".join(f"{t}{'*' if t == c.default_tap else ''} ({d})" for t, d in c.taps.items())
         out.print(Text.assemble((c.name, "bold"), f"  {c.family.name}; taps {taps}"))
-        out.print(f"  weights {c.weights_label}: {c.weight_file} ({'present' if r['present'] else 'not present'})")
+        if c.card:
+            out.print(f"  {c.card.source} ({c.card.licence}{'; gated: accept its terms on the hub first' if c.card.gated else ''})")
+            out.print(f"  feature: {c.card.feature}")
+        else:
+            out.print(f"  weights {c.weights_label}: {c.weight_file} ({'present' if r['present'] else 'not present'})")
         out.print(f"  preprocessing {c.preprocessing.describe()}")
+        if r["needs"]:
+            out.print(f"  needs: {r['needs']}")
     out.print("* default tap. Any timm model works too: --model timm:<name>[.<tag>] (e.g. "
               "timm:convnext_tiny.fb_in1k) or timm:hf-hub:<org>/<repo>; its pre-logits features are the tap and "
               "its pretrained config gives the preprocessing. Hugging Face vision models (DINOv2, DINOv3, ViT, SigLIP, "
-              "CLIP): --model hf:<org>/<repo> or hf:<snapshot folder> (pip install \"probebench[hf]\"). DINOv2 "
-              "models also read a Hugging Face snapshot "
-              "folder (config.json + model.safetensors) given as --weights DIR, with the preprocessing of its "
+              "CLIP): --model hf:<org>/<repo> or hf:<snapshot folder> (pip install \"probebench[hf]\"). open_clip "
+              "image towers: --model open_clip:<model>@<tag>, open_clip:hf-hub:<org>/<repo> or open_clip:<folder> "
+              "(pip install \"probebench[open_clip]\"). A named model given a snapshot folder as --weights DIR takes "
+              "its architecture from the folder and, for Hugging Face snapshots, the preprocessing of its "
               "preprocessor_config.json. --mean/--std override any model's normalisation; "
               "`probebench models --model NAME --weights W` shows what a model will get.")
 

@@ -21,12 +21,27 @@ def _hf_snapshot(tmp_path) -> str:
     return f"hf:{tmp_path / 'hf-snapshot'}"
 
 
+def _open_clip_folder(tmp_path) -> str:
+    """A tiny open_clip model folder as the hub holds them (open_clip_config.json + weights)."""
+    open_clip = pytest.importorskip("open_clip")
+    import json
+
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}}))
+    torch.save(open_clip.create_model(f"local-dir:{folder}").state_dict(), folder / "open_clip_pytorch_model.bin")
+    return f"open_clip:{folder}"
+
+
 # family -> (a model of it, or a function of tmp_path that makes one; architecture changes that make it tiny; crop)
 FAMILY_CASES = {
     "torchvision": ("resnet50", None, 32),
     "dinov2": ("dinov2_s", {"embed_dim": 32, "depth": 4, "num_heads": 2}, 28),
     "timm": ("timm:test_vit", None, 32),
     "hf": (_hf_snapshot, None, 28),
+    "open_clip": (_open_clip_folder, None, 32),
 }
 
 

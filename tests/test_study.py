@@ -66,8 +66,8 @@ def test_unknown_keys_and_impossible_values_name_file_and_line(tmp_path):
     with pytest.raises(ProbebenchError, match=r"bad.toml, line 8: unknown key 'haeds' in \[study\] \(did you mean 'heads' or 'seeds'\?\); "
                                                 r"allowed: .*heads"):
         load_study(bad)
-    bad = write(tmp_path / "bad2.toml", SMALL_STUDY.replace('"dinov2_s"]', '"dinov3"]'))
-    with pytest.raises(ProbebenchError, match=r"bad2.toml, line 5: unknown model 'dinov3' \(did you mean 'dinov2_s'.*known models: vgg16"):
+    bad = write(tmp_path / "bad2.toml", SMALL_STUDY.replace('"dinov2_s"]', '"dinov2_ss"]'))
+    with pytest.raises(ProbebenchError, match=r"bad2.toml, line 5: unknown model 'dinov2_ss' \(did you mean 'dinov2_s'.*known models: vgg16"):
         load_study(bad)
     bad = write(tmp_path / "bad3.toml", SMALL_STUDY.replace("epochs = 3", "epochs = 0"))
     with pytest.raises(ProbebenchError, match=r"bad3.toml, line 16: \[training\] epochs must be an integer from 1 to 100,000"):

@@ -49,17 +49,32 @@ def load_image(path: str | Path, draft: int | None = None, rules: PixelRules = P
         return img.convert("RGB")
 
 
+class FloorCenterCrop:
+    """Centre crop with the offset rounded down, as transformers' image processors crop (torchvision rounds half to
+    even: a one-pixel shift when the margin is odd)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
+        return img.crop((left, top, left + self.size, top + self.size))
+
+
 class ImageTransform:
-    """PIL image (L or RGB) -> normalised float tensor (3, crop, crop): resize shorter side, centre-crop,
-    grayscale to 3 channels, normalise with the registry's mean/std."""
+    """PIL image (L or RGB) -> normalised float tensor (3, crop, crop): resize the shorter side (``squash``: both
+    sides, as Hugging Face processors with a height x width size do), centre-crop, grayscale to 3 channels,
+    normalise with the registry's mean/std."""
 
     def __init__(self, pre: Preprocessing):
         from torchvision import transforms
         from torchvision.transforms import InterpolationMode
 
         interp = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[pre.interpolation]
-        self.geometry = transforms.Compose([transforms.Resize(pre.resize, interpolation=interp),
-                                            transforms.CenterCrop(pre.crop), transforms.ToTensor()])
+        size = (pre.resize, pre.resize) if pre.resize_mode == "squash" else pre.resize
+        crop = FloorCenterCrop(pre.crop) if pre.crop_offset == "floor" else transforms.CenterCrop(pre.crop)
+        self.geometry = transforms.Compose([transforms.Resize(size, interpolation=interp), crop,
+                                            transforms.ToTensor()])
         self.normalize = transforms.Normalize(pre.mean, pre.std)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:

@@ -164,6 +164,7 @@ class FeatureSpec:
         defaults = self.defaults(config)
         model = resolve_model(config, self.weights, tap=defaults["tap"], head_weights=self.head_weights,
                               allow_download=allow_download)
+        config = model.config  # a snapshot folder's architecture, when the weights are one
         pre = model_preprocessing(config, model.weights_path, self.resize, self.crop, self.mean, self.std,
                                   self.draft, self.interpolation)
         model = replace(model, config=replace(config, preprocessing=pre))

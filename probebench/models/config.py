@@ -25,7 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the shorter side, centre-crop, normalise: the study's pipeline, no augmentation."""
+    """Resize the shorter side (or, ``squash``, both sides), centre-crop, normalise: the study's pipeline, no
+    augmentation. ``squash`` is what Hugging Face processors with a height x width size do (SigLIP, ViT, DINOv3)."""
 
     resize: int = 256
     crop: int = 224
@@ -34,14 +35,22 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     draft: bool = False  # JPEG: decode at a reduced scale near the resize target (PIL draft), much faster
     source: str = "registry"  # where these settings came from (not part of the cache key: the numbers are)
+    resize_mode: str = "shortest"  # "shortest": the shorter side to ``resize``; "squash": the image to resize x resize
+    crop_offset: str = "round"  # centre-crop offset: "round" (torchvision, timm, open_clip) or "floor" (transformers)
 
     def as_dict(self) -> dict:
-        return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
-                "mean": list(self.mean), "std": list(self.std), "draft": self.draft}
+        out = {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
+               "mean": list(self.mean), "std": list(self.std), "draft": self.draft}
+        if self.resize_mode != "shortest":  # recorded only when set: the keys of earlier stores stay as they were
+            out["resize_mode"] = self.resize_mode
+        if self.crop_offset != "round":
+            out["crop_offset"] = self.crop_offset
+        return out
 
     def describe(self) -> str:
         fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
-        return (f"{self.resize}/{self.crop} {self.interpolation}, mean {fmt(self.mean)}, std {fmt(self.std)} "
+        squash = " squash" if self.resize_mode == "squash" else ""
+        return (f"{self.resize}/{self.crop}{squash} {self.interpolation}, mean {fmt(self.mean)}, std {fmt(self.std)} "
                 f"[{self.source}]")
 
 
@@ -69,7 +78,7 @@ def hf_preprocessing(folder, base: Preprocessing) -> Preprocessing:
             if "shortest_edge" in value:
                 return int(value["shortest_edge"])
             if value.get("height") == value.get("width") and value.get("height"):
-                return int(value["height"])
+                return int(value["height"])  # resized to height x width: squashed
         raise ProbebenchError(f"{path}: {what} {value!r} is not a shortest edge or a square size; probebench "
                               "resizes the shorter side and centre-crops (set --resize/--crop instead)")
 
@@ -88,9 +97,11 @@ def hf_preprocessing(folder, base: Preprocessing) -> Preprocessing:
         mean, std = mean * 3, std * 3
     if crop > resize:
         raise ProbebenchError(f"{path}: crop_size {crop} is larger than size {resize}")
+    squash = cfg.get("do_resize", True) and isinstance(cfg.get("size"), dict) and "height" in cfg["size"]
     return replace(base, resize=resize, crop=crop, interpolation=HF_RESAMPLE[resample],
                    mean=tuple(float(m) for m in mean), std=tuple(float(x) for x in std),
-                   source="preprocessor_config.json")
+                   source="preprocessor_config.json", resize_mode="squash" if squash else "shortest",
+                   crop_offset="floor")  # transformers' center_crop: (size - crop) // 2
 
 
 def with_normalization(pre: Preprocessing, mean=None, std=None) -> Preprocessing:
@@ -120,10 +131,11 @@ def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: 
                         crop: int | None = None, mean=None, std=None, draft: bool = False,
                         interpolation: str | None = None) -> Preprocessing:
     """The preprocessing a model gets: its registry entry, a Hugging Face snapshot's
-    ``preprocessor_config.json`` when the weights are one, then the user's resize/crop and mean/std."""
+    ``preprocessor_config.json`` (an open_clip folder's ``preprocess_cfg``) when the weights are one, then the user's
+    resize/crop and mean/std."""
     pre: Preprocessing = config.preprocessing
     if weights_path is not None and Path(weights_path).is_dir():
-        pre = hf_preprocessing(weights_path, pre)
+        pre = config.family.snapshot_preprocessing(Path(weights_path), pre)
     if resize or crop:
         crop = crop or pre.crop
         pre = replace(pre, resize=resize or max(pre.resize, crop), crop=crop)
@@ -135,6 +147,17 @@ def model_preprocessing(config: ModelConfig, weights_path: Path | None, resize: 
     if interpolation:  # e.g. the study's one bilinear resize for every model
         pre = replace(pre, interpolation=interpolation, source=f"{pre.source} + --interpolation")
     return replace(with_normalization(pre, mean, std), draft=draft)
+
+
+@dataclass(frozen=True)
+class Card:
+    """What a named backbone's model card says beyond the numbers: where it comes from, its licence, whether the
+    hub asks users to accept terms first, and which feature the card recommends (said in ``probebench models``)."""
+
+    source: str  # e.g. "huggingface.co/microsoft/rad-dino"
+    licence: str
+    gated: bool
+    feature: str  # the card's embedding in words, e.g. "CLS token (pooler_output)"
 
 
 @dataclass(frozen=True)
@@ -152,6 +175,7 @@ class ModelConfig:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     hash_prefix: str | None = None  # torchvision puts the sha256 prefix in the file name
     tap_heads: dict = field(default_factory=dict)  # tap -> (official file, url, input tap) of a pretrained layer
+    card: Card | None = None  # a named backbone's model card: source, licence, gated, the recipe's feature
 
     def feature_dim(self, tap: str | None = None) -> int:
         return self.taps[tap or self.default_tap]
@@ -170,6 +194,16 @@ class Family:
     prefix: str | None = None
     channels_last = False
     snapshots = False  # reads a Hugging Face snapshot folder as weights
+    extra: tuple[str, str] | None = None  # (module, pip extra) this family needs beyond the default install
+
+    def missing_extra(self) -> str | None:
+        """What to install when this family's optional library is missing (None when it is there); answered
+        without importing it."""
+        import importlib.util
+
+        if self.extra is None or importlib.util.find_spec(self.extra[0]) is not None:
+            return None
+        return f'{self.name} models need the {self.extra[0]} library: pip install "probebench[{self.extra[1]}]"'
 
     def config_for(self, name: str) -> ModelConfig:
         raise ProbebenchError(f"the {self.name} family has no models named by prefix")
@@ -217,6 +251,15 @@ class Family:
     def convert(self, state: dict, model: nn.Module, config: ModelConfig) -> dict:
         """An official checkpoint's state dict in the keys of the model ``build`` made."""
         return state
+
+    def for_weights(self, config: ModelConfig, path: Path) -> ModelConfig:
+        """``config`` for the weights at ``path``: a snapshot folder that carries its own architecture (Hugging
+        Face ``config.json``, an open_clip config) defines the model; the entry keeps its recipe (tap, name)."""
+        return config
+
+    def snapshot_preprocessing(self, folder: Path, base: Preprocessing) -> Preprocessing:
+        """The preprocessing a snapshot folder states (``preprocessor_config.json``), ``base`` where it is silent."""
+        return hf_preprocessing(folder, base)
 
     def load_snapshot(self, folder: Path, config: ModelConfig) -> dict:
         """A Hugging Face snapshot folder as a state dict for ``convert`` (families with ``snapshots``)."""

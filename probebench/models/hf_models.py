@@ -16,10 +16,11 @@ Needs the ``hf`` extra: ``pip install "probebench[hf]"`` (transformers).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from probebench.models.config import Family, ModelConfig, Preprocessing, hf_preprocessing
+from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hf_preprocessing
 
 HF_PREFIX = "hf:"
 INSTALL = 'pip install "probebench[hf]" (transformers)'
@@ -80,33 +81,55 @@ def _read_config(folder: Path) -> dict:
         raise ProbebenchError(f"{folder / 'config.json'}: unreadable ({exc})") from exc
 
 
+def snapshot_arch(folder: Path, what: str) -> tuple[dict, dict, str]:
+    """A snapshot's ``config.json`` as (arch, taps with their dimensions, default tap); ``what`` names it in errors."""
+    cfg = _read_config(folder)
+    model_type = FULL.get(cfg.get("model_type"), cfg.get("model_type"))
+    if model_type not in KINDS:
+        raise ProbebenchError(f"{what}: model_type {cfg.get('model_type')!r} is not one probebench reads; "
+                              f"it reads {', '.join(sorted({*KINDS, *FULL}))}")
+    vision = cfg.get("vision_config", cfg) if cfg.get("model_type") in FULL else cfg
+    return (*kind_arch(model_type, vision, cfg.get("projection_dim")), KINDS[model_type][2])
+
+
+def kind_arch(model_type: str, vision: dict, projection=None) -> tuple[dict, dict]:
+    """(arch, taps) of an image model of ``model_type`` whose (vision) config has these values."""
+    klass, taps, _, registers = KINDS[model_type]
+    hidden = int(vision.get("hidden_size", 768))
+    projection = vision.get("projection_dim", projection or hidden)  # what the image tower projects to
+    dims = {t: hidden * f if f else int(projection) for t, f in taps.items()}
+    arch = {"model_type": model_type, "class": klass, "image_size": int(vision.get("image_size", 224)),
+            "registers": int(vision.get(registers, 0) or 0) if registers else 0}
+    return arch, dims
+
+
 def hf_config(name: str) -> ModelConfig:
     """A registry entry for ``hf:<org>/<repo>`` or ``hf:<folder>``, from the snapshot's own config files."""
     source = name[len(HF_PREFIX):]
     folder = snapshot_folder(source)
-    cfg = _read_config(folder)
-    model_type = FULL.get(cfg.get("model_type"), cfg.get("model_type"))
-    if model_type not in KINDS:
-        raise ProbebenchError(f"{name}: model_type {cfg.get('model_type')!r} is not one probebench reads; "
-                              f"it reads {', '.join(sorted({*KINDS, *FULL}))}")
-    vision = cfg.get("vision_config", cfg) if cfg.get("model_type") in FULL else cfg
-    klass, taps, default, registers = KINDS[model_type]
-    hidden = int(vision.get("hidden_size", 768))
-    projection = vision.get("projection_dim", cfg.get("projection_dim", hidden))  # what the image tower projects to
-    dims = {t: hidden * f if f else int(projection) for t, f in taps.items()}
-    size = int(vision.get("image_size", 224))
+    arch, dims, default = snapshot_arch(folder, name)
+    size = arch["image_size"]
     pre = hf_preprocessing(folder, Preprocessing(resize=size, crop=size, interpolation="bicubic"))
-    return ModelConfig(name=name, family=HF, arch={"source": source, "model_type": model_type, "class": klass,
-                                                   "registers": int(vision.get(registers, 0) or 0) if registers else 0,
-                                                   "image_size": size},
-                       taps=dims, default_tap=default, weight_file="", url=f"https://huggingface.co/{source}",
+    return ModelConfig(name=name, family=HF, arch={"source": source, **arch}, taps=dims, default_tap=default,
+                       weight_file="", url=f"https://huggingface.co/{source}",
                        weights_label=f"hugging face {source}", preprocessing=pre)
+
+
+def hf_entry(name: str, repo: str, model_type: str, hf_config: dict, default_tap: str, pre: Preprocessing,
+             card: Card) -> ModelConfig:
+    """A named backbone on the hub: its architecture (``hf_config``, the repo's ``config.json`` values, so that
+    random weights need no download) and its model card's preprocessing and feature."""
+    arch, dims = kind_arch(model_type, hf_config)
+    return ModelConfig(name=name, family=HF, arch={"source": repo, **arch, "hf_config": hf_config}, taps=dims,
+                       default_tap=default_tap, weight_file="", url=f"https://huggingface.co/{repo}",
+                       weights_label=f"hugging face {repo}", preprocessing=pre, card=card)
 
 
 class HfFamily(Family):
     name = "hf"
     prefix = HF_PREFIX
     snapshots = True
+    extra = ("transformers", "hf")
 
     def config_for(self, name):
         return hf_config(name)
@@ -119,11 +142,25 @@ class HfFamily(Family):
 
     def build(self, config, img_size):
         transformers = _transformers()
-        folder = snapshot_folder(config.arch["source"])
-        cfg = transformers.AutoConfig.from_pretrained(str(folder))
-        if config.arch["model_type"] != cfg.model_type:  # a full CLIP / SigLIP: its image tower
-            cfg = cfg.vision_config
+        if "hf_config" in config.arch:  # a named entry: its architecture without the hub
+            cfg = transformers.AutoConfig.for_model(config.arch["model_type"], **config.arch["hf_config"])
+        else:
+            cfg = transformers.AutoConfig.from_pretrained(str(config.arch.get("folder")
+                                                              or snapshot_folder(config.arch["source"])))
+            if config.arch["model_type"] != cfg.model_type:  # a full CLIP / SigLIP: its image tower
+                cfg = cfg.vision_config
         return getattr(transformers, config.arch["class"])(cfg)
+
+    def for_weights(self, config, path):
+        """A named entry given a snapshot folder: the snapshot's architecture, the entry's tap and recipe."""
+        if "hf_config" not in config.arch or not Path(path).is_dir():
+            return config
+        arch, dims, _ = snapshot_arch(Path(path), f"--weights {path}")
+        if arch["model_type"] != config.arch["model_type"]:
+            raise ProbebenchError(f"--weights {path}: a {arch['model_type']} snapshot, but {config.name} is a "
+                                  f"{config.arch['model_type']} model")
+        rest = {k: v for k, v in config.arch.items() if k != "hf_config"}
+        return replace(config, arch={**rest, **arch, "folder": str(path)}, taps=dims)
 
     def find_weights(self, config, allow_download):
         return snapshot_folder(config.arch["source"], allow_download)
@@ -166,7 +203,12 @@ class HfFamily(Family):
         return tokens[:, 0]
 
     def with_arch(self, config, overrides):
-        raise ProbebenchError("arch_overrides apply to the built-in models only")
+        """A named entry with other ``config.json`` values (tests build tiny ones); the taps follow."""
+        if "hf_config" not in config.arch:
+            raise ProbebenchError("arch_overrides apply to the named models only")
+        hf_config = {**config.arch["hf_config"], **overrides}
+        arch, dims = kind_arch(config.arch["model_type"], hf_config)
+        return replace(config, arch={**config.arch, **arch, "hf_config": hf_config}, taps=dims)
 
 
 HF = HfFamily()

@@ -12,32 +12,42 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probebench.errors import ProbebenchError, did_you_mean
-from probebench.models import dinov2_family, torchvision_models
+from probebench.models import cards, dinov2_family, torchvision_models
 from probebench.models.config import Family, ModelConfig
 from probebench.models.dinov2_family import DINOV2
 from probebench.models.hf_models import HF
+from probebench.models.open_clip_models import OPEN_CLIP
 from probebench.models.timm_models import TIMM
 from probebench.models.torchvision_models import TORCHVISION
 
 if TYPE_CHECKING:  # the table and the names are light (a misspelt name is answered before torch loads)
     from probebench.models.extractor import FeatureExtractor
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (TORCHVISION, DINOV2, TIMM, HF)}
-REGISTRY: dict[str, ModelConfig] = {**torchvision_models.ENTRIES, **dinov2_family.ENTRIES}
+FAMILIES: dict[str, Family] = {f.name: f for f in (TORCHVISION, DINOV2, TIMM, HF, OPEN_CLIP)}
+REGISTRY: dict[str, ModelConfig] = {**torchvision_models.ENTRIES, **dinov2_family.ENTRIES, **cards.ENTRIES}
 
 
 def get_config(name: str) -> ModelConfig:
     """The registry entry for ``name`` (or a prefixed name such as ``timm:<model>``), or an error listing the
-    known names."""
+    known names; a model whose family's optional library is missing says which extra to install."""
     for family in FAMILIES.values():
         if family.prefix and name.startswith(family.prefix):
+            _needs(family, name)
             return family.config_for(name)
     try:
-        return REGISTRY[name]
+        config = REGISTRY[name]
     except KeyError:
         prefixes = ", ".join(f"{f.prefix}<name>" for f in FAMILIES.values() if f.prefix)
         raise ProbebenchError(f"unknown model {name!r}{did_you_mean(name, REGISTRY)}; known models: "
                               f"{', '.join(REGISTRY)}, or {prefixes}") from None
+    _needs(config.family, name)
+    return config
+
+
+def _needs(family: Family, name: str) -> None:
+    problem = family.missing_extra()
+    if problem:
+        raise ProbebenchError(f"{name}: {problem}")
 
 
 def name_problem(name: str) -> str | None:
@@ -45,7 +55,8 @@ def name_problem(name: str) -> str | None:
     its form here and resolved when it is used."""
     for family in FAMILIES.values():
         if family.prefix and name.startswith(family.prefix):
-            return family.name_problem(name)
+            problem = family.missing_extra()
+            return f"{name}: {problem}" if problem else family.name_problem(name)
     try:
         get_config(name)
     except ProbebenchError as exc:
@@ -92,6 +103,7 @@ def resolve_model(name: str | ModelConfig, weights: str = "auto", *, tap: str | 
     if seed is not None:
         return ResolvedModel(config, tap, seed, None, None, random_weights_info(seed))
     path = wts.resolve_weights(config, weights, allow_download=allow_download)
+    config = config.family.for_weights(config, path)  # a snapshot folder carries its own architecture
     info, head = checkpoint_info(config, path), None
     if tap in config.tap_heads:  # the tap's pretrained layer is part of what the features are
         head = wts.resolve_tap_head(config, tap, head_weights, allow_download=allow_download)
@@ -160,8 +172,10 @@ def registry_records() -> tuple[Path, list[dict]]:
 
     hub = hub_checkpoint_dir()
     return hub, [{"name": c.name, "family": c.family.name, "taps": dict(c.taps), "default_tap": c.default_tap,
-                  "weights": c.weights_label, "file": c.weight_file, "present": (hub / c.weight_file).is_file(),
-                  "preprocessing": asdict(c.preprocessing)} for c in REGISTRY.values()]
+                  "weights": c.weights_label, "file": c.weight_file,
+                  "present": bool(c.weight_file) and (hub / c.weight_file).is_file(),
+                  "preprocessing": asdict(c.preprocessing), "card": asdict(c.card) if c.card else None,
+                  "needs": c.family.missing_extra()} for c in REGISTRY.values()]
 
 
 def preprocessing_of(name: str, weights: str = "auto", *, resize=None, crop=None, mean=None, std=None,

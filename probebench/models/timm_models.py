@@ -1,6 +1,8 @@
 """The timm family: any timm model by name (``timm:<model>[.<tag>]``) or from the Hugging Face hub
 (``timm:hf-hub:<org>/<repo>``); timm's pretrained config gives the preprocessing, the pre-logits features are
-the tap (the input of the classifier)."""
+the tap (the input of the classifier). Named entries (``timm_entry``: UNI, Virchow2, …) state their model card's
+architecture arguments, preprocessing and token taps: ``cls`` (the normalised CLS token), ``cls_patchmean`` (CLS ‖
+mean of the patch tokens, register tokens left out) and ``patchmean``."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ import math
 from pathlib import Path
 
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from probebench.models.config import Family, ModelConfig, Preprocessing
+from dataclasses import replace
+
+from probebench.models.config import Card, Family, ModelConfig, Preprocessing
 
 TIMM_PREFIX = "timm:"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKEN_TAPS = {"cls": 1, "cls_patchmean": 2, "patchmean": 1}  # tap -> dimension as a multiple of the width
 
 
 def timm_config(name: str) -> ModelConfig:
@@ -46,7 +51,8 @@ def timm_config(name: str) -> ModelConfig:
                         mean=tuple(data["mean"]), std=tuple(data["std"]))
     return ModelConfig(name=name, family=TIMM, arch={"name": arch, "hf_hub_id": cfg.get("hf_hub_id"),
                                                       "architecture": cfg.get("architecture"),
-                                                      "num_classes": cfg.get("num_classes")},
+                                                      "num_classes": cfg.get("num_classes"),
+                                                      "kwargs": cfg.get("model_args", {})},
                        taps={"pre_logits": 0}, default_tap="pre_logits", weight_file="", url=cfg.get("url") or "",
                        weights_label=f"timm {cfg.get('tag') or cfg.get('hf_hub_id') or 'pretrained'}",
                        preprocessing=pre)
@@ -67,7 +73,40 @@ def _hf_hub_timm_cfg(repo: str) -> dict:
                               f"be downloaded ({type(exc).__name__}); download the repo once with network") from exc
     cfg = json.loads(open(path).read())
     return {**cfg.get("pretrained_cfg", {}), "architecture": cfg.get("architecture"), "hf_hub_id": repo,
-            "num_classes": cfg.get("num_classes", cfg.get("pretrained_cfg", {}).get("num_classes", 1000))}
+            "num_classes": cfg.get("num_classes", cfg.get("pretrained_cfg", {}).get("num_classes", 1000)),
+            "model_args": cfg.get("model_args", {})}
+
+
+def timm_entry(name: str, repo: str, architecture: str, kwargs: dict, width: int, default_tap: str,
+               pre: Preprocessing, card: Card) -> ModelConfig:
+    """A named backbone published in timm's format on the hub: the architecture with its model card's arguments
+    (``mlp_layer`` named as a ``timm.layers`` class), ``width`` its token dimension."""
+    return ModelConfig(name=name, family=TIMM, arch={"name": f"hf-hub:{repo}", "hf_hub_id": repo,
+                                                      "architecture": architecture, "num_classes": 0,
+                                                      "kwargs": kwargs},
+                       taps={t: f * width for t, f in TOKEN_TAPS.items()}, default_tap=default_tap, weight_file="",
+                       url=f"https://huggingface.co/{repo}", weights_label=f"hugging face {repo}", preprocessing=pre,
+                       card=card)
+
+
+def _timm_kwargs(kwargs: dict) -> dict:
+    """A card's arguments as timm takes them: ``mlp_layer`` by its ``timm.layers`` name (timm resolves
+    ``act_layer`` names itself)."""
+    import timm.layers
+
+    return {k: getattr(timm.layers, v) if k == "mlp_layer" else v for k, v in kwargs.items()}
+
+
+def _read_timm_folder(folder: Path) -> dict:
+    import json
+
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ProbebenchError(f"{folder / 'config.json'}: unreadable ({exc})") from exc
+    if "architecture" not in cfg:
+        raise ProbebenchError(f"{folder / 'config.json'}: not a timm model folder (no 'architecture')")
+    return cfg
 
 
 def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
@@ -130,22 +169,63 @@ class TimmFamily(Family):
         return super().name_problem(name)
 
     def with_arch(self, config, overrides):
-        raise ProbebenchError("arch_overrides apply to the built-in models only")
+        """A named entry with other architecture arguments (tests build tiny ones); the taps follow the width."""
+        if config.card is None:
+            raise ProbebenchError("arch_overrides apply to the named models only")
+        kwargs = {**config.arch["kwargs"], **overrides}
+        width = kwargs.get("embed_dim", config.taps["cls"])
+        return replace(config, arch={**config.arch, "kwargs": kwargs},
+                       taps={t: f * width for t, f in TOKEN_TAPS.items()})
+
+    def for_weights(self, config, path):
+        """A named entry given a timm model folder (``config.json`` + weights): the folder's architecture and
+        arguments, the entry's tap and the card's layer classes."""
+        if config.card is None or not Path(path).is_dir():
+            return config
+        cfg = _read_timm_folder(Path(path))
+        kwargs = {**config.arch["kwargs"], **cfg.get("model_args", {})}
+        return self.with_arch(replace(config, arch={**config.arch, "architecture": cfg["architecture"],
+                                                     "kwargs": kwargs}), {})
 
     def build(self, config, img_size):
         import timm
 
         arch = config.arch["name"]
         if arch.startswith("hf-hub:"):  # the architecture its config.json names (read by timm_config), no hub calls
+            num_classes = 0 if config.card else config.arch["num_classes"] or 1000
             return timm.create_model(config.arch["architecture"], pretrained=False,
-                                     num_classes=config.arch["num_classes"] or 1000)
+                                     **{"num_classes": num_classes, **_timm_kwargs(config.arch.get("kwargs", {}))})
         return timm.create_model(arch, pretrained=False)
 
-    def features(self, backbone, config, tap, images):  # timm's pre-logits features: the input of the classifier
-        return backbone.forward_head(backbone.forward_features(images), pre_logits=True)
+    def features(self, backbone, config, tap, images):
+        if tap == "pre_logits":  # timm's pre-logits features: the input of the classifier
+            return backbone.forward_head(backbone.forward_features(images), pre_logits=True)
+        tokens = backbone.forward_features(images)  # (B, prefix + patches, D), normalised
+        patches = tokens[:, backbone.num_prefix_tokens:]
+        if tap == "cls":
+            return tokens[:, 0]
+        if tap == "patchmean":
+            return patches.mean(dim=1)
+        import torch
+
+        return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)
 
     def feature_dim(self, config, backbone, tap):
+        if tap in TOKEN_TAPS:
+            return TOKEN_TAPS[tap] * backbone.num_features
         return getattr(backbone, "head_hidden_size", None) or backbone.num_features
+
+    def load_snapshot(self, folder, config):
+        """A timm model folder's weights (``model.safetensors`` or ``pytorch_model.bin``)."""
+        from probebench.models import weights as wts
+
+        for fname in HF_WEIGHT_FILES:
+            if (folder / fname).is_file():
+                return wts.load_checkpoint(folder / fname)
+        raise ProbebenchError(f"{folder}: no {' or '.join(HF_WEIGHT_FILES)} beside its config.json")
+
+    def snapshot_preprocessing(self, folder, base):
+        return base  # a named entry's card states it; a timm folder has no preprocessor_config.json
 
     def find_weights(self, config, allow_download):
         from probebench.models.hub import downloads_allowed
@@ -153,8 +233,10 @@ class TimmFamily(Family):
         return resolve_timm_weights(config, downloads_allowed() if allow_download is None else allow_download)
 
     def convert(self, state, model, config):
-        """Original-format files go through the model module's own ``checkpoint_filter_fn``, as timm does."""
-        if set(state) == set(model.state_dict()):
+        """Original-format files (or another input size's position embedding) go through the model module's own
+        ``checkpoint_filter_fn``, as timm does."""
+        own = model.state_dict()
+        if set(state) == set(own) and all(state[k].shape == own[k].shape for k in own):
             return state
         import importlib
 

@@ -19,14 +19,17 @@ from probebench.models.hub import hub_file
 
 
 
+FOLDER_CONFIGS = ("config.json", "open_clip_config.json")  # what makes a folder a model (its architecture)
+
+
 def resolve_weights(config, weights: str = "auto", allow_download: bool | None = None) -> Path:
     """The checkpoint file to load: ``weights`` if it is a path, else the hub cache, else a download."""
     if weights not in ("auto", "pretrained", "", None):
         path = Path(weights).expanduser()
-        if not (path.is_file() or (path.is_dir() and (path / "config.json").is_file())):
+        if not (path.is_file() or (path.is_dir() and any((path / f).is_file() for f in FOLDER_CONFIGS))):
             raise NotOnThisMachine(f"--weights {weights!r}: no such file or snapshot folder ({path}); --weights "
                                    "takes auto (hub cache, then download), random or random:SEED (untrained), a "
-                                   "checkpoint file, or a Hugging Face snapshot folder"
+                                   "checkpoint file, or a model folder (Hugging Face snapshot, timm or open_clip folder)"
                                    + did_you_mean(str(weights), ("auto", "random", "pretrained")))
         return path
     return config.family.find_weights(config, allow_download)
@@ -72,7 +75,7 @@ def sha256_file(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         parts = [f"{p.name}:{sha256_file(p)}" for p in sorted(path.iterdir())
-                 if p.name == "config.json" or p.suffix in (".safetensors", ".bin")]
+                 if p.name in FOLDER_CONFIGS or p.suffix in (".safetensors", ".bin", ".pth")]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
     return content_digests([str(path.resolve())])[0]
 
