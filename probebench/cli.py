@@ -664,7 +664,8 @@ def models(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show
         taps = ", ".join(f"{t}{'*' if t == c.default_tap else ''} ({d})" for t, d in c.taps.items())
         out.print(Text.assemble((c.name, "bold"), f"  {c.family.name}; taps {taps}"))
         if c.card:
-            out.print(f"  {c.card.source} ({c.card.licence}{'; gated: accept its terms on the hub first' if c.card.gated else ''})")
+            out.print(f"  {c.card.source}")
+            out.print(f"  licence {c.card.licence}{'; gated: accept its terms on the hub first' if c.card.gated else ''}")
             out.print(f"  feature: {c.card.feature}")
         else:
             out.print(f"  weights {c.weights_label}: {c.weight_file} ({'present' if r['present'] else 'not present'})")

@@ -509,6 +509,8 @@ def test_models_and_the_plan_stay_readable_at_80_columns(tmp_path):
     text = invoke("models", COLUMNS="80").output
     for name, c in REGISTRY.items():
         assert f"\n{name}  {c.family.name}; taps " in text and c.weight_file in text
+        if c.card:  # a named backbone: where it is, its licence, whether gated, the card's feature
+            assert f"\n  {c.card.source}\n  licence {c.card.licence}" in text and c.card.feature in text
     study = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
     text = invoke("run", study, "--dry-run", COLUMNS="80").output
     assert "  todo    demo_shapes × resnet50 · frozen · linear: 72 img + head" in text

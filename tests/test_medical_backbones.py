@@ -265,3 +265,53 @@ def test_extract_a_named_backbone_from_its_folder(name, tiny, tmp_path):
     assert f.features.shape[1] == want.shape[1]
     np.testing.assert_allclose(np.asarray(f.features[:4], dtype=np.float32), want, atol=1e-4)
     assert f.attrs["weights"]["sha256"] != "random"
+
+
+FAMILY_STUDY = """
+[study]
+name = "families"
+datasets = ["demo_shapes"]
+models = MODELS
+modes = ["frozen", "unfrozen"]
+heads = ["linear"]
+weights = "random"
+synthetic = true
+data_root = "data"
+cache_dir = "cache"
+runs_dir = "runs"
+report_dir = "report"
+
+[training]
+epochs = 2
+batch_size = 16
+
+[unfrozen]
+epochs = 1
+
+[extract]
+resize = 32
+crop = 32
+workers = 0
+
+[report]
+resamples = 100
+"""
+
+
+@pytest.mark.slow
+def test_a_study_with_one_model_per_family_runs_offline_with_random_weights(tmp_path, monkeypatch):
+    """torchvision, timm, Hugging Face (RAD-DINO) and open_clip (BiomedCLIP) in one study at a crop none of them
+    was made for, frozen and fine-tuned, random weights, no network: every cell done, every row marked † in the
+    report. (DINOv2's trunk needs a multiple of 14: the demo study covers it.)"""
+    from probebench.study import load_study, run_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROBEBENCH_OFFLINE", "1")
+    models = ["resnet50", "timm:vit_tiny_patch16_224", "rad_dino", "biomedclip"]
+    (tmp_path / "s.toml").write_text(FAMILY_STUDY.replace("MODELS", json.dumps(models)))
+    result = run_study(load_study(tmp_path / "s.toml"), progress=False, echo=lambda t: None)
+    assert [c.status for c in result.cells] == ["done"] * 8, [(c.model, c.mode, c.detail) for c in result.cells if c.status != "done"]
+    md = (tmp_path / "report" / "tables.md").read_text()
+    for model in models:
+        for freeze in ("Y", "N"):
+            assert f"| demo_shapes | {model} † | {freeze} |" in md, (model, freeze)

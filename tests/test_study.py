@@ -59,6 +59,11 @@ def test_shipped_study_files_parse():
     assert paper.modes == ["frozen", "unfrozen"] and paper.training["lr"] == 1e-4
     demo = load_study(REPO / "configs" / "demo.toml")
     assert demo.synthetic and demo.weights == "random"
+    from probebench.models.cards import ENTRIES
+
+    medical = load_study(REPO / "configs" / "medical-backbones.toml")  # every named backbone, beside DINOv2-B
+    assert set(medical.models) == {"dinov2_b", *ENTRIES} and medical.datasets == ["chest_xray", "ichallenge_amd",
+                                                                                  "ham10000"]
 
 
 def test_unknown_keys_and_impossible_values_name_file_and_line(tmp_path):

@@ -23,7 +23,6 @@ from probebench.errors import NotOnThisMachine, ProbebenchError
 from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hf_preprocessing
 
 HF_PREFIX = "hf:"
-INSTALL = 'pip install "probebench[hf]" (transformers)'
 # model_type -> (transformers class, taps as name -> dimension factor of hidden_size, default tap, register key)
 VIT_TAPS = {"cls": 1, "cls_patchmean": 2, "patchmean": 1}
 KINDS = {
@@ -41,7 +40,7 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise ProbebenchError(f"hf: models need the transformers library: {INSTALL}") from None
+        raise ProbebenchError(HF.missing_extra() or "transformers cannot be imported") from None
     return transformers
 
 

@@ -52,7 +52,7 @@ def timm_config(name: str) -> ModelConfig:
     return ModelConfig(name=name, family=TIMM, arch={"name": arch, "hf_hub_id": cfg.get("hf_hub_id"),
                                                       "architecture": cfg.get("architecture"),
                                                       "num_classes": cfg.get("num_classes"),
-                                                      "kwargs": cfg.get("model_args", {})},
+                                                      "kwargs": cfg.get("model_args", {}), "input_size": crop},
                        taps={"pre_logits": 0}, default_tap="pre_logits", weight_file="", url=cfg.get("url") or "",
                        weights_label=f"timm {cfg.get('tag') or cfg.get('hf_hub_id') or 'pretrained'}",
                        preprocessing=pre)
@@ -83,7 +83,7 @@ def timm_entry(name: str, repo: str, architecture: str, kwargs: dict, width: int
     (``mlp_layer`` named as a ``timm.layers`` class), ``width`` its token dimension."""
     return ModelConfig(name=name, family=TIMM, arch={"name": f"hf-hub:{repo}", "hf_hub_id": repo,
                                                       "architecture": architecture, "num_classes": 0,
-                                                      "kwargs": kwargs},
+                                                      "kwargs": kwargs, "input_size": kwargs.get("img_size", 224)},
                        taps={t: f * width for t, f in TOKEN_TAPS.items()}, default_tap=default_tap, weight_file="",
                        url=f"https://huggingface.co/{repo}", weights_label=f"hugging face {repo}", preprocessing=pre,
                        card=card)
@@ -188,14 +188,23 @@ class TimmFamily(Family):
                                                      "kwargs": kwargs}), {})
 
     def build(self, config, img_size):
+        """The architecture, sized for ``img_size`` where the model has a fixed input size (a ViT's position grid;
+        official weights are resampled to it by the model's ``checkpoint_filter_fn`` on load)."""
         import timm
 
         arch = config.arch["name"]
+        native = config.arch.get("kwargs", {}).get("img_size", config.arch.get("input_size"))
+        size = {"img_size": img_size} if img_size != native else {}
         if arch.startswith("hf-hub:"):  # the architecture its config.json names (read by timm_config), no hub calls
             num_classes = 0 if config.card else config.arch["num_classes"] or 1000
-            return timm.create_model(config.arch["architecture"], pretrained=False,
-                                     **{"num_classes": num_classes, **_timm_kwargs(config.arch.get("kwargs", {}))})
-        return timm.create_model(arch, pretrained=False)
+            name, kwargs = config.arch["architecture"], {"num_classes": num_classes,
+                                                          **_timm_kwargs(config.arch.get("kwargs", {}))}
+        else:
+            name, kwargs = arch, {}
+        try:
+            return timm.create_model(name, pretrained=False, **{**kwargs, **size})
+        except TypeError:  # a model without a fixed input size (a CNN) takes no img_size
+            return timm.create_model(name, pretrained=False, **kwargs)
 
     def features(self, backbone, config, tap, images):
         if tap == "pre_logits":  # timm's pre-logits features: the input of the classifier

@@ -190,11 +190,11 @@ def _store_record(feats, path, model: str, features: dict, data_root) -> tuple[d
 
 def _summary(title: str, estimator, cv: int | None, metrics: dict) -> str:
     """The line a fit prints per run: test accuracy, F1 and AUROC, and the kept model's validation accuracy."""
-    t = metrics["test"]
+    t, val = metrics["test"], metrics["val_accuracy"]
+    kept = "none: no validation set" if val is None else f"{100 * val:.2f}"  # 0 is a value, not a missing one
     return (f"{title} {estimator.describe()}{f' {cv}-fold CV' if cv else ''}: test accuracy "
             f"{100 * t['accuracy']:.2f}, F1 {100 * t['f1']:.2f}, AUROC {100 * t['auroc_macro']:.2f} (validation "
-            f"accuracy of the kept model {100 * (metrics['val_accuracy'] or float('nan')):.2f}); intervals: "
-            "probebench report\n")
+            f"accuracy of the kept model {kept}); intervals: probebench report\n")
 
 
 def _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title):
