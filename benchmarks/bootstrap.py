@@ -61,8 +61,8 @@ def main() -> None:
     engine_s = time.perf_counter() - start
 
     loop_n = min(args.loop_resamples, args.resamples)
-    weights = next(replicate_weights(np.arange(args.n), args.n, BootstrapConfig(n_resamples=loop_n, seed=0,
-                                                                             block=loop_n)))
+    weights = np.concatenate(list(replicate_weights(np.arange(args.n), args.n,
+                                                    BootstrapConfig(n_resamples=loop_n, seed=0))))
     start = time.perf_counter()
     ref = []
     with warnings.catch_warnings():

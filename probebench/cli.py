@@ -352,11 +352,13 @@ def finetune(features, train, dataset: str = DatasetOpt, data_root: Optional[lis
 
 
 def _report_options(n_resamples: int, method: str, unit: str, seed: int, level: str, aggregate: str,
-                    metrics: str | None = None, stratify: str = "auto", study_ci: bool = False):
+                    metrics: str | None = None, stratify: str = "auto", study_ci: bool = False,
+                    bootstrap_memory: float | None = None, jackknife_groups: int | None = None):
     from probebench.report.tables import ReportOptions
 
     return ReportOptions.of(resamples=n_resamples, method=method, unit=unit, seed=seed, stratify=stratify,
-                            level=level, aggregate=aggregate, metrics=metrics, study_ci=study_ci)
+                            level=level, aggregate=aggregate, metrics=metrics, study_ci=study_ci,
+                            bootstrap_memory=bootstrap_memory, jackknife_groups=jackknife_groups)
 
 
 ResamplesOpt = typer.Option(1000, "--resamples", help="Bootstrap replicates (>= 1000 advised).")
@@ -366,6 +368,11 @@ UnitOpt = typer.Option("auto", "--unit", help="Resample 'group' (patients, lesio
 LevelOpt = typer.Option("sample", "--level", help="'sample', or 'patient': one prediction per group.")
 AggOpt = typer.Option("mean", "--aggregate", help="Patient level: 'mean' probability or majority 'vote'.")
 BootSeedOpt = typer.Option(0, "--seed", help="Bootstrap seed.")
+MemoryOpt = typer.Option(None, "--bootstrap-memory", help="GiB for the replicates' metrics at once (default: a "
+                         "quarter of the free memory, at most 2); any value gives the same intervals.")
+GroupsOpt = typer.Option(None, "--jackknife-groups", help="BCa: the exact leave-one-out jackknife up to this many "
+                         "units, a delete-d jackknife of this many random groups above (O(n)).",
+                         show_default="1000")
 StratifyOpt = typer.Option("auto", "--stratify", help="Resample within each class: 'class', 'none', or 'auto' "
                            "(when a class has fewer than 5 units in the test set).")
 
@@ -379,6 +386,7 @@ def report(runs_dir: Path = RunsOpt,
                                                  "every metric.", show_default="accuracy,precision,recall,f1"),
            n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
            aggregate: str = AggOpt, seed: int = BootSeedOpt, stratify: str = StratifyOpt,
+           bootstrap_memory: Optional[float] = MemoryOpt, jackknife_groups: Optional[int] = GroupsOpt,
            compare_metric: str = typer.Option("accuracy", "--compare-metric", help="Metric of the comparisons."),
            all_runs: bool = typer.Option(False, "--all", help="Every run, not only the latest per cell."),
            study_ci: bool = typer.Option(False, "--study-ci", help="Add the study's summary beside each interval: "
@@ -398,7 +406,8 @@ def report(runs_dir: Path = RunsOpt,
 
     if fmt not in FORMATS:
         raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
-    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics, stratify, study_ci)
+    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics, stratify, study_ci,
+                           bootstrap_memory, jackknife_groups)
     from probebench.supervise import step
 
     step(f"report: reading and checking the runs under {runs_dir}")
@@ -438,7 +447,8 @@ def report(runs_dir: Path = RunsOpt,
 def compare(run_a: Path = typer.Argument(..., help="First run directory."),
             run_b: Path = typer.Argument(..., help="Second run directory (same test set)."),
             n_resamples: int = ResamplesOpt, method: str = MethodOpt, unit: str = UnitOpt, level: str = LevelOpt,
-            aggregate: str = AggOpt, seed: int = BootSeedOpt, stratify: str = StratifyOpt):
+            aggregate: str = AggOpt, seed: int = BootSeedOpt, stratify: str = StratifyOpt,
+            bootstrap_memory: Optional[float] = MemoryOpt, jackknife_groups: Optional[int] = GroupsOpt):
     """A − B for every metric on the same bootstrap replicates: intervals, and p-values that invert them."""
     from probebench.report.tables import compare_runs, render_compare
     from probebench.runs import read_run
@@ -446,7 +456,8 @@ def compare(run_a: Path = typer.Argument(..., help="First run directory."),
     for p in (run_a, run_b):
         if not (p / "predictions.csv").is_file():
             raise ProbebenchError(f"{p} is not a run directory (no predictions.csv)")
-    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, stratify=stratify)
+    opts = _report_options(n_resamples, method, unit, seed, level, aggregate, stratify=stratify,
+                           bootstrap_memory=bootstrap_memory, jackknife_groups=jackknife_groups)
     a, b = read_run(run_a), read_run(run_b)
     diffs, used = compare_runs(a, b, opts)
     sys.stdout.write(render_compare(a, b, diffs, used, opts))

@@ -131,8 +131,12 @@ RULES.update({  # the statistics' vocabularies, each read from its owner
     "stratify": _choice_of("probebench.stats.bootstrap", "STRATIFY"),
     "level": _choice_of("probebench.stats.evaluate", "LEVELS"),
     "aggregate": _choice_of("probebench.stats.evaluate", "AGGREGATIONS"),
-    "metrics": _choices_of("probebench.stats.metrics", "ALL_METRICS", "metrics")})
-OPTIONAL = {"interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight",
+    "metrics": _choices_of("probebench.stats.metrics", "ALL_METRICS", "metrics"),
+    "bootstrap_memory": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 4096,
+                         "a number of GiB above 0 (the replicates' working memory; results do not depend on it)"),
+    "jackknife_groups": (lambda v: _int(v) and 20 <= v <= 10 ** 7,
+                         "an integer of at least 20 (BCa: the exact jackknife up to this many units)")})
+OPTIONAL = {"bootstrap_memory", "interpolation", "workers", "patience", "resize", "crop", "seeds", "normalize", "class_weight",
             "tap", "batch_size", "channels_last", "label_fractions", "shots", "cv", "calibrate"}
 
 

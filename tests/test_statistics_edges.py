@@ -84,10 +84,10 @@ def test_cluster_jackknife_leaves_out_one_whole_group_in_every_block():
     for g in sorted(set(groups)):  # by hand: accuracy without group g
         keep = [i for i, x in enumerate(groups) if x != g]
         expected.append(np.mean([y_true[i] == y_pred[i] for i in keep]))
-    for block in (500, 2, 1):
-        got = jackknife(_data(y_true, y_pred, groups), "group", block=block)["accuracy"]
-        assert np.allclose(got, expected), block
-    per_sample = jackknife(_data(y_true, y_pred, groups), "sample", block=4)["accuracy"]
+    for memory in (None, 1e-6):  # every group at once, or one or two per pass
+        got = jackknife(_data(y_true, y_pred, groups), "group", BootstrapConfig(memory_gib=memory))["accuracy"]
+        assert np.allclose(got, expected), memory
+    per_sample = jackknife(_data(y_true, y_pred, groups), "sample")["accuracy"]
     assert len(per_sample) == 9 and per_sample[1] == pytest.approx(7 / 8)  # 2 wrong of 9; leave one of them out
 
 

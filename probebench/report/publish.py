@@ -21,8 +21,8 @@ from probebench.stats.metrics import LABELS, LOWER_IS_BETTER, scale
 from probebench.validate import path_name
 from probebench.report.tables import (COMPARE_HEADER, COMPARE_NOTE, ReportOptions, ReportRow, body_rows, cell_text,
                                collect_rows, comparison_lines, comparisons, curve_groups, curve_table, evaluate_run,
-                               footnotes, main_rows, md_table, md_text, metric_headers, render, run_cost, study_cell,
-                               CURVE_NOTE)
+                               footnotes, main_rows, md_table, md_text, method_name, method_note, metric_headers,
+                               render, run_cost, study_cell, CURVE_NOTE)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^\dagger$",
@@ -56,8 +56,8 @@ def latex_tables(rows: list[ReportRow], opts: ReportOptions, comps: list | None 
             best[(d, m)] = (min if m in LOWER_IS_BETTER else max)(r.values[m].value for r in mine)
     b = opts.bootstrap
     units = sorted({r.unit for r in rows})
-    caption = (f"Test-set metrics in %: value [{b.confidence:.0%} {'BCa' if b.method == 'bca' else 'percentile'} "
-               f"bootstrap interval, {b.n_resamples} replicates, resampling unit: {', '.join(units)}]. "
+    caption = (f"Test-set metrics in %: value [{b.confidence:.0%} {method_name(b)} "
+               f"bootstrap interval{method_note(b)}, {b.n_resamples} replicates, resampling unit: {', '.join(units)}]. "
                "Precision, recall and F1 are weighted averages. Best value per dataset in bold.")
     caption += " " + " ".join(footnotes(rows, opts)[1:])
     lines = [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{latex_escape(caption)}}}",

@@ -50,14 +50,16 @@ class ReportOptions:
     @classmethod
     def of(cls, *, resamples: int | None = None, method: str | None = None, unit: str | None = None,
            seed: int | None = None, stratify: str | None = None, level: str | None = None,
-           aggregate: str | None = None, metrics=None, study_ci: bool | None = None) -> "ReportOptions":
+           aggregate: str | None = None, metrics=None, study_ci: bool | None = None,
+           bootstrap_memory: float | None = None, jackknife_groups: int | None = None) -> "ReportOptions":
         """The one builder of report options, from the command line's or a study's ``[report]`` values: each
         value left None takes the default stated on ``BootstrapConfig`` and ``ReportOptions``; ``metrics`` may be
         a comma-separated string or a list."""
         if isinstance(metrics, str):
             metrics = [m.strip() for m in metrics.split(",") if m.strip()]
         boot = {k: v for k, v in (("n_resamples", resamples), ("method", method), ("unit", unit), ("seed", seed),
-                                  ("stratify", stratify)) if v is not None}
+                                  ("stratify", stratify), ("memory_gib", bootstrap_memory),
+                                  ("jackknife_groups", jackknife_groups)) if v is not None}
         mine = {k: v for k, v in (("level", level), ("aggregate", aggregate), ("study_ci", study_ci),
                                   ("metrics", tuple(metrics) if metrics else None)) if v is not None}
         return cls(BootstrapConfig(**boot), **mine)
@@ -375,10 +377,22 @@ def cell_text(v: Interval, seeds: dict | None = None, metric: str = "", few: boo
     return text
 
 
+def method_name(b) -> str:
+    """The interval's name as the literature gives it."""
+    return {"percentile": "percentile", "bca": "BCa"}[b.method]
+
+
+def method_note(b) -> str:
+    """How BCa's acceleration was estimated (nothing for percentile intervals)."""
+    if b.method != "bca":
+        return ""
+    return (f" (acceleration from the leave-one-out jackknife up to {b.jackknife_groups:,} units, from "
+            f"{b.jackknife_groups:,} random groups of units above)")
+
+
 def _method_text(opts: ReportOptions) -> str:
     b = opts.bootstrap
-    name = {"percentile": "percentile", "bca": "BCa"}[b.method]
-    return f"{b.confidence:.0%} {name} bootstrap, {b.n_resamples} replicates, seed {b.seed}"
+    return f"{b.confidence:.0%} {method_name(b)} bootstrap{method_note(b)}, {b.n_resamples} replicates, seed {b.seed}"
 
 
 STUDY_CI_LABEL = "study-style: replicate mean [CI of the mean]"

@@ -5,6 +5,11 @@ replacement; it is represented by per-sample weights, so every metric of every r
 a few array operations (``metrics.replicate_metrics``), with no Python loop over replicates.
 Intervals: percentile (default) or BCa, as ``scipy.stats.bootstrap`` defines them. Paired
 comparisons reuse the same replicates for both runs.
+
+Memory is bounded at any n: replicates are drawn 250 at a time (``DRAW_BLOCK``: part of what a seed means) and
+their metrics computed a few rows at a time, as many as ``memory`` allows, with the same random stream, so the
+budget never changes a result. BCa's acceleration comes from a grouped (delete-d) jackknife above
+``jackknife_groups`` units: O(n) instead of O(n²) (``jackknife``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ UNITS = ("auto", "group", "sample")
 METHODS = ("percentile", "bca")
 STRATIFY = ("auto", "class", "none")
 RARE_UNITS = 5  # "auto" stratifies when a class has fewer units: P(a resample lacks it) ~ exp(-n) > 0.7%
+DRAW_BLOCK = 250  # replicates drawn per step of the random stream (what a seed means; not a memory setting)
+JACKKNIFE_GROUPS = 1000  # BCa: the exact jackknife up to this many units, a grouped one above
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,8 @@ class BootstrapConfig:
     confidence: float = 0.95
     seed: int = 0
     stratify: str = "auto"  # resample within each class: "class", "none", or "auto" (when a class is rare)
-    block: int = 250  # replicates per vectorised block (bounds memory)
+    memory_gib: float | None = None  # working memory of the replicates' metrics; None: a quarter of what is free
+    jackknife_groups: int = JACKKNIFE_GROUPS  # BCa: leave-one-out up to this many units, delete-d groups above
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -47,6 +55,10 @@ class BootstrapConfig:
         wrong = problem("resamples", self.n_resamples)
         if wrong:
             raise ProbebenchError(f"--resamples {wrong}")
+        if self.memory_gib is not None and not self.memory_gib > 0:
+            raise ProbebenchError(f"--bootstrap-memory must be a positive number of GiB, got {self.memory_gib}")
+        if not (isinstance(self.jackknife_groups, int) and self.jackknife_groups >= 20):
+            raise ProbebenchError(f"jackknife groups must be an integer of at least 20, got {self.jackknife_groups}")
 
 
 @dataclass
@@ -101,61 +113,108 @@ def resolve_strata(data: EvalData, codes: np.ndarray, n_units: int, stratify: st
     return strata if len(present) > 1 and present.min() < RARE_UNITS else None
 
 
-def replicate_weights(codes: np.ndarray, n_units: int, cfg: BootstrapConfig, strata: np.ndarray | None = None):
-    """Blocks of per-sample weights (b, n): how often each sample's unit was drawn in each replicate. With
-    ``strata`` the units of each stratum are drawn from that stratum only, as many as it has."""
+def replicate_weights(codes: np.ndarray, n_units: int, cfg: BootstrapConfig, strata: np.ndarray | None = None,
+                      rows: int = DRAW_BLOCK):
+    """Per-sample weights, ``rows`` replicates at a time (r, n): how often each sample's unit was drawn in each
+    replicate. With ``strata`` the units of each stratum are drawn from that stratum only, as many as it has.
+
+    The stream is drawn in ``DRAW_BLOCK`` replicates per step, each stratum's draws for a block in one sequence
+    (numpy draws an (r, m) array as r consecutive rows), so every ``rows`` gives the same replicates."""
     rng = np.random.default_rng(cfg.seed)
-    members = [np.flatnonzero(strata == s) for s in np.unique(strata)] if strata is not None else None
-    for start in range(0, cfg.n_resamples, cfg.block):
-        b = min(cfg.block, cfg.n_resamples - start)
-        if members is None:
-            draws = rng.integers(0, n_units, size=(b, n_units))
-        else:
-            draws = np.empty((b, n_units), dtype=np.int64)
-            for idx in members:
-                draws[:, idx] = idx[rng.integers(0, len(idx), size=(b, len(idx)))]
-        counts = np.bincount((np.arange(b)[:, None] * n_units + draws).ravel(), minlength=b * n_units)
-        yield counts.reshape(b, n_units)[:, codes].astype(np.float64)
+    members = [np.flatnonzero(strata == s) for s in np.unique(strata)] if strata is not None else \
+        [np.arange(n_units)]
+    dtype = np.uint16 if n_units < 2 ** 16 else np.uint32  # a unit is drawn at most n_units times: no overflow
+    rows = max(1, min(rows, DRAW_BLOCK))
+    for start in range(0, cfg.n_resamples, DRAW_BLOCK):
+        b = min(DRAW_BLOCK, cfg.n_resamples - start)
+        counts = np.zeros((b, n_units), dtype=dtype)
+        for idx in members:
+            m = len(idx)
+            for r0 in range(0, b, rows):
+                r = min(rows, b - r0)
+                draws = rng.integers(0, m, size=(r, m))
+                local = np.bincount((np.arange(r)[:, None] * m + draws).ravel(), minlength=r * m).reshape(r, m)
+                counts[r0:r0 + r, idx] += local.astype(dtype)
+        for r0 in range(0, b, rows):
+            yield counts[r0:r0 + rows][:, codes].astype(np.float64)
 
 
-def memory_estimate(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> int:
-    """Bytes a bootstrap of ``n_samples`` needs at its peak: one block of replicate weights with the metrics'
-    per-class intermediates (measured: about 12 KiB per sample per 250-replicate block at 7 classes), plus
-    every metric's replicate values, twice while they are joined."""
-    block = min(cfg.block, cfg.n_resamples) * n_samples * 8 * (n_classes + 2)
-    return block + cfg.n_resamples * 16 * 8 * 2
+BYTES_PER_CELL = 8 * 6  # a replicate x sample cell: its float64 weight and the metrics' per-cell intermediates
 
 
-def check_memory(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> None:
-    """Refuse, before drawing, a bootstrap that cannot fit in the memory this process may still use."""
+def rows_per_pass(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> int:
+    """Replicates whose metrics fit in the working memory at once (1 to ``DRAW_BLOCK``)."""
+    from probebench.budget import available_memory
+
+    if cfg.memory_gib is not None:
+        budget = cfg.memory_gib * 2 ** 30
+    else:
+        free = available_memory()
+        budget = min(2 * 2 ** 30, free / 4) if free else 2 ** 30
+    per_row = n_samples * BYTES_PER_CELL * (n_classes + 2) / 6 + n_samples * 24  # metrics + draws and counts
+    return int(max(1, min(DRAW_BLOCK, budget // max(per_row, 1))))
+
+
+def memory_estimate(n_samples: int, n_classes: int, cfg: BootstrapConfig, rows: int | None = None) -> int:
+    """Bytes a bootstrap of ``n_samples`` needs at its peak: one draw block's counts, ``rows`` replicates' weights
+    with the metrics' per-class intermediates (measured: about 12 KiB per sample per 250 replicates at 7 classes),
+    and every metric's replicate values, twice while they are joined."""
+    rows = rows_per_pass(n_samples, n_classes, cfg) if rows is None else rows
+    counts = min(DRAW_BLOCK, cfg.n_resamples) * n_samples * 4
+    work = rows * (n_samples * 8 * (n_classes + 2) + n_samples * 24)
+    return counts + work + cfg.n_resamples * 16 * 8 * 2
+
+
+def check_memory(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> int:
+    """The replicates per pass; refuse, before drawing, a bootstrap that cannot fit even one at a time."""
     from probebench.budget import available_memory, gib
 
-    need, have = memory_estimate(n_samples, n_classes, cfg), available_memory()
+    rows = rows_per_pass(n_samples, n_classes, cfg)
+    need, have = memory_estimate(n_samples, n_classes, cfg, rows=1), available_memory()
     if have is not None and need > have:
-        raise ProbebenchError(f"the bootstrap of {n_samples:,} samples x {cfg.n_resamples:,} replicates needs about "
-                              f"{gib(need)}, and this process may use {gib(have)}: lower --resamples (or "
+        raise ProbebenchError(f"the bootstrap of {n_samples:,} samples x {cfg.n_resamples:,} replicates needs at "
+                              f"least {gib(need)}, and this process may use {gib(have)}: lower --resamples (or "
                               "[report] resamples), or free memory")
+    return rows
 
 
 def replicates(data: EvalData, cfg: BootstrapConfig, unit: str,
                strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every metric for each of the ``cfg.n_resamples`` replicates (R values per metric)."""
-    check_memory(len(data.y_true), data.n_classes, cfg)
+    rows = check_memory(len(data.y_true), data.n_classes, cfg)
     codes, n_units = unit_codes(data, unit)
     parts: dict[str, list] = {}
-    for w in replicate_weights(codes, n_units, cfg, strata):
+    for w in replicate_weights(codes, n_units, cfg, strata, rows):
         for k, v in data.metrics(w).items():
             parts.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def jackknife(data: EvalData, unit: str, block: int = 500) -> dict[str, np.ndarray]:
-    """Leave-one-unit-out values of every metric (for the BCa acceleration)."""
+def jackknife_assignment(n_units: int, groups: int, seed: int) -> np.ndarray:
+    """Each unit's jackknife group: itself up to ``groups`` units (the exact leave-one-out jackknife), else one of
+    ``groups`` groups of near-equal size, assigned at random (seeded): a group of similar units (one class) would
+    bias the acceleration."""
+    if n_units <= groups:
+        return np.arange(n_units)
+    perm = np.random.default_rng([seed, n_units, groups]).permutation(n_units)
+    out = np.empty(n_units, dtype=np.int64)
+    out[perm] = np.arange(n_units) % groups
+    return out
+
+
+def jackknife(data: EvalData, unit: str, cfg: BootstrapConfig = BootstrapConfig()) -> dict[str, np.ndarray]:
+    """Leave-one-group-out values of every metric (for the BCa acceleration): each unit left out alone up to
+    ``cfg.jackknife_groups`` units, else delete-d groups of n/G units. The acceleration a = Σd³ / 6(Σd²)^1.5 is
+    unchanged by scaling the d, and a group's d sums its units' influences, whose cubes and squares sum to those of
+    the units in expectation: the grouped estimate is consistent, with G metric evaluations instead of n."""
     codes, n_units = unit_codes(data, unit)
+    group = jackknife_assignment(n_units, cfg.jackknife_groups, cfg.seed)[codes]
+    n_groups = int(group.max()) + 1
+    rows = rows_per_pass(len(codes), data.n_classes, cfg)
     parts: dict[str, list] = {}
-    for start in range(0, n_units, block):
-        left_out = np.arange(start, min(n_units, start + block))
-        w = (codes[None, :] != left_out[:, None]).astype(np.float64)
+    for start in range(0, n_groups, rows):
+        left_out = np.arange(start, min(n_groups, start + rows))
+        w = (group[None, :] != left_out[:, None]).astype(np.float64)
         for k, v in data.metrics(w).items():
             parts.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -306,7 +365,7 @@ def bootstrap(data: EvalData, cfg: BootstrapConfig = BootstrapConfig()) -> tuple
     strata = resolve_strata(data, codes, n_units, cfg.stratify)
     point = {k: float(v[0]) for k, v in data.metrics().items()}
     reps = replicates(data, cfg, unit, strata)
-    jack = jackknife(data, unit) if cfg.method == "bca" else None
+    jack = jackknife(data, unit, cfg) if cfg.method == "bca" else None
     out = {}
     for k, v in reps.items():
         low, high = (bca_interval(v, point[k], jack[k], cfg.confidence) if jack is not None
@@ -365,13 +424,14 @@ def paired_comparison(a: EvalData, b: EvalData, cfg: BootstrapConfig = Bootstrap
     strata = resolve_strata(a, codes, n_units, cfg.stratify)
     point_a, point_b = ({k: float(v[0]) for k, v in d.metrics().items()} for d in (a, b))
     parts: dict[str, list] = {}
-    for w in replicate_weights(codes, n_units, cfg, strata):
+    rows = check_memory(len(a.y_true), a.n_classes, cfg)
+    for w in replicate_weights(codes, n_units, cfg, strata, max(1, rows // 2)):  # two runs' metrics at once
         ma, mb = a.metrics(w), b.metrics(w)
         for k in ma:
             parts.setdefault(k, []).append(ma[k] - mb[k])
     jack = None
     if cfg.method == "bca":
-        ja, jb = jackknife(a, unit), jackknife(b, unit)
+        ja, jb = jackknife(a, unit, cfg), jackknife(b, unit, cfg)  # the same groups: the same units
         jack = {k: ja[k] - jb[k] for k in ja}
     out = {}
     for k, chunks in parts.items():

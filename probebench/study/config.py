@@ -27,7 +27,8 @@ SECTIONS = {
     "extract": {"batch_size", "workers", "skip_bad", *spec_fields("extract")},  # how to extract, then what
     "models": set(),  # [models.<name>]: per-model settings (MODEL_KEYS)
     "weights": set(),  # [weights]: model name -> auto / random[:SEED] / a checkpoint or snapshot path
-    "report": {"resamples", "method", "unit", "stratify", "level", "aggregate", "metrics", "study_ci"},
+    "report": {"resamples", "method", "unit", "stratify", "level", "aggregate", "metrics", "study_ci",
+               "bootstrap_memory", "jackknife_groups"},
 }
 
 
