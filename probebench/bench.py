@@ -120,13 +120,15 @@ def throughput(model: str = "resnet50", images: int = 96, image_size: int = 1024
         # the ceiling for (b): decoding and the forward pass share the CPU (1 / (1/a + 1/d)) on a CPU; on a GPU
         # they overlap, so the slower of the two
         limit = min(a, d) if dev.type == "cuda" else 1.0 / (1.0 / a + 1.0 / d)
+        from probebench.threads import thread_counts
+
         out = {"model": model, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
                "precision": precision, "channels_last": cl, "draft": draft, "batch_size": batch,
                "images": images, "image_size": image_size, "grayscale": grayscale,
                "a_forward_img_s": round(a, 2), "b_extract_img_s": round(b, 2), "c_study_loop_img_s": round(c, 2),
                "d_decode_img_s": round(d, 2), "limit_img_s": round(limit, 2), "b_over_limit": round(b / limit, 3),
                "b_over_a": round(b / a, 3), "b_over_c": round(b / c, 2), "torch": torch.__version__,
-               "threads": torch.get_num_threads()}
+               "threads": thread_counts()}
         if compare:
             plain = features.replace(precision="fp32", channels_last=False, draft=False)
             reference = read_store(extract(plain, str(spec), cache_dir=tmp / "ref", **common))

@@ -73,7 +73,10 @@ def show_version(value: bool) -> None:
 def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also "
                                     "PROBEBENCH_DEBUG=1)."),
          version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
-                                      help="Print the version and exit.")):
+                                      help="Print the version and exit."),
+         threads: Optional[int] = typer.Option(None, "--threads", help="Threads for torch and the BLAS libraries "
+                                               "(also PROBEBENCH_THREADS).", show_default="OMP_NUM_THREADS, else the "
+                                               "CPUs this process may use (affinity and cgroup quota)")):
     """Which pretrained backbone, frozen or fine-tuned, serves your imaging task, with honest CIs.
 
     Exit status: 0 success, 1 a check or cell failed (verify, run), 2 an error (message on stderr),
@@ -81,6 +84,11 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show the full traceb
     """
     if debug:
         os.environ["PROBEBENCH_DEBUG"] = "1"
+    if threads is not None:
+        if threads < 1:
+            err.print(styled("bold red", "error:", f" --threads must be at least 1, got {threads}"))
+            raise typer.Exit(2)
+        os.environ["PROBEBENCH_THREADS"] = str(threads)  # applied when a command's heavy work starts
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never a crash
         try:
             stream.reconfigure(errors="backslashreplace")
@@ -137,6 +145,13 @@ TrackOpt = typer.Option(None, "--track", help="Also log each new run (curves, te
 
 def _quirks(bn_epoch1: bool, vgg_features_only: bool) -> tuple[str, ...]:
     return tuple(q for q, on in (("bn_epoch1", bn_epoch1), ("vgg_features_only", vgg_features_only)) if on)
+
+
+def stage_threads() -> None:
+    """The thread policy (``threads.py``) for the heavy work a command is about to start, after its cheap checks."""
+    from probebench.threads import apply_threads
+
+    apply_threads()
 
 
 def check_dataset(dataset: str, data_root) -> None:
@@ -241,6 +256,7 @@ def extract(features, dataset: str = DatasetOpt, data_root: Optional[list[Path]]
             rehash: bool = RehashOpt):
     """Fill the feature cache: one forward pass per image through the frozen backbone (resumable)."""
     check_dataset(dataset, data_root)
+    stage_threads()
     from probebench.features.extract import extract as run
 
     t0 = time.perf_counter()
@@ -297,6 +313,7 @@ def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Pat
                       class_weight=class_weight, seeds=seed_list, grid=grid, label_fractions=fractions,
                       shots=shot_list, cv=cv, calibrate=calibrate)
     check_dataset(dataset, data_root)
+    stage_threads()
     from probebench.train.fit import fit as run
 
     path = run(features, dataset, data_root=data_root, cache_dir=cache_dir, runs_dir=runs_dir, head=head, grid=grid,
@@ -338,6 +355,7 @@ def finetune(features, train, dataset: str = DatasetOpt, data_root: Optional[lis
 
     check_tracker(track)
     check_dataset(dataset, data_root)
+    stage_threads()
     from probebench.train.finetune import finetune as run
 
     path = run(features, dataset, data_root=data_root, runs_dir=runs_dir, head=head, train=train,
@@ -408,6 +426,7 @@ def report(runs_dir: Path = RunsOpt,
         raise ProbebenchError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
     opts = _report_options(n_resamples, method, unit, seed, level, aggregate, metrics, stratify, study_ci,
                            bootstrap_memory, jackknife_groups)
+    stage_threads()
     from probebench.supervise import step
 
     step(f"report: reading and checking the runs under {runs_dir}")
@@ -459,6 +478,7 @@ def compare(run_a: Path = typer.Argument(..., help="First run directory."),
     opts = _report_options(n_resamples, method, unit, seed, level, aggregate, stratify=stratify,
                            bootstrap_memory=bootstrap_memory, jackknife_groups=jackknife_groups)
     a, b = read_run(run_a), read_run(run_b)
+    stage_threads()
     diffs, used = compare_runs(a, b, opts)
     sys.stdout.write(render_compare(a, b, diffs, used, opts))
 
@@ -471,6 +491,7 @@ def demo(out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where 
     """Synthetic data end to end (extract, fit, report) with random weights, offline, in minutes."""
     from probebench.demo import run_demo
 
+    stage_threads()
     t0 = time.perf_counter()
     text = run_demo(out_dir, tuple(m.strip() for m in models.split(",") if m.strip()), epochs=epochs)
     sys.stdout.write(text)
@@ -487,6 +508,7 @@ def export(features, dataset: str = DatasetOpt,
            data_root: Optional[list[Path]] = DataRootOpt, cache_dir: str = CacheOpt):
     """Write cached features with labels, ids, groups and splits to HDF5, NumPy or PyTorch."""
     check_dataset(dataset, data_root)
+    stage_threads()
     from probebench.features.export import export_features
 
     path = export_features(features, dataset, out_file, fmt=fmt, data_root=data_root, cache_dir=cache_dir)
@@ -517,6 +539,7 @@ def bench_extract(model: str = typer.Option("resnet50", "--model", "-m", help="R
 
     from probebench.bench import throughput
 
+    stage_threads()
     result = throughput(model, images, image_size, not color, batch_size, precision, device, workers,
                         channels_last, draft)
     text = json.dumps(result, indent=1)
@@ -592,6 +615,8 @@ def run_study(study_file: Path = typer.Argument(..., help="Study TOML, e.g. conf
     if as_json and not dry_run:
         raise ProbebenchError("--json prints the plan: use it with --dry-run")
     echo = (lambda text: None) if as_json else (lambda text: sys.stdout.write(text))
+    if not dry_run:
+        stage_threads()
     result = run(study, only=only, dry_run=dry_run, echo=echo, track=track, shard=share)
     if dry_run:
         if as_json:

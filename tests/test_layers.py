@@ -49,7 +49,7 @@ def test_the_data_layer_imports_no_torch():
 
 
 PACKAGE = Path(__file__).resolve().parent.parent / "probebench"
-UTILITIES = {"errors", "validate", "atomic", "progress", "distributed", "runs", "budget", "supervise"}  # shared by every stage
+UTILITIES = {"errors", "validate", "atomic", "progress", "distributed", "runs", "budget", "supervise", "threads"}  # shared by every stage
 ALLOWED = {  # stage -> stages it may import (besides the utilities); a later stage never below an earlier one
     "models": {"models", "data"}, "data": {"data"}, "features": {"features", "data", "models"},
     "train": {"train", "features", "data", "models", "stats"}, "stats": {"stats"}, "report": {"report", "stats"},

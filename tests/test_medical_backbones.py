@@ -112,7 +112,7 @@ def test_each_named_backbone_equals_its_librarys_recipe(name, tmp_path):
     x = torch.rand(2, 3, size, size)
     with torch.no_grad():
         want = reference(x)
-        got = create_model(name, weights=str(folder))(x)
+        got = create_model(name, weights=str(folder), img_size=size)(x)
     assert got.shape == want.shape, (got.shape, want.shape)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 

@@ -91,3 +91,65 @@ def test_bootstrap_options_reach_the_statistics():
         BootstrapConfig(jackknife_groups=3)
     with pytest.raises(Exception, match="positive number of GiB"):
         BootstrapConfig(memory_gib=0)
+
+
+def test_the_thread_policy_honours_the_affinity_mask_the_quota_and_omp_num_threads(monkeypatch):
+    """A child process restricted to one CPU sees one; OMP_NUM_THREADS and PROBEBENCH_THREADS win in that order
+    of precedence (ours first); a cgroup quota caps the mask; apply_threads sets torch and BLAS."""
+    import os
+    import subprocess
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    from probebench import threads
+
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from probebench.threads import available_cpus, default_threads; print(available_cpus(), default_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "PROBEBENCH_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["1", "1"]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(threads, "_cgroup_cpus", lambda: 3)  # cpu.max "300000 100000"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("PROBEBENCH_THREADS", raising=False)
+    assert threads.available_cpus() == 3 and threads.default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.default_threads() == 2
+    monkeypatch.setenv("PROBEBENCH_THREADS", "1")
+    assert threads.default_threads() == 1
+    monkeypatch.setenv("PROBEBENCH_THREADS", "none")
+    with pytest.raises(Exception, match="PROBEBENCH_THREADS must be a whole number"):
+        threads.default_threads()
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert threads.apply_threads(1) == 1 and torch.get_num_threads() == 1
+        assert all(i["num_threads"] == 1 for i in threadpool_info())
+        with threads.one_thread():
+            assert torch.get_num_threads() == 1
+    finally:
+        threads.apply_threads(before)
+
+
+def test_cgroup_quota_is_read_from_cpu_max(tmp_path, monkeypatch):
+    from probebench import threads
+
+    real = threads.Path
+    for text, want in (("max 100000", None), ("250000 100000", 3), ("50000 100000", 1)):
+        (tmp_path / "cpu.max").write_text(text + "\n")
+        monkeypatch.setattr(threads, "Path", lambda p: tmp_path / "cpu.max" if p == "/sys/fs/cgroup/cpu.max" else real(p))
+        assert threads._cgroup_cpus() == want, text
+
+
+def test_threads_option_is_checked_and_passed_on(monkeypatch):
+    from typer.testing import CliRunner
+
+    from probebench.cli import app
+
+    monkeypatch.delenv("PROBEBENCH_THREADS", raising=False)
+    res = CliRunner().invoke(app, ["--threads", "0", "models"])
+    assert res.exit_code == 2 and "--threads must be at least 1" in res.output
+    res = CliRunner().invoke(app, ["--threads", "1", "models"])
+    assert res.exit_code == 0 and __import__("os").environ["PROBEBENCH_THREADS"] == "1"

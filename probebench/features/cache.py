@@ -267,8 +267,15 @@ def damaged_chunks(root: zarr.Group) -> list[int]:
     return bad
 
 
-def read_features(path: Path | str) -> CachedFeatures:
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def read_features(path: Path | str, by_split: bool = False) -> CachedFeatures:
     """Load a complete store into memory (float32), dropping the rows of skipped bad images.
+
+    The features are read chunk by chunk into their final array: no unfiltered copy beside the filtered one, no
+    float32 copy of float32 data. ``by_split``: rows grouped train, val, test (each in store order), so that a
+    split is a view of the array, not a copy (``split_rows``).
 
     A store with an unreadable chunk or a non-finite feature is refused, naming the store and the rows:
     NaN must never reach a head or a table. ``extract`` repairs such a store.
@@ -276,25 +283,48 @@ def read_features(path: Path | str) -> CachedFeatures:
     root = open_group(path, mode="r")
     attrs = dict(root.attrs)
     keep = _strings(root["skip_reason"]) == ""
-    repair = "rerun the same `probebench extract`, which recomputes the damaged chunks"
-    try:
-        features = np.asarray(root["features"][:], dtype=np.float32)
-    except Exception as exc:
-        raise ProbebenchError(f"feature cache {path} has an unreadable chunk ({type(exc).__name__}: {exc}); "
-                              f"{repair}") from exc
+    split = _split_names(root, attrs)
+    rows = np.flatnonzero(keep)
+    if by_split:
+        rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
+        rows = rows[np.argsort([rank.get(x, len(SPLIT_ORDER)) for x in split[rows]], kind="stable")]
     sample_ids = _strings(root["sample_ids"])
-    bad = np.flatnonzero(keep & ~np.isfinite(features).all(axis=1))
-    if len(bad):
-        shown = ", ".join(f"{i} ({sample_ids[i]})" for i in bad[:3]) + (" …" if len(bad) > 3 else "")
-        raise ProbebenchError(f"feature cache {path}: {len(bad)} row(s) hold non-finite features (a missing or "
-                              f"damaged chunk, or NaN weights): rows {shown}; {repair}")
-    return CachedFeatures(
-        features=features[keep],
-        labels=np.asarray(root["labels"][:])[keep],
-        split=_split_names(root, attrs)[keep],
-        sample_ids=sample_ids[keep],
-        groups=_strings(root["groups"])[keep],
-        attrs=attrs, path=path)
+    array = root["features"]
+    features = np.empty((len(rows), array.shape[1]), dtype=np.float32)
+    where = np.empty(array.shape[0], dtype=np.int64)  # store row -> position in ``features`` (-1: dropped)
+    where.fill(-1)
+    where[rows] = np.arange(len(rows))
+    step = array.chunks[0]
+    repair = "rerun the same `probebench extract`, which recomputes the damaged chunks"
+    for start in range(0, array.shape[0], step):
+        stop = min(start + step, array.shape[0])
+        try:
+            chunk = np.asarray(array[start:stop], dtype=np.float32)
+        except Exception as exc:
+            raise ProbebenchError(f"feature cache {path} has an unreadable chunk ({type(exc).__name__}: {exc}); "
+                                  f"{repair}") from exc
+        bad = np.flatnonzero(keep[start:stop] & ~np.isfinite(chunk).all(axis=1)) + start
+        if len(bad):
+            shown = ", ".join(f"{i} ({sample_ids[i]})" for i in bad[:3]) + (" …" if len(bad) > 3 else "")
+            raise ProbebenchError(f"feature cache {path}: {len(bad)} row(s) hold non-finite features (a missing or "
+                                  f"damaged chunk, or NaN weights): rows {shown}; {repair}")
+        dest = where[start:stop]
+        mine = dest >= 0
+        d = dest[mine]
+        if len(d) and mine.all() and bool(np.all(np.diff(d) == 1)):
+            features[d[0]:d[-1] + 1] = chunk  # a whole chunk in order: one copy, no gather
+        elif len(d):
+            features[d] = chunk[mine]
+    return CachedFeatures(features=features, labels=np.asarray(root["labels"][:])[rows], split=split[rows],
+                          sample_ids=sample_ids[rows], groups=_strings(root["groups"])[rows], attrs=attrs, path=path)
+
+
+def split_rows(mask: np.ndarray) -> np.ndarray | slice:
+    """Boolean row selection as a slice when its rows are one contiguous run (a view, no copy), else the mask."""
+    idx = np.flatnonzero(mask)
+    if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return mask
 
 
 def read_index(path: Path | str) -> tuple[np.ndarray, np.ndarray, dict]:

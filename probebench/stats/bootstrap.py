@@ -172,9 +172,9 @@ def check_memory(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> int:
     rows = rows_per_pass(n_samples, n_classes, cfg)
     need, have = memory_estimate(n_samples, n_classes, cfg, rows=1), available_memory()
     if have is not None and need > have:
-        raise ProbebenchError(f"the bootstrap of {n_samples:,} samples x {cfg.n_resamples:,} replicates needs at "
-                              f"least {gib(need)}, and this process may use {gib(have)}: lower --resamples (or "
-                              "[report] resamples), or free memory")
+        raise ProbebenchError(f"the bootstrap of {n_samples:,} samples x {cfg.n_resamples:,} replicates needs about "
+                              f"{gib(need)}, and this process may use {gib(have)}: lower --resamples (or [report] "
+                              "resamples), or free memory")
     return rows
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from probebench.features import cache as fcache
+from probebench.features.cache import split_rows
 from probebench.data.datasets import check_trainable, data_roots
 from probebench.data.splits import cv_folds, label_subset
 from probebench.errors import ProbebenchError
@@ -36,7 +37,7 @@ def prepare_features(train: np.ndarray, *others: np.ndarray, normalize: str | No
         mean, sd = arrays[0].mean(axis=0), arrays[0].std(axis=0)
         sd = np.where(sd > 0, sd, 1.0)
         arrays = [(a - mean) / sd for a in arrays]
-    return [a.astype(np.float32) for a in arrays]
+    return [a.astype(np.float32, copy=False) for a in arrays]  # float32 features as they are: no copy
 
 
 def budgets_of(label_fractions: list[float] | None = None, shots: list[int] | None = None) -> list[dict | None]:
@@ -106,7 +107,7 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     spec = FeatureSpec.of(features, **options)
     model = spec.model
     path = locate_store(spec, dataset, data_root=data_root, cache_dir=cache_dir)
-    feats = fcache.read_features(path)
+    feats = fcache.read_features(path, by_split=not cv)  # a split is then a view of the array, not a copy
     n_classes = len(feats.attrs["classes"])
     shared, cache_details = _store_record(feats, path, model, {"normalize": normalize, "standardize": standardize},
                                           data_root)
@@ -209,9 +210,10 @@ def _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title):
             "samples": int(train.sum()), "groups": int(len(np.unique(groups[train]))),
             "per_class": np.bincount(labels[train], minlength=n_classes).tolist()}}
     val, test = split == "val", split == "test"
+    x = feats.features
     estimator, proba, val_proba, seconds, calibration = _train_head(
-        head, grid, s, options, feats.features[train], labels[train], feats.features[val], labels[val],
-        feats.features[test], n_classes, title=title, **prep)
+        head, grid, s, options, x[split_rows(train)], labels[train], x[split_rows(val)], labels[val],
+        x[split_rows(test)], n_classes, title=title, **prep)
     if calibration:
         details["calibration"] = calibration
     y_va, y_te = labels[val], labels[test]

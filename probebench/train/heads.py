@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from probebench.errors import ProbebenchError
+from probebench.threads import one_thread
 from probebench.train.config import PROTOCOL
 from probebench.train.loop import (LinearAdamStep, adam_update, epoch_batches, improved, seeded_init,
                                    train_classifier, train_loop)
@@ -167,10 +168,11 @@ class LinearHead(Head):
     def _fit(self, x, y, x_val, y_val, n_classes: int, on_epoch) -> None:
         weight = balanced_weights(y, n_classes) if self.class_weight == "balanced" else None
         self.model_ = seeded_init(lambda: self.build(x.shape[1], n_classes), self.seed)
-        self.model_, state = train_classifier(
-            self.model_, x, y, x_val, y_val, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-            weight_decay=self.weight_decay, optimizer=self.optimizer, seed=self.seed, select=self.select,
-            patience=self.patience, class_weight=weight, on_epoch=on_epoch)
+        with one_thread():  # minibatch products: more threads only synchronise (threads.py)
+            self.model_, state = train_classifier(
+                self.model_, x, y, x_val, y_val, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                weight_decay=self.weight_decay, optimizer=self.optimizer, seed=self.seed, select=self.select,
+                patience=self.patience, class_weight=weight, on_epoch=on_epoch)
         self.history_, self.best_epoch_, self.selection_ = state.history, state.best_epoch, None
 
     @torch.no_grad()
@@ -473,11 +475,11 @@ class GridHead:
         if self.kind == "linear":  # hand-written gradients and Adam (StackedLinearAdamStep); MLPs take autograd
             fast = StackedLinearAdamStep(model, [c[0] for c in self.cells], [c[1] for c in self.cells],
                                          None if weight is None else weight.numpy())
-            xa, ya = LinearAdamStep.inputs(np.asarray(x, dtype=np.float32)), np.asarray(y, dtype=np.int64)
+            xa, ya = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
 
             def batches(epoch):  # noqa: F811 - the NumPy batches of the fast step
                 for idx in epoch_batches(len(xa), self.batch_size, self.seed, epoch):
-                    yield xa[idx], ya[idx]
+                    yield LinearAdamStep.inputs(xa, idx), ya[idx]
 
         def step(m, xb, yb, optimizer):
             logits = m(xb)  # (H, B, K)
@@ -505,10 +507,11 @@ class GridHead:
                     "val_accuracy_mean": float(val_acc.mean())}
 
         loop_history: list = []
-        state = train_loop(model, opt, batches, validate, epochs=self.epochs, seed=self.seed,
-                           step=fast if self.kind == "linear" else step,
-                           select=self.select, patience=None,
-                           on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
+        with one_thread():  # the grid's minibatch products are small: one thread, half the CPU, same speed
+            state = train_loop(model, opt, batches, validate, epochs=self.epochs, seed=self.seed,
+                               step=fast if self.kind == "linear" else step,
+                               select=self.select, patience=None,
+                               on_epoch=(lambda s, row: on_epoch(row)) if on_epoch else None)
         history = state.history
         sign = 1.0 if self.select == "val_accuracy" else -1.0
         chosen = int(np.argmax(np.where(np.isnan(best), -np.inf, sign * best)))  # first on ties: lr-major order

@@ -180,10 +180,12 @@ class LinearAdamStep:
         self.class_weight = None if class_weight is None else np.asarray(class_weight, dtype=np.float32)
 
     @staticmethod
-    def inputs(x: np.ndarray) -> np.ndarray:
-        """Features with a column of ones appended, so that one product gives the logits and one the gradient."""
-        out = np.ones((len(x), x.shape[1] + 1), dtype=np.float32)
-        out[:, :-1] = x
+    def inputs(x: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``idx`` of the features with a column of ones appended, so that one product gives the logits and
+        one the gradient; made per batch, so the training features are never copied whole."""
+        rows = x if idx is None else x[idx]
+        out = np.ones((len(rows), x.shape[1] + 1), dtype=np.float32)
+        out[:, :-1] = rows
         return out
 
     def __call__(self, model, x: np.ndarray, y: np.ndarray, optimizer=None) -> tuple:
@@ -230,12 +232,12 @@ def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
             return val_metrics(logits_in_batches(m, xv), yv)
     if isinstance(model, nn.Linear) and optimizer in ("adam", "adamw"):
         step = LinearAdamStep(model, lr, weight_decay, optimizer == "adamw", class_weight)
-        xn, yn = step.inputs(np.asarray(x_train, dtype=np.float32)), np.asarray(y_train, dtype=np.int64)
+        xn, yn = np.asarray(x_train, dtype=np.float32), np.asarray(y_train, dtype=np.int64)  # float32: no copy
         opt = None
 
         def batches(epoch):
             for idx in epoch_batches(len(xn), batch_size, seed, epoch):
-                yield xn[idx], yn[idx]
+                yield step.inputs(xn, idx), yn[idx]
     else:
         xt, yt = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(y_train, dtype=torch.long)
         opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
