@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import zarr
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 
 from probebench.features.extract import extract
@@ -37,7 +39,7 @@ def test_every_head_separates_separable_features(head):
 def test_logreg_matches_sklearn_for_the_same_c():
     xt, yt, xv, yv, xs, ys = separable(seed=1)
     head = LogRegHead(cs=(0.05,)).fit(xt, yt, xv, yv, 3)
-    ref = LogisticRegression(C=0.05, solver="lbfgs", max_iter=1000).fit(xt, yt)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, solver="lbfgs", max_iter=1000)).fit(xt, yt)
     assert np.array_equal(head.predict_proba(xs).argmax(1), ref.predict(xs))
     assert np.allclose(head.predict_proba(xs), ref.predict_proba(xs), atol=1e-8)
     assert head.selection_["chosen"]["C"] == 0.05

@@ -93,15 +93,21 @@ def test_cv_folds_are_sklearns_stratified_group_folds():
 
 
 def logreg_by_hand(x_tr, y_tr, x_va, y_va, x_te):
-    """The logreg head's documented rule with scikit-learn alone: C from the grid by validation accuracy (first
-    best), then its probabilities on the test rows."""
-    best = None
-    for c in DEFAULT_CS:
-        model = LogisticRegression(C=c, solver="lbfgs", max_iter=1000).fit(x_tr, y_tr)
-        acc = (model.predict_proba(x_va).argmax(1) == y_va).mean()
+    """The logreg head's documented rule with scikit-learn alone: features standardised on the training rows, C
+    along the grid from strong to weak regularisation, each fit warm-started from the last, chosen by validation
+    accuracy (first best), then its probabilities on the test rows."""
+    import copy
+
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_tr)
+    model, best = LogisticRegression(solver="lbfgs", max_iter=1000, warm_start=True), None
+    for c in sorted(DEFAULT_CS):
+        model.set_params(C=c).fit(scaler.transform(x_tr), y_tr)
+        acc = (model.predict_proba(scaler.transform(x_va)).argmax(1) == y_va).mean()
         if best is None or acc > best[0]:
-            best = (acc, model)
-    return best[1].predict_proba(x_te)
+            best = (acc, copy.deepcopy(model))
+    return best[1].predict_proba(scaler.transform(x_te))
 
 
 @pytest.fixture

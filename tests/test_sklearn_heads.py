@@ -53,7 +53,10 @@ def test_fit_without_validation_follows_the_stated_rule(name):
     if "lr" in HEADS[name].takes:
         assert head.best_epoch_ == 30 and len(head.history_) == 30  # the last epoch, nothing selected
     elif name == "logreg":
-        ref = LogisticRegression(C=1.0, max_iter=1000).fit(x, y)
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(x, y)
         assert np.allclose(head.predict_proba(x), ref.predict_proba(x), atol=1e-6)
     else:
         assert head.selection_["chosen"]["k"] == 10

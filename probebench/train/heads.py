@@ -229,7 +229,9 @@ class StudyMLPHead(MLPHead):
 
 
 class LogRegHead(Head):
-    """Multinomial logistic regression (scikit-learn, L-BFGS); C from a log grid chosen on validation."""
+    """Multinomial logistic regression (scikit-learn, L-BFGS) on standardised features (the training rows' mean
+    and sd); C from a log grid chosen on validation, fitted along the path from strong to weak regularisation, each
+    fit starting from the previous one's weights (warm start): a fraction of nine cold fits' iterations."""
 
     name = "logreg"
 
@@ -241,7 +243,8 @@ class LogRegHead(Head):
 
     def params(self) -> dict:
         return {"C_grid": list(self.cs), "class_weight": self.class_weight, "solver": "lbfgs",
-                "max_iter": self.max_iter, "select": "val_accuracy", "seed": self.seed}
+                "max_iter": self.max_iter, "select": "val_accuracy", "seed": self.seed, "standardize": True,
+                "warm_start": True}
 
     def describe(self) -> str:
         return f"logreg C={self.selection_['chosen']['C']:g}"
@@ -249,23 +252,41 @@ class LogRegHead(Head):
     def _model(self, c: float):
         from sklearn.linear_model import LogisticRegression
 
-        return LogisticRegression(C=c, solver="lbfgs", max_iter=self.max_iter, class_weight=self.class_weight)
+        return LogisticRegression(C=c, solver="lbfgs", max_iter=self.max_iter, class_weight=self.class_weight,
+                                  warm_start=True)
+
+    def _scaled(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        x = x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
+        out = x.copy()  # as StandardScaler transforms: float64 statistics, applied in x's precision
+        out -= self.mean_.astype(x.dtype)
+        out /= self.scale_.astype(x.dtype)
+        return out
 
     def _fit(self, x, y, x_val, y_val, n_classes: int, on_epoch) -> None:
+        import copy
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
 
-        grid, best = [], None
+        x = np.asarray(x)
+        x = x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)  # cached features stay float32
+        self.mean_ = x.mean(axis=0, dtype=np.float64)
+        sd = x.std(axis=0, dtype=np.float64)
+        self.scale_ = np.where(sd > 0, sd, 1.0)
+        xs = self._scaled(x)
+        xv = self._scaled(x_val) if x_val is not None else None
+        grid, best, model, iters = [], None, None, 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            for c in tuple(self.cs) if x_val is not None else (1.0,):  # no validation: scikit-learn's default C
-                model = self._model(c).fit(x, y)
-                score = _accuracy(self._full_proba(model, x_val, n_classes), y_val) if x_val is not None else None
+            for c in sorted(self.cs) if x_val is not None else (1.0,):  # no validation: scikit-learn's default C
+                model = (self._model(c) if model is None else model.set_params(C=c)).fit(xs, y)  # warm start
+                iters += int(np.max(model.n_iter_))
+                score = _accuracy(self._full_proba(model, xv, n_classes), y_val) if xv is not None else None
                 grid.append({"C": c, "val_accuracy": score})
-                if best is None or score > best[0]:
-                    best = (score, c, model)
-        self.model_, self.n_classes_, self.n_iter_ = best[2], n_classes, best[2].n_iter_
+                if best is None or score > best[0]:  # ties: the stronger regularisation (smaller C)
+                    best = (score, c, copy.deepcopy(model))
+        self.model_, self.n_classes_, self.n_iter_ = best[2], n_classes, iters
         self.selection_ = {"grid": grid, "chosen": {"C": best[1], "val_accuracy": best[0]}}
         self.history_, self.best_epoch_ = [], None
 
@@ -277,7 +298,7 @@ class LogRegHead(Head):
         return out
 
     def _proba(self, x: np.ndarray) -> np.ndarray:
-        return self._full_proba(self.model_, x, self.n_classes_)
+        return self._full_proba(self.model_, self._scaled(x), self.n_classes_)
 
 
 def knn_proba(train: np.ndarray, labels: np.ndarray, query: np.ndarray, k: int, n_classes: int,
