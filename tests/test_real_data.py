@@ -483,7 +483,8 @@ def test_hugging_face_snapshot_brings_its_own_preprocessing(tiny, tmp_path):
     snap = write_snapshot(tmp_path / "med-dinov2", MEDICAL_PREPROCESSOR)
     job = resolve_job("dinov2_s", str(spec), data_root=root, weights=str(snap))
     assert job.request.preprocessing == {"resize": 40, "crop": 28, "interpolation": "bilinear", "mean": [0.5] * 3,
-                                         "std": [0.25] * 3, "draft": False}
+                                         "std": [0.25] * 3, "draft": False,
+                                         "crop_offset": "floor"}  # transformers' centre crop: (size - crop) // 2
     plain = resolve_job("dinov2_s", str(spec), data_root=root,
                         weights=str(write_snapshot(tmp_path / "plain", None)))
     assert plain.request.preprocessing["mean"] == [0.485, 0.456, 0.406]
