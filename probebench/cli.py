@@ -294,6 +294,10 @@ def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Pat
         study_vgg_features_only: bool = typer.Option(False, "--study-vgg-features-only", hidden=True),
         force: bool = typer.Option(False, "--force", help="Train again even if an identical run exists (same "
                                    "cache, settings and seed); otherwise that run is reused."),
+        fit_memory: Optional[float] = typer.Option(None, "--fit-memory", help="GiB the features may take in "
+                                                   "memory; above it the linear head trains from the store, a window "
+                                                   "of batches at a time, with the same weights.",
+                                                   show_default="half the free memory"),
         track: Optional[str] = TrackOpt):
     """Train a head on cached features (frozen backbone) and write a run directory."""
     from probebench.report.tracking import check_tracker, track_run, tracker_location
@@ -320,7 +324,7 @@ def fit(features, train, dataset: str = DatasetOpt, data_root: Optional[list[Pat
                train=train, hidden=hidden, normalize=normalize, standardize=standardize, class_weight=class_weight,
                seeds=seed_list,
                label_fractions=fractions, shots=shot_list, cv=cv, calibrate=calibrate,
-               force=force, on_run=lambda run: track_run(run, track))
+               force=force, on_run=lambda run: track_run(run, track), fit_memory=fit_memory)
     out.print(f"run: {path}")
     if track:
         out.print(f"logged to {tracker_location(track, runs_dir)}")

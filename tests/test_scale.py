@@ -205,3 +205,34 @@ def test_fit_reads_each_split_as_a_view_and_holds_the_features_about_once(tmp_pa
         assert np.shares_memory(f.features[rows], f.features)
     assert peak < 1.5 * x.nbytes, peak / x.nbytes  # measured 1.4x at this small size (a chunk and the strings
     # besides the features); before: the unfiltered copy, copies of each split and a ones column, 3.7x
+
+
+def test_a_streamed_fit_trains_the_same_weights_as_the_in_memory_one(tiny, tmp_path, monkeypatch):
+    """Above --fit-memory the linear head trains from the store a window of batches at a time: the same batches in
+    the same order, so the same test probabilities, bit for bit; heads that need memory say so."""
+    from probebench import extract, fit
+    from probebench.errors import ProbebenchError
+    from probebench.features.cache import StoreRows, read_features
+    from probebench.runs import read_run
+
+    spec, root = tiny
+    store = extract("resnet50", str(spec), data_root=root, cache_dir=tmp_path / "c", workers=0, progress=False,
+                    weights="random", resize=32, crop=32, chunk_size=8)
+    f = read_features(store, by_split=True)
+    rows = StoreRows(store, f.rows, budget_rows=5)
+    assert np.array_equal(rows.gather(np.array([7, 0, 3, 3, 12])), f.features[[7, 0, 3, 3, 12]])
+    batches = [np.array([4, 1]), np.array([9, 2, 0]), np.array([11])]
+    got = list(rows.batches(batches))  # windows of at most 5 rows: [4, 1, 9, 2, 0], then [11]
+    assert [list(i) for _, i in got] == [list(b) for b in batches]
+    assert all(np.array_equal(x, f.features[b]) for (x, _), b in zip(got, batches))
+    common = dict(data_root=root, cache_dir=tmp_path / "c", epochs=4, batch_size=8, progress=False, weights="random",
+                  resize=32, crop=32)
+    memory = read_run(fit("resnet50", str(spec), runs_dir=tmp_path / "r1", **common))
+    windows = []
+    real = StoreRows.gather
+    monkeypatch.setattr(StoreRows, "gather", lambda self, p: windows.append(len(p)) or real(self, p))
+    streamed = read_run(fit("resnet50", str(spec), runs_dir=tmp_path / "r2", fit_memory=1e-6, **common))
+    assert windows[:2] == [8, 12] and windows[2:] == [8, 8, 4] * 4  # val, test, then one batch per window
+    assert np.array_equal(memory.proba, streamed.proba)
+    with pytest.raises(ProbebenchError, match=r"exceed the fit memory budget .* linear head without --grid"):
+        fit("resnet50", str(spec), runs_dir=tmp_path / "r3", fit_memory=1e-6, head="mlp", **common)

@@ -235,13 +235,14 @@ def missing_arrays(root: zarr.Group) -> list[str]:
 class CachedFeatures:
     """The arrays of a complete store, skipped samples removed, plus its attributes."""
 
-    features: np.ndarray
+    features: np.ndarray | None  # None: read with load=False (StoreRows reads them on demand)
     labels: np.ndarray
     split: np.ndarray  # "train" / "val" / "test"
     sample_ids: np.ndarray
     groups: np.ndarray
     attrs: dict
     path: Path | str
+    rows: np.ndarray | None = None  # each row's row in the store (skipped images removed, by split when asked)
 
 
 def _strings(arr) -> np.ndarray:
@@ -270,7 +271,7 @@ def damaged_chunks(root: zarr.Group) -> list[int]:
 SPLIT_ORDER = ("train", "val", "test")
 
 
-def read_features(path: Path | str, by_split: bool = False) -> CachedFeatures:
+def read_features(path: Path | str, by_split: bool = False, load: bool = True) -> CachedFeatures:
     """Load a complete store into memory (float32), dropping the rows of skipped bad images.
 
     The features are read chunk by chunk into their final array: no unfiltered copy beside the filtered one, no
@@ -289,6 +290,10 @@ def read_features(path: Path | str, by_split: bool = False) -> CachedFeatures:
         rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
         rows = rows[np.argsort([rank.get(x, len(SPLIT_ORDER)) for x in split[rows]], kind="stable")]
     sample_ids = _strings(root["sample_ids"])
+    index = dict(labels=np.asarray(root["labels"][:])[rows], split=split[rows], sample_ids=sample_ids[rows],
+                 groups=_strings(root["groups"])[rows], attrs=attrs, path=path, rows=rows)
+    if not load:
+        return CachedFeatures(features=None, **index)
     array = root["features"]
     features = np.empty((len(rows), array.shape[1]), dtype=np.float32)
     where = np.empty(array.shape[0], dtype=np.int64)  # store row -> position in ``features`` (-1: dropped)
@@ -315,8 +320,57 @@ def read_features(path: Path | str, by_split: bool = False) -> CachedFeatures:
             features[d[0]:d[-1] + 1] = chunk  # a whole chunk in order: one copy, no gather
         elif len(d):
             features[d] = chunk[mine]
-    return CachedFeatures(features=features, labels=np.asarray(root["labels"][:])[rows], split=split[rows],
-                          sample_ids=sample_ids[rows], groups=_strings(root["groups"])[rows], attrs=attrs, path=path)
+    return CachedFeatures(features=features, **index)
+
+
+class StoreRows:
+    """Some rows of a store's features, read on demand: the training features of a fit above its memory budget.
+
+    ``batches`` takes an epoch's batches of positions and yields each batch's rows, gathering a window of
+    consecutive batches (at most ``budget_rows`` rows) with one read of each chunk the window touches: the very rows,
+    in the very order, that the in-memory array gives, so a streamed fit trains the same weights."""
+
+    def __init__(self, path: Path | str, rows: np.ndarray, budget_rows: int):
+        self.path, self.rows, self.budget_rows = path, np.asarray(rows, dtype=np.int64), max(1, int(budget_rows))
+        self.array = open_group(path, mode="r")["features"]
+        self.shape, self.dtype, self.ndim = (len(self.rows), int(self.array.shape[1])), np.dtype(np.float32), 2
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Rows ``positions`` (of these rows) as float32, in that order, each chunk read once."""
+        store_rows = self.rows[positions]
+        order = np.argsort(store_rows, kind="stable")
+        wanted = store_rows[order]
+        out = np.empty((len(positions), self.shape[1]), dtype=np.float32)
+        step = self.array.chunks[0]
+        chunk_of = wanted // step
+        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+        for part in np.split(np.arange(len(wanted)), bounds):
+            c = int(chunk_of[part[0]])
+            data = np.asarray(self.array[c * step:(c + 1) * step], dtype=np.float32)
+            rows = data[wanted[part] - c * step]
+            if not np.isfinite(rows).all():
+                raise ProbebenchError(f"feature cache {self.path}: non-finite features in chunk {c}; rerun the same "
+                                      "`probebench extract`, which recomputes the damaged chunks")
+            out[order[part]] = rows
+        return out
+
+    def batches(self, batches: list[np.ndarray]):
+        """(rows, positions) of each batch, in order, read a window of batches at a time."""
+        window: list[np.ndarray] = []
+        size = 0
+        for idx in [*batches, None]:
+            if window and (idx is None or size + len(idx) > self.budget_rows):
+                data, start = self.gather(np.concatenate(window)), 0
+                for w in window:
+                    yield data[start:start + len(w)], w
+                    start += len(w)
+                window, size = [], 0
+            if idx is not None:
+                window.append(idx)
+                size += len(idx)
 
 
 def split_rows(mask: np.ndarray) -> np.ndarray | slice:

@@ -37,7 +37,8 @@ def prepare_features(train: np.ndarray, *others: np.ndarray, normalize: str | No
         mean, sd = arrays[0].mean(axis=0), arrays[0].std(axis=0)
         sd = np.where(sd > 0, sd, 1.0)
         arrays = [(a - mean) / sd for a in arrays]
-    return [a.astype(np.float32, copy=False) for a in arrays]  # float32 features as they are: no copy
+    return [a if hasattr(a, "batches") else a.astype(np.float32, copy=False)  # float32 as it is; a store's rows
+            for a in arrays]
 
 
 def budgets_of(label_fractions: list[float] | None = None, shots: list[int] | None = None) -> list[dict | None]:
@@ -77,7 +78,7 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
         hidden: int = 256, normalize: str | None = None, standardize: bool = False, class_weight: str | None = None,
         seeds: list[int] | None = None, label_fractions: list[float] | None = None, shots: list[int] | None = None,
         cv: int | None = None, calibrate: str | None = None, progress: bool = True, force: bool = False,
-        on_run=None, **options) -> Path:
+        on_run=None, fit_memory: float | None = None, **options) -> Path:
     """Fit a head on the cache that ``extract`` made with the same feature spec (or a model name plus the spec's
     options); returns the (first) run folder. Needs only the cache: see ``features.locate_store``.
 
@@ -92,6 +93,8 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     ``cv``: k-fold cross-validation over every sample of the store by group (``data.splits.cv_folds``), validation
     the next fold, the out-of-fold predictions pooled into one run with per-fold metrics beside them.
     ``calibrate="temperature"``: a temperature fitted on validation is applied to the test probabilities.
+    ``fit_memory``: GiB the features may take (default: half the free memory); above it the linear head trains from
+    the store a window of batches at a time (``StoreRows``), the same batches in the same order: the same weights.
 
     A seed whose run already exists with the same settings on the same cache (same cache key, library versions,
     head and options) is not trained again: that run is reused, unless ``force``. ``on_run(path)`` is called
@@ -107,7 +110,8 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
     spec = FeatureSpec.of(features, **options)
     model = spec.model
     path = locate_store(spec, dataset, data_root=data_root, cache_dir=cache_dir)
-    feats = fcache.read_features(path, by_split=not cv)  # a split is then a view of the array, not a copy
+    stream = _stream_rows(path, fit_memory, head=head, grid=grid, cv=cv, normalize=normalize, standardize=standardize)
+    feats = fcache.read_features(path, by_split=not cv, load=not stream)  # a split: a view of the array, not a copy
     n_classes = len(feats.attrs["classes"])
     shared, cache_details = _store_record(feats, path, model, {"normalize": normalize, "standardize": standardize},
                                           data_root)
@@ -139,7 +143,7 @@ def fit(features: FeatureSpec | str, dataset: str, *, data_root=None, cache_dir:
             title = (f"{model} × {attrs['dataset']} (seed {s}" + (f", {budget_text(budget)}" if budget else "")
                      + ")")
             trained = (_cross_validate(feats, cv, s, head, grid, options, n_classes, prep, title) if cv else
-                       _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title))
+                       _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title, stream))
             estimator, record_details, run_data, metrics, history = trained
             record = RunRecord(**shared, head=estimator.name, seed=s, head_label=estimator.describe(),
                                head_params=estimator.params(), details={
@@ -184,7 +188,7 @@ def _store_record(feats, path, model: str, features: dict, data_root) -> tuple[d
                        else None),
         skipped=attrs["skipped"], junk_files=attrs.get("junk_files", 0), versions=fcache.versions())
     cache_details = {"precision": attrs["precision"], "store_dtype": attrs["store_dtype"], "cache_key": attrs["key"],
-                     "cache_path": str(path), "features": features, "feature_dim": int(feats.features.shape[1]),
+                     "cache_path": str(path), "features": features, "feature_dim": int(feats.attrs["feature_dim"]),
                      "data_root": [str(r) for r in data_roots(data_root)]}
     return shared, cache_details
 
@@ -198,7 +202,27 @@ def _summary(title: str, estimator, cv: int | None, metrics: dict) -> str:
             f"accuracy of the kept model {kept}); intervals: probebench report\n")
 
 
-def _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title):
+def _stream_rows(path, fit_memory: float | None, *, head: str, grid: bool, cv, normalize, standardize) -> int:
+    """0 when the store's features fit the memory budget, else how many training rows to read at a time."""
+    from probebench.budget import available_memory, gib
+
+    _, _, attrs = fcache.read_index(path)
+    size = int(attrs["n_samples"]) * int(attrs["feature_dim"]) * 4
+    if fit_memory is not None:
+        budget = fit_memory * 2 ** 30
+    else:
+        free = available_memory()
+        budget = free / 2 if free else float("inf")
+    if size <= budget:
+        return 0
+    if head != "linear" or grid or cv or normalize or standardize:
+        raise ProbebenchError(f"the features ({gib(size)}) exceed the fit memory budget ({gib(budget)}); training "
+                              "from the store works for the linear head without --grid, --cv, --normalize or "
+                              "--standardize: raise --fit-memory, or fit on a machine with more memory")
+    return max(1, int(budget // (int(attrs["feature_dim"]) * 4)))  # a window holds at least one batch
+
+
+def _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title, stream: int = 0):
     """Train on the store's training split (or a label budget of it), select on validation, predict the test."""
     split, labels, groups = feats.split, feats.labels, feats.groups
     train = split == "train"
@@ -210,10 +234,15 @@ def _fit_split(feats, budget, s, head, grid, options, n_classes, prep, title):
             "samples": int(train.sum()), "groups": int(len(np.unique(groups[train]))),
             "per_class": np.bincount(labels[train], minlength=n_classes).tolist()}}
     val, test = split == "val", split == "test"
-    x = feats.features
+    if feats.features is None:  # above the memory budget: training rows read from the store as the batches need them
+        rows = feats.rows
+        x_tr = fcache.StoreRows(feats.path, rows[train], stream)
+        x_va, x_te = (fcache.StoreRows(feats.path, rows[m], 1).gather(np.arange(int(m.sum()))) for m in (val, test))
+    else:
+        x = feats.features
+        x_tr, x_va, x_te = x[split_rows(train)], x[split_rows(val)], x[split_rows(test)]
     estimator, proba, val_proba, seconds, calibration = _train_head(
-        head, grid, s, options, x[split_rows(train)], labels[train], x[split_rows(val)], labels[val],
-        x[split_rows(test)], n_classes, title=title, **prep)
+        head, grid, s, options, x_tr, labels[train], x_va, labels[val], x_te, n_classes, title=title, **prep)
     if calibration:
         details["calibration"] = calibration
     y_va, y_te = labels[val], labels[test]

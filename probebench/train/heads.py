@@ -103,7 +103,13 @@ class Head:
         from sklearn.utils.multiclass import check_classification_targets
         from sklearn.utils.validation import validate_data
 
-        x, y = validate_data(self, x, y, dtype=(np.float32, np.float64))
+        if hasattr(x, "batches"):  # features streamed from a store (features.cache.StoreRows), checked as read
+            if self.name != "linear":
+                raise ProbebenchError(f"the {self.name} head needs its training features in memory; only the linear "
+                                      "head trains from the store (raise --fit-memory)")
+            self.n_features_in_, y = x.shape[1], np.asarray(y)
+        else:
+            x, y = validate_data(self, x, y, dtype=(np.float32, np.float64))
         check_classification_targets(y)
         if n_classes is None:  # scikit-learn's use: any labels, encoded
             self.classes_, y = np.unique(y, return_inverse=True)

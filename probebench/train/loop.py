@@ -232,12 +232,17 @@ def train_classifier(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
             return val_metrics(logits_in_batches(m, xv), yv)
     if isinstance(model, nn.Linear) and optimizer in ("adam", "adamw"):
         step = LinearAdamStep(model, lr, weight_decay, optimizer == "adamw", class_weight)
-        xn, yn = np.asarray(x_train, dtype=np.float32), np.asarray(y_train, dtype=np.int64)  # float32: no copy
-        opt = None
+        yn, opt = np.asarray(y_train, dtype=np.int64), None
+        if hasattr(x_train, "batches"):  # streamed from the store (features.cache.StoreRows): the same batches
+            def batches(epoch):
+                for xb, idx in x_train.batches(epoch_batches(len(x_train), batch_size, seed, epoch)):
+                    yield step.inputs(xb), yn[idx]
+        else:
+            xn = np.asarray(x_train, dtype=np.float32)  # float32 features: no copy
 
-        def batches(epoch):
-            for idx in epoch_batches(len(xn), batch_size, seed, epoch):
-                yield step.inputs(xn, idx), yn[idx]
+            def batches(epoch):
+                for idx in epoch_batches(len(xn), batch_size, seed, epoch):
+                    yield step.inputs(xn, idx), yn[idx]
     else:
         xt, yt = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(y_train, dtype=torch.long)
         opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
