@@ -181,6 +181,12 @@ class ModelConfig:
         return self.taps[tap or self.default_tap]
 
 
+def hub_repo_problem(name: str, repo: str, form: str) -> str | None:
+    """Why ``repo`` (from the model ``name``) is not a hub repo ``<org>/<repo>``, answered without the network
+    (None when it is one: it is resolved when the model is used, which may need the hub)."""
+    return None if repo.count("/") == 1 and all(repo.split("/")) else f"{name!r}: expected {form}"
+
+
 class Family:
     """The contract of a model family; subclasses override what differs from these defaults.
 

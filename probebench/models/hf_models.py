@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hf_preprocessing
+from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hf_preprocessing, hub_repo_problem
 
 HF_PREFIX = "hf:"
 # model_type -> (transformers class, taps as name -> dimension factor of hidden_size, default tap, register key)
@@ -114,12 +114,12 @@ def hf_config(name: str) -> ModelConfig:
                        weights_label=f"hugging face {source}", preprocessing=pre)
 
 
-def hf_entry(name: str, repo: str, model_type: str, hf_config: dict, default_tap: str, pre: Preprocessing,
+def hf_entry(name: str, repo: str, model_type: str, values: dict, default_tap: str, pre: Preprocessing,
              card: Card) -> ModelConfig:
-    """A named backbone on the hub: its architecture (``hf_config``, the repo's ``config.json`` values, so that
+    """A named backbone on the hub: its architecture (``values``: the repo's ``config.json`` values, so that
     random weights need no download) and its model card's preprocessing and feature."""
-    arch, dims = kind_arch(model_type, hf_config)
-    return ModelConfig(name=name, family=HF, arch={"source": repo, **arch, "hf_config": hf_config}, taps=dims,
+    arch, dims = kind_arch(model_type, values)
+    return ModelConfig(name=name, family=HF, arch={"source": repo, **arch, "hf_config": values}, taps=dims,
                        default_tap=default_tap, weight_file="", url=f"https://huggingface.co/{repo}",
                        weights_label=f"hugging face {repo}", preprocessing=pre, card=card)
 
@@ -135,9 +135,9 @@ class HfFamily(Family):
 
     def name_problem(self, name):
         source = name[len(HF_PREFIX):]
-        if Path(source).expanduser().is_dir() or (source.count("/") == 1 and all(source.split("/"))):
-            return None  # resolved when its cell runs (it may need the hub)
-        return f"{name!r}: expected hf:<org>/<repo> or hf:<snapshot folder>"
+        if Path(source).expanduser().is_dir():
+            return None
+        return hub_repo_problem(name, source, "hf:<org>/<repo> or hf:<snapshot folder>")
 
     def build(self, config, img_size):
         transformers = _transformers()

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from probebench.errors import NotOnThisMachine, ProbebenchError, did_you_mean
-from probebench.models.config import Card, Family, ModelConfig, Preprocessing
+from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hub_repo_problem
 
 OPEN_CLIP_PREFIX = "open_clip:"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's defaults (OPENAI_DATASET_MEAN/STD)
@@ -154,11 +154,9 @@ class OpenClipFamily(Family):
 
     def name_problem(self, name):
         body = name[len(OPEN_CLIP_PREFIX):]
-        if body.startswith("hf-hub:"):  # resolved when its cell runs (it may need the hub)
-            repo = body[len("hf-hub:"):]
-            return None if repo.count("/") == 1 and all(repo.split("/")) else \
-                f"{name!r}: expected open_clip:hf-hub:<org>/<repo>"
-        return self.missing_extra() or super().name_problem(name)
+        if body.startswith("hf-hub:"):
+            return hub_repo_problem(name, body[len("hf-hub:"):], "open_clip:hf-hub:<org>/<repo>")
+        return super().name_problem(name)
 
     def with_arch(self, config, overrides):
         """A named entry with other ``vision_cfg`` values (tests build tiny ones)."""

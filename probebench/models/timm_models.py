@@ -12,7 +12,7 @@ from pathlib import Path
 from probebench.errors import NotOnThisMachine, ProbebenchError
 from dataclasses import replace
 
-from probebench.models.config import Card, Family, ModelConfig, Preprocessing
+from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hub_repo_problem
 
 TIMM_PREFIX = "timm:"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -162,10 +162,8 @@ class TimmFamily(Family):
         return timm_config(name)
 
     def name_problem(self, name):
-        if name.startswith(TIMM_PREFIX + "hf-hub:"):  # resolved when its cell runs (it may need the hub)
-            repo = name[len(TIMM_PREFIX + "hf-hub:"):]
-            return None if repo.count("/") == 1 and all(repo.split("/")) else \
-                f"{name!r}: expected timm:hf-hub:<org>/<repo>"
+        if name.startswith(TIMM_PREFIX + "hf-hub:"):
+            return hub_repo_problem(name, name[len(TIMM_PREFIX + "hf-hub:"):], "timm:hf-hub:<org>/<repo>")
         return super().name_problem(name)
 
     def with_arch(self, config, overrides):
