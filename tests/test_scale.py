@@ -42,17 +42,17 @@ def test_the_draws_are_todays_stream_whatever_the_budget():
 @pytest.mark.parametrize("groups", [False, True])
 @pytest.mark.parametrize("method", ["percentile", "bca"])
 def test_a_budgeted_bootstrap_equals_the_unbudgeted_one(groups, method):
-    data = _data(groups=groups)
-    wide, how = bootstrap(data, BootstrapConfig(n_resamples=700, method=method, seed=2, memory_gib=8.0))
+    data = _data(n=600, groups=groups)
+    wide, how = bootstrap(data, BootstrapConfig(n_resamples=600, method=method, seed=2, memory_gib=8.0))
     assert how.stratified or groups  # the rare class: strata drawn in turn, the stream still the same
     for memory in (1e-3, 1e-6):  # a few replicates per pass; one per pass
-        narrow, _ = bootstrap(data, BootstrapConfig(n_resamples=700, method=method, seed=2, memory_gib=memory))
+        narrow, _ = bootstrap(data, BootstrapConfig(n_resamples=600, method=method, seed=2, memory_gib=memory))
         for m, iv in wide.items():
             assert (narrow[m].low, narrow[m].high) == pytest.approx((iv.low, iv.high), abs=1e-12, nan_ok=True), m
-    a, b = _data(seed=0, groups=groups), _data(seed=0, groups=groups)
+    a, b = _data(n=600, seed=0, groups=groups), _data(n=600, seed=0, groups=groups)
     b.y_pred = np.roll(b.y_pred, 1)
-    d1, _ = paired_comparison(a, b, BootstrapConfig(n_resamples=500, method=method, memory_gib=8.0))
-    d2, _ = paired_comparison(a, b, BootstrapConfig(n_resamples=500, method=method, memory_gib=1e-6))
+    d1, _ = paired_comparison(a, b, BootstrapConfig(n_resamples=300, method=method, memory_gib=8.0))
+    d2, _ = paired_comparison(a, b, BootstrapConfig(n_resamples=300, method=method, memory_gib=1e-5))
     for m in d1:
         assert (d2[m].low, d2[m].high, d2[m].p) == pytest.approx((d1[m].low, d1[m].high, d1[m].p),
                                                                        abs=1e-12, nan_ok=True), m
