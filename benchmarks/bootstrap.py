@@ -22,6 +22,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from probebench.stats.bootstrap import BootstrapConfig, EvalData, replicate_weights, replicates
+from probebench.threads import thread_counts
 
 
 def sklearn_replicate(t, p, proba, k, auroc):
@@ -72,7 +73,7 @@ def main() -> None:
             ref.append(sklearn_replicate(t[idx], p[idx], proba[idx], k, args.auroc))
     loop_s = (time.perf_counter() - start) * args.resamples / loop_n
     max_diff = max(abs(ours[m][i] - r[m]) for i, r in enumerate(ref) for m in r)
-    print(json.dumps({
+    print(json.dumps({"threads": thread_counts(), 
         "n": args.n, "resamples": args.resamples, "classes": k, "auroc": args.auroc,
         "metrics": sorted(ours), "engine_seconds": round(engine_s, 3),
         "sklearn_loop_seconds": round(loop_s, 1),

@@ -19,6 +19,7 @@ from torch import nn
 
 from probebench.train.heads import LinearHead
 from probebench.train.loop import epoch_batches, seeded_init
+from probebench.threads import thread_counts
 
 
 def eager_loop(x, y, xv, yv, n_classes: int, epochs: int, seed: int = 0) -> tuple[nn.Module, float]:
@@ -62,7 +63,7 @@ def main() -> None:
     with torch.no_grad():
         expected = torch.softmax(reference(torch.from_numpy(xv)), 1).numpy()
     diff = float(np.abs(head.predict_proba(xv) - expected).max())
-    print(json.dumps({"n": args.n, "dim": args.dim, "classes": args.classes, "epochs": args.epochs,
+    print(json.dumps({"threads": thread_counts(), "n": args.n, "dim": args.dim, "classes": args.classes, "epochs": args.epochs,
                       "batch_size": 32, "eager_pytorch_seconds": round(eager_s, 2),
                       "probebench_seconds": round(ours_s, 2), "speedup": round(eager_s / ours_s, 1),
                       "max_abs_probability_difference": diff, "torch_threads": torch.get_num_threads()}))

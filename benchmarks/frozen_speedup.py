@@ -19,6 +19,7 @@ from probebench.features.extract import extract
 from probebench.train.finetune import finetune
 from probebench.train.fit import fit
 from probebench.runs import read_run
+from probebench.threads import thread_counts
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
         slow = read_run(finetune(args.model, spec, runs_dir=tmp / "b", freeze_backbone=True, epochs=args.epochs,
                                  batch_size=args.batch_size, progress=False, **opts))
         slow_s = time.perf_counter() - start
-    print(json.dumps({"model": args.model, "images": args.images, "epochs": args.epochs, "crop": args.crop,
+    print(json.dumps({"threads": thread_counts(), "model": args.model, "images": args.images, "epochs": args.epochs, "crop": args.crop,
                       "extract_seconds": round(extract_s, 2), "fit_seconds": round(fit_s, 2),
                       "frozen_end_to_end_seconds": round(slow_s, 2),
                       "speedup": round(slow_s / (extract_s + fit_s), 1),

@@ -11,9 +11,9 @@ import json
 import time
 
 import numpy as np
-import torch
 
 from probebench.train.heads import GridHead, LinearHead, MLPHead
+from probebench.threads import thread_counts
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     print(json.dumps({"kind": args.kind, "n": args.n, "dim": args.dim, "classes": args.classes,
                       "epochs": args.epochs, "heads_in_grid": len(grid.cells), "one_head_seconds": round(one, 2),
                       "grid_seconds": round(many, 2), "grid_over_one": round(many / one, 2),
-                      "threads": torch.get_num_threads()}))
+                      "threads": thread_counts()}))
 
 
 if __name__ == "__main__":

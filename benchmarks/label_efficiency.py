@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from probebench.threads import thread_counts
 import shutil
 import time
 from pathlib import Path
@@ -86,7 +87,7 @@ def main() -> None:
     _, body = curve_table(rows, "accuracy")
     report_s = time.perf_counter() - start
     points = len(fractions) * len(seeds) * len(heads)
-    print(json.dumps({
+    print(json.dumps({"threads": thread_counts(), 
         "n_images": args.n, "feature_dim": 2048, "fractions": fractions, "seeds": seeds, "heads": heads,
         "epochs": args.epochs, "runs": points, "fit_seconds_per_head": per_head,
         "fit_seconds_total": round(sum(per_head.values()), 2),
