@@ -209,6 +209,7 @@ def test_open_clip_names_and_tags(monkeypatch):
     monkeypatch.setenv("PROBEBENCH_OFFLINE", "1")
     config = get_config("open_clip:ViT-B-32@openai")
     assert config.taps == {"embedding": 512, "pooled": 768} and config.preprocessing.crop == 224
+    assert config.arch["quick_gelu"] and not get_config("open_clip:ViT-B-32").arch["quick_gelu"]  # as trained
     assert config.preprocessing.interpolation == "bicubic"
     with pytest.raises(ProbebenchError, match="unknown open_clip model 'ViT-B-33'.*did you mean"):
         get_config("open_clip:ViT-B-33")

@@ -119,6 +119,8 @@ def open_clip_config(name: str) -> ModelConfig:
             raise ProbebenchError(f"open_clip model {model!r} has no pretrained tag {tag!r}; tags: "
                                   f"{', '.join(tags) or 'none'}")
         pre_cfg = open_clip.get_pretrained_cfg(model, tag) if tag else {}
+        if "quick_gelu" in pre_cfg:  # the activation the tag was trained with (open_clip itself only warns)
+            model_cfg = {**model_cfg, "quick_gelu": bool(pre_cfg["quick_gelu"])}
     arch, taps = tower_arch(model_cfg, body)
     arch["tag"] = tag or None
     pre = open_clip_preprocessing(pre_cfg, _image_size(arch), "open_clip config")
