@@ -290,8 +290,8 @@ batch_size = 16
 epochs = 1
 
 [extract]
-resize = 32
-crop = 32
+resize = 28
+crop = 28
 workers = 0
 
 [report]
@@ -301,18 +301,24 @@ resamples = 100
 
 @pytest.mark.slow
 def test_a_study_with_one_model_per_family_runs_offline_with_random_weights(tmp_path, monkeypatch):
-    """timm, Hugging Face (RAD-DINO) and open_clip (BiomedCLIP) in one study at a crop none of them was made for,
-    frozen and fine-tuned, random weights, no network: every cell done, every row marked † in the report.
-    (torchvision and DINOv2, whose trunk needs a multiple of 14: the demo study, test_study.py.)"""
+    """timm, open_clip (a folder) and a named Hugging Face backbone (RAD-DINO, its weights a tiny snapshot of the
+    repo's format) in one study at a crop none of them was made for, frozen and fine-tuned, no network: every cell
+    done; the rows with random weights marked †, the snapshot's not. (torchvision and DINOv2: the demo study.)"""
     from probebench.study import load_study, run_study
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PROBEBENCH_OFFLINE", "1")
-    models = ["timm:vit_tiny_patch16_224", "rad_dino", "biomedclip"]  # torchvision and DINOv2: the demo study
-    (tmp_path / "s.toml").write_text(FAMILY_STUDY.replace("MODELS", json.dumps(models)))
+    snapshot, _, _ = _hf_case("rad_dino", tmp_path / "rad-dino")
+    _open_clip_folder(tmp_path / "oc", {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                        "patch_size": 8})
+    models = ["timm:vit_tiny_patch16_224", f"open_clip:{tmp_path / 'oc'}", "rad_dino"]
+    text = FAMILY_STUDY.replace("MODELS", json.dumps(models)) + f'\n[weights]\nrad_dino = "{snapshot}"\n'
+    (tmp_path / "s.toml").write_text(text)
     result = run_study(load_study(tmp_path / "s.toml"), progress=False, echo=lambda t: None)
-    assert [c.status for c in result.cells] == ["done"] * 6, [(c.model, c.mode, c.detail) for c in result.cells if c.status != "done"]
+    assert [c.status for c in result.cells] == ["done"] * 6, [(c.model, c.mode, c.detail) for c in result.cells
+                                                             if c.status != "done"]
     md = (tmp_path / "report" / "tables.md").read_text()
-    for model in models:
-        for freeze in ("Y", "N"):
+    for freeze in ("Y", "N"):
+        for model in models[:2]:
             assert f"| demo_shapes | {model} † | {freeze} |" in md, (model, freeze)
+        assert f"| demo_shapes | rad_dino | {freeze} |" in md
