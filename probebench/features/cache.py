@@ -268,7 +268,16 @@ def damaged_chunks(root: zarr.Group) -> list[int]:
     return bad
 
 
-SPLIT_ORDER = ("train", "val", "test")
+REPAIR = "rerun the same `probebench extract`, which recomputes the damaged chunks"
+
+
+def _chunk(array, start: int, stop: int, path) -> np.ndarray:
+    """Rows ``start:stop`` of a store's features as float32, or an error naming the store and how to repair it."""
+    try:
+        return np.asarray(array[start:stop], dtype=np.float32)
+    except Exception as exc:
+        raise ProbebenchError(f"feature cache {path} has an unreadable chunk ({type(exc).__name__}: {exc}); "
+                              f"{REPAIR}") from exc
 
 
 def read_features(path: Path | str, by_split: bool = False, load: bool = True) -> CachedFeatures:
@@ -286,9 +295,8 @@ def read_features(path: Path | str, by_split: bool = False, load: bool = True) -
     keep = _strings(root["skip_reason"]) == ""
     split = _split_names(root, attrs)
     rows = np.flatnonzero(keep)
-    if by_split:
-        rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
-        rows = rows[np.argsort([rank.get(x, len(SPLIT_ORDER)) for x in split[rows]], kind="stable")]
+    if by_split:  # the split codes order them train, val, test (SPLIT_CODES)
+        rows = rows[np.argsort(np.asarray(root["split"][:])[rows], kind="stable")]
     sample_ids = _strings(root["sample_ids"])
     index = dict(labels=np.asarray(root["labels"][:])[rows], split=split[rows], sample_ids=sample_ids[rows],
                  groups=_strings(root["groups"])[rows], attrs=attrs, path=path, rows=rows)
@@ -300,19 +308,14 @@ def read_features(path: Path | str, by_split: bool = False, load: bool = True) -
     where.fill(-1)
     where[rows] = np.arange(len(rows))
     step = array.chunks[0]
-    repair = "rerun the same `probebench extract`, which recomputes the damaged chunks"
     for start in range(0, array.shape[0], step):
         stop = min(start + step, array.shape[0])
-        try:
-            chunk = np.asarray(array[start:stop], dtype=np.float32)
-        except Exception as exc:
-            raise ProbebenchError(f"feature cache {path} has an unreadable chunk ({type(exc).__name__}: {exc}); "
-                                  f"{repair}") from exc
+        chunk = _chunk(array, start, stop, path)
         bad = np.flatnonzero(keep[start:stop] & ~np.isfinite(chunk).all(axis=1)) + start
         if len(bad):
             shown = ", ".join(f"{i} ({sample_ids[i]})" for i in bad[:3]) + (" …" if len(bad) > 3 else "")
             raise ProbebenchError(f"feature cache {path}: {len(bad)} row(s) hold non-finite features (a missing or "
-                                  f"damaged chunk, or NaN weights): rows {shown}; {repair}")
+                                  f"damaged chunk, or NaN weights): rows {shown}; {REPAIR}")
         dest = where[start:stop]
         mine = dest >= 0
         d = dest[mine]
@@ -349,11 +352,9 @@ class StoreRows:
         bounds = np.flatnonzero(np.diff(chunk_of)) + 1
         for part in np.split(np.arange(len(wanted)), bounds):
             c = int(chunk_of[part[0]])
-            data = np.asarray(self.array[c * step:(c + 1) * step], dtype=np.float32)
-            rows = data[wanted[part] - c * step]
+            rows = _chunk(self.array, c * step, (c + 1) * step, self.path)[wanted[part] - c * step]
             if not np.isfinite(rows).all():
-                raise ProbebenchError(f"feature cache {self.path}: non-finite features in chunk {c}; rerun the same "
-                                      "`probebench extract`, which recomputes the damaged chunks")
+                raise ProbebenchError(f"feature cache {self.path}: non-finite features in chunk {c}; {REPAIR}")
             out[order[part]] = rows
         return out
 

@@ -54,22 +54,27 @@ class Preprocessing:
                 f"[{self.source}]")
 
 
+def read_json(path: Path, hint: str = "") -> dict:
+    """A model folder's JSON file (``config.json``, ``preprocessor_config.json``, ``open_clip_config.json``), or an
+    error naming the file."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ProbebenchError(f"{path}: unreadable ({exc}){hint}") from exc
+
+
 HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's codes, as Hugging Face image processors store them
 
 
 def hf_preprocessing(folder, base: Preprocessing) -> Preprocessing:
     """A Hugging Face snapshot's ``preprocessor_config.json`` (size, crop size, mean, std, resample) as our
     Preprocessing; ``base`` when the snapshot has no such file."""
-    import json
-    from pathlib import Path
-
     path = Path(folder) / "preprocessor_config.json"
     if not path.is_file():
         return base
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ProbebenchError(f"{path}: unreadable ({exc})") from exc
+    cfg = read_json(path)
 
     def edge(value, what):
         if isinstance(value, (int, float)):
@@ -210,6 +215,15 @@ class Family:
         if self.extra is None or importlib.util.find_spec(self.extra[0]) is not None:
             return None
         return f'{self.name} models need the {self.extra[0]} library: pip install "probebench[{self.extra[1]}]"'
+
+    def library(self):
+        """The family's optional library, imported, or an error naming the extra to install."""
+        import importlib
+
+        try:
+            return importlib.import_module(self.extra[0])
+        except ImportError:
+            raise ProbebenchError(self.missing_extra() or f"{self.extra[0]} cannot be imported") from None
 
     def config_for(self, name: str) -> ModelConfig:
         raise ProbebenchError(f"the {self.name} family has no models named by prefix")

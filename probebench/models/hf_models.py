@@ -15,12 +15,12 @@ Needs the ``hf`` extra: ``pip install "probebench[hf]"`` (transformers).
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hf_preprocessing, hub_repo_problem
+from probebench.models.config import (Card, Family, ModelConfig, Preprocessing, hf_preprocessing, hub_repo_problem,
+                                      read_json)
 
 HF_PREFIX = "hf:"
 # model_type -> (transformers class, taps as name -> dimension factor of hidden_size, default tap, register key)
@@ -34,14 +34,6 @@ KINDS = {
     "clip_vision_model": ("CLIPVisionModelWithProjection", {"embedding": 0, "pooled": 1}, "embedding", None),
 }
 FULL = {"siglip": "siglip_vision_model", "clip": "clip_vision_model"}  # a full model's image tower
-
-
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise ProbebenchError(HF.missing_extra() or "transformers cannot be imported") from None
-    return transformers
 
 
 def snapshot_folder(source: str, allow_download: bool | None = None) -> Path:
@@ -73,16 +65,9 @@ def snapshot_folder(source: str, allow_download: bool | None = None) -> Path:
         ) from exc
 
 
-def _read_config(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ProbebenchError(f"{folder / 'config.json'}: unreadable ({exc})") from exc
-
-
 def snapshot_arch(folder: Path, what: str) -> tuple[dict, dict, str]:
     """A snapshot's ``config.json`` as (arch, taps with their dimensions, default tap); ``what`` names it in errors."""
-    cfg = _read_config(folder)
+    cfg = read_json(folder / "config.json")
     model_type = FULL.get(cfg.get("model_type"), cfg.get("model_type"))
     if model_type not in KINDS:
         raise ProbebenchError(f"{what}: model_type {cfg.get('model_type')!r} is not one probebench reads; "
@@ -140,7 +125,7 @@ class HfFamily(Family):
         return hub_repo_problem(name, source, "hf:<org>/<repo> or hf:<snapshot folder>")
 
     def build(self, config, img_size):
-        transformers = _transformers()
+        transformers = self.library()
         if "hf_config" in config.arch:  # a named entry: its architecture without the hub
             cfg = transformers.AutoConfig.for_model(config.arch["model_type"], **config.arch["hf_config"])
         else:
@@ -169,7 +154,7 @@ class HfFamily(Family):
         into the built model of the same class."""
         from probebench.models.weights import refuse_non_finite
 
-        transformers = _transformers()
+        transformers = self.library()
         level = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # a full CLIP's unused text tower is expected, not news
         try:

@@ -52,3 +52,28 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def cached_repo_file(repo: str, names) -> Path | None:
+    """The first of ``names`` of Hugging Face hub repo ``repo`` in the local Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for fname in names:
+        found = try_to_load_from_cache(repo, fname)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def download_repo_file(repo: str, names) -> tuple[Path | None, str]:
+    """The first of ``names`` that downloads from hub repo ``repo`` (a repo holds one of them), or None and why each
+    failed (for the error message)."""
+    from huggingface_hub import hf_hub_download
+
+    failed = ""
+    for fname in names:
+        try:
+            return Path(hf_hub_download(repo, fname)), ""
+        except Exception as exc:  # the repo may hold another of the names: said in the caller's error if none
+            failed += f"; {fname}: {type(exc).__name__}"
+    return None, failed

@@ -12,26 +12,17 @@ Needs the ``open_clip`` extra: ``pip install "probebench[open_clip]"`` (open_cli
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from probebench.errors import NotOnThisMachine, ProbebenchError, did_you_mean
-from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hub_repo_problem
+from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hub_repo_problem, read_json
 
 OPEN_CLIP_PREFIX = "open_clip:"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's defaults (OPENAI_DATASET_MEAN/STD)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CHECKPOINTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
                "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin")  # open_clip's own order
-
-
-def _open_clip():
-    try:
-        import open_clip
-    except ImportError:
-        raise ProbebenchError(OPEN_CLIP.missing_extra() or "open_clip cannot be imported") from None
-    return open_clip
 
 
 def open_clip_preprocessing(cfg: dict, image_size: int, source: str) -> Preprocessing:
@@ -67,29 +58,19 @@ def _image_size(arch: dict) -> int:
 
 
 def _read_folder(folder: Path) -> dict:
-    path = folder / "open_clip_config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ProbebenchError(f"{path}: unreadable ({exc}); an open_clip folder holds open_clip_config.json and "
-                              "its weights") from exc
+    return read_json(folder / "open_clip_config.json", "; an open_clip folder holds open_clip_config.json and its "
+                     "weights")
 
 
 def _hub_file(repo: str, names, allow: bool, what: str) -> Path:
     """The first of ``names`` in hub repo ``repo``: the local Hugging Face cache, else a download when allowed."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from probebench.models.hub import cached_repo_file, download_repo_file
 
-    for fname in names:
-        found = try_to_load_from_cache(repo, fname)
-        if isinstance(found, str):
-            return Path(found)
-    failed = ""
-    if allow:
-        for fname in names:
-            try:
-                return Path(hf_hub_download(repo, fname))
-            except Exception as exc:  # the repo may hold another of the names
-                failed += f"; {fname}: {type(exc).__name__}"
+    found, failed = cached_repo_file(repo, names), ""
+    if found is None and allow:
+        found, failed = download_repo_file(repo, names)
+    if found is not None:
+        return found
     raise NotOnThisMachine(f"{what}: {' or '.join(names)} of hub repo {repo} is not in the local Hugging Face "
                            f"cache{'' if allow else ' and downloads are off (PROBEBENCH_OFFLINE=1)'}{failed}; "
                            f"download it once with network (huggingface-cli download {repo}), or give the folder")
@@ -100,15 +81,13 @@ def open_clip_config(name: str) -> ModelConfig:
     from probebench.models.hub import downloads_allowed
 
     body = name[len(OPEN_CLIP_PREFIX):]
-    if body.startswith("hf-hub:"):
-        path = _hub_file(body[len("hf-hub:"):], ("open_clip_config.json",), downloads_allowed(), name)
-        full = json.loads(path.read_text())
-        model_cfg, pre_cfg, tag = full.get("model_cfg", full), full.get("preprocess_cfg", {}), None
-    elif Path(body).expanduser().is_dir():
-        full = _read_folder(Path(body).expanduser())
+    if body.startswith("hf-hub:") or Path(body).expanduser().is_dir():  # the hub's layout, downloaded or not
+        folder = (_hub_file(body[len("hf-hub:"):], ("open_clip_config.json",), downloads_allowed(), name).parent
+                  if body.startswith("hf-hub:") else Path(body).expanduser())
+        full = _read_folder(folder)
         model_cfg, pre_cfg, tag = full.get("model_cfg", full), full.get("preprocess_cfg", {}), None
     else:
-        open_clip = _open_clip()
+        open_clip = OPEN_CLIP.library()
         model, _, tag = body.partition("@")
         model_cfg = open_clip.get_model_config(model)
         if model_cfg is None:
@@ -187,7 +166,7 @@ class OpenClipFamily(Family):
         return open_clip_preprocessing(full.get("preprocess_cfg", {}), size, "open_clip_config.json")
 
     def build(self, config, img_size):
-        _open_clip()
+        self.library()
         from open_clip.model import _build_vision_tower  # the image tower alone, as open_clip builds it
 
         vision = dict(config.arch["vision_cfg"])
@@ -205,7 +184,7 @@ class OpenClipFamily(Family):
         if Path(source).expanduser().is_dir():
             return Path(source).expanduser()
         if tag:
-            cfg = _open_clip().get_pretrained_cfg(source.partition("@")[0], tag)
+            cfg = self.library().get_pretrained_cfg(source.partition("@")[0], tag)
             if cfg.get("hf_hub"):
                 repo_id, fname = cfg["hf_hub"].rsplit("/", 1)  # open_clip's 'org/repo/' or 'org/repo/file'
                 return _hub_file(repo_id, (fname,) if fname else CHECKPOINTS[:3], allow,
@@ -214,7 +193,7 @@ class OpenClipFamily(Family):
             if cached.is_file():
                 return cached
             if allow and cfg.get("url"):
-                return Path(_open_clip().pretrained.download_pretrained_from_url(cfg["url"]))
+                return Path(self.library().pretrained.download_pretrained_from_url(cfg["url"]))
         raise NotOnThisMachine(f"no weights for {config.name}: " + (
             f"tag {tag} is not cached and downloads are off" if tag else
             "an open_clip architecture without a pretrained tag has no official weights; name one "

@@ -7,12 +7,11 @@ mean of the patch tokens, register tokens left out) and ``patchmean``."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from probebench.errors import NotOnThisMachine, ProbebenchError
-from dataclasses import replace
-
-from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hub_repo_problem
+from probebench.models.config import Card, Family, ModelConfig, Preprocessing, hub_repo_problem, read_json
 
 TIMM_PREFIX = "timm:"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -83,7 +82,7 @@ def timm_entry(name: str, repo: str, architecture: str, kwargs: dict, width: int
     (``mlp_layer`` named as a ``timm.layers`` class), ``width`` its token dimension."""
     return ModelConfig(name=name, family=TIMM, arch={"name": f"hf-hub:{repo}", "hf_hub_id": repo,
                                                       "architecture": architecture, "num_classes": 0,
-                                                      "kwargs": kwargs, "input_size": kwargs.get("img_size", 224)},
+                                                      "kwargs": kwargs},
                        taps={t: f * width for t, f in TOKEN_TAPS.items()}, default_tap=default_tap, weight_file="",
                        url=f"https://huggingface.co/{repo}", weights_label=f"hugging face {repo}", preprocessing=pre,
                        card=card)
@@ -98,12 +97,7 @@ def _timm_kwargs(kwargs: dict) -> dict:
 
 
 def _read_timm_folder(folder: Path) -> dict:
-    import json
-
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ProbebenchError(f"{folder / 'config.json'}: unreadable ({exc})") from exc
+    cfg = read_json(folder / "config.json")
     if "architecture" not in cfg:
         raise ProbebenchError(f"{folder / 'config.json'}: not a timm model folder (no 'architecture')")
     return cfg
@@ -115,16 +109,12 @@ def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
 
     import torch
 
-    from probebench.models.hub import hub_checkpoint_dir
+    from probebench.models.hub import cached_repo_file, download_repo_file, hub_checkpoint_dir
 
     hub_id, url = config.arch.get("hf_hub_id"), config.url
-    if hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        for fname in HF_WEIGHT_FILES:
-            found = try_to_load_from_cache(hub_id, fname)
-            if isinstance(found, str):
-                return Path(found)
+    found = cached_repo_file(hub_id, HF_WEIGHT_FILES) if hub_id else None
+    if found is not None:
+        return found
     cached = hub_checkpoint_dir() / Path(urllib.parse.urlparse(url).path).name if url else None
     if cached is not None and cached.is_file():
         return cached
@@ -132,13 +122,9 @@ def resolve_timm_weights(config: ModelConfig, allow_download: bool) -> Path:
     if allow_download:
         try:
             if hub_id:
-                from huggingface_hub import hf_hub_download
-
-                for fname in HF_WEIGHT_FILES:
-                    try:
-                        return Path(hf_hub_download(hub_id, fname))
-                    except Exception as exc:  # the repo may hold the other file name
-                        failed += f"; {fname}: {type(exc).__name__}"
+                found, failed = download_repo_file(hub_id, HF_WEIGHT_FILES)
+                if found is not None:
+                    return found
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 torch.hub.download_url_to_file(url, str(cached), progress=True)

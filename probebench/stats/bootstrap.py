@@ -139,7 +139,10 @@ def replicate_weights(codes: np.ndarray, n_units: int, cfg: BootstrapConfig, str
             yield counts[r0:r0 + rows][:, codes].astype(np.float64)
 
 
-BYTES_PER_CELL = 8 * 6  # a replicate x sample cell: its float64 weight and the metrics' per-cell intermediates
+def _row_bytes(n_samples: int, n_classes: int) -> int:
+    """Bytes one replicate's metrics take at once: its float64 weights with the per-class intermediates (measured:
+    about 12 KiB per sample per 250 replicates at 7 classes), plus its draws and counts."""
+    return n_samples * 8 * (n_classes + 2) + n_samples * 24
 
 
 def rows_per_pass(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> int:
@@ -151,18 +154,14 @@ def rows_per_pass(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> int:
     else:
         free = available_memory()
         budget = min(2 * 2 ** 30, free / 4) if free else 2 ** 30
-    per_row = n_samples * BYTES_PER_CELL * (n_classes + 2) / 6 + n_samples * 24  # metrics + draws and counts
-    return int(max(1, min(DRAW_BLOCK, budget // max(per_row, 1))))
+    return int(max(1, min(DRAW_BLOCK, budget // max(_row_bytes(n_samples, n_classes), 1))))
 
 
-def memory_estimate(n_samples: int, n_classes: int, cfg: BootstrapConfig, rows: int | None = None) -> int:
-    """Bytes a bootstrap of ``n_samples`` needs at its peak: one draw block's counts, ``rows`` replicates' weights
-    with the metrics' per-class intermediates (measured: about 12 KiB per sample per 250 replicates at 7 classes),
-    and every metric's replicate values, twice while they are joined."""
-    rows = rows_per_pass(n_samples, n_classes, cfg) if rows is None else rows
+def memory_estimate(n_samples: int, n_classes: int, cfg: BootstrapConfig, rows: int = 1) -> int:
+    """Bytes a bootstrap of ``n_samples`` needs at its peak: one draw block's counts, ``rows`` replicates' metrics
+    (``_row_bytes``), and every metric's replicate values, twice while they are joined."""
     counts = min(DRAW_BLOCK, cfg.n_resamples) * n_samples * 4
-    work = rows * (n_samples * 8 * (n_classes + 2) + n_samples * 24)
-    return counts + work + cfg.n_resamples * 16 * 8 * 2
+    return counts + rows * _row_bytes(n_samples, n_classes) + cfg.n_resamples * 16 * 8 * 2
 
 
 def check_memory(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> int:
@@ -170,7 +169,7 @@ def check_memory(n_samples: int, n_classes: int, cfg: BootstrapConfig) -> int:
     from probebench.budget import available_memory, gib
 
     rows = rows_per_pass(n_samples, n_classes, cfg)
-    need, have = memory_estimate(n_samples, n_classes, cfg, rows=1), available_memory()
+    need, have = memory_estimate(n_samples, n_classes, cfg), available_memory()  # one replicate at a time
     if have is not None and need > have:
         raise ProbebenchError(f"the bootstrap of {n_samples:,} samples x {cfg.n_resamples:,} replicates needs about "
                               f"{gib(need)}, and this process may use {gib(have)}: lower --resamples (or [report] "
